@@ -1,0 +1,46 @@
+# The commands the README names. Everything installs into .venv from this repository's own files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medrecipes-installed
+# pytest workers: the e2e tests train real models, so use every core
+PYTEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install demo test test-nbs test-py train-all export check-sync bench clean
+
+$(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -e .
+	touch $@
+
+install: $(STAMP)
+
+## make demo: generate a BTXRD-format sample and train + evaluate both split protocols on it
+demo: install
+	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 400 --seed 0
+	$(BIN)/medrecipes train-all xray --config configs/xray_demo.yaml
+
+## make test: notebooks (nbdev-test) and the pytest suite
+test: install test-nbs test-py
+
+test-nbs: install
+	$(BIN)/nbdev-test --n-workers 2
+
+test-py: install
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+
+## make train-all: both splits on the real BTXRD release (data/BTXRD, see configs/xray.yaml)
+train-all: install
+	$(BIN)/medrecipes train-all xray --config configs/xray.yaml
+
+## make export: regenerate medrecipes/ from the notebooks
+export: install
+	$(BIN)/nbdev-export
+
+bench: install
+	$(BIN)/python benchmarks/xray_throughput.py
+
+clean:
+	rm -rf build dist *.egg-info _proc _docs runs .pytest_cache
