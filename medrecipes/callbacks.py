@@ -76,7 +76,9 @@ class RecallCollapseCallback(Callback):
     "Warn when the validation recall of class `cls` is 0 for `patience` epochs or more."
     order = Recorder.order + 6
     def __init__(self, cls:str='Malignant', patience:int=2): self.cls, self.patience, self.streak = cls, patience, 0
-    def before_fit(self): self.streak, self.collapsed = 0, []
+    def before_fit(self):
+        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        self.streak, self.collapsed = 0, []
     def after_epoch(self):
         name = f'recall_{self.cls.lower()}'
         names = list(self.recorder.metric_names[1:])
@@ -117,7 +119,7 @@ class TrainingLog(Callback):
     def after_batch(self):
         if not self.training: return
         bs = len(self.learn.yb[0]) if self.learn.yb else 1
-        self.loss_sum += float(self.learn.loss) * bs; self.n += bs
+        self.loss_sum += float(self.learn.loss.detach()) * bs; self.n += bs
     def after_epoch(self):
         names, vals = list(self.recorder.metric_names[1:]), self.recorder.values[-1]
         get = lambda k: float(vals[names.index(k)]) if k in names else float('nan')

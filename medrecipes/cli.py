@@ -50,3 +50,6 @@ def main(argv=None):
         with __import__('pandas').option_context('display.width', 200, 'display.max_columns', 20):
             print(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint']).to_string(index=False))
     return 0
+
+# %% ../nbs/05_cli.ipynb #c007
+if __name__ == '__main__': sys.exit(main())

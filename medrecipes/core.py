@@ -43,8 +43,8 @@ def default_device(device:str|None=None # 'cpu', 'cuda', 'cuda:1'... or None for
 def to_plain(o):
     "Convert `o` recursively into tensors, `dict`, `list`, `str`, `int`, `float`, `bool` and `None`."
     if isinstance(o, (DictConfig, ListConfig)): o = OmegaConf.to_container(o, resolve=True)
+    if isinstance(o, np.generic): return o.item()  # before the primitives: np.float64 is a float subclass
     if isinstance(o, torch.Tensor) or o is None or isinstance(o, (bool, int, float, str)): return o
-    if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, Path): return str(o)
     if isinstance(o, Mapping): return {(k if isinstance(k, (str, int)) else str(k)): to_plain(v) for k, v in o.items()}

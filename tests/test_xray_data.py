@@ -1,0 +1,102 @@
+import numpy as np, pandas as pd, pytest, torch
+from medrecipes.data.xray import *
+
+
+def _sheet(src, tmp_path, edit):
+    df = pd.read_csv(src/'dataset.csv'); edit(df)
+    df.to_csv(tmp_path/'dataset.csv', index=False)
+    return tmp_path/'dataset.csv'
+
+
+def test_labels_and_both_sheet_formats(btxrd):
+    x, c = read_btxrd_metadata(btxrd/'dataset.xlsx'), read_btxrd_metadata(btxrd/'dataset.csv')
+    assert x.label.tolist() == c.label.tolist()
+    raw = pd.read_csv(btxrd/'dataset.csv')
+    exp = np.where(raw.tumor == 0, 'Normal', np.where(raw.benign == 1, 'Benign', 'Malignant'))
+    assert (x.label.values == exp).all()
+    assert read_btxrd_metadata(btxrd).label.tolist() == x.label.tolist()  # the folder finds dataset.xlsx
+
+
+def _normal_with_benign(d): d.loc[[2, 7], ['tumor', 'benign', 'malignant']] = [0, 1, 0]
+def _drop_columns(d): d.drop(columns=['tumor', 'center'], inplace=True)
+def _bad_flag(d): d['malignant'] = d.malignant.astype(object); d.loc[4, 'malignant'] = 'yes'
+def _duplicate(d): d.loc[5, 'image_id'] = d.image_id[0]
+
+
+@pytest.mark.parametrize('edit,match', [
+    (_drop_columns, r"missing column\(s\) \['center', 'tumor'\]"),
+    (_bad_flag, "column 'malignant' must be 0 or 1; bad values in row 6"),
+    (_duplicate, 'duplicated image_id in row 2'),
+])
+def test_bad_metadata_names_rows_and_columns(btxrd, tmp_path, edit, match):
+    with pytest.raises(ValueError, match=match): read_btxrd_metadata(_sheet(btxrd, tmp_path, edit))
+
+
+def test_normal_row_with_tumour_flag_is_contradictory(btxrd, tmp_path):
+    fn = _sheet(btxrd, tmp_path, _normal_with_benign); ids = pd.read_csv(fn).image_id
+    with pytest.raises(ValueError, match='contradictory') as e: read_btxrd_metadata(fn)
+    assert f'row 4 ({ids[2]})' in str(e.value) and f'row 9 ({ids[7]})' in str(e.value)
+
+
+def test_tumour_with_both_flags_is_contradictory(btxrd, tmp_path):
+    df = pd.read_csv(btxrd/'dataset.csv'); i = int(np.flatnonzero(df.tumor == 1)[0])
+    df.loc[i, ['benign', 'malignant']] = 1; df.to_csv(tmp_path/'d.csv', index=False)
+    with pytest.raises(ValueError, match=rf'exactly one of benign/malignant=1 in row {i+2} \({df.image_id[i]}\)'):
+        read_btxrd_metadata(tmp_path/'d.csv')
+
+
+def test_missing_and_unreadable_images_are_named(btxrd_copy):
+    df = read_btxrd_metadata(btxrd_copy)
+    (btxrd_copy/'images'/df.image_id[3]).unlink()
+    (btxrd_copy/'images'/df.image_id[4]).write_text('garbage')
+    with pytest.raises(FileNotFoundError) as e:
+        XrayDataLoaders.from_btxrd(btxrd_copy, size=32, num_workers=0)
+    msg = str(e.value)
+    assert '1 missing' in msg and df.image_id[3] in msg and '1 unreadable' in msg and df.image_id[4] in msg
+
+
+def test_splits_reproducible_disjoint_and_stratified(btxrd):
+    df = read_btxrd_metadata(btxrd)
+    s = make_split(df, 'stratified', seed=7)
+    assert s.equals(make_split(df, 'stratified', seed=7))
+    assert not s.split.equals(make_split(df, 'stratified', seed=8).split)
+    assert s.image_id.is_unique and set(s.image_id) == set(df.image_id)
+    frac = s.split.value_counts(normalize=True)
+    assert abs(frac['train'] - .70) < .03 and abs(frac['valid'] - .15) < .03 and abs(frac['test'] - .15) < .03
+    overall = df.label.value_counts(normalize=True)
+    for part in ('train', 'valid', 'test'):
+        p = s.label[s.split == part].value_counts(normalize=True)
+        assert (p.reindex(overall.index) - overall).abs().max() < .08, part
+
+
+def test_center_split(btxrd, tmp_path):
+    df = read_btxrd_metadata(btxrd)
+    s = make_split(df, 'center', seed=1)
+    assert set(s.center[s.split == 'test']) == {2, 3} and set(s.center[s.split != 'test']) == {1}
+    assert (s.split[s.center != 1] == 'test').all()
+    c1 = s[s.center == 1]
+    assert abs((c1.split == 'valid').mean() - .15/.85) < .05
+    save_split(s, tmp_path/'s.csv')
+    pd.testing.assert_frame_equal(load_split(tmp_path/'s.csv', df), s)
+    bad = s.iloc[1:]; bad.to_csv(tmp_path/'bad.csv', index=False)
+    with pytest.raises(ValueError, match='1 image'): load_split(tmp_path/'bad.csv', df)
+    dup = pd.concat([s, s.iloc[:1].assign(split='test')]); dup.to_csv(tmp_path/'dup.csv', index=False)
+    with pytest.raises(ValueError, match='more than one split'): load_split(tmp_path/'dup.csv', df)
+
+
+def test_dataloaders(btxrd, tmp_path):
+    dls = XrayDataLoaders.from_btxrd(btxrd, split='stratified', size=48, bs=8, num_workers=0, seed=3)
+    assert list(dls.vocab) == XRAY_CLASSES
+    n_test = len(dls.test_df())
+    assert len(dls.train_ds) + len(dls.valid_ds) + n_test == 120
+    assert sum(len(b[1]) for b in dls.train) == len(dls.train_ds)       # no image dropped from an epoch
+    assert dls.normalization == {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'size': 48,
+                                 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB'}
+    xb, _ = dls.valid.one_batch(); xb2, _ = dls.valid.one_batch()
+    assert xb.shape == (8, 3, 48, 48) and torch.equal(xb, xb2)           # validation is deterministic
+    assert abs(float(xb.mean())) < 2 and torch.allclose(xb[:, 0] * .229 + .485, xb[:, 1] * .224 + .456, atol=1e-4)  # gray replicated, normalised
+    # the split CSV reproduces the same loaders
+    save_split(dls.split_df, tmp_path/'split.csv')
+    dls2 = XrayDataLoaders.from_btxrd(btxrd, split=tmp_path/'split.csv', size=48, bs=8, num_workers=0)
+    assert sorted(dls2.train.items.image_id) == sorted(dls.train.items.image_id)
+    assert sorted(dls2.test_df().image_id) == sorted(dls.test_df().image_id)

@@ -1,0 +1,127 @@
+import json, subprocess, sys, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+import torch.nn as nn, torch.nn.functional as F
+from PIL import Image
+from medrecipes.xray import *
+from medrecipes.callbacks import RecallCollapseWarning, class_weights
+
+
+@pytest.fixture
+def dls(btxrd):
+    return XrayDataLoaders.from_btxrd(btxrd, split='center', size=64, bs=16, num_workers=0, seed=0)
+
+
+def _frozen(learn):
+    "lr=0 and BN momentum 0: the model never changes, so the validation loss is the same every epoch."
+    for m in learn.model.modules():
+        if isinstance(m, nn.BatchNorm2d): m.momentum = 0.
+    return learn
+
+
+def test_learner_model_weights_and_valid_loss_is_plain_ce(dls, tmp_path):
+    learn = xray_learner(dls, pretrained=False, out_dir=tmp_path, patience=None)
+    assert type(learn.model).__name__ == 'EfficientNet' and learn.model.num_classes == 3
+    # class weights from the training split only (centers 2 and 3, the test set, are ignored)
+    assert torch.allclose(learn.class_weights, class_weights(dls.train_labels(), XRAY_CLASSES))
+    all_w = class_weights(dls.items_df.label, XRAY_CLASSES)
+    assert not torch.allclose(learn.class_weights, all_w, atol=1e-3)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-3)
+    log = pd.read_csv(learn.results_dir/'training_log.csv')
+    learn.model.eval(); logits, ys = [], []
+    with torch.no_grad():
+        for xb, yb in dls.valid: logits.append(learn.model(xb).as_subclass(torch.Tensor)); ys.append(yb.as_subclass(torch.Tensor))
+    logits, ys = torch.cat(logits), torch.cat(ys)
+    plain = F.cross_entropy(logits, ys).item()
+    weighted = F.cross_entropy(logits, ys, weight=learn.class_weights).item()
+    assert abs(learn.recorder.values[-1][1] - plain) < 1e-4 and abs(log.val_loss.iloc[-1] - plain) < 1e-4
+    assert abs(plain - weighted) > 1e-3   # the test could tell them apart
+    recall_m = ((logits.argmax(1) == 2) & (ys == 2)).sum().item() / (ys == 2).sum().item()
+    assert log.val_recall_malignant.iloc[-1] == pytest.approx(recall_m)
+    assert log.val_acc.iloc[-1] == pytest.approx((logits.argmax(1) == ys).float().mean().item())
+    assert log.lr.iloc[-1] < log.lr.max() or len(log) == 1  # one-cycle schedule is logged
+
+
+def test_early_stopping_and_checkpoints(dls, tmp_path):
+    learn = _frozen(xray_learner(dls, pretrained=False, out_dir=tmp_path, patience=2))
+    with learn.no_bar(), learn.no_logging(): learn.fit(10, 0.)
+    log = pd.read_csv(learn.results_dir/'training_log.csv')
+    assert len(log) == 3                                  # epoch 0 best, 2 epochs without improvement, stop
+    best = torch.load(tmp_path/'checkpoints'/'best_center.pt', weights_only=True)
+    final = torch.load(tmp_path/'checkpoints'/'final_center.pt', weights_only=True)
+    assert best['epoch'] == 0 and final['epoch'] == 2
+    for ck in (best, final):
+        assert ck['class_names'] == ['Normal', 'Benign', 'Malignant']
+        assert ck['normalization'] == dls.normalization and ck['arch'] == 'efficientnet_b0'
+        assert set(ck) >= {'model', 'optimizer', 'epoch', 'valid_loss', 'config', 'class_names', 'normalization'}
+        assert ck['optimizer']['state'] and ck['split'] == 'center'
+    assert best['valid_loss'] == pytest.approx(log.val_loss.min())
+    assert not [p for p in (tmp_path/'checkpoints').iterdir() if p.suffix != '.pt']   # no temporary files left
+
+
+def test_malignant_collapse_warning(dls, tmp_path):
+    learn = _frozen(xray_learner(dls, pretrained=False, out_dir=tmp_path, patience=None))
+    with torch.no_grad(): learn.model.classifier.weight.zero_(); learn.model.classifier.bias.copy_(torch.tensor([5., 0., -5.]))
+    with learn.no_bar(), learn.no_logging():
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', RecallCollapseWarning)
+            learn.fit(1, 0.)                              # one epoch at 0: no warning yet
+        with pytest.warns(RecallCollapseWarning, match='Malignant recall has been 0 for 2 epochs'):
+            learn.fit(2, 0.)
+
+
+def test_checkpoint_loader_matches_learner(dls, tmp_path, btxrd):
+    learn = xray_learner(dls, pretrained=False, out_dir=tmp_path, patience=None)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    probs, _ = learn.get_preds(dl=dls.btxrd_test_dl())
+    files = [dls.img_dir/i for i in dls.test_df().image_id]
+    p = predict_xray(tmp_path/'checkpoints'/'final_center.pt', files)
+    assert p.shape == (len(files), 3) and np.allclose(p.sum(1), 1, atol=1e-5) and (p >= 0).all()
+    assert np.abs(p - probs.numpy()).max() < 1e-4
+
+
+def _check_run(res, ckpts, split_tag, btxrd):
+    log = pd.read_csv(res/'training_log.csv')
+    assert list(log.columns) == ['epoch', 'train_loss', 'val_loss', 'val_acc', 'val_recall_normal', 'val_recall_benign', 'val_recall_malignant', 'lr']
+    assert len(log) >= 1 and np.isfinite(log.drop(columns=[]).values).all()
+    for png in ('loss_curve.png', 'recall_curve.png', 'confusion_matrix.png'):
+        assert (res/png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+        with Image.open(res/png) as im: assert im.format == 'PNG' and im.size[0] > 100
+    split = pd.read_csv(res/'split.csv')
+    assert split.image_id.is_unique and len(split) == 120
+    n_test = int((split.split == 'test').sum())
+    cm = pd.read_csv(res/'confusion_matrix.csv', index_col=0)
+    assert cm.values.sum() == n_test and list(cm.index) == ['true_Normal', 'true_Benign', 'true_Malignant']
+    m = json.loads((res/'test_metrics.json').read_text())
+    assert m['n'] == n_test and m['checkpoint'] == 'best'
+    assert np.array(m['confusion_matrix']).sum(1).tolist() == [m['per_class'][c]['support'] for c in XRAY_CLASSES]
+    for c in XRAY_CLASSES:
+        assert set(m['per_class'][c]) == {'precision', 'recall', 'f1', 'support'}
+        assert 0 <= m['roc_auc_ovr'][c] <= 1
+    assert 0 <= m['macro_f1'] <= 1
+    for kind in ('best', 'final'):
+        ck = torch.load(ckpts/f'{kind}_{split_tag}.pt', weights_only=True)
+        model, _ = load_xray_model(ck)
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    cfg = xray_config(res/'config.yaml')
+    assert cfg['split'] == split_tag and cfg['size'] == 64
+
+
+@pytest.mark.slow
+def test_cli_train_all_end_to_end(btxrd, tmp_path):
+    (tmp_path/'c.yaml').write_text(f'data_path: {btxrd}\nout_dir: {tmp_path/"run"}\npretrained: false\nsize: 64\nbs: 16\nepochs: 2\nnum_workers: 0\n')
+    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train-all', 'xray', '--config', str(tmp_path/'c.yaml'),
+                        '--override', 'lr=2e-3', 'patience=3'], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'valid_loss' in r.stdout + r.stderr          # the progress table
+    out = tmp_path/'run'
+    for split, run in (('stratified', 'stratified'), ('center', 'center_holdout')):
+        _check_run(out/'results'/run, out/'checkpoints', split, btxrd)
+    summary = pd.read_csv(out/'results'/'summary.csv')
+    assert summary.split.tolist() == ['stratified', 'center']
+
+
+def test_cli_train_one_split_and_bad_override(btxrd, tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train', 'xray', '--override', f'data_path={btxrd}',
+                        'epoch=2'], capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown config key 'epoch'" in r.stderr
