@@ -124,9 +124,13 @@ def btxrd_metadata(n:int=400, # number of rows (images)
 
 # %% ../nbs/01_synth.ipynb #c021
 def _smoothstep(e0, e1, x):
-    t = (x - float(e0)) * (1 / float(e1 - e0))
+    t = x - float(e0)
+    t *= 1 / float(e1 - e0)
     np.clip(t, 0, 1, out=t)
-    return t * t * (3 - 2 * t)
+    r = 3 - 2 * t
+    r *= t
+    r *= t
+    return r
 
 def _noise(rng, h, w, cell):
     "Smooth standard-normal noise of `h`x`w` pixels with features about `cell` pixels across"
@@ -140,6 +144,13 @@ def _blend(img, alpha, value):
     "In place: `img = img*(1-alpha) + value*alpha`"
     img *= 1 - alpha
     img += alpha * value
+
+def _window(img, xx, yy, cx, cy, r):
+    "Views of `img` and of the coordinates `xx` (a row) and `yy` (a column) on the box of half-side `r` around (`cx`,`cy`)"
+    H, W = img.shape
+    x0, x1 = min(W - 1, max(0, int(cx - r))), max(1, min(W, int(cx + r) + 2))
+    y0, y1 = min(H - 1, max(0, int(cy - r))), max(1, min(H, int(cy + r) + 2))
+    return img[y0:y1, x0:x1], xx[:, x0:x1], yy[y0:y1]
 
 def _frame(xx, yy, cx, cy, ang):
     "Coordinates along (`t`) and across (`d`) an axis through (`cx`,`cy`) at angle `ang`"
@@ -170,6 +181,7 @@ def _lucent(img, xx, yy, S, rng, cx, cy, ang, hw, D, septa):
     "Benign: a well-circumscribed oval lucency with a thick sclerotic rim, maybe with thin septa ('soap bubbles')"
     R = D / 2
     a, b = R * rng.uniform(1.0, 1.35), max(R * rng.uniform(0.75, 1.0), 1.15 * hw)
+    img, xx, yy = _window(img, xx, yy, cx, cy, 1.15 * max(a, b) + 2)
     t, d = _frame(xx, yy, cx, cy, ang + rng.uniform(-0.2, 0.2))
     q = np.sqrt((t / a) ** 2 + (d / b) ** 2)
     q = q * (1 + 0.04 * np.sin(2 * np.arctan2(d, t) + rng.uniform(0, 6.3)))
@@ -186,6 +198,7 @@ def _outgrowth(img, xx, yy, S, rng, cx, cy, ang, hw, D, side):
     R = D / 2
     tilt = ang + side * np.pi / 2 + rng.uniform(-0.5, 0.5)   # direction of growth, away from the shaft
     h = hw + R * rng.uniform(0.7, 1.1)                      # from the shaft axis to the cap centre
+    img, xx, yy = _window(img, xx, yy, cx, cy, h + 1.4 * R + 2)
     st, sd = _frame(xx, yy, cx, cy, tilt)                   # along / across the stalk
     dx, dy = st - h, sd
     rho, phi = np.sqrt(dx * dx + dy * dy), np.arctan2(dy, dx)
@@ -203,8 +216,9 @@ def _outgrowth(img, xx, yy, S, rng, cx, cy, ang, hw, D, side):
 
 def _lytic(img, xx, yy, S, rng, cx, cy, ang, hw, D, spicules):
     "Malignant: ill-defined moth-eaten lysis, cortical destruction, sunburst spicules and a soft-tissue mass"
-    H, W = img.shape
     R = D / 2
+    img, xx, yy = _window(img, xx, yy, cx, cy, 2.5 * R + 2)
+    H, W = img.shape
     dx, dy = xx - cx, yy - cy
     rho, phi = np.sqrt(dx * dx + dy * dy), np.arctan2(dy, dx)
     # hazy soft-tissue mass
@@ -243,7 +257,7 @@ def _radiograph(label, subtype, W, H, rng, n_bones):
     "Draw one image: scene, exposure and noise from `rng`, the lesion from a stream of its own (same seed, same scene)"
     lrng = np.random.default_rng(int(rng.integers(2**63)))
     S = min(W, H)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    xx, yy = np.arange(W, dtype=np.float32)[None], np.arange(H, dtype=np.float32)[:, None]   # broadcast as a grid
     img = rng.uniform(8, 30) + rng.uniform(-8, 8) * (xx / W) + rng.uniform(-8, 8) * (yy / H)
     ang = rng.uniform(0, np.pi)
     cx, cy = W / 2 + rng.uniform(-0.12, 0.12) * W, H / 2 + rng.uniform(-0.12, 0.12) * H
