@@ -20,15 +20,15 @@ from .data.xray import *
 from .callbacks import *
 
 # so that `from medrecipes.xray import *` is all a notebook needs
-_all_ = ['XrayDataLoaders', 'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split',
+_all_ = ['XrayDataLoaders', 'Radiograph', 'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split',
          'save_split', 'load_split', 'RecallCollapseWarning']
 
 # %% auto #0
 __all__ = ['RUN_DIRS', 'XRAY_DEFAULTS', 'create_classifier', 'XrayLearner', 'xray_learner', 'classification_metrics',
            'plot_confusion_matrix', 'save_test_metrics', 'load_xray_model', 'xray_preprocess', 'predict_xray',
-           'xray_config', 'xray_dls_from_config', 'train_xray', 'train_all_xray', 'XrayDataLoaders', 'XRAY_CLASSES',
-           'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split', 'save_split', 'load_split',
-           'RecallCollapseWarning']
+           'xray_config', 'xray_dls_from_config', 'train_xray', 'train_all_xray', 'XrayDataLoaders', 'Radiograph',
+           'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split', 'save_split',
+           'load_split', 'RecallCollapseWarning']
 
 # %% ../nbs/04_xray.ipynb #c005
 RUN_DIRS = {'stratified': 'stratified', 'center': 'center_holdout'}
@@ -144,7 +144,7 @@ def load_xray_model(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
 
 def xray_preprocess(fn, normalization:dict) -> torch.Tensor:
     "Read a radiograph and turn it into a normalised 3 x size x size tensor, as the validation data are."
-    img = PILImage.create(fn)
+    img = Radiograph.create(fn)
     img = Resize(normalization['size'], method=ResizeMethod.Pad, pad_mode=PadMode.Zeros)(img, split_idx=1)
     x = ToTensor()(img).float() / 255.
     mean, std = torch.tensor(normalization['mean']), torch.tensor(normalization['std'])

@@ -100,3 +100,11 @@ def test_dataloaders(btxrd, tmp_path):
     dls2 = XrayDataLoaders.from_btxrd(btxrd, split=tmp_path/'split.csv', size=48, bs=8, num_workers=0)
     assert sorted(dls2.train.items.image_id) == sorted(dls.train.items.image_id)
     assert sorted(dls2.test_df().image_id) == sorted(dls.test_df().image_id)
+
+
+def test_truncated_image_error_names_the_file(btxrd_copy):
+    dls = XrayDataLoaders.from_btxrd(btxrd_copy, size=32, bs=4, num_workers=0)
+    fn = btxrd_copy/'images'/dls.valid.items.image_id.iloc[1]
+    fn.write_bytes(fn.read_bytes()[:500])
+    with pytest.raises(ValueError, match=f'cannot decode image {fn}'):
+        for _ in dls.valid: pass

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize,
+from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, PILImage, CategoryBlock, ColReader, ColSplitter, Resize,
                                ResizeMethod, PadMode, aug_transforms, Normalize, imagenet_stats, delegates)
 from ..core import atomic_write
 
 # %% auto #0
 __all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'find_metadata', 'read_btxrd_metadata', 'check_images',
-           'make_split', 'check_split', 'save_split', 'load_split', 'xray_augmentations', 'XrayDataLoaders']
+           'make_split', 'check_split', 'save_split', 'load_split', 'Radiograph', 'xray_augmentations',
+           'XrayDataLoaders']
 
 # %% ../../nbs/02_data.xray.ipynb #c005
 XRAY_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -156,6 +157,13 @@ def load_split(path:str|Path, df:pd.DataFrame|None=None) -> pd.DataFrame:
     return check_split(pd.read_csv(path), df, where=str(path))
 
 # %% ../../nbs/02_data.xray.ipynb #c014
+class Radiograph(PILImage):
+    "A radiograph, decoded in full as RGB; a file that cannot be decoded is an error naming it."
+    @classmethod
+    def create(cls, fn, **kwargs):
+        try: return super().create(fn, **kwargs)
+        except Exception as e: raise ValueError(f"cannot decode image {fn}: {type(e).__name__}: {e}") from e
+
 def xray_augmentations(size:int, max_rotate:float=10., max_zoom:float=1.1, max_lighting:float=0.2):
     "Batch augmentations for radiographs."
     return aug_transforms(do_flip=True, flip_vert=False, max_rotate=max_rotate, max_zoom=max_zoom,
@@ -191,7 +199,7 @@ class XrayDataLoaders(DataLoaders):
         trval['is_valid'] = trval.split == 'valid'
         mean, std = [float(v) for v in stats[0]], [float(v) for v in stats[1]]
         tfms = (xray_augmentations(size) if augment else []) + [Normalize.from_stats(mean, std)]
-        dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=XRAY_CLASSES, sort=False)),
+        dblock = DataBlock(blocks=(ImageBlock(Radiograph), CategoryBlock(vocab=XRAY_CLASSES, sort=False)),
                            get_x=ColReader('image_id', pref=img_dir), get_y=ColReader('label'),
                            splitter=ColSplitter('is_valid'),
                            item_tfms=Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), batch_tfms=tfms)
