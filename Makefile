@@ -19,7 +19,7 @@ install: $(STAMP)
 
 ## make demo: generate a BTXRD-format sample and train + evaluate both split protocols on it
 demo: install
-	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 400 --seed 0
+	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 600 --seed 0
 	$(BIN)/medrecipes train-all xray --config configs/xray_demo.yaml
 
 ## make test: notebooks (nbdev-test) and the pytest suite

@@ -39,11 +39,17 @@ def create_classifier(arch:str, # a timm model name
                       **kwargs) -> torch.nn.Module:
     "A timm classifier with a fresh `n_out`-way head."
     if arch not in timm.list_models(): raise ValueError(f"arch={arch!r} is not a timm model name (see timm.list_models())")
-    try: return timm.create_model(arch, pretrained=pretrained, num_classes=n_out, **kwargs)
+    try: model = timm.create_model(arch, pretrained=pretrained, num_classes=n_out, **kwargs)
     except Exception as e:
         if not pretrained: raise
         raise RuntimeError(f"cannot load pretrained weights for arch={arch!r} ({type(e).__name__}: {e}); "
                            "connect to the internet once, or pass pretrained=False to train from scratch") from e
+    # Some timm inits scale the head by 1/sqrt(fan_out): with 3 classes the fresh head starts with logits of several
+    # units and training diverges. Start the head near zero instead (initial loss ~ log(n_out)).
+    head = model.get_classifier()
+    if isinstance(head, torch.nn.Linear):
+        torch.nn.init.normal_(head.weight, std=0.01); torch.nn.init.zeros_(head.bias)
+    return model
 
 class XrayLearner(Learner):
     "A `Learner` that knows its checkpoints and can evaluate the held-out test split."
@@ -202,7 +208,7 @@ def train_xray(config:str|Path|None=None, # YAML config file
     t0 = time.time()
     if cfg['progress']: fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
     else:
-        with learn.no_bar(): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
+        with learn.no_bar(), learn.no_logging(): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
     secs = time.time() - t0
     test = learn.evaluate_test('best')
     log = pd.read_csv(learn.results_dir/'training_log.csv')
