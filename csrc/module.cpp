@@ -7,6 +7,8 @@
 
 namespace py = pybind11;
 
+void init_ssim(py::module_ &m);  // csrc/ssim.cpp
+
 static int max_threads() {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -27,4 +29,5 @@ PYBIND11_MODULE(_cpu, m) {
     m.doc() = "medrecipes C++ CPU kernels";
     m.def("has_openmp", &has_openmp, "Whether the extension was compiled with OpenMP");
     m.def("max_threads", &max_threads, "Threads OpenMP will use");
+    init_ssim(m);
 }

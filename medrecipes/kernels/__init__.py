@@ -1,0 +1,4 @@
+"""Fused kernels behind one call each: the fastest backend for the tensor's device, a PyTorch reference as the oracle.
+
+Imports with torch alone (no fastai; Triton optional). The modules are exported from `nbs/10_kernels.*.ipynb`."""
+from .ssim import *

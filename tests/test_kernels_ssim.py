@@ -1,0 +1,85 @@
+"Public SSIM API: dispatch, parity with the reference and pytorch-msssim, dtypes, errors."
+import pytest, torch
+import pytorch_msssim
+from medrecipes.kernels import ssim, ssim_reference, SSIMLoss, ssim_backend, cpp_available
+
+SHAPES = [(2, 1, 32, 32), (1, 3, 23, 37), (2, 17, 16, 16), (1, 1, 11, 11), (3, 2, 40, 13)]
+
+
+def _rel_rms(a, b): return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_values_and_grads_match_reference_and_msssim(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=g); y = (x + 0.2 * torch.rand(shape, generator=g)).clamp(0, 1)
+    xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
+    s = ssim(xa, ya, reduction='none'); s.sum().backward()
+    x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+    r = ssim_reference(x64, y64); r.sum().backward()
+    torch.testing.assert_close(s.double(), r.detach(), atol=1e-5, rtol=0)
+    if min(shape[-2:]) >= 11:
+        m = pytorch_msssim.ssim(x, y, data_range=1, size_average=False)
+        torch.testing.assert_close(s.detach(), m, atol=1e-5, rtol=0)
+    assert _rel_rms(xa.grad.double(), x64.grad) < 1e-4 and _rel_rms(ya.grad.double(), y64.grad) < 1e-4
+
+
+def test_cpu_dispatches_to_cpp():
+    assert cpp_available() and ssim_backend(torch.rand(1, 1, 11, 11)) == 'cpp'
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_half_types(dtype, tol):
+    x = torch.rand(2, 3, 24, 24); y = (x + 0.1 * torch.rand_like(x)).clamp(0, 1)
+    xh = x.to(dtype).requires_grad_()
+    s = ssim(xh, y.to(dtype), reduction='none')
+    assert s.dtype == dtype
+    ref = ssim_reference(x.to(dtype).float(), y.to(dtype).float())
+    torch.testing.assert_close(s.float(), ref, atol=tol, rtol=0)
+    s.sum().backward(); assert xh.grad.dtype == dtype and torch.isfinite(xh.grad.float()).all()
+
+
+def test_non_contiguous_and_one_sided_grad():
+    base = torch.rand(2, 24, 20, 3)
+    x = base.permute(0, 3, 1, 2); y = torch.rand(2, 3, 24, 20)
+    assert not x.is_contiguous()
+    yr = y.clone().requires_grad_()
+    s = ssim(x, yr); s.backward()
+    yr2 = y.clone().requires_grad_(); ssim_reference(x.contiguous(), yr2).mean().backward()
+    torch.testing.assert_close(s, ssim_reference(x.contiguous(), y).mean(), atol=1e-5, rtol=0)
+    assert _rel_rms(yr.grad, yr2.grad) < 1e-4
+
+
+def test_reference_gradcheck_float64():
+    x = torch.rand(1, 2, 12, 13, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(1, 2, 12, 13, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ssim_reference(a, b, win_size=5), (x, y))
+
+
+@pytest.mark.parametrize('args,err,match', [
+    ((torch.rand(1, 1, 10, 30), torch.rand(1, 1, 10, 30)), ValueError, '10x30 are smaller than the 11x11'),
+    ((torch.rand(1, 1, 16, 16), torch.rand(1, 2, 16, 16)), ValueError, 'same shape'),
+    ((torch.randint(0, 255, (1, 1, 16, 16)), torch.randint(0, 255, (1, 1, 16, 16))), TypeError, 'floating-point'),
+    ((torch.rand(1, 16, 16), torch.rand(1, 16, 16)), ValueError, 'B x C x H x W'),
+    ((torch.full((1, 1, 16, 16), float('nan')), torch.rand(1, 1, 16, 16)), ValueError, 'x contains NaN'),
+])
+def test_bad_inputs(args, err, match):
+    with pytest.raises(err, match=match): ssim(*args)
+
+
+def test_backend_switch(monkeypatch):
+    x, y = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'torch'); assert ssim_backend(x) == 'torch'
+    a = ssim(x, y)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'cpp'); torch.testing.assert_close(ssim(x, y), a, atol=1e-5, rtol=0)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'triton')
+    with pytest.raises(RuntimeError, match='triton'): ssim(x, y)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'cuda')
+    with pytest.raises(ValueError, match='MEDRECIPES_BACKEND must be one of'): ssim(x, y)
+
+
+def test_ssim_loss():
+    x = torch.rand(2, 1, 20, 20, requires_grad=True); y = torch.rand(2, 1, 20, 20)
+    l = SSIMLoss()(x, y); l.backward()
+    torch.testing.assert_close(l, 1 - ssim_reference(x, y).mean(), atol=1e-5, rtol=0)
+    assert x.grad is not None and SSIMLoss()(y, y).abs() < 1e-5

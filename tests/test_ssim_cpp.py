@@ -1,0 +1,175 @@
+"Tests of the C++ SSIM kernels (`medrecipes._cpu.ssim_forward` / `ssim_backward`) against a float64 PyTorch reference."
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medrecipes import _cpu
+
+pytestmark = pytest.mark.skipif(not hasattr(_cpu, 'ssim_forward'),
+                                reason='medrecipes._cpu was built without ssim_forward (rebuild: setup.py build_ext --inplace)')
+
+K1, K2, WIN, SIGMA = 0.01, 0.03, 11, 1.5
+
+
+def _consts(L=1.0): return (K1 * L) ** 2, (K2 * L) ** 2
+
+
+def ref_ssim(X, Y, win=WIN, sigma=SIGMA, L=1.0):
+    "Plain PyTorch SSIM per (image, channel): valid separable Gaussian blur, population variances. Returns (B, C)."
+    C = X.shape[1]
+    c = torch.arange(win, dtype=X.dtype) - win // 2
+    g = torch.exp(-c ** 2 / (2 * sigma ** 2)); g = g / g.sum()
+    gh, gv = g.view(1, 1, 1, win).repeat(C, 1, 1, 1), g.view(1, 1, win, 1).repeat(C, 1, 1, 1)
+    blur = lambda t: F.conv2d(F.conv2d(t, gh, groups=C), gv, groups=C)
+    c1, c2 = _consts(L)
+    mx, my = blur(X), blur(Y)
+    sxx, syy, sxy = blur(X * X) - mx * mx, blur(Y * Y) - my * my, blur(X * Y) - mx * my
+    S = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return S.flatten(2).mean(-1)
+
+
+def cpp_ssim(X, Y, win=WIN, **kw):
+    B, C, H, W = X.shape
+    c1, c2 = _consts()
+    x = X.detach().float().reshape(B * C, H, W).numpy(); y = Y.detach().float().reshape(B * C, H, W).numpy()
+    return torch.from_numpy(_cpu.ssim_forward(x, y, win, c1, c2, **kw)).view(B, C)
+
+
+def cpp_grads(X, Y, G, win=WIN, saved=False):
+    "C++ dL/dX, dL/dY for L = sum(G * ssim_per_plane)."
+    B, C, H, W = X.shape
+    c1, c2 = _consts()
+    x = X.detach().float().reshape(B * C, H, W).numpy(); y = Y.detach().float().reshape(B * C, H, W).numpy()
+    g = G.detach().float().reshape(-1).numpy()
+    kw = {}
+    if saved: kw['saved'] = _cpu.ssim_forward(x, y, win, c1, c2, save=True)[1]
+    dx, dy = _cpu.ssim_backward(x, y, win, c1, c2, g, **kw)
+    return torch.from_numpy(dx).view(B, C, H, W), torch.from_numpy(dy).view(B, C, H, W)
+
+
+def ref_grads(X, Y, G, win=WIN):
+    X = X.detach().double().requires_grad_(); Y = Y.detach().double().requires_grad_()
+    (ref_ssim(X, Y, win) * G.double()).sum().backward()
+    return X.grad, Y.grad
+
+
+def rel_rms(a, b): return ((a.double() - b).norm() / b.norm()).item()
+
+
+def structured(B, C, H, W, seed=0):
+    "Smooth gradients, a blob and hard edges, plus a little noise, in [0, 1]."
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, H, dtype=torch.float64), torch.linspace(0, 1, W, dtype=torch.float64), indexing='ij')
+    out = []
+    for _ in range(B * C):
+        a, b, c = torch.rand(3, generator=g, dtype=torch.float64)
+        img = 0.3 * a * xx + 0.3 * b * yy + 0.2 * torch.exp(-((xx - c) ** 2 + (yy - 0.5) ** 2) / 0.05)
+        img = img + 0.3 * (xx > c).double() * (yy > 0.4).double()
+        img = img + 0.02 * torch.randn(H, W, generator=g, dtype=torch.float64)
+        out.append(img.clamp(0, 1))
+    return torch.stack(out).view(B, C, H, W)
+
+
+def pair(kind, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == 'random':
+        X = torch.rand(*shape, generator=g, dtype=torch.float64)
+        Y = (X + 0.2 * torch.randn(*shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    elif kind == 'uniform':
+        X, Y = torch.rand(*shape, generator=g, dtype=torch.float64), torch.rand(*shape, generator=g, dtype=torch.float64)
+    elif kind == 'structured':
+        X = structured(*shape, seed=seed)
+        Y = (0.8 * X + 0.1 + 0.05 * torch.randn(*shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    # round to float32 so the C++ kernel and the reference see the same inputs
+    return X.float().double(), Y.float().double()
+
+
+CASES = [('random', (2, 3, 32, 32)), ('uniform', (2, 1, 40, 40)), ('structured', (2, 2, 48, 48)),
+         ('structured', (1, 1, 23, 37)), ('random', (1, 1, 37, 23)), ('random', (2, 17, 16, 16)),
+         ('random', (1, 1, 11, 11)), ('structured', (3, 1, 11, 14)), ('structured', (1, 3, 64, 96))]
+
+
+@pytest.mark.parametrize('kind,shape', CASES)
+def test_forward_matches_reference(kind, shape):
+    X, Y = pair(kind, shape)
+    np.testing.assert_allclose(cpp_ssim(X, Y).double(), ref_ssim(X, Y), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('kind,shape', [c for c in CASES if c[1][2] >= 11 and c[1][3] >= 11])
+def test_forward_matches_pytorch_msssim(kind, shape):
+    pm = pytest.importorskip('pytorch_msssim')
+    X, Y = pair(kind, shape)
+    expect = pm.ssim(X, Y, data_range=1, size_average=False)    # per image, averaged over channels
+    np.testing.assert_allclose(cpp_ssim(X, Y).double().mean(1), expect, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('saved', [False, True])
+@pytest.mark.parametrize('kind,shape', CASES)
+def test_backward_matches_autograd(kind, shape, saved):
+    X, Y = pair(kind, shape)
+    G = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dx, dy = cpp_grads(X, Y, G, saved=saved)
+    rx, ry = ref_grads(X, Y, G)
+    assert rel_rms(dx, rx) < 1e-4 and rel_rms(dy, ry) < 1e-4, (rel_rms(dx, rx), rel_rms(dy, ry))
+
+
+def test_identical_images():
+    X, _ = pair('structured', (2, 3, 30, 41))
+    np.testing.assert_allclose(cpp_ssim(X, X), np.ones((2, 3)), atol=1e-5)
+    dx, dy = cpp_grads(X, X, torch.ones(2, 3))
+    assert dx.abs().max() < 1e-4 and dy.abs().max() < 1e-4     # SSIM is maximal at Y == X
+
+
+def test_other_window_and_range():
+    "win/sigma/constants are honoured (compared with the reference at win=7, sigma=1, data range 255)."
+    X, Y = pair('random', (2, 2, 20, 25))
+    X, Y = (X * 255).float().double(), (Y * 255).float().double()
+    L = 255.0
+    c1, c2 = (K1 * L) ** 2, (K2 * L) ** 2
+    x, y = X.float().view(4, 20, 25).numpy(), Y.float().view(4, 20, 25).numpy()
+    got = _cpu.ssim_forward(x, y, 7, c1, c2, sigma=1.0)
+    np.testing.assert_allclose(got, ref_ssim(X, Y, win=7, sigma=1.0, L=L).view(-1), atol=1e-5, rtol=0)
+    G = torch.randn(2, 2, dtype=torch.float64)
+    dx, dy = _cpu.ssim_backward(x, y, 7, c1, c2, G.float().view(-1).numpy(), sigma=1.0)
+    Xr, Yr = X.clone().requires_grad_(), Y.clone().requires_grad_()
+    (ref_ssim(Xr, Yr, win=7, sigma=1.0, L=L) * G).sum().backward()
+    assert rel_rms(torch.from_numpy(dx).view(2, 2, 20, 25), Xr.grad) < 1e-4
+    assert rel_rms(torch.from_numpy(dy).view(2, 2, 20, 25), Yr.grad) < 1e-4
+
+
+def test_finite_difference_spot_check():
+    X, Y = pair('structured', (1, 1, 16, 19))
+    G = torch.ones(1, 1)
+    dx, _ = cpp_grads(X, Y, G)
+    eps = 1e-3
+    for (i, j) in [(0, 0), (8, 9), (15, 18), (3, 12)]:
+        Xp, Xm = X.clone(), X.clone()
+        Xp[0, 0, i, j] += eps; Xm[0, 0, i, j] -= eps
+        fd = (ref_ssim(Xp, Y) - ref_ssim(Xm, Y)).item() / (2 * eps)
+        assert abs(dx[0, 0, i, j].item() - fd) < 1e-4 * max(1.0, abs(fd)) + 1e-6
+
+
+def test_errors():
+    c1, c2 = _consts()
+    a = np.zeros((2, 10, 20), np.float32)
+    with pytest.raises(ValueError, match='smaller than the window'): _cpu.ssim_forward(a, a, 11, c1, c2)
+    with pytest.raises(ValueError, match='smaller than the window'): _cpu.ssim_backward(a, a, 11, c1, c2, np.ones(2, np.float32))
+    b, b2 = np.zeros((2, 16, 16), np.float32), np.zeros((2, 16, 17), np.float32)
+    with pytest.raises(ValueError, match='same shape'): _cpu.ssim_forward(b, b2, 11, c1, c2)
+    with pytest.raises(ValueError, match='same shape'): _cpu.ssim_forward(b, np.zeros((3, 16, 16), np.float32), 11, c1, c2)
+    with pytest.raises(ValueError, match='odd'): _cpu.ssim_forward(b, b, 10, c1, c2)
+    with pytest.raises(ValueError, match=r'\(planes, H, W\)'): _cpu.ssim_forward(b[0], b[0], 11, c1, c2)
+    with pytest.raises(ValueError, match='grad_out'): _cpu.ssim_backward(b, b, 11, c1, c2, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match='saved'):
+        _cpu.ssim_backward(b, b, 11, c1, c2, np.ones(2, np.float32), saved=(np.zeros((2, 4, 5, 5), np.float32), np.zeros((2, 2), np.float32)))
+
+
+def test_threads_agree():
+    "Results do not depend on the row/plane split (run with the default thread count; compare planes one by one)."
+    X, Y = pair('random', (1, 5, 33, 29))
+    c1, c2 = _consts()
+    x, y = X.float().view(5, 33, 29).numpy(), Y.float().view(5, 33, 29).numpy()
+    whole = _cpu.ssim_forward(x, y, WIN, c1, c2)
+    single = np.concatenate([_cpu.ssim_forward(x[i:i + 1], y[i:i + 1], WIN, c1, c2) for i in range(5)])
+    np.testing.assert_array_equal(whole, single)
