@@ -6,13 +6,12 @@ Docs: https://medrecipes.github.io/medrecipes/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import os, random, json, tempfile, warnings
+import os, random, tempfile
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 import numpy as np
 import torch, yaml
 from omegaconf import OmegaConf, DictConfig, ListConfig
-from omegaconf.errors import ConfigKeyError
 
 # %% auto #0
 __all__ = ['set_seed', 'default_device', 'to_plain', 'atomic_write', 'atomic_write_text', 'save_checkpoint', 'load_checkpoint',
