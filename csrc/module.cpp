@@ -8,6 +8,7 @@
 namespace py = pybind11;
 
 void init_ssim(py::module_ &m);  // csrc/ssim.cpp
+void init_cbam(py::module_ &m);  // csrc/cbam.cpp
 
 static int max_threads() {
 #ifdef _OPENMP
@@ -30,4 +31,5 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("has_openmp", &has_openmp, "Whether the extension was compiled with OpenMP");
     m.def("max_threads", &max_threads, "Threads OpenMP will use");
     init_ssim(m);
+    init_cbam(m);
 }

@@ -1,2 +1,8 @@
-"""Training recipes for medical and radar imaging on fastai, with fused SSIM and CBAM kernels."""
+"""Training recipes for medical and radar imaging on fastai, with fused SSIM and CBAM kernels
+
+Modules:
+
+- `medrecipes.kernels.triton.cbam`: Triton backend of the fused CBAM passes: the six ops of the CBAM backend interface.
+- `medrecipes.kernels.triton.ssim`: Fused SSIM forward and hand-written backward in Triton."""
+
 __version__ = "0.1.0"

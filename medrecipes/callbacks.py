@@ -90,6 +90,8 @@ class RecallCollapseCallback(Callback):
             msg = f"{self.cls} recall has been 0 for {self.streak} epochs (epochs {self.epoch-self.streak+1}-{self.epoch}): the model no longer predicts {self.cls}"
             logging.getLogger('medrecipes').warning(msg)
             warnings.warn(msg, RecallCollapseWarning)
+    def resume_state(self): return dict(streak=self.streak, collapsed=list(self.collapsed))
+    def load_resume_state(self, st): self.streak, self.collapsed = st['streak'], list(st['collapsed'])
 
 # %% ../nbs/03_callbacks.ipynb #c013
 def plot_curves(log:pd.DataFrame, # a training log
@@ -128,6 +130,8 @@ class TrainingLog(Callback):
                'lr': float(self.opt.hypers[-1]['lr'])}
         self.rows = [r for r in self.rows if r['epoch'] < self.epoch] + [row]
         self.write()
+    def resume_state(self): return dict(rows=[dict(r) for r in self.rows])
+    def load_resume_state(self, st): self.rows = [dict(r) for r in st['rows']]
     def write(self):
         log = pd.DataFrame(self.rows, columns=self.columns)
         atomic_write(self.path/self.fname, lambda t: log.to_csv(t, index=False))
@@ -160,6 +164,10 @@ class CheckpointCallback(TrackerCallback):
             self.best_epoch = self.epoch
             save_checkpoint(self.best_path, **checkpoint_state(self.learn, epoch=self.epoch, **{self.monitor: float(self.best)},
                                                                best_value=float(self.best), best_epoch=self.epoch, monitor=self.monitor))
+    def resume_state(self):
+        return dict(best=float(self.best), best_epoch=self.best_epoch, last_epoch=self.last_epoch, last_value=self.last_value)
+    def load_resume_state(self, st):
+        self.best, self.best_epoch, self.last_epoch, self.last_value = st['best'], st['best_epoch'], st['last_epoch'], st['last_value']
     def after_fit(self):
         if self.run and self.last_epoch is not None:
             save_checkpoint(self.final_path, **checkpoint_state(self.learn, epoch=self.last_epoch, **{self.monitor: self.last_value},

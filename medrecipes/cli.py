@@ -24,6 +24,8 @@ def _parser():
         t.add_argument('--config', '-c', default=None, help='YAML config file (keys override the recipe defaults)')
         t.add_argument('--override', '-o', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                        help='config overrides, e.g. --override split=center epochs=10')
+        t.add_argument('--resume', nargs='?', const='last', default=None, metavar='CHECKPOINT',
+                       help="continue exactly from the run's latest checkpoint (or the one given)")
     s = sub.add_parser('synth', help='write a generated data set')
     s.add_argument('kind', choices=('btxrd',))
     s.add_argument('dest', help='folder to write')
@@ -43,6 +45,7 @@ def main(argv=None):
             print(f"{dest} already holds a data set; use --force to write it again"); return 0
         make_btxrd(dest, n=args.n, seed=args.seed); print(f"wrote {args.n} images to {dest}"); return 0
     from medrecipes.xray import train_xray, train_all_xray
+    if args.resume is not None: args.override.append(f'resume={args.resume}')
     if args.command == 'train':
         print(json.dumps(train_xray(args.config, args.override), indent=2))
     else:

@@ -14,8 +14,9 @@ from PIL import Image, ImageFilter
 
 # %% auto #0
 __all__ = ['BTXRD_CLASSES', 'SITE_COLUMNS', 'BENIGN_SUBTYPES', 'MALIGNANT_SUBTYPES', 'SUBTYPE_COLUMNS', 'LIMB_COLUMNS',
-           'VIEW_COLUMNS', 'BTXRD_COLUMNS', 'SITE_LIMB', 'BTXRD_RELEASE_COUNTS', 'BTXRD_SUBTYPE_COUNTS', 'btxrd_counts',
-           'btxrd_metadata', 'draw_radiograph', 'make_btxrd']
+           'VIEW_COLUMNS', 'BTXRD_COLUMNS', 'SITE_LIMB', 'BTXRD_RELEASE_COUNTS', 'BTXRD_SUBTYPE_COUNTS',
+           'SAR_TERRAIN_DB', 'SAR_SPLITS', 'btxrd_counts', 'btxrd_metadata', 'draw_radiograph', 'make_btxrd',
+           'sar_speckle', 'make_sar_scene', 'make_sar']
 
 # %% ../nbs/01_synth.ipynb #c006
 BTXRD_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -404,4 +405,158 @@ def make_btxrd(dest, # folder to write; created if missing
         im.save(dest / 'images' / df.image_id.iat[i], format='JPEG', quality=quality)
     df.to_csv(dest / 'dataset.csv', index=False, lineterminator='\n')
     _write_xlsx(df, dest / 'dataset.xlsx')
+    return dest
+
+# %% ../nbs/01_synth.ipynb #c042
+import json
+from PIL import ImageDraw
+
+# backscatter levels of each terrain type, dB (the range a region's level is drawn from), and how often each occurs
+SAR_TERRAIN_DB = {'water': (-25., -18.), 'bare soil': (-16., -11.), 'crops': (-13., -7.), 'forest': (-9., -6.),
+                  'urban': (-4., 2.)}
+_SAR_TERRAIN_P = np.array([0.12, 0.23, 0.30, 0.25, 0.10])
+
+def _sar_size(size):
+    "(height, width) from an int or a pair of ints, each in [32, 8192]"
+    s = (size, size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool) else size
+    try: h, w = s
+    except (TypeError, ValueError): raise ValueError(f"`size` must be an int or (height, width), got {size!r}") from None
+    for v in (h, w):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 32 <= v <= 8192:
+            raise ValueError(f"`size` must be an int or (height, width) of ints in [32, 8192], got {size!r}")
+    return int(h), int(w)
+
+def _check_looks(looks):
+    if isinstance(looks, bool) or not isinstance(looks, (int, float, np.integer, np.floating)) or not 0 < looks < 1e6:
+        raise ValueError(f"`looks` must be a positive number (the number of looks L), got {looks!r}")
+    return int(looks) if float(looks).is_integer() else float(looks)
+
+def _as_rng(rng, name='rng'):
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(_check_int(rng, name, 0))
+
+def sar_speckle(shape, # (height, width) of the field
+                looks=1, # number of looks L (any positive number)
+                rng=0, # int seed or a `numpy.random.Generator`
+               ) -> np.ndarray:
+    "Multiplicative speckle of `looks` looks: Gamma(shape=L, scale=1/L), mean 1, variance 1/L, float32"
+    looks, rng = _check_looks(looks), _as_rng(rng)
+    return rng.gamma(looks, 1.0 / looks, size=tuple(shape)).astype(np.float32)
+
+# %% ../nbs/01_synth.ipynb #c045
+def _mask(h, w, draw):
+    "Boolean mask of what `draw(ImageDraw)` paints on an h x w canvas"
+    im = Image.new('L', (w, h), 0)
+    draw(ImageDraw.Draw(im))
+    return np.asarray(im) > 0
+
+def _terrain_level(rng, kind=None):
+    "A backscatter level (linear intensity, a Python float) of a terrain type drawn from `rng`"
+    names = list(SAR_TERRAIN_DB)
+    if kind is None: kind = names[rng.choice(len(names), p=_SAR_TERRAIN_P)]
+    lo, hi = SAR_TERRAIN_DB[kind]
+    return 10.0 ** (float(rng.uniform(lo, hi)) / 10.0)
+
+def _sar_path(h, w, rng, wiggle):
+    "A polyline entering at a random border point and wandering across the image (x, y points)"
+    S = min(h, w)
+    t = float(rng.uniform(0.1, 0.9))
+    y, x, head = [(0., t * w, np.pi / 2), (float(h), t * w, -np.pi / 2), (t * h, 0., 0.), (t * h, float(w), np.pi)][int(rng.integers(4))]
+    head += float(rng.uniform(-0.5, 0.5))
+    step, pts = S / 24, [(x, y)]
+    for _ in range(400):
+        head += float(rng.normal(0, wiggle))
+        x, y = x + step * math.cos(head), y + step * math.sin(head)
+        pts.append((x, y))
+        if not (-step <= x <= w + step and -step <= y <= h + step): break
+    return pts
+
+def _sar_reflectivity(h, w, rng):
+    "The clean reflectivity of a scene (linear, float32) and the mask of its point targets"
+    S, A = min(h, w), h * w / 256**2
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None]
+    # fields: a Voronoi partition, one level per cell
+    k = int(np.clip(round(int(rng.integers(5, 11)) * A), 3, 256))
+    py, px = rng.uniform(0, h, k).astype(np.float32), rng.uniform(0, w, k).astype(np.float32)
+    best, lab = np.full((h, w), np.inf, np.float32), np.zeros((h, w), np.int64)
+    for i in range(k):
+        d = np.square(yy - py[i]) + np.square(xx - px[i])
+        closer = d < best
+        best[closer], lab[closer] = d[closer], i
+    refl = np.array([_terrain_level(rng) for _ in range(k)], np.float32)[lab]
+    # parcels and lakes: star-shaped polygons
+    for _ in range(int(rng.integers(1, 5))):
+        cx, cy, r = float(rng.uniform(0, w)), float(rng.uniform(0, h)), S * float(rng.uniform(0.05, 0.18))
+        n = int(rng.integers(3, 9))
+        ang, rad = np.sort(rng.uniform(0, 2 * np.pi, n)), r * rng.uniform(0.6, 1.0, n)
+        pts = [(cx + float(a) * math.cos(t), cy + float(a) * math.sin(t)) for a, t in zip(rad, ang)]
+        refl[_mask(h, w, lambda d: d.polygon(pts, fill=255))] = _terrain_level(rng)
+    # a river, dark and a few pixels wide
+    if rng.random() < 0.5:
+        pts, width = _sar_path(h, w, rng, 0.3), max(2, round(S * float(rng.uniform(0.015, 0.04))))
+        refl[_mask(h, w, lambda d: d.line(pts, fill=255, width=width, joint='curve'))] = 10.0 ** (float(rng.uniform(-26, -20)) / 10)
+    # roads: thin, nearly straight, dark or bright
+    for _ in range(int(rng.integers(0, 4))):
+        pts, width = _sar_path(h, w, rng, 0.03), int(rng.integers(1, 4))
+        db = float(rng.uniform(-3, 4)) if rng.random() < 0.35 else float(rng.uniform(-24, -19))
+        refl[_mask(h, w, lambda d: d.line(pts, fill=255, width=width))] = 10.0 ** (db / 10)
+    # point targets
+    points = np.zeros((h, w), bool)
+    for _ in range(max(1, round(int(rng.integers(3, 16)) * A))):
+        y, x, s = int(rng.integers(h)), int(rng.integers(w)), int(rng.integers(1, 3))
+        refl[y:y + s, x:x + s] = 10.0 ** (float(rng.uniform(8, 28)) / 10)
+        points[y:y + s, x:x + s] = True
+    return refl, points
+
+# %% ../nbs/01_synth.ipynb #c046
+def make_sar_scene(size=256, # side of a square image, or (height, width)
+                   looks=1, # number of looks L of the speckle (any positive number)
+                   rng=0, # int seed or a `numpy.random.Generator`
+                   return_clean:bool=False, # also return the clean reflectivity
+                  ):
+    "A synthetic SAR intensity image (linear, float32): homogeneous regions, lines and point targets, times speckle"
+    h, w = _sar_size(size)
+    looks, rng = _check_looks(looks), _as_rng(rng)
+    clean, points = _sar_reflectivity(h, w, rng)
+    img = clean * sar_speckle((h, w), looks, rng)
+    img[points] = clean[points]                           # deterministic scatterers: no speckle
+    return (img, clean) if return_clean else img
+
+# %% ../nbs/01_synth.ipynb #c051
+SAR_SPLITS = ('train', 'valid', 'test')
+
+def make_sar(dest, # folder to write; created if missing
+             n_train:int=64, # number of training images
+             n_valid:int=16, # number of validation images
+             n_test:int=0, # number of test images (no `test/` folder when 0)
+             size=256, # side of the square images, or (height, width)
+             looks=1, # number of looks L of the speckle
+             seed:int=0, # random seed: the same arguments give byte-identical files
+             save_clean:bool=False, # also write the clean reflectivity to `clean/<split>/`
+            ) -> Path:
+    "Write a synthetic SAR data set of linear-intensity `.npy` images in `train/`, `valid/` (and `test/`) folders"
+    counts = {'train': _check_int(n_train, 'n_train', 1), 'valid': _check_int(n_valid, 'n_valid', 1),
+              'test': _check_int(n_test, 'n_test', 0)}
+    h, w = _sar_size(size)
+    looks, seed = _check_looks(looks), _check_int(seed, 'seed', 0)
+    if not isinstance(save_clean, bool): raise ValueError(f"`save_clean` must be True or False, got {save_clean!r}")
+    dest = Path(dest)
+    names = {s: [f'scene_{i:05d}.npy' for i in range(n)] for s, n in counts.items()}
+    folders = {s: dest / s for s in SAR_SPLITS} | ({f'clean/{s}': dest / 'clean' / s for s in SAR_SPLITS} if save_clean else {})
+    for key, folder in folders.items():        # never mix in images of an earlier, different call
+        stale = sorted(p.name for p in folder.glob('*.npy') if p.name not in names[key.split('/')[-1]]) if folder.is_dir() else []
+        if stale: raise FileExistsError(f"{folder} holds images this call would not write ({', '.join(stale[:3])}"
+                                        f"{' ...' if len(stale) > 3 else ''}); write to an empty folder")
+    streams = dict(zip(SAR_SPLITS, np.random.default_rng(seed).spawn(3)))
+    for split in SAR_SPLITS:
+        if not counts[split]: continue
+        (dest / split).mkdir(parents=True, exist_ok=True)
+        if save_clean: (dest / 'clean' / split).mkdir(parents=True, exist_ok=True)
+        for name, r in zip(names[split], streams[split].spawn(counts[split])):
+            img, clean = make_sar_scene((h, w), looks, r, return_clean=True)
+            np.save(dest / split / name, img)
+            if save_clean: np.save(dest / 'clean' / split / name, clean)
+    meta = {'generator': 'medrecipes.synth.make_sar', 'quantity': 'intensity', 'units': 'linear', 'dtype': 'float32',
+            'looks': looks, 'size': [h, w], 'seed': seed, 'splits': counts, 'clean': save_clean,
+            'point_targets': 'unspeckled'}
+    (dest / 'metadata.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
     return dest

@@ -18,6 +18,7 @@ from .core import (set_seed, default_device, load_config, save_config, load_chec
                              atomic_write_text, to_plain)
 from .data.xray import *
 from .callbacks import *
+from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 
 # so that `from medrecipes.xray import *` is all a notebook needs
 _all_ = ['XrayDataLoaders', 'Radiograph', 'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split',
@@ -51,8 +52,8 @@ def create_classifier(arch:str, # a timm model name
         torch.nn.init.normal_(head.weight, std=0.01); torch.nn.init.zeros_(head.bias)
     return model
 
-class XrayLearner(Learner):
-    "A `Learner` that knows its checkpoints and can evaluate the held-out test split."
+class XrayLearner(ResumableLearner):
+    "A resumable `Learner` that knows its checkpoints and can evaluate the held-out test split."
     def evaluate_test(self, which:str='best', # 'best' checkpoint, 'final' checkpoint, or 'current' weights
                       save:bool=True, # write the files to `self.results_dir`
                      ) -> dict:
@@ -87,7 +88,7 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
     ckpt_cb = CheckpointCallback(out_dir/'checkpoints', tag)
     extra = [EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []
     cb_list = [LossModeCallback(), TrainingLog(results_dir, vocab), RecallCollapseCallback('Malignant', collapse_patience),
-               ckpt_cb, *extra, *(cbs or [])]
+               ckpt_cb, *extra, ResumeCheckpoint(out_dir/'checkpoints'/f'latest_{tag}.pt'), *(cbs or [])]
     learn = XrayLearner(dls, model, loss_func=TrainValCrossEntropy(weight), metrics=[accuracy, *recall_metrics(vocab), *(metrics or [])],
                         cbs=cb_list, path=out_dir, **kwargs)
     learn.results_dir, learn.ckpt_cb, learn.class_weights = results_dir, ckpt_cb, weight
@@ -177,6 +178,7 @@ XRAY_DEFAULTS = dict(
     epochs=30, lr=1e-3, wd=0.01, schedule='one_cycle',   # schedule: one_cycle or flat
     class_weighted=True, patience=5, collapse_patience=2,
     out_dir='runs/xray', device='auto', progress=True,
+    resume=False,   # true: continue from the run's latest checkpoint if there is one; or a checkpoint path
 )
 
 def xray_config(config:str|Path|None=None, overrides=(), **kwargs) -> dict:
@@ -204,6 +206,7 @@ def train_xray(config:str|Path|None=None, # YAML config file
                          patience=cfg['patience'], collapse_patience=cfg['collapse_patience'], out_dir=cfg['out_dir'],
                          config=cfg, drop_rate=cfg['drop_rate'])
     save_config(cfg, learn.results_dir/'config.yaml'); save_split(dls.split_df, learn.results_dir/'split.csv')
+    if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)
     fit = learn.fit_one_cycle if cfg['schedule'] == 'one_cycle' else learn.fit
     t0 = time.time()
     if cfg['progress']: fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])

@@ -1,0 +1,294 @@
+"""Fused SSIM forward and hand-written backward in Triton.
+
+Runs on CUDA tensors, or on CPU tensors when Triton's interpreter is on (`TRITON_INTERPRET=1` set before Triton is
+first imported; `INTERPRETED` records which mode this module was imported in).
+
+Conventions are those of pytorch-msssim and of `csrc/ssim.cpp`, which this mirrors: a normalised 1-D Gaussian window
+g (size `win`, odd), separable "valid" blur (output Ho x Wo = (H-win+1) x (W-win+1)), population (co)variances,
+C1=(K1*L)^2, C2=(K2*L)^2, per-plane value = mean of the SSIM map, per-image value = mean over channels.
+Inputs of any float dtype are read as they are and accumulated in float32.
+
+Numerics (as csrc/ssim.cpp): every plane is shifted by its own mean (x' = x - cx, y' = y - cy, the means computed by
+torch in float32) before the moments are blurred; covariances are shift invariant and the means are shifted back, so
+the function is unchanged but E[x'^2] - mu_x'^2 cancels far less in float32.
+
+Forward (`_ssim_fwd_kernel`): one program per (plane, tile of BH x BW output pixels). It walks the BH + win - 1 input
+rows of the tile and its halo; for each row it blurs the five moments x', y', x'^2, y'^2, x'y' horizontally (win
+shifted loads of the row, products formed in registers) and adds the row, weighted by the vertical taps, to the
+BH x BW accumulators of the output rows it touches (a rank-1 update with weights g[r - i]). The blurred moments never
+leave registers. The program writes one partial sum of the SSIM map; torch sums the partials per plane (deterministic,
+no atomics) in float64.
+
+Backward, with A1=2mx my+C1, A2=2vxy+C2, B1=mx^2+my^2+C1, B2=vxx+vyy+C2, S=A1A2/(B1B2), s=grad_out/Npix:
+  dS/dA1 = A2/(B1B2), dS/dA2 = A1/(B1B2), dS/dB1 = -S/B1, dS/dB2 = -S/B2
+  gv = dS/dB2 (coefficient of E[x'^2] and E[y'^2]),  gc = 2 dS/dA2 (coefficient of E[x'y'])
+  ax = 2my dS/dA1 + 2mx dS/dB1 - 2mu_x' gv - mu_y' gc   (coefficient of mu_x'), ay symmetric
+  dL/dx = s (T(ax) + 2x' T(gv) + y' T(gc)),  dL/dy = s (T(ay) + 2y' T(gv) + x' T(gc))
+where T is the transpose of the valid blur (full correlation with zero padding). The forward saves the four
+coefficient maps (ax, ay, gv, gc) when a gradient is needed: 4 float32 buffers of Ho x Wo per plane, i.e. about four
+float32 copies of the input on top of the inputs themselves (which are kept in their own dtype). The backward
+(`_ssim_bwd_kernel`) is then one pass with the same tiling: one program per BH x BW tile of dx/dy, walking the
+BH + win - 1 map rows that reach it, transposed horizontal blur of the four maps, rank-1 vertical accumulation, and
+the combination with x', y' above.
+"""
+from __future__ import annotations
+import contextlib
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+__all__ = ['INTERPRETED', 'SSIMTriton', 'ssim_triton_planes', 'ssim_triton_backward']
+
+BH = 16          # output rows per program (the tile also reads win - 1 halo rows)
+MAX_BW = 64      # output columns per program
+
+
+@triton.jit
+def _hblur_moments(x_ptr, y_ptr, off, cols, m, cx, cy, g_ptr, WIN: tl.constexpr, BW: tl.constexpr):
+    "Valid horizontal blur of the five shifted moments of one input row, at output columns `cols`."
+    h0 = tl.zeros([BW], dtype=tl.float32)
+    h1 = tl.zeros([BW], dtype=tl.float32)
+    h2 = tl.zeros([BW], dtype=tl.float32)
+    h3 = tl.zeros([BW], dtype=tl.float32)
+    h4 = tl.zeros([BW], dtype=tl.float32)
+    for u in tl.static_range(WIN):
+        gu = tl.load(g_ptr + u)
+        a = tl.load(x_ptr + off + cols + u, mask=m, other=0.).to(tl.float32) - cx
+        b = tl.load(y_ptr + off + cols + u, mask=m, other=0.).to(tl.float32) - cy
+        ga = gu * a
+        gb = gu * b
+        h0 += ga
+        h1 += gb
+        h2 += ga * a
+        h3 += gb * b
+        h4 += ga * b
+    return h0, h1, h2, h3, h4
+
+
+@triton.jit
+def _ssim_fwd_kernel(x_ptr, y_ptr, shift_ptr, g_ptr, part_ptr, coef_ptr,
+                     H, W, Ho, Wo, n_tw, n_th, c1, c2,
+                     WIN: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, SAVE: tl.constexpr):
+    pid = tl.program_id(0)
+    tw = pid % n_tw
+    th = (pid // n_tw) % n_th
+    p = (pid // (n_tw * n_th)).to(tl.int64)
+    i0 = th * BH
+    rows = tl.arange(0, BH)                      # local output rows
+    cols = tw * BW + tl.arange(0, BW)            # output columns
+    cm = cols < Wo
+    cx = tl.load(shift_ptr + 2 * p)
+    cy = tl.load(shift_ptr + 2 * p + 1)
+    xbase = p * H * W
+    u0 = tl.zeros([BH, BW], dtype=tl.float32)    # mu_x'
+    u1 = tl.zeros([BH, BW], dtype=tl.float32)    # mu_y'
+    e2 = tl.zeros([BH, BW], dtype=tl.float32)    # E[x'^2]
+    e3 = tl.zeros([BH, BW], dtype=tl.float32)    # E[y'^2]
+    e4 = tl.zeros([BH, BW], dtype=tl.float32)    # E[x'y']
+    for r in range(0, BH + WIN - 1):             # input row i0 + r feeds output rows i0 + r - t, 0 <= t < WIN
+        row = i0 + r
+        h0, h1, h2, h3, h4 = _hblur_moments(x_ptr, y_ptr, xbase + row * W, cols, cm & (row < H), cx, cy, g_ptr,
+                                            WIN, BW)
+        t = r - rows
+        w = tl.load(g_ptr + t, mask=(t >= 0) & (t < WIN), other=0.)[:, None]
+        u0 += w * h0[None, :]
+        u1 += w * h1[None, :]
+        e2 += w * h2[None, :]
+        e3 += w * h3[None, :]
+        e4 += w * h4[None, :]
+    vxx = e2 - u0 * u0
+    vyy = e3 - u1 * u1
+    vxy = e4 - u0 * u1
+    mx = u0 + cx
+    my = u1 + cy
+    A1 = 2. * mx * my + c1
+    A2 = 2. * vxy + c2
+    B1 = mx * mx + my * my + c1
+    B2 = vxx + vyy + c2
+    inv = 1. / (B1 * B2)
+    S = A1 * A2 * inv
+    orow = i0 + rows
+    valid = (orow < Ho)[:, None] & cm[None, :]
+    tl.store(part_ptr + pid, tl.sum(tl.sum(tl.where(valid, S, 0.), axis=1), axis=0))
+    if SAVE:
+        dA1 = A2 * inv
+        gc = 2. * A1 * inv
+        dB1 = -S / B1
+        gv = -S / B2
+        ax = 2. * (my * dA1 + mx * dB1) - 2. * u0 * gv - u1 * gc
+        ay = 2. * (mx * dA1 + my * dB1) - 2. * u1 * gv - u0 * gc
+        n = Ho * Wo
+        q = coef_ptr + p * 4 * n + orow[:, None] * Wo + cols[None, :]
+        tl.store(q, ax, mask=valid)
+        tl.store(q + n, ay, mask=valid)
+        tl.store(q + 2 * n, gv, mask=valid)
+        tl.store(q + 3 * n, gc, mask=valid)
+
+
+@triton.jit
+def _hblur_t_coef(q_ptr, rok, cols, Wo, n, g_ptr, WIN: tl.constexpr, BW: tl.constexpr):
+    "Transposed horizontal blur (full correlation, zero padding) of one row of the four maps, at columns `cols`."
+    h0 = tl.zeros([BW], dtype=tl.float32)
+    h1 = tl.zeros([BW], dtype=tl.float32)
+    h2 = tl.zeros([BW], dtype=tl.float32)
+    h3 = tl.zeros([BW], dtype=tl.float32)
+    for u in tl.static_range(WIN):
+        gu = tl.load(g_ptr + u)
+        cc = cols - u
+        m = rok & (cc >= 0) & (cc < Wo)
+        h0 += gu * tl.load(q_ptr + cc, mask=m, other=0.)
+        h1 += gu * tl.load(q_ptr + n + cc, mask=m, other=0.)
+        h2 += gu * tl.load(q_ptr + 2 * n + cc, mask=m, other=0.)
+        h3 += gu * tl.load(q_ptr + 3 * n + cc, mask=m, other=0.)
+    return h0, h1, h2, h3
+
+
+@triton.jit
+def _ssim_bwd_kernel(x_ptr, y_ptr, shift_ptr, g_ptr, coef_ptr, scale_ptr, dx_ptr, dy_ptr,
+                     H, W, Ho, Wo, n_tw, n_th,
+                     WIN: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                     NEED_DX: tl.constexpr, NEED_DY: tl.constexpr):
+    pid = tl.program_id(0)
+    tw = pid % n_tw
+    th = (pid // n_tw) % n_th
+    p = (pid // (n_tw * n_th)).to(tl.int64)
+    r0 = th * BH
+    rows = tl.arange(0, BH)                      # local input (dx/dy) rows
+    cols = tw * BW + tl.arange(0, BW)            # input columns
+    cm = cols < W
+    n = Ho * Wo
+    cbase = coef_ptr + p * 4 * n
+    o0 = tl.zeros([BH, BW], dtype=tl.float32)    # T(ax)
+    o1 = tl.zeros([BH, BW], dtype=tl.float32)    # T(ay)
+    o2 = tl.zeros([BH, BW], dtype=tl.float32)    # T(gv)
+    o3 = tl.zeros([BH, BW], dtype=tl.float32)    # T(gc)
+    for q in range(0, BH + WIN - 1):             # map row i = r0 - (WIN-1) + q feeds rows i + t, 0 <= t < WIN
+        i = r0 - (WIN - 1) + q
+        h0, h1, h2, h3 = _hblur_t_coef(cbase + i * Wo, (i >= 0) & (i < Ho), cols, Wo, n, g_ptr, WIN, BW)
+        t = rows + (WIN - 1) - q
+        w = tl.load(g_ptr + t, mask=(t >= 0) & (t < WIN), other=0.)[:, None]
+        o0 += w * h0[None, :]
+        o1 += w * h1[None, :]
+        o2 += w * h2[None, :]
+        o3 += w * h3[None, :]
+    s = tl.load(scale_ptr + p)
+    cx = tl.load(shift_ptr + 2 * p)
+    cy = tl.load(shift_ptr + 2 * p + 1)
+    rr = r0 + rows
+    m2 = (rr < H)[:, None] & cm[None, :]
+    off = p * H * W + rr[:, None] * W + cols[None, :]
+    a = tl.load(x_ptr + off, mask=m2, other=0.).to(tl.float32) - cx
+    b = tl.load(y_ptr + off, mask=m2, other=0.).to(tl.float32) - cy
+    if NEED_DX:
+        tl.store(dx_ptr + off, s * (o0 + 2. * a * o2 + b * o3), mask=m2)
+    if NEED_DY:
+        tl.store(dy_ptr + off, s * (o1 + 2. * b * o2 + a * o3), mask=m2)
+
+
+INTERPRETED = isinstance(_ssim_fwd_kernel, InterpretedFunction)
+
+
+def _window(win_size, sigma, device):
+    "The normalised Gaussian window, float32 (the same numbers as `medrecipes.kernels.gaussian_window`)."
+    r = torch.arange(win_size, dtype=torch.float64) - win_size // 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    return (g / g.sum()).to(torch.float32).to(device)
+
+
+def _check(x, y, win_size, sigma):
+    for nm, t in (('x', x), ('y', y)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
+            raise ValueError(f"Triton SSIM: {nm} must be a floating-point B x C x H x W tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if x.shape != y.shape: raise ValueError(f"Triton SSIM: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.device != y.device: raise ValueError(f"Triton SSIM: x and y are on different devices ({x.device}, {y.device})")
+    if x.device.type != 'cuda' and not (INTERPRETED and x.device.type == 'cpu'):
+        raise RuntimeError(f"Triton SSIM takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before Triton "
+                           f"is imported), not {x.device.type} tensors")
+    if win_size < 1 or win_size % 2 == 0: raise ValueError(f"win_size must be a positive odd number, not {win_size}")
+    if not sigma > 0: raise ValueError(f"sigma must be positive, not {sigma}")
+    H, W = x.shape[-2:]
+    if H < win_size or W < win_size:
+        raise ValueError(f"images of {H}x{W} are smaller than the {win_size}x{win_size} SSIM window")
+
+
+def _tile(rows, cols):
+    """(BH, BW) for an output of rows x cols. Compiled: BH x min(64, cols) tiles. Interpreted (programs run one after
+    another in Python, each costing about the same per row walked): one tile as tall as the output, to walk each
+    input row once."""
+    bw = min(MAX_BW, max(16, triton.next_power_of_2(cols)))
+    return (min(64, max(16, triton.next_power_of_2(rows))) if INTERPRETED else BH), bw
+
+
+def _device_ctx(t):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def ssim_triton_planes(x, y, data_range=1.0, win_size=11, sigma=1.5, k=(0.01, 0.03), save=False):
+    """Per-plane SSIM, float32 (B*C,), of B x C x H x W tensors x, y (made contiguous here; no autograd).
+    With `save`, returns `(values, coef, shift)`: the four float32 coefficient maps (B*C, 4, Ho, Wo) and the plane
+    means (B*C, 2) that `ssim_triton_backward` takes."""
+    _check(x, y, win_size, sigma)
+    x, y = x.detach().contiguous(), y.detach().contiguous()
+    B, C, H, W = x.shape
+    P, Ho, Wo = B * C, H - win_size + 1, W - win_size + 1
+    c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
+    shift = torch.stack([x.view(P, -1).mean(1, dtype=torch.float32), y.view(P, -1).mean(1, dtype=torch.float32)], 1).contiguous()
+    g = _window(win_size, sigma, x.device)
+    bh, BW = _tile(Ho, Wo)
+    n_tw, n_th = triton.cdiv(Wo, BW), triton.cdiv(Ho, bh)
+    part = torch.empty(P * n_th * n_tw, dtype=torch.float32, device=x.device)
+    coef = torch.empty((P, 4, Ho, Wo) if save else (1,), dtype=torch.float32, device=x.device)
+    with _device_ctx(x):
+        _ssim_fwd_kernel[(P * n_th * n_tw,)](x, y, shift, g, part, coef, H, W, Ho, Wo, n_tw, n_th, float(c1), float(c2),
+                                             WIN=win_size, BH=bh, BW=BW, SAVE=save, num_warps=4)
+    vals = (part.view(P, -1).sum(1, dtype=torch.float64) / (Ho * Wo)).float()
+    return (vals, coef, shift) if save else vals
+
+
+def ssim_triton_backward(x, y, coef, shift, scale, win_size=11, sigma=1.5, need=(True, True)):
+    """Gradients (dx, dy) of sum_p scale[p] * Npix * ssim_p, from `ssim_triton_planes(..., save=True)`'s coef and
+    shift; `scale` is float32 (B*C,) (the upstream gradient per plane divided by the map size). dx, dy are in x's and
+    y's dtype; either is None when `need` says so."""
+    x, y = x.detach().contiguous(), y.detach().contiguous()
+    B, C, H, W = x.shape
+    P, Ho, Wo = B * C, H - win_size + 1, W - win_size + 1
+    if coef.shape != (P, 4, Ho, Wo): raise ValueError(f"coef must have shape {(P, 4, Ho, Wo)}, got {tuple(coef.shape)}")
+    g = _window(win_size, sigma, x.device)
+    dx = torch.empty_like(x) if need[0] else None
+    dy = torch.empty_like(y) if need[1] else None
+    bh, BW = _tile(H, W)
+    n_tw, n_th = triton.cdiv(W, BW), triton.cdiv(H, bh)
+    scale = scale.to(device=x.device, dtype=torch.float32).contiguous()
+    with _device_ctx(x):
+        _ssim_bwd_kernel[(P * n_th * n_tw,)](x, y, shift, g, coef, scale, dx if need[0] else x, dy if need[1] else y,
+                                             H, W, Ho, Wo, n_tw, n_th, WIN=win_size, BH=bh, BW=BW,
+                                             NEED_DX=bool(need[0]), NEED_DY=bool(need[1]), num_warps=4)
+    return dx, dy
+
+
+class SSIMTriton(torch.autograd.Function):
+    "Per-image SSIM (B,) in x's dtype, with the Triton forward and hand-written backward."
+    @staticmethod
+    def forward(ctx, x, y, data_range, win_size, sigma, k):
+        B, C, H, W = x.shape
+        save = any(ctx.needs_input_grad[:2])
+        xc, yc = x.detach().contiguous(), y.detach().contiguous()
+        out = ssim_triton_planes(xc, yc, data_range, win_size, sigma, k, save=save)
+        if save:
+            vals, coef, shift = out
+            ctx.save_for_backward(xc, yc, coef, shift)
+        else: vals = out
+        ctx.win = (win_size, sigma)
+        return vals.view(B, C).double().mean(1).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xc, yc, coef, shift = ctx.saved_tensors
+        B, C, H, W = xc.shape
+        win_size, sigma = ctx.win
+        npix = (H - win_size + 1) * (W - win_size + 1)
+        scale = (grad.detach().float() / (C * npix)).repeat_interleave(C)
+        dx, dy = ssim_triton_backward(xc, yc, coef, shift, scale, win_size, sigma, need=ctx.needs_input_grad[:2])
+        return dx, dy, None, None, None, None

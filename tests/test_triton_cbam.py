@@ -1,0 +1,269 @@
+"""Triton CBAM backend (medrecipes/kernels/triton/cbam.py): the six fused ops against a pure-torch oracle.
+
+The checks run on CPU tensors under TRITON_INTERPRET=1 in a subprocess (the variable must be set before triton is
+imported, and other tests of the same worker import triton first), and in-process on CUDA when a GPU is present.
+This file is also that subprocess's script: `python tests/test_triton_cbam.py GROUP DEVICE` runs one group of checks,
+prints the failures, exits 0 (all pass), 1 (failures) or 77 (group not applicable here).
+"""
+import contextlib, os, subprocess, sys
+import pytest, torch
+
+GROUPS = ['ops', 'half', 'split', 'module']
+SKIP = 77
+
+
+# ------------------------------------------------------------------------------------------- oracle, from the formulas
+def _bc(v): return v[:, :, None, None]  # [B, C] -> broadcast over pixels
+def _bp(v): return v[:, None]  # [B, H, W] -> broadcast over channels
+
+
+def ref_channel_pool(x):
+    xf = x.float(); m = xf.amax((2, 3))
+    return x.double().mean((2, 3)).float(), m, (xf == _bc(m)).sum((2, 3)).float()
+
+
+def ref_spatial_pool(x, a):
+    y = x.float() * _bc(a); m = y.amax(1)
+    return (x.double() * _bc(a.double())).mean(1).float(), m, (y == _bp(m)).sum(1).float()
+
+
+def ref_apply_gates(x, a, s): return (x.float() * _bc(a) * _bp(s)).to(x.dtype)
+
+
+def ref_spatial_gate_grad(g, x, a): return (g.double() * x.double() * _bc(a.double())).sum(1).float()
+
+
+def ref_dy1(g, x, a, s, dmean, dmax, smax, scnt):
+    "float64 dy1; the tie mask compares x*a computed in float32, as the forward's max was."
+    tie = (x.float() * _bc(a) == _bp(smax)).double()
+    return g.double() * _bp(s.double()) + _bp(dmean.double()) / x.shape[1] + _bp(dmax.double() / scnt.double()) * tie
+
+
+def ref_channel_gate_grad(g, x, a, s, dmean, dmax, smax, scnt):
+    return (ref_dy1(g, x, a, s, dmean, dmax, smax, scnt) * x.double()).sum((2, 3)).float()
+
+
+def ref_input_grad(g, x, a, s, dmean, dmax, smax, scnt, dcavg, dcmax, cmax, ccnt):
+    HW = x.shape[2] * x.shape[3]
+    tie = (x.float() == _bc(cmax)).double()
+    dx = (ref_dy1(g, x, a, s, dmean, dmax, smax, scnt) * _bc(a.double()) + _bc(dcavg.double()) / HW
+          + _bc(dcmax.double() / ccnt.double()) * tie)
+    return dx.to(x.dtype)
+
+
+def autograd_grads(g, x, a, s, dmean, dmax, dcavg, dcmax):
+    "ds, da, dx by torch autograd through mean/amax (torch's own tie splitting), float32: checks the oracle above."
+    xf = x.float().requires_grad_(); af = a.clone().requires_grad_(); sf = s.clone().requires_grad_()
+    y1 = xf * _bc(af)
+    loss = ((g.float() * y1 * _bp(sf)).sum() + (dmean * y1.mean(1)).sum() + (dmax * y1.amax(1)).sum()
+            + (dcavg * xf.mean((2, 3))).sum() + (dcmax * xf.amax((2, 3))).sum())
+    return torch.autograd.grad(loss, (sf, af, xf))
+
+
+# ----------------------------------------------------------------------------------------------------------- cases
+# (name, shape, dtype, x layout, g layout, integer-valued x with one gate value for all channels: ties)
+OPS_CASES = [
+    ('odd', (2, 19, 7, 9), torch.float32, 'nchw', 'nchw', False),
+    ('odd_cl', (2, 19, 7, 9), torch.float32, 'cl', 'cl', False),
+    ('batch1_c3', (1, 3, 5, 4), torch.float32, 'nchw', 'nchw', False),
+    ('c33_cl_g_nchw', (1, 33, 6, 6), torch.float32, 'cl', 'nchw', False),
+    ('loops', (2, 70, 17, 19), torch.float32, 'nchw', 'cl', False),
+    ('loops_cl', (2, 70, 17, 19), torch.float32, 'cl', 'cl', False),
+    ('h1', (3, 40, 1, 13), torch.float32, 'nchw', 'nchw', False),
+    ('w1_cl', (2, 5, 11, 1), torch.float32, 'cl', 'nchw', False),
+    ('c1', (2, 1, 6, 5), torch.float32, 'nchw', 'nchw', False),
+    ('strided_copy', (2, 6, 5, 7), torch.float32, 'hw_transposed', 'nchw', False),
+    ('ties', (2, 19, 7, 9), torch.float32, 'nchw', 'nchw', True),
+    ('ties_cl', (1, 21, 8, 8), torch.float32, 'cl', 'cl', True),
+]
+HALF_CASES = [(f'{n}_{str(dt)[6:]}', sh, dt, xl, gl, t) for dt in (torch.float16, torch.bfloat16)
+              for n, sh, _, xl, gl, t in [OPS_CASES[0], OPS_CASES[1], OPS_CASES[4], OPS_CASES[10], OPS_CASES[11]]]
+SPLIT_CASES = [OPS_CASES[i] for i in (0, 1, 4, 5, 10, 11)] + [HALF_CASES[3]] + [
+    ('ties_big', (2, 40, 12, 12), torch.float32, 'nchw', 'nchw', True),
+    ('ties_big_cl', (2, 40, 12, 12), torch.float32, 'cl', 'cl', True)]
+# relative tolerance of the x-sized outputs (out, dx), rounded to x's dtype
+OUT_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _layout(t, kind):
+    if kind == 'cl': return t.contiguous(memory_format=torch.channels_last)
+    if kind == 'hw_transposed': return t.transpose(2, 3).contiguous().transpose(2, 3)  # H, W not one axis
+    return t.contiguous()
+
+
+def make_inputs(shape, dtype, xl, gl, ties, device, seed=0):
+    gen = torch.Generator().manual_seed(seed + sum(shape))
+    B, C, H, W = shape
+    if ties:
+        x = torch.randint(-3, 4, shape, generator=gen).float()
+        a = torch.full((B, C), 0.5) + torch.arange(B)[:, None] * 0.25  # same gate over channels: ties in x*a too
+    else:
+        x = torch.randn(shape, generator=gen); a = torch.rand(B, C, generator=gen)
+    x = x.to(dtype)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    p = dict(a=a, s=torch.rand(B, H, W, generator=gen), dmean=torch.randn(B, H, W, generator=gen),
+             dmax=torch.randn(B, H, W, generator=gen), dcavg=torch.randn(B, C, generator=gen),
+             dcmax=torch.randn(B, C, generator=gen))
+    p = {k: v.to(device) for k, v in p.items()}
+    return _layout(x.to(device), xl), _layout(g.to(device), gl), p
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check_case(K, case, device):
+    "Run the six ops on one case; return a list of failure descriptions."
+    name, shape, dtype, xl, gl, ties = case
+    x, g, p = make_inputs(shape, dtype, xl, gl, ties, device)
+    a, s, dmean, dmax, dcavg, dcmax = (p[k] for k in ('a', 's', 'dmean', 'dmax', 'dcavg', 'dcmax'))
+    bad = []
+
+    def want(ok, what):
+        if not ok: bad.append(f'{name}: {what}')
+
+    def same(got, ref, what):  # exact: maxima and counts
+        want(got.shape == ref.shape and got.dtype == torch.float32 and torch.equal(got, ref),
+             f'{what} differs: {got.flatten()[:6].tolist()} vs {ref.flatten()[:6].tolist()}')
+
+    def close(got, ref, tol, what):
+        want(got.shape == ref.shape, f'{what} shape {tuple(got.shape)} != {tuple(ref.shape)}')
+        if got.shape == ref.shape:
+            e = _rel(got, ref); want(e < tol, f'{what} relative RMS error {e:.2e} >= {tol:.0e}')
+
+    def full(got, ref, what):  # x-sized output: x's dtype and layout
+        want(got.dtype == x.dtype, f'{what} dtype {got.dtype} != {x.dtype}')
+        if xl != 'hw_transposed': want(got.stride() == x.stride(), f'{what} strides {got.stride()} != {x.stride()}')
+        close(got.float(), ref.float(), OUT_TOL[dtype], what)
+
+    cavg, cmax, ccnt = K.channel_pool(x)
+    r_cavg, r_cmax, r_ccnt = ref_channel_pool(x)
+    close(cavg, r_cavg, 1e-5, 'channel_pool mean'); same(cmax, r_cmax, 'channel_pool max')
+    same(ccnt, r_ccnt, 'channel_pool count')
+    smean, smax, scnt = K.spatial_pool(x, a)
+    r_smean, r_smax, r_scnt = ref_spatial_pool(x, a)
+    close(smean, r_smean, 1e-5, 'spatial_pool mean'); same(smax, r_smax, 'spatial_pool max')
+    same(scnt, r_scnt, 'spatial_pool count')
+    if ties: want(r_ccnt.max() > 1 and r_scnt.max() > 1, 'tie case has no tied maxima')
+    full(K.apply_gates(x, a, s), ref_apply_gates(x, a, s), 'apply_gates')
+
+    close(K.spatial_gate_grad(g, x, a), ref_spatial_gate_grad(g, x, a), 1e-5, 'spatial_gate_grad')
+    args = (g, x, a, s, dmean, dmax, r_smax, r_scnt)
+    da = K.channel_gate_grad(*args)
+    close(da, ref_channel_gate_grad(*args), 1e-5, 'channel_gate_grad')
+    dx = K.input_grad(*args, dcavg, dcmax, r_cmax, r_ccnt)
+    r_dx = ref_input_grad(*args, dcavg, dcmax, r_cmax, r_ccnt)
+    full(dx, r_dx, 'input_grad')
+    if dtype == torch.float32:  # the oracle's tie handling is torch.amax's
+        ds_ag, da_ag, dx_ag = autograd_grads(g, x, a, s, dmean, dmax, dcavg, dcmax)
+        close(ref_spatial_gate_grad(g, x, a), ds_ag, 1e-5, 'oracle ds vs autograd')
+        close(ref_channel_gate_grad(*args), da_ag, 1e-5, 'oracle da vs autograd')
+        close(r_dx, dx_ag, 1e-5, 'oracle dx vs autograd')
+    return bad
+
+
+def check_errors(K, device):
+    bad = []
+    x = torch.randn(1, 3, 4, 4, device=device)
+    for call, err, words in [
+        (lambda: K.channel_pool(x[0]), ValueError, 'x must be a B x C x H x W'),
+        (lambda: K.channel_pool(x.double()), TypeError, 'x must be float32, float16 or bfloat16'),
+        (lambda: K.spatial_pool(x, torch.rand(1, 4, device=device)), ValueError, 'a must be a float32 tensor'),
+        (lambda: K.spatial_gate_grad(torch.randn(1, 3, 4, 5, device=device), x, torch.rand(1, 3, device=device)),
+         ValueError, 'g must have the shape and device of x'),
+    ]:
+        try: call(); bad.append(f'errors: no {err.__name__} for "{words}"')
+        except err as e:
+            if words not in str(e): bad.append(f'errors: "{e}" does not say "{words}"')
+    return bad
+
+
+def check_module(device):
+    "End to end: medrecipes' CBAM on the triton backend vs timm's CbamModule with the same weights (train mode)."
+    try:
+        from medrecipes.kernels import cbam as M
+        getattr(M, 'CBAM')
+    except (ImportError, AttributeError) as e:
+        return f'medrecipes.kernels.cbam.CBAM not available ({e})'
+    from timm.layers.cbam import CbamModule
+    bad = []
+    for shape, cl in [((2, 32, 9, 11), False), ((1, 40, 8, 7), True), ((3, 19, 5, 6), True)]:
+        torch.manual_seed(0)
+        ref = CbamModule(shape[1]).to(device)
+        mod = M.CBAM(shape[1]).to(device)
+        missing = mod.load_state_dict(ref.state_dict(), strict=False)
+        if missing.missing_keys or missing.unexpected_keys:
+            return [f'module: state dict of CBAM does not match timm CbamModule: {missing}']
+        ref.train(); mod.train()
+        x = torch.randn(shape, device=device)
+        if cl: x = x.contiguous(memory_format=torch.channels_last)
+        xr = x.clone().requires_grad_(); xm = x.clone().requires_grad_()
+        out_r = ref(xr); out_m = mod(xm)
+        go = torch.randn_like(out_r)
+        out_r.backward(go); out_m.backward(go)
+        tag = f'module {shape} {"cl" if cl else "nchw"}'
+        for what, got, want in [('output', out_m, out_r), ('input grad', xm.grad, xr.grad)] + [
+                (f'grad {k}', dict(mod.named_parameters())[k].grad, p.grad) for k, p in ref.named_parameters()]:
+            e = _rel(got.float(), want)
+            if not e < 1e-4: bad.append(f'{tag}: {what} relative RMS error {e:.2e} >= 1e-4')
+    return bad
+
+
+@contextlib.contextmanager
+def _env(**kw):
+    old = {k: os.environ.get(k) for k in kw}
+    os.environ.update(kw)
+    try: yield
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k)
+            else: os.environ[k] = v
+
+
+def run_group(group, device):
+    "Failures (a list of strings) of one group of checks on `device`, or a string saying why it does not apply."
+    import medrecipes.kernels.triton.cbam as K
+    if group == 'module':
+        with _env(MEDRECIPES_BACKEND='triton'): return check_module(device)
+    if group == 'split':  # small tiles, reduced axes split across programs; and run-to-run equality
+        saved = K.MIN_PROGRAMS, K.TILE, dict(K.LONG_SIDE)
+        K.MIN_PROGRAMS, K.TILE = 64, 128
+        K.LONG_SIDE.update(nchw=32, channels_last=16)
+        try:
+            bad = [] if K._split(2, 40, 16, torch.device(device))[0] > 1 else ['split: the settings do not split']
+            bad += sum((check_case(K, c, device) for c in SPLIT_CASES), [])
+            x, _, p = make_inputs((2, 70, 17, 19), torch.float32, 'nchw', 'nchw', False, device)
+            one, two = K.channel_pool(x) + K.spatial_pool(x, p['a']), K.channel_pool(x) + K.spatial_pool(x, p['a'])
+            if not all(torch.equal(u, v) for u, v in zip(one, two)): bad.append('split: results vary between runs')
+            return bad
+        finally:
+            K.MIN_PROGRAMS, K.TILE = saved[:2]; K.LONG_SIDE.update(saved[2])
+    cases = OPS_CASES if group == 'ops' else HALF_CASES
+    return sum((check_case(K, c, device) for c in cases), []) + (check_errors(K, device) if group == 'ops' else [])
+
+
+@pytest.mark.parametrize('group', GROUPS)
+def test_interpreter(group):
+    pytest.importorskip('triton')
+    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, __file__, group, 'cpu'], env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode == SKIP: pytest.skip(r.stdout.strip())
+    assert r.returncode == 0, f'{group} checks failed:\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}'
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('group', GROUPS)
+def test_cuda(group):
+    pytest.importorskip('triton')
+    if not torch.cuda.is_available(): pytest.skip('needs a CUDA GPU')
+    res = run_group(group, 'cuda')
+    if isinstance(res, str): pytest.skip(res)
+    assert not res, '\n'.join(res)
+
+
+if __name__ == '__main__':
+    res = run_group(sys.argv[1], sys.argv[2])
+    if isinstance(res, str): print(res); sys.exit(SKIP)
+    print('\n'.join(res) or 'ok')
+    sys.exit(1 if res else 0)
