@@ -74,7 +74,7 @@ class RecallCollapseWarning(UserWarning): "The recall of a watched class has bee
 
 class RecallCollapseCallback(Callback):
     "Warn when the validation recall of class `cls` is 0 for `patience` epochs or more."
-    order = Recorder.order + 6
+    order, fit_only = Recorder.order + 6, True
     def __init__(self, cls:str='Malignant', patience:int=2): self.cls, self.patience, self.streak = cls, patience, 0
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
@@ -108,7 +108,7 @@ def plot_curves(log:pd.DataFrame, # a training log
 
 class TrainingLog(Callback):
     "Write `training_log.csv`, `loss_curve.png` and `recall_curve.png` to `path` after every epoch."
-    order = Recorder.order + 5
+    order, fit_only = Recorder.order + 5, True
     def __init__(self, path:str|Path, classes:list, fname:str='training_log.csv', plot:bool=True):
         self.path, self.classes, self.fname, self.plot = Path(path), list(classes), fname, plot
         self.rows = []

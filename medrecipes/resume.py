@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np, torch
 from fastai.learner import Learner, Recorder
 from fastai.callback.core import Callback, CancelEpochException
+from fastcore.xtras import ContextManagers
 from fastai.callback.tracker import TrackerCallback
 from .core import save_checkpoint, load_checkpoint
 
@@ -118,9 +119,18 @@ class ResumableLearner(Learner):
         self.resume_from = Path(path)
         if not self.resume_from.is_file(): raise FileNotFoundError(f"no checkpoint to resume from at {self.resume_from}")
         return self
+    def validation_context(self, cbs=None, inner=False):
+        # fastai fires before_epoch/after_epoch in `validate` and `get_preds` too; callbacks that track a fit (trackers,
+        # logs, checkpoints: `_only_train_loop` or `fit_only`) would record a phantom epoch, so they sit those out.
+        cms = [self.no_logging(), self.no_mbar(), self.lock]
+        if not inner: cms.insert(0, self.removed_cbs([c for c in self.cbs if getattr(c, '_only_train_loop', False) or getattr(c, 'fit_only', False)]))
+        if cbs: cms.append(self.added_cbs(cbs))
+        if not inner: cms.append(self)
+        return ContextManagers(cms)
     def _do_fit(self):
+        self.epochs_this_fit = 0   # epochs started by this call (a resumed fit runs only the remaining ones)
         for epoch in range(self.first_epoch, self.n_epoch):
-            self.epoch = epoch
+            self.epoch = epoch; self.epochs_this_fit += 1
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
         self.first_epoch = 0
 
@@ -137,32 +147,47 @@ def resume_path(resume, # a config's `resume`: False/None, True/'last' (the lear
     return p
 
 class ResumeCheckpoint(Callback):
-    "Write the full training state to `fname` after every epoch; restore it when the learner resumes."
-    order = 99  # after the recorder, trackers, schedulers and logs have updated
+    "Write the full training state to `fname` after every epoch (and to `best` when `monitor` improves); restore it on resume."
+    order, fit_only = 99, True  # after the recorder, trackers, schedulers and logs have updated
     def __init__(self, fname:str|Path, # the checkpoint file, e.g. `runs/x/checkpoints/latest.pt`
                  every:int=1, # save every `every` epochs (and always at the end)
-                 meta:dict|None=None): # plain metadata to store too (merged with `learn.checkpoint_meta`)
+                 meta:dict|None=None, # plain metadata to store too (merged with `learn.checkpoint_meta`)
+                 best:str|Path|None=None, # also write the state to this file whenever `monitor` improves
+                 monitor:str='valid_loss', comp=None): # the tracked value and its comparison (`np.less` for losses)
         self.fname, self.every, self.meta = Path(fname), every, meta or {}
+        self.best = None if best is None else Path(best)
+        self.monitor, self.comp = monitor, comp or (np.less if 'loss' in monitor or 'error' in monitor else np.greater)
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
         if not self.run: return
         if not isinstance(self.learn, ResumableLearner) and getattr(self.learn, 'resume_from', None):
             raise TypeError("resuming needs a ResumableLearner (fastai's Learner would replay the skipped epochs' events)")
-        self.saved_epoch = None
+        self.best_value, self.best_epoch = (float('inf') if self.comp is np.less else -float('inf')), None
+        names = list(self.recorder.metric_names[1:])
+        self.idx = names.index(self.monitor) if self.monitor in names else None
+        if self.best is not None and self.idx is None: raise ValueError(f"ResumeCheckpoint monitors {self.monitor!r}, which is not among {names}")
         path = getattr(self.learn, 'resume_from', None)
         if path is not None:
             st = load_checkpoint(path)
             if 'loop' not in st: raise ValueError(f"{path} is not a resume checkpoint (it has no training state); use latest.pt")
             restore_training_state(self.learn, st, path)
             self.learn.resume_from = None
-            self.saved_epoch = st['loop']['epoch']
-    def _save(self, finished=False):
-        meta = {**getattr(self.learn, 'checkpoint_meta', {}), **self.meta}
-        save_checkpoint(self.fname, **training_state(self.learn, finished=finished), **meta)
-        self.saved_epoch = self.epoch
+    def resume_state(self): return dict(best_value=float(self.best_value), best_epoch=self.best_epoch)
+    def load_resume_state(self, st): self.best_value, self.best_epoch = st['best_value'], st['best_epoch']
+    def _state(self, finished=False):
+        return dict(**training_state(self.learn, finished=finished), **{**getattr(self.learn, 'checkpoint_meta', {}), **self.meta})
     def after_epoch(self):
-        if (self.epoch + 1) % self.every == 0 or self.epoch + 1 == self.n_epoch: self._save()
+        new_best = False
+        if self.idx is not None:
+            v = float(self.recorder.values[-1][self.idx])
+            if self.comp(v, self.best_value): self.best_value, self.best_epoch, new_best = v, self.epoch, True
+        due = (self.epoch + 1) % self.every == 0 or self.epoch + 1 == self.n_epoch
+        if not (due or (new_best and self.best is not None)): return
+        st = self._state()
+        if due: save_checkpoint(self.fname, **st)
+        if new_best and self.best is not None: save_checkpoint(self.best, **st, best_value=self.best_value, best_epoch=self.epoch)
     def after_fit(self):
         if not self.run: return
-        if getattr(self.learn, 'recorder', None) is not None and self.learn.recorder.values: self._save(finished=True)
+        if getattr(self.learn, 'recorder', None) is not None and self.learn.recorder.values:
+            save_checkpoint(self.fname, **self._state(finished=True))
         self.run = True
