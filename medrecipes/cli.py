@@ -1,4 +1,4 @@
-"""`medrecipes train xray`, `medrecipes train-all xray`, `medrecipes synth btxrd`.
+"""`medrecipes train xray|sar`, `medrecipes train-all xray`, `medrecipes compare sar`, `medrecipes synth btxrd|sar`.
 
 Docs: https://medrecipes.github.io/medrecipes/cli.html.md"""
 
@@ -13,23 +13,29 @@ from pathlib import Path
 __all__ = ['RECIPES', 'main']
 
 # %% ../nbs/05_cli.ipynb #c005
-RECIPES = ('xray',)
+RECIPES = ('xray', 'sar')
 
 def _parser():
     p = argparse.ArgumentParser(prog='medrecipes', description='Training recipes for medical and radar imaging.')
     sub = p.add_subparsers(dest='command', required=True)
-    for name, hlp in (('train', 'train and evaluate one run of a recipe'), ('train-all', 'train and evaluate every split protocol of a recipe')):
+    for name, hlp, choices in (('train', 'train and evaluate one run of a recipe', RECIPES),
+                               ('train-all', 'train and evaluate every split protocol of a recipe', ('xray',)),
+                               ('compare', 'train and evaluate every model variant of a recipe and write a comparison table', ('sar',))):
         t = sub.add_parser(name, help=hlp)
-        t.add_argument('recipe', choices=RECIPES)
+        t.add_argument('recipe', choices=choices)
         t.add_argument('--config', '-c', default=None, help='YAML config file (keys override the recipe defaults)')
         t.add_argument('--override', '-o', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
                        help='config overrides, e.g. --override split=center epochs=10')
         t.add_argument('--resume', nargs='?', const='last', default=None, metavar='CHECKPOINT',
                        help="continue exactly from the run's latest checkpoint (or the one given)")
     s = sub.add_parser('synth', help='write a generated data set')
-    s.add_argument('kind', choices=('btxrd',))
+    s.add_argument('kind', choices=('btxrd', 'sar'))
     s.add_argument('dest', help='folder to write')
-    s.add_argument('--n', type=int, default=400, help='number of images')
+    s.add_argument('--n', type=int, default=None, help='number of images (btxrd: 400; sar: 64 training images)')
+    s.add_argument('--n-valid', type=int, default=16, help='sar: validation images')
+    s.add_argument('--n-test', type=int, default=0, help='sar: test images')
+    s.add_argument('--size', type=int, default=256, help='sar: image side in pixels')
+    s.add_argument('--looks', type=float, default=1, help='sar: number of looks of the speckle')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--force', action='store_true', help='write even if dest already holds a data set')
     return p
@@ -39,18 +45,33 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     if args.command == 'synth':
-        from medrecipes.synth import make_btxrd
         dest = Path(args.dest)
-        if (dest/'dataset.csv').exists() and not args.force:
+        if args.kind == 'btxrd':
+            from medrecipes.synth import make_btxrd
+            if (dest/'dataset.csv').exists() and not args.force:
+                print(f"{dest} already holds a data set; use --force to write it again"); return 0
+            n = args.n or 400; make_btxrd(dest, n=n, seed=args.seed); print(f"wrote {n} images to {dest}"); return 0
+        from medrecipes.synth import make_sar
+        if (dest/'metadata.json').exists() and not args.force:
             print(f"{dest} already holds a data set; use --force to write it again"); return 0
-        make_btxrd(dest, n=args.n, seed=args.seed); print(f"wrote {args.n} images to {dest}"); return 0
-    from medrecipes.xray import train_xray, train_all_xray
+        n = args.n or 64
+        make_sar(dest, n_train=n, n_valid=args.n_valid, n_test=args.n_test, size=args.size, looks=args.looks, seed=args.seed)
+        print(f"wrote {n}+{args.n_valid}+{args.n_test} SAR images to {dest}"); return 0
     if args.resume is not None: args.override.append(f'resume={args.resume}')
+    pd_opts = ('display.width', 200, 'display.max_columns', 20)
+    if args.recipe == 'sar':
+        from medrecipes.sar import train_sar, compare_sar
+        if args.command == 'train': print(json.dumps(train_sar(args.config, args.override), indent=2, default=str))
+        else:
+            df = compare_sar(args.config, args.override)
+            with __import__('pandas').option_context(*pd_opts): print(df.to_string(index=False))
+        return 0
+    from medrecipes.xray import train_xray, train_all_xray
     if args.command == 'train':
         print(json.dumps(train_xray(args.config, args.override), indent=2))
     else:
         df = train_all_xray(args.config, args.override)
-        with __import__('pandas').option_context('display.width', 200, 'display.max_columns', 20):
+        with __import__('pandas').option_context(*pd_opts):
             print(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint']).to_string(index=False))
     return 0
 

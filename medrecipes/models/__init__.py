@@ -1,0 +1,1 @@
+"""SAR autoencoders (`medrecipes.models.sar`)."""

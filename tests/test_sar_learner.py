@@ -1,0 +1,134 @@
+"The SAR recipe: TensorBoard events, checkpoints, exact resume after SIGKILL, OOM retries, the comparison, the CLI."
+import json, os, signal, subprocess, sys, textwrap, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+from medrecipes.core import load_checkpoint
+from medrecipes.synth import make_sar
+from medrecipes.data.sar import SarDataLoaders, SarPreprocess
+from medrecipes.sar import sar_learner, train_sar, compare_sar, reconstruct_sar, load_sar_model, SarTensorBoard
+
+SMALL = dict(patch=32, bs=8, patches_per_image=3, base_channels=8, progress=False, device='cpu')
+
+
+@pytest.fixture(scope='module')
+def sar_data(tmp_path_factory):
+    return make_sar(tmp_path_factory.mktemp('sar'), n_train=6, n_valid=2, n_test=1, size=64, seed=0)
+
+
+def _events(d):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    return EventAccumulator(str(d), size_guidance={'scalars': 0, 'images': 0, 'histograms': 0}).Reload()
+
+
+def test_tensorboard_events_hold_scalars_images_and_histograms(sar_data, tmp_path):
+    dls = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, patches_per_image=3, seed=0, device='cpu')
+    learn = sar_learner(dls, variant='residual', base_channels=8, out_dir=tmp_path, hist_every=2)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-3)
+    ea = _events(tmp_path/'tensorboard'); tags = ea.Tags()
+    want = {'loss/train', 'loss/valid', 'psnr/train', 'psnr/valid', 'ssim/train', 'ssim/valid', 'enl_ratio/valid', 'epi/valid', 'lr'}
+    assert want <= set(tags['scalars'])
+    assert not any(t.startswith('gpu/') for t in tags['scalars'])          # no GPU memory scalars on CPU
+    names = list(learn.recorder.metric_names[1:-1])
+    for tag, col in [('loss/train', 'train_loss'), ('loss/valid', 'valid_loss'), ('psnr/valid', 'psnr'), ('ssim/valid', 'ssim')]:
+        ev = ea.Scalars(tag)
+        assert [e.step for e in ev] == [0, 1, 2]
+        np.testing.assert_allclose([e.value for e in ev], [v[names.index(col)] for v in learn.recorder.values], rtol=1e-6)
+    # training PSNR is the mean over the epoch's training predictions: a plausible dB value, not a placeholder
+    assert all(5 < e.value < 60 for e in ea.Scalars('psnr/train'))
+    imgs = ea.Images('reconstruction/0')
+    assert [i.step for i in imgs] == [0, 1, 2] and (imgs[0].width, imgs[0].height) == (3 * 32, 32)
+    hw = [t for t in tags['histograms'] if t.startswith('weights/')]; hg = [t for t in tags['histograms'] if t.startswith('grads/')]
+    assert len(hw) == len(list(learn.model.parameters())) and len(hg) == len(hw)
+    assert [h.step for h in ea.Histograms(hw[0])] == [0, 2]                # every hist_every epochs
+    assert 'epoch 2 ' in (tmp_path/'training.log').read_text()
+
+
+def test_checkpoints_carry_everything_and_load_weights_only(sar_data, tmp_path):
+    s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=2, variant='baseline', **SMALL)
+    for name in ('latest.pt', 'best.pt'):
+        ck = torch.load(tmp_path/'checkpoints'/name, weights_only=True)
+        assert {'model', 'optimizer', 'loop', 'recorder', 'callbacks', 'rng', 'config', 'preprocess', 'model_config'} <= set(ck)
+        assert ck['config']['variant'] == 'baseline' and ck['config']['lr'] == 1e-4
+        cbs = ck['callbacks']
+        assert {'best', 'wait'} <= set(cbs['ReduceLROnPlateau.0']) and {'best', 'wait'} <= set(cbs['EarlyStoppingCallback.0'])
+        assert ck['optimizer']['hypers'][0]['lr'] == pytest.approx(1e-4)
+    dls_pre = SarDataLoaders.from_folder(sar_data, patch=32).preprocess
+    assert SarPreprocess.from_dict(load_checkpoint(tmp_path/'checkpoints'/'best.pt')['preprocess']) == dls_pre
+    assert s['compression'] == 16 and s['bs_used'] == 8 and 'test_psnr' in s and 'valid_epi' in s
+    # inference uses only the checkpoint: reconstruction in linear intensity, dB and [0, 1]
+    img = np.load(sorted((sar_data/'test').glob('*.npy'))[0])
+    lin, db, sc = (reconstruct_sar(tmp_path/'checkpoints'/'best.pt', img, out=o) for o in ('linear', 'db', 'scaled'))
+    assert lin.shape == img.shape and (sc >= 0).all() and (sc <= 1).all()
+    np.testing.assert_allclose(10 * np.log10(lin), db, rtol=1e-4, atol=1e-3)
+
+
+CHILD = textwrap.dedent(r'''
+    import os, sys, signal, warnings
+    import torch; torch.set_num_threads(1)
+    from fastai.callback.core import Callback
+    from medrecipes.sar import train_sar
+    data, out, mode = sys.argv[1:4]
+    warnings.simplefilter('ignore')
+    class Kill(Callback):
+        def after_batch(self):
+            if self.training and (self.epoch, self.iter) == (2, 1): os.kill(os.getpid(), signal.SIGKILL)
+    train_sar(data_path=data, out_dir=out, epochs=4, variant='attention', patch=32, bs=8, patches_per_image=3, base_channels=8,
+              progress=False, device='cpu', hist_every=1, resume=(mode == 'resume'), cbs=[Kill()] if mode == 'kill' else None)
+''')
+
+
+def _child(tmp_path, *args):
+    script = tmp_path/'child.py'; script.write_text(CHILD)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_sar_run_killed_mid_epoch_resumes_bitwise(sar_data, tmp_path):
+    full, cut = tmp_path/'full', tmp_path/'cut'
+    r = _child(tmp_path, sar_data, full, 'full'); assert r.returncode == 0, r.stderr[-3000:]
+    r = _child(tmp_path, sar_data, cut, 'kill'); assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    assert load_checkpoint(cut/'checkpoints'/'latest.pt')['loop']['epoch'] == 1
+    r = _child(tmp_path, sar_data, cut, 'resume'); assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_checkpoint(full/'checkpoints'/'latest.pt'), load_checkpoint(cut/'checkpoints'/'latest.pt')
+    assert a['recorder']['values'] == b['recorder']['values'] and len(a['recorder']['values']) == 4
+    assert a['recorder']['losses'] == b['recorder']['losses']
+    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+    for k in ('best_value', 'best_epoch'): assert a['callbacks']['ResumeCheckpoint.0'][k] == b['callbacks']['ResumeCheckpoint.0'][k]
+    # TensorBoard shows each epoch once after the resume (the killed epoch's partial events are purged)
+    ea = _events(cut/'tensorboard')
+    steps = [e.step for e in ea.Scalars('loss/valid')]
+    assert steps == [0, 1, 2, 3]
+    fa = [e.value for e in _events(full/'tensorboard').Scalars('loss/valid')]
+    assert [e.value for e in ea.Scalars('loss/valid')] == fa
+
+
+def test_out_of_memory_retries_with_smaller_batches(sar_data, tmp_path):
+    from fastai.callback.core import Callback
+    class FakeOOM(Callback):
+        def before_batch(self):
+            if len(self.xb[0]) > 3: raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=1, variant='baseline', cbs=[FakeOOM()], **{**SMALL, 'bs': 8})
+    assert (s['bs_used'], s['bs_failed']) == (3, [8, 6, 4])
+    assert load_checkpoint(tmp_path/'checkpoints'/'latest.pt')['bs'] == 3
+
+
+def test_bad_config_values_are_refused(sar_data, tmp_path):
+    with pytest.raises(ValueError, match="variant must be one of"): train_sar(data_path=sar_data, variant='unet', out_dir=tmp_path)
+    with pytest.raises(ValueError, match="schedule"): train_sar(data_path=sar_data, schedule='cosine', out_dir=tmp_path)
+    with pytest.raises(KeyError, match='lr_max'): train_sar(data_path=sar_data, out_dir=tmp_path, lr_max=1)
+
+
+@pytest.mark.slow
+def test_compare_cli_writes_the_table(sar_data, tmp_path):
+    exe = Path(sys.executable).parent/'medrecipes'
+    r = subprocess.run([str(exe), 'compare', 'sar', '--override', f'data_path={sar_data}', f'out_dir={tmp_path}', 'patch=32', 'bs=8',
+                        'patches_per_image=2', 'base_channels=8', 'epochs=1', 'progress=false', 'device=cpu'],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(tmp_path/'comparison.csv')
+    assert list(df.variant) == ['baseline', 'resnet_lite', 'residual', 'attention']
+    assert df.psnr_gain_db.iloc[0] == 0 and (df.params > 0).all() and df.evaluated_on.eq('test').all()
+    assert np.isclose(df.psnr_gain_db, df.psnr - df.psnr.iloc[0]).all()
+    md = (tmp_path/'comparison.md').read_text().splitlines()
+    assert md[0].startswith('| variant | params | psnr |') and len(md) == 6
+    for v in df.variant: assert (tmp_path/v/'checkpoints'/'best.pt').is_file()

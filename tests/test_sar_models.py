@@ -1,0 +1,112 @@
+"Tests for `medrecipes.models.sar`: the four SAR autoencoders"
+import numpy as np, pytest, torch
+import torch.nn.functional as F
+from medrecipes.models.sar import *
+
+try:
+    from medrecipes.kernels import CBAM as KernelCBAM
+except ImportError:
+    KernelCBAM = None
+
+def timm_cbam(c):
+    from timm.layers.cbam import CbamModule
+    return CbamModule(c, rd_ratio=1/16, spatial_kernel_size=7)
+
+# the 'attention' variant with the project's CBAM (skipped until medrecipes.kernels provides it) and with timm's
+CBAMS = [pytest.param(None, id='kernels-CBAM', marks=pytest.mark.skipif(KernelCBAM is None, reason='medrecipes.kernels.CBAM not available')),
+         pytest.param(timm_cbam, id='timm-CbamModule')]
+VARIANTS = [pytest.param(v, None, id=v) for v in ('baseline', 'resnet_lite', 'residual')] + \
+           [pytest.param('attention', c.values[0], id=f'attention-{c.id}', marks=c.marks) for c in CBAMS]
+
+
+@pytest.mark.parametrize('variant,cbam', VARIANTS)
+def test_forward_backward_and_ratio(variant, cbam):
+    torch.manual_seed(0)
+    m = sar_model(variant, cbam=cbam)
+    x = torch.rand(2, 1, 48, 80, requires_grad=True)
+    y = m(x)
+    assert y.shape == x.shape and 0 < y.min() and y.max() < 1                     # through a sigmoid
+    F.mse_loss(y, x.detach()).backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and x.grad is not None
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    for shape in [(1, 128, 128), (64, 48), (3, 1, 32, 160)]:
+        assert compression_ratio(m, shape) == 16.0
+    assert m.training
+    if variant == 'attention':
+        n_attn = sum(type(mod).__name__ in ('CBAM', 'CbamModule') for mod in m.modules())
+        assert n_attn == 8                                                           # one per block: 4 encoder + 4 decoder stages
+
+
+@pytest.mark.parametrize('variant,cbam', VARIANTS)
+def test_encoder_and_decoder_alone(variant, cbam):
+    torch.manual_seed(1)
+    m = sar_model(variant, cbam=cbam).eval()
+    x = torch.rand(3, 1, 64, 96)
+    with torch.no_grad():
+        z = m.encoder(x)
+        assert z.shape == (3, 16, 4, 6) and x.numel() / z.numel() == 16
+        y = m.decoder(z)
+        assert y.shape == x.shape
+        torch.testing.assert_close(y, m(x)); torch.testing.assert_close(m.compress(x), z); torch.testing.assert_close(m.decompress(z), y)
+        assert m.decoder(torch.randn(1, 16, 2, 3)).shape == (1, 1, 32, 48)           # any latent size decodes
+
+
+def test_ratio_formula():
+    # ratio = C_in*H*W / (C_lat * H/16 * W/16) = C_in*256/C_lat
+    for c_lat, c_in, exp in [(16, 1, 16.), (8, 1, 32.), (32, 1, 8.), (16, 2, 32.)]:
+        m = sar_model('baseline', latent_channels=c_lat, in_channels=c_in)
+        assert compression_ratio(m, (c_in, 64, 64)) == exp
+        assert m(torch.rand(1, c_in, 32, 32)).shape == (1, c_in, 32, 32)
+
+
+def test_parameter_counts():
+    counts = {v: count_parameters(sar_model(v, cbam=timm_cbam)) for v in SAR_VARIANTS}
+    assert counts['baseline'] == 272_881 and counts['baseline'] < 300_000            # small enough for a CPU demo
+    assert counts['baseline'] < counts['resnet_lite'] < counts['residual'] < counts['attention'] < 1_250_000
+    assert counts['attention'] - counts['residual'] < 10_000                         # CBAM is all that differs
+    assert count_parameters(sar_model('baseline', base_channels=16)) < counts['baseline'] / 3
+    m = sar_model('baseline')
+    for p in m.encoder.parameters(): p.requires_grad_(False)
+    assert count_parameters(m) == count_parameters(m.decoder) < count_parameters(m, trainable=False) == counts['baseline']
+
+
+def test_config_rebuilds_the_model():
+    m = sar_model('residual', latent_channels=8, base_channels=16)
+    assert m.config == dict(variant='residual', latent_channels=8, base_channels=16, in_channels=1)
+    m2 = sar_model(**m.config)
+    m2.load_state_dict(m.state_dict())                                               # same architecture, key for key
+    m.eval(); m2.eval(); x = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(m(x), m2(x))
+
+
+@pytest.mark.parametrize('variant,cbam', VARIANTS)
+def test_learns(variant, cbam):
+    "A few steps on one batch of smooth images cut the reconstruction error"
+    torch.manual_seed(2)
+    m = sar_model(variant, base_channels=16, cbam=cbam)
+    x = F.interpolate(torch.rand(8, 1, 4, 4), size=(32, 32), mode='bilinear', align_corners=False)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = F.mse_loss(m(x), x); opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::8]
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown SAR autoencoder variant 'unet'; choose one of baseline, resnet_lite, residual, attention"):
+        sar_model('unet')
+    for kw, name in [(dict(latent_channels=0), 'latent_channels'), (dict(base_channels=15), 'base_channels'),
+                     (dict(in_channels=1.0), 'in_channels')]:
+        with pytest.raises(ValueError, match=f'`{name}`'): sar_model('baseline', **kw)
+    m = sar_model('baseline')
+    with pytest.raises(ValueError, match=r'multiples of 16 .* got \(40, 64\)'): m(torch.rand(1, 1, 40, 64))
+    with pytest.raises(ValueError, match='1 input channel'): m(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match='B x C x H x W'): m.encoder(torch.rand(1, 32, 32))
+    with pytest.raises(ValueError, match='B x 16 x h x w'): m.decoder(torch.rand(1, 8, 2, 2))
+    with pytest.raises(ValueError, match='input_shape'): compression_ratio(m, (32,))
+    with pytest.raises(ValueError, match='multiples of 16'): compression_ratio(m, (1, 100, 100))
+    if KernelCBAM is None:
+        with pytest.raises(ImportError, match=r'medrecipes\.kernels\.CBAM.*cbam='): sar_model('attention')
+    else:
+        assert sum(isinstance(mod, KernelCBAM) for mod in sar_model('attention').modules()) == 8
