@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*)
 
 install: $(STAMP)
 
-## make demo: generate a BTXRD-format sample and train + evaluate both split protocols on it
+## make demo: generated samples; the X-ray recipe on both split protocols, then the four SAR codecs compared
 demo: install
 	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 600 --seed 0
 	$(BIN)/medrecipes train-all xray --config configs/xray_demo.yaml
+	$(BIN)/medrecipes synth sar data/sar_demo --n 32 --n-valid 8 --n-test 4 --size 128 --seed 0
+	$(BIN)/medrecipes compare sar --config configs/sar_demo.yaml --override progress=false
 
 ## make test: notebooks (nbdev-test) and the pytest suite
 test: install test-nbs test-py
@@ -40,6 +42,9 @@ export: install
 	$(BIN)/nbdev-export
 
 bench: install
+	$(BIN)/python benchmarks/ssim.py
+	$(BIN)/python benchmarks/cbam.py
+	$(BIN)/python benchmarks/sar_step.py
 	$(BIN)/python benchmarks/xray_throughput.py
 
 clean:

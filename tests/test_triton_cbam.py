@@ -2,6 +2,7 @@
 
 The checks run on CPU tensors under TRITON_INTERPRET=1 in a subprocess (the variable must be set before triton is
 imported, and other tests of the same worker import triton first), and in-process on CUDA when a GPU is present.
+Without a GPU, the kernels are also compiled for the H100 (sm_90) to catch what the interpreter does not check.
 This file is also that subprocess's script: `python tests/test_triton_cbam.py GROUP DEVICE` runs one group of checks,
 prints the failures, exits 0 (all pass), 1 (failures) or 77 (group not applicable here).
 """
@@ -67,20 +68,25 @@ OPS_CASES = [
     ('odd_cl', (2, 19, 7, 9), torch.float32, 'cl', 'cl', False),
     ('batch1_c3', (1, 3, 5, 4), torch.float32, 'nchw', 'nchw', False),
     ('c33_cl_g_nchw', (1, 33, 6, 6), torch.float32, 'cl', 'nchw', False),
-    ('loops', (2, 70, 17, 19), torch.float32, 'nchw', 'cl', False),
-    ('loops_cl', (2, 70, 17, 19), torch.float32, 'cl', 'cl', False),
+    ('loops', (1, 40, 16, 17), torch.float32, 'nchw', 'cl', False),
+    ('loops_cl', (2, 70, 6, 7), torch.float32, 'cl', 'cl', False),
     ('h1', (3, 40, 1, 13), torch.float32, 'nchw', 'nchw', False),
     ('w1_cl', (2, 5, 11, 1), torch.float32, 'cl', 'nchw', False),
     ('c1', (2, 1, 6, 5), torch.float32, 'nchw', 'nchw', False),
+    ('hw1_cl', (3, 5, 1, 1), torch.float32, 'cl', 'nchw', False),
     ('strided_copy', (2, 6, 5, 7), torch.float32, 'hw_transposed', 'nchw', False),
     ('ties', (2, 19, 7, 9), torch.float32, 'nchw', 'nchw', True),
     ('ties_cl', (1, 21, 8, 8), torch.float32, 'cl', 'cl', True),
+    ('ties_loops', (1, 24, 20, 15), torch.float32, 'nchw', 'nchw', True),  # both axes take 2+ steps of a tile
+    ('ties_loops_cl', (1, 80, 6, 6), torch.float32, 'cl', 'cl', True),
 ]
+_BY_NAME = {c[0]: c for c in OPS_CASES}
 HALF_CASES = [(f'{n}_{str(dt)[6:]}', sh, dt, xl, gl, t) for dt in (torch.float16, torch.bfloat16)
-              for n, sh, _, xl, gl, t in [OPS_CASES[0], OPS_CASES[1], OPS_CASES[4], OPS_CASES[10], OPS_CASES[11]]]
-SPLIT_CASES = [OPS_CASES[i] for i in (0, 1, 4, 5, 10, 11)] + [HALF_CASES[3]] + [
-    ('ties_big', (2, 40, 12, 12), torch.float32, 'nchw', 'nchw', True),
-    ('ties_big_cl', (2, 40, 12, 12), torch.float32, 'cl', 'cl', True)]
+              for n, sh, _, xl, gl, t in [_BY_NAME[k] for k in ('odd', 'odd_cl', 'loops', 'ties', 'ties_cl')]]
+SPLIT_CASES = [_BY_NAME['odd'], _BY_NAME['odd_cl'], HALF_CASES[3],  # the split group's small tiles: splits of 2+ steps
+               ('mid_cl_g_nchw', (1, 40, 9, 10), torch.float32, 'cl', 'nchw', False),
+               ('ties_mid', (2, 40, 9, 10), torch.float32, 'nchw', 'nchw', True),
+               ('ties_mid_cl', (2, 40, 6, 7), torch.float32, 'cl', 'cl', True)]
 # relative tolerance of the x-sized outputs (out, dx), rounded to x's dtype
 OUT_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
@@ -182,13 +188,14 @@ def check_errors(K, device):
 def check_module(device):
     "End to end: medrecipes' CBAM on the triton backend vs timm's CbamModule with the same weights (train mode)."
     try:
-        from medrecipes.kernels import cbam as M
-        getattr(M, 'CBAM')
+        import importlib
+        M = importlib.import_module('medrecipes.kernels.cbam'); M.CBAM
     except (ImportError, AttributeError) as e:
         return f'medrecipes.kernels.cbam.CBAM not available ({e})'
     from timm.layers.cbam import CbamModule
     bad = []
-    for shape, cl in [((2, 32, 9, 11), False), ((1, 40, 8, 7), True), ((3, 19, 5, 6), True)]:
+    for shape, cl, dense_grad in [((2, 32, 9, 11), False, True), ((1, 40, 8, 7), True, True),
+                                  ((3, 19, 5, 6), True, False)]:
         torch.manual_seed(0)
         ref = CbamModule(shape[1]).to(device)
         mod = M.CBAM(shape[1]).to(device)
@@ -198,10 +205,12 @@ def check_module(device):
         ref.train(); mod.train()
         x = torch.randn(shape, device=device)
         if cl: x = x.contiguous(memory_format=torch.channels_last)
+        if M.cbam_backend(x) != 'triton': return [f'module: MEDRECIPES_BACKEND=triton gives {M.cbam_backend(x)}']
         xr = x.clone().requires_grad_(); xm = x.clone().requires_grad_()
         out_r = ref(xr); out_m = mod(xm)
         go = torch.randn_like(out_r)
-        out_r.backward(go); out_m.backward(go)
+        for o in (out_r, out_m):  # out.sum(): the incoming gradient is an expanded tensor (all strides 0)
+            (o * go).sum().backward() if dense_grad else o.sum().backward()
         tag = f'module {shape} {"cl" if cl else "nchw"}'
         for what, got, want in [('output', out_m, out_r), ('input grad', xm.grad, xr.grad)] + [
                 (f'grad {k}', dict(mod.named_parameters())[k].grad, p.grad) for k, p in ref.named_parameters()]:
@@ -221,19 +230,41 @@ def _env(**kw):
             else: os.environ[k] = v
 
 
+def check_compile():
+    "Compile every kernel for sm_90 (NCHW float32 and channels_last bfloat16 tiles); needs no GPU, only ptxas."
+    try:
+        import triton
+        from triton.compiler import ASTSource
+        from triton.backends.compiler import GPUTarget
+    except ImportError as e: return f'this Triton cannot compile ahead of time ({e})'
+    import medrecipes.kernels.triton.cbam as K
+    bad = []
+    for name in ('channel_pool', 'spatial_pool', 'apply_gates', 'spatial_gate_grad', 'channel_gate_grad', 'input_grad'):
+        fn = getattr(K, f'_{name}_kernel')
+        for dtype, bc, bp in (('fp32', 8, 256), ('bf16', 64, 32)):
+            meta = dict(BLOCK_C=bc, BLOCK_P=bp)
+            sig = {n: 'constexpr' if n in meta else ('i32' if not n.endswith('_ptr') else
+                   f'*{dtype}' if n in ('x_ptr', 'g_ptr', 'out_ptr', 'dx_ptr') else '*fp32') for n in fn.arg_names}
+            src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in meta.items()})
+            try: assert triton.compile(src, target=GPUTarget('cuda', 90, 32), options=dict(num_warps=8)).asm['cubin']
+            except Exception as e: bad.append(f'compile {name} {dtype} {bc}x{bp}: {type(e).__name__}: {e}'[:2000])
+    return bad
+
+
 def run_group(group, device):
     "Failures (a list of strings) of one group of checks on `device`, or a string saying why it does not apply."
+    if group == 'compile': return check_compile()
     import medrecipes.kernels.triton.cbam as K
     if group == 'module':
         with _env(MEDRECIPES_BACKEND='triton'): return check_module(device)
     if group == 'split':  # small tiles, reduced axes split across programs; and run-to-run equality
         saved = K.MIN_PROGRAMS, K.TILE, dict(K.LONG_SIDE)
-        K.MIN_PROGRAMS, K.TILE = 64, 128
-        K.LONG_SIDE.update(nchw=32, channels_last=16)
+        K.MIN_PROGRAMS, K.TILE = 8, 256
+        K.LONG_SIDE.update(nchw=64, channels_last=32)
         try:
             bad = [] if K._split(2, 40, 16, torch.device(device))[0] > 1 else ['split: the settings do not split']
             bad += sum((check_case(K, c, device) for c in SPLIT_CASES), [])
-            x, _, p = make_inputs((2, 70, 17, 19), torch.float32, 'nchw', 'nchw', False, device)
+            x, _, p = make_inputs((2, 40, 9, 10), torch.float32, 'nchw', 'nchw', False, device)
             one, two = K.channel_pool(x) + K.spatial_pool(x, p['a']), K.channel_pool(x) + K.spatial_pool(x, p['a'])
             if not all(torch.equal(u, v) for u, v in zip(one, two)): bad.append('split: results vary between runs')
             return bad
@@ -243,13 +274,22 @@ def run_group(group, device):
     return sum((check_case(K, c, device) for c in cases), []) + (check_errors(K, device) if group == 'ops' else [])
 
 
-@pytest.mark.parametrize('group', GROUPS)
-def test_interpreter(group):
-    pytest.importorskip('triton')
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1')
+def _run_script(group, **env):
+    env = {**{k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}, 'OMP_NUM_THREADS': '1', **env}
     r = subprocess.run([sys.executable, __file__, group, 'cpu'], env=env, capture_output=True, text=True, timeout=600)
     if r.returncode == SKIP: pytest.skip(r.stdout.strip())
     assert r.returncode == 0, f'{group} checks failed:\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}'
+
+
+@pytest.mark.parametrize('group', GROUPS)
+def test_interpreter(group):
+    pytest.importorskip('triton')
+    _run_script(group, TRITON_INTERPRET='1')
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    pytest.importorskip('triton')
+    _run_script('compile', TRITON_CACHE_DIR=str(tmp_path))
 
 
 @pytest.mark.cuda

@@ -89,9 +89,35 @@ def cpp_available() -> bool:
     "Whether the C++ SSIM kernel was built."
     return _cpu is not None and hasattr(_cpu, 'ssim_forward')
 
-def triton_available() -> bool:
-    "Whether the Triton SSIM kernel can run here."
-    return False  # the Triton SSIM kernel is not written yet
+_triton = None  # medrecipes.kernels.triton.ssim once imported; the import error's text if it failed
+
+def _triton_ssim():
+    "The Triton SSIM module, imported on first use (Triton is optional), or None."
+    global _triton
+    if _triton is None:
+        try:
+            from medrecipes.kernels.triton import ssim as m
+            _triton = m
+        except Exception as e: _triton = f"{type(e).__name__}: {e}"  # not installed, or broken
+    return None if isinstance(_triton, str) else _triton
+
+def _interpret_requested() -> bool: return os.environ.get('TRITON_INTERPRET', '').strip().lower() in ('1', 'true', 'on', 'yes')
+
+def triton_available(t:torch.Tensor|None=None) -> bool:
+    "Whether the Triton SSIM kernel can run on `t` (or, without `t`, on some device here): CUDA tensors when Triton imports; CPU tensors only in Triton's interpreter (`TRITON_INTERPRET=1` set before Triton is first imported)."
+    dev = t.device.type if t is not None else ('cuda' if torch.cuda.is_available() else 'cpu')
+    if dev == 'cuda': return _triton_ssim() is not None
+    if dev == 'cpu' and _interpret_requested():
+        m = _triton_ssim(); return m is not None and m.INTERPRETED
+    return False
+
+def _triton_unavailable_reason(t:torch.Tensor) -> str:
+    if _triton_ssim() is None and (t.device.type == 'cuda' or _interpret_requested()):
+        return f"Triton could not be imported ({_triton}); install it with `pip install medrecipes[triton]`"
+    if t.device.type == 'cpu':
+        return ("the Triton kernel takes CUDA tensors; CPU tensors only run in Triton's interpreter, with TRITON_INTERPRET=1 "
+                "set before Triton is first imported")
+    return f"the Triton kernel takes CUDA tensors, not {t.device.type} tensors"
 
 _warned = set()
 def ssim_backend(t:torch.Tensor) -> str:
@@ -101,12 +127,16 @@ def ssim_backend(t:torch.Tensor) -> str:
         if forced not in BACKENDS: raise ValueError(f"MEDRECIPES_BACKEND must be one of {BACKENDS}, not {forced!r}")
         if forced == 'cpp' and (not cpp_available() or t.device.type != 'cpu'):
             raise RuntimeError("MEDRECIPES_BACKEND=cpp: " + ("the C++ kernels were not built (reinstall with a C++ compiler)" if not cpp_available() else f"the C++ kernel takes CPU tensors, not {t.device.type}"))
-        if forced == 'triton' and not triton_available(): raise RuntimeError("MEDRECIPES_BACKEND=triton: the Triton SSIM kernel is not available in this version")
+        if forced == 'triton' and not triton_available(t): raise RuntimeError("MEDRECIPES_BACKEND=triton: " + _triton_unavailable_reason(t))
         return forced
     if t.device.type == 'cpu':
         if cpp_available(): return 'cpp'
         if 'cpp' not in _warned:
             _warned.add('cpp'); warnings.warn("medrecipes C++ kernels are not built; SSIM uses the PyTorch reference")
+    if t.device.type == 'cuda':
+        if triton_available(t): return 'triton'
+        if 'triton' not in _warned:
+            _warned.add('triton'); warnings.warn(f"Triton is not available ({_triton}); SSIM on CUDA uses the PyTorch reference")
     return 'torch'
 
 def ssim(x:torch.Tensor, y:torch.Tensor, # B x C x H x W images, any float dtype
@@ -118,7 +148,9 @@ def ssim(x:torch.Tensor, y:torch.Tensor, # B x C x H x W images, any float dtype
     if reduction not in ('mean', 'none'): raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
     check_ssim_inputs(x, y, win_size)
     be = ssim_backend(x)
-    s = _SSIMCpp.apply(x, y, data_range, win_size, sigma, tuple(k)) if be == 'cpp' else ssim_reference(x, y, data_range, win_size, sigma, k).to(x.dtype)
+    if be == 'cpp': s = _SSIMCpp.apply(x, y, data_range, win_size, sigma, tuple(k))
+    elif be == 'triton': s = _triton_ssim().SSIMTriton.apply(x, y, data_range, win_size, sigma, tuple(k))
+    else: s = ssim_reference(x, y, data_range, win_size, sigma, k).to(x.dtype)
     return s.mean() if reduction == 'mean' else s
 
 class SSIMLoss(nn.Module):

@@ -3,7 +3,7 @@
 x, g: B x C x H x W, float32/float16/bfloat16, NCHW-contiguous or channels_last (read through their strides; H and W
 are walked as one pixel axis, so only layouts where that is impossible are copied). Small tensors (a[B,C], s[B,H,W],
 ...) are float32. Every op reads each full-size tensor once; only `apply_gates` and `input_grad` write one (in x's
-dtype and layout). All arithmetic is float32.
+dtype and layout). All arithmetic is float32. Offsets within one sample are int32 (a sample spans < 2**31 elements).
 
 Reductions are deterministic: a program loops over its part of the reduced axis with per-lane accumulators; when the
 axis is split across programs (to fill the GPU), each program writes a partial to a small buffer and torch reduces the
@@ -69,9 +69,9 @@ def _channel_pool_kernel(x_ptr, sum_ptr, max_ptr, cnt_ptr, C, HW, CHUNK, sxb, sx
 @triton.jit
 def _spatial_pool_kernel(x_ptr, a_ptr, sum_ptr, max_ptr, cnt_ptr, C, HW, CHUNK, sxb, sxc, sxp,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    "Grid (B, pixel blocks, splits of C): sum, max and max count of y = x*a over channels [split*CHUNK, +CHUNK)."
-    b, sp = tl.program_id(0), tl.program_id(2)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    "Grid (pixel blocks, B, splits of C): sum, max and max count of y = x*a over channels [split*CHUNK, +CHUNK)."
+    b, sp = tl.program_id(1), tl.program_id(2)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < HW
     cols = x_ptr + b.to(tl.int64) * sxb + p[None, :] * sxp
     acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
@@ -86,7 +86,7 @@ def _spatial_pool_kernel(x_ptr, a_ptr, sum_ptr, max_ptr, cnt_ptr, C, HW, CHUNK, 
         acc += v
         m, n = _max_count_update(m, n, v, valid)
     mx, cnt = _max_count_reduce(m, n, 0)
-    out = (sp * tl.num_programs(0) + b).to(tl.int64) * HW + p
+    out = (sp * tl.num_programs(1) + b).to(tl.int64) * HW + p
     tl.store(sum_ptr + out, tl.sum(acc, axis=0), mask=pmask)
     tl.store(max_ptr + out, mx, mask=pmask)
     tl.store(cnt_ptr + out, cnt, mask=pmask)
@@ -95,9 +95,9 @@ def _spatial_pool_kernel(x_ptr, a_ptr, sum_ptr, max_ptr, cnt_ptr, C, HW, CHUNK, 
 @triton.jit
 def _spatial_gate_grad_kernel(g_ptr, x_ptr, a_ptr, ds_ptr, C, HW, CHUNK, sgb, sgc, sgp, sxb, sxc, sxp,
                               BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    "Grid (B, pixel blocks, splits of C): sum of g*x*a over channels [split*CHUNK, +CHUNK)."
-    b, sp = tl.program_id(0), tl.program_id(2)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    "Grid (pixel blocks, B, splits of C): sum of g*x*a over channels [split*CHUNK, +CHUNK)."
+    b, sp = tl.program_id(1), tl.program_id(2)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < HW
     gcols = g_ptr + b.to(tl.int64) * sgb + p[None, :] * sgp
     xcols = x_ptr + b.to(tl.int64) * sxb + p[None, :] * sxp
@@ -110,7 +110,7 @@ def _spatial_gate_grad_kernel(g_ptr, x_ptr, a_ptr, ds_ptr, C, HW, CHUNK, sgb, sg
         gv = tl.load(gcols + c[:, None] * sgc, mask=valid, other=0.).to(tl.float32)
         xv = tl.load(xcols + c[:, None] * sxc, mask=valid, other=0.).to(tl.float32)
         acc += gv * xv * av[:, None]
-    tl.store(ds_ptr + (sp * tl.num_programs(0) + b).to(tl.int64) * HW + p, tl.sum(acc, axis=0), mask=pmask)
+    tl.store(ds_ptr + (sp * tl.num_programs(1) + b).to(tl.int64) * HW + p, tl.sum(acc, axis=0), mask=pmask)
 
 
 @triton.jit
@@ -198,6 +198,8 @@ def _big(name, t, like=None):
         raise ValueError(f'{name} must have the shape and device of x ({tuple(like.shape)}, {like.device}), '
                          f'got {tuple(t.shape)} on {t.device}')
     if t.numel() == 0: raise ValueError(f'{name} must not be empty, got shape {tuple(t.shape)}')
+    if sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31:  # offsets within a sample: int32
+        raise ValueError(f'{name} must span fewer than 2**31 elements per sample, got shape {tuple(t.shape)}')
     _, _, H, W = t.shape
     sb, sc, sh, sw = t.stride()
     if W == 1: return t, (sb, sc, sh)
@@ -217,11 +219,14 @@ def _small(name, t, shape, x):
 
 
 def _tile(x, C, HW):
-    "BLOCK_C, BLOCK_P: the contiguous axis (pixels in NCHW, channels in channels_last) gets the long side."
+    """BLOCK_C, BLOCK_P and the launch options: the contiguous axis (pixels in NCHW, channels in channels_last) gets
+    the tile's long side; a warp per 256 elements (8 warps for a full tile keep registers low)."""
     np2 = triton.next_power_of_2
     if x.stride(1) == 1 and C > 1:
-        bc = min(LONG_SIDE['channels_last'], np2(C)); return bc, min(TILE // bc, np2(HW))
-    bp = min(LONG_SIDE['nchw'], np2(HW)); return min(TILE // bp, np2(C)), bp
+        bc = min(LONG_SIDE['channels_last'], np2(C)); bp = min(TILE // bc, np2(HW))
+    else:
+        bp = min(LONG_SIDE['nchw'], np2(HW)); bc = min(TILE // bp, np2(C))
+    return bc, bp, dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=max(1, min(8, bc * bp // 256)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -247,37 +252,50 @@ def _max_parts(pm, pn):
     return m, torch.where(pm == m, pn, 0.).sum(0)
 
 
+def _on_device(fn):
+    "Launch on the device of the op's first tensor (Triton launches on the current CUDA device)."
+    @functools.wraps(fn)
+    def run(*args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_cuda:
+            with torch.cuda.device(args[0].device): return fn(*args)
+        return fn(*args)
+    return run
+
+
 def _parts(splits, *shape, device):
     return [torch.empty(splits, *shape, device=device, dtype=torch.float32) for _ in range(3)]
 
 
+@_on_device
 def channel_pool(x):
     "F1: per-(b, c) mean, max and count of elements equal to the max, over the pixels of x. Each [B, C] float32."
     x, sx = _big('x', x)
     B, C, H, W = x.shape
     HW = H * W
-    bc, bp = _tile(x, C, HW)
+    bc, bp, meta = _tile(x, C, HW)
     nc = triton.cdiv(C, bc)
     splits, chunk = _split(B * nc, HW, bp, x.device)
     ps, pm, pn = _parts(splits, B, C, device=x.device)
-    _channel_pool_kernel[(B, nc, splits)](x, ps, pm, pn, C, HW, chunk, *sx, BLOCK_C=bc, BLOCK_P=bp)
+    _channel_pool_kernel[(B, nc, splits)](x, ps, pm, pn, C, HW, chunk, *sx, **meta)
     return (_sum_parts(ps) / HW, *_max_parts(pm, pn))
 
 
+@_on_device
 def spatial_pool(x, a):
     "F2: per-(b, h, w) mean, max and count of the max over channels of y1 = x * a[b, c]. Each [B, H, W] float32."
     x, sx = _big('x', x)
     B, C, H, W = x.shape
     HW = H * W
     a = _small('a', a, (B, C), x)
-    bc, bp = _tile(x, C, HW)
+    bc, bp, meta = _tile(x, C, HW)
     npb = triton.cdiv(HW, bp)
     splits, chunk = _split(B * npb, C, bc, x.device)
     ps, pm, pn = _parts(splits, B, H, W, device=x.device)
-    _spatial_pool_kernel[(B, npb, splits)](x, a, ps, pm, pn, C, HW, chunk, *sx, BLOCK_C=bc, BLOCK_P=bp)
+    _spatial_pool_kernel[(npb, B, splits)](x, a, ps, pm, pn, C, HW, chunk, *sx, **meta)
     return (_sum_parts(ps) / C, *_max_parts(pm, pn))
 
 
+@_on_device
 def apply_gates(x, a, s):
     "F3: out = x * a[b, c] * s[b, h, w], in x's dtype and layout."
     x, sx = _big('x', x)
@@ -285,12 +303,12 @@ def apply_gates(x, a, s):
     HW = H * W
     a, s = _small('a', a, (B, C), x), _small('s', s, (B, H, W), x)
     out, so = _big('out', torch.empty_like(x))
-    bc, bp = _tile(x, C, HW)
-    _apply_gates_kernel[(triton.cdiv(HW, bp), triton.cdiv(C, bc), B)](x, a, s, out, C, HW, *sx, *so,
-                                                                      BLOCK_C=bc, BLOCK_P=bp)
+    bc, bp, meta = _tile(x, C, HW)
+    _apply_gates_kernel[(triton.cdiv(HW, bp), triton.cdiv(C, bc), B)](x, a, s, out, C, HW, *sx, *so, **meta)
     return out
 
 
+@_on_device
 def spatial_gate_grad(g, x, a):
     "B1: ds[b, h, w] = sum_c g * x * a[b, c], [B, H, W] float32."
     x, sx = _big('x', x)
@@ -298,14 +316,15 @@ def spatial_gate_grad(g, x, a):
     B, C, H, W = x.shape
     HW = H * W
     a = _small('a', a, (B, C), x)
-    bc, bp = _tile(x, C, HW)
+    bc, bp, meta = _tile(x, C, HW)
     npb = triton.cdiv(HW, bp)
     splits, chunk = _split(B * npb, C, bc, x.device)
     ds = torch.empty(splits, B, H, W, device=x.device, dtype=torch.float32)
-    _spatial_gate_grad_kernel[(B, npb, splits)](g, x, a, ds, C, HW, chunk, *sg, *sx, BLOCK_C=bc, BLOCK_P=bp)
+    _spatial_gate_grad_kernel[(npb, B, splits)](g, x, a, ds, C, HW, chunk, *sg, *sx, **meta)
     return _sum_parts(ds)
 
 
+@_on_device
 def channel_gate_grad(g, x, a, s, dmean, dmax, smax, scnt):
     "B2: da[b, c] = sum_p dy1 * x with dy1 = g*s + dmean/C + dmax*[x*a == smax]/scnt, [B, C] float32."
     x, sx = _big('x', x)
@@ -314,24 +333,26 @@ def channel_gate_grad(g, x, a, s, dmean, dmax, smax, scnt):
     HW = H * W
     a = _small('a', a, (B, C), x)
     maps = [_small(k, v, (B, H, W), x) for k, v in dict(s=s, dmean=dmean, dmax=dmax, smax=smax, scnt=scnt).items()]
-    bc, bp = _tile(x, C, HW)
+    bc, bp, meta = _tile(x, C, HW)
     nc = triton.cdiv(C, bc)
     splits, chunk = _split(B * nc, HW, bp, x.device)
     da = torch.empty(splits, B, C, device=x.device, dtype=torch.float32)
-    _channel_gate_grad_kernel[(B, nc, splits)](g, x, a, *maps, da, C, HW, chunk, *sg, *sx, BLOCK_C=bc, BLOCK_P=bp)
+    _channel_gate_grad_kernel[(B, nc, splits)](g, x, a, *maps, da, C, HW, chunk, *sg, *sx, **meta)
     return _sum_parts(da)
 
 
+@_on_device
 def input_grad(g, x, a, s, dmean, dmax, smax, scnt, dcavg, dcmax, cmax, ccnt):
     "B3: dx = dy1 * a + dcavg/(H*W) + dcmax*[x == cmax]/ccnt, in x's dtype and layout."
     x, sx = _big('x', x)
     g, sg = _big('g', g, like=x)
     B, C, H, W = x.shape
     HW = H * W
+    a = _small('a', a, (B, C), x)
     maps = [_small(k, v, (B, H, W), x) for k, v in dict(s=s, dmean=dmean, dmax=dmax, smax=smax, scnt=scnt).items()]
     vecs = [_small(k, v, (B, C), x) for k, v in dict(dcavg=dcavg, dcmax=dcmax, cmax=cmax, ccnt=ccnt).items()]
     dx, so = _big('dx', torch.empty_like(x))
-    bc, bp = _tile(x, C, HW)
-    _input_grad_kernel[(triton.cdiv(HW, bp), triton.cdiv(C, bc), B)](
-        g, x, _small('a', a, (B, C), x), *maps, *vecs, dx, C, HW, *sg, *sx, *so, BLOCK_C=bc, BLOCK_P=bp)
+    bc, bp, meta = _tile(x, C, HW)
+    _input_grad_kernel[(triton.cdiv(HW, bp), triton.cdiv(C, bc), B)](g, x, a, *maps, *vecs, dx, C, HW, *sg, *sx, *so,
+                                                                     **meta)
     return dx
