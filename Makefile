@@ -20,9 +20,9 @@ install: $(STAMP)
 ## make demo: generated samples; the X-ray recipe on both split protocols, then the four SAR codecs compared
 demo: install
 	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 600 --seed 0
-	$(BIN)/medrecipes train-all xray --config configs/xray_demo.yaml
+	$(BIN)/medrecipes train-all xray --config-name xray_demo
 	$(BIN)/medrecipes synth sar data/sar_demo --n 32 --n-valid 8 --n-test 4 --size 128 --seed 0
-	$(BIN)/medrecipes compare sar --config configs/sar_demo.yaml --override progress=false
+	$(BIN)/medrecipes compare sar --config-name sar_demo trainer.progress=false
 
 ## make test: notebooks (nbdev-test) and the pytest suite
 test: install test-nbs test-py
@@ -35,7 +35,7 @@ test-py: install
 
 ## make train-all: both splits on the real BTXRD release (data/BTXRD, see configs/xray.yaml)
 train-all: install
-	$(BIN)/medrecipes train-all xray --config configs/xray.yaml
+	$(BIN)/medrecipes train-all xray
 
 ## make export: regenerate medrecipes/ from the notebooks
 export: install

@@ -1,4 +1,4 @@
-"""`medrecipes train xray|sar`, `medrecipes train-all xray`, `medrecipes compare sar`, `medrecipes synth btxrd|sar`.
+"""`medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `synth btxrd|sar|digits`.
 
 Docs: https://medrecipes.github.io/medrecipes/cli.html.md"""
 
@@ -10,10 +10,10 @@ import argparse, sys, json, logging, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RECIPES', 'main']
+__all__ = ['RECIPES', 'parse_args', 'main']
 
 # %% ../nbs/05_cli.ipynb #c005
-RECIPES = ('xray', 'sar')
+RECIPES = ('xray', 'sar', 'folder')
 
 def _parser():
     p = argparse.ArgumentParser(prog='medrecipes', description='Training recipes for medical and radar imaging.')
@@ -23,56 +23,90 @@ def _parser():
                                ('compare', 'train and evaluate every model variant of a recipe and write a comparison table', ('sar',))):
         t = sub.add_parser(name, help=hlp)
         t.add_argument('recipe', choices=choices)
-        t.add_argument('--config', '-c', default=None, help='YAML config file (keys override the recipe defaults)')
-        t.add_argument('--override', '-o', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
-                       help='config overrides, e.g. --override split=center epochs=10')
+        t.add_argument('overrides', nargs='*', metavar='OVERRIDE',
+                       help='Hydra overrides: group=choice (model=resnet50) or group.key=value (trainer.max_epochs=10)')
+        t.add_argument('--config-name', '-c', default=None, help='root config in the config folder (default: the recipe name)')
+        t.add_argument('--config-dir', default=None, help='config folder (default: ./configs, else the package checkout\'s)')
         t.add_argument('--resume', nargs='?', const='last', default=None, metavar='CHECKPOINT',
                        help="continue exactly from the run's latest checkpoint (or the one given)")
+        t.add_argument('--print-config', action='store_true', help='print the composed config and exit')
+    e = sub.add_parser('export-onnx', help='export a checkpoint to ONNX and check it with onnxruntime')
+    e.add_argument('args', nargs=argparse.REMAINDER, help='CHECKPOINT [--out DIR] [--opset N] [--no-check]')
     s = sub.add_parser('synth', help='write a generated data set')
-    s.add_argument('kind', choices=('btxrd', 'sar'))
+    s.add_argument('kind', choices=('btxrd', 'sar', 'digits'))
     s.add_argument('dest', help='folder to write')
-    s.add_argument('--n', type=int, default=None, help='number of images (btxrd: 400; sar: 64 training images)')
+    s.add_argument('--n', type=int, default=None, help='btxrd: images (400); sar: training images (64); digits: images per class and split (see make_digits)')
     s.add_argument('--n-valid', type=int, default=16, help='sar: validation images')
     s.add_argument('--n-test', type=int, default=0, help='sar: test images')
-    s.add_argument('--size', type=int, default=256, help='sar: image side in pixels')
+    s.add_argument('--size', type=int, default=None, help='image side in pixels (sar: 256)')
     s.add_argument('--looks', type=float, default=1, help='sar: number of looks of the speckle')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--force', action='store_true', help='write even if dest already holds a data set')
     return p
 
-def main(argv=None):
-    "Entry point of the `medrecipes` command."
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    if args.command == 'synth':
-        dest = Path(args.dest)
-        if args.kind == 'btxrd':
-            from medrecipes.synth import make_btxrd
-            if (dest/'dataset.csv').exists() and not args.force:
-                print(f"{dest} already holds a data set; use --force to write it again"); return 0
-            n = args.n or 400; make_btxrd(dest, n=n, seed=args.seed); print(f"wrote {n} images to {dest}"); return 0
+def parse_args(argv=None):
+    "Parse the command line; overrides may come before or after the options."
+    p = _parser()
+    args, extra = p.parse_known_args(argv)
+    bad = [e for e in extra if e.startswith('-') or '=' not in e or not hasattr(args, 'overrides')]
+    if bad: p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra: args.overrides = [*args.overrides, *extra]
+    return args
+
+def _synth(args):
+    dest = Path(args.dest)
+    if args.kind == 'btxrd':
+        from medrecipes.synth import make_btxrd
+        if (dest/'dataset.csv').exists() and not args.force:
+            print(f"{dest} already holds a data set; use --force to write it again"); return 0
+        n = args.n or 400; make_btxrd(dest, n=n, seed=args.seed); print(f"wrote {n} images to {dest}"); return 0
+    if args.kind == 'sar':
         from medrecipes.synth import make_sar
         if (dest/'metadata.json').exists() and not args.force:
             print(f"{dest} already holds a data set; use --force to write it again"); return 0
         n = args.n or 64
-        make_sar(dest, n_train=n, n_valid=args.n_valid, n_test=args.n_test, size=args.size, looks=args.looks, seed=args.seed)
+        make_sar(dest, n_train=n, n_valid=args.n_valid, n_test=args.n_test, size=args.size or 256, looks=args.looks, seed=args.seed)
         print(f"wrote {n}+{args.n_valid}+{args.n_test} SAR images to {dest}"); return 0
-    if args.resume is not None: args.override.append(f'resume={args.resume}')
-    pd_opts = ('display.width', 200, 'display.max_columns', 20)
+    from medrecipes.synth import make_digits
+    if (dest/'train').exists() and not args.force:
+        print(f"{dest} already holds a data set; use --force to write it again"); return 0
+    kw = {k: v for k, v in (('n_per_class', args.n), ('size', args.size)) if v is not None}
+    make_digits(dest, seed=args.seed, **kw); print(f"wrote a digits data set to {dest}"); return 0
+
+def main(argv=None):
+    "Entry point of the `medrecipes` command."
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    if args.command == 'synth': return _synth(args)
+    if args.command == 'export-onnx':
+        from medrecipes.export import export_onnx_main
+        return export_onnx_main(args.args)
+    from medrecipes.config import compose_config, flatten_config
+    try: cfg = compose_config(args.config_name or args.recipe, args.overrides, args.config_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"medrecipes: error: {e}", file=sys.stderr); return 2
+    if args.resume is not None: cfg.setdefault('trainer', {})['resume'] = args.resume
+    if args.print_config:
+        from omegaconf import OmegaConf
+        print(OmegaConf.to_yaml(OmegaConf.create(cfg))); return 0
+    opts = ('display.width', 200, 'display.max_columns', 20)
+    pd = __import__('pandas')
+    if args.recipe == 'folder':
+        from medrecipes.folder import train_folder
+        print(json.dumps(train_folder(cfg), indent=2, default=str)); return 0
+    flat = flatten_config(cfg)
     if args.recipe == 'sar':
         from medrecipes.sar import train_sar, compare_sar
-        if args.command == 'train': print(json.dumps(train_sar(args.config, args.override), indent=2, default=str))
+        if args.command == 'train': print(json.dumps(train_sar(**flat), indent=2, default=str))
         else:
-            df = compare_sar(args.config, args.override)
-            with __import__('pandas').option_context(*pd_opts): print(df.to_string(index=False))
+            df = compare_sar(**flat)
+            with pd.option_context(*opts): print(df.to_string(index=False))
         return 0
     from medrecipes.xray import train_xray, train_all_xray
-    if args.command == 'train':
-        print(json.dumps(train_xray(args.config, args.override), indent=2))
+    if args.command == 'train': print(json.dumps(train_xray(**flat), indent=2, default=str))
     else:
-        df = train_all_xray(args.config, args.override)
-        with __import__('pandas').option_context(*pd_opts):
-            print(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint']).to_string(index=False))
+        df = train_all_xray(**flat)
+        with pd.option_context(*opts): print(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint']).to_string(index=False))
     return 0
 
 # %% ../nbs/05_cli.ipynb #c007

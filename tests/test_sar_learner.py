@@ -121,8 +121,8 @@ def test_bad_config_values_are_refused(sar_data, tmp_path):
 @pytest.mark.slow
 def test_compare_cli_writes_the_table(sar_data, tmp_path):
     exe = Path(sys.executable).parent/'medrecipes'
-    r = subprocess.run([str(exe), 'compare', 'sar', '--override', f'data_path={sar_data}', f'out_dir={tmp_path}', 'patch=32', 'bs=8',
-                        'patches_per_image=2', 'base_channels=8', 'epochs=1', 'progress=false', 'device=cpu'],
+    r = subprocess.run([str(exe), 'compare', 'sar', f'data.path={sar_data}', f'trainer.out_dir={tmp_path}', 'data.patch=32', 'data.batch_size=8',
+                        'data.patches_per_image=2', 'model.base_channels=8', 'trainer.max_epochs=1', 'trainer.progress=false', 'trainer.device=cpu'],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     df = pd.read_csv(tmp_path/'comparison.csv')

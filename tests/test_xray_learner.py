@@ -109,9 +109,9 @@ def _check_run(res, ckpts, split_tag, btxrd):
 
 @pytest.mark.slow
 def test_cli_train_all_end_to_end(btxrd, tmp_path):
-    (tmp_path/'c.yaml').write_text(f'data_path: {btxrd}\nout_dir: {tmp_path/"run"}\npretrained: false\nsize: 64\nbs: 16\nepochs: 2\nnum_workers: 0\n')
-    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train-all', 'xray', '--config', str(tmp_path/'c.yaml'),
-                        '--override', 'lr=2e-3', 'patience=3'], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train-all', 'xray', '--config-name', 'xray_demo',
+                        f'data.path={btxrd}', f'trainer.out_dir={tmp_path/"run"}', 'data.size=64', 'trainer.max_epochs=2',
+                        'trainer.lr=2e-3', 'callbacks.patience=3'], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'valid_loss' in r.stdout + r.stderr          # the progress table
     out = tmp_path/'run'
@@ -121,7 +121,12 @@ def test_cli_train_all_end_to_end(btxrd, tmp_path):
     assert summary.split.tolist() == ['stratified', 'center']
 
 
-def test_cli_train_one_split_and_bad_override(btxrd, tmp_path):
-    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train', 'xray', '--override', f'data_path={btxrd}',
-                        'epoch=2'], capture_output=True, text=True)
+def test_cli_bad_overrides_are_refused(btxrd, tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train', 'xray', f'data.path={btxrd}', *a],
+                                    capture_output=True, text=True)
+    r = run('trainer.epochs=2')
+    assert r.returncode == 2 and "Could not override 'trainer.epochs'" in r.stderr
+    r = run('model=nonet')
+    assert r.returncode == 2 and "Could not find 'model/nonet'" in r.stderr
+    r = run('+trainer.epoch=2')          # appended keys reach the recipe, which refuses unknown ones
     assert r.returncode != 0 and "unknown config key 'epoch'" in r.stderr
