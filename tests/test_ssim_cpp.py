@@ -173,3 +173,95 @@ def test_threads_agree():
     whole = _cpu.ssim_forward(x, y, WIN, c1, c2)
     single = np.concatenate([_cpu.ssim_forward(x[i:i + 1], y[i:i + 1], WIN, c1, c2) for i in range(5)])
     np.testing.assert_array_equal(whole, single)
+
+
+# ---- float64: the same functions dispatch on the dtype of x and y ----
+
+def cpp_ssim64(X, Y, win=WIN):
+    B, C, H, W = X.shape
+    c1, c2 = _consts()
+    out = _cpu.ssim_forward(X.reshape(B * C, H, W).numpy(), Y.reshape(B * C, H, W).numpy(), win, c1, c2)
+    assert out.dtype == np.float64
+    return torch.from_numpy(out).view(B, C)
+
+
+@pytest.mark.parametrize('kind,shape', CASES)
+def test_float64_forward_matches_reference(kind, shape):
+    X, Y = pair(kind, shape, seed=3)
+    torch.testing.assert_close(cpp_ssim64(X, Y), ref_ssim(X, Y), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize('saved', [False, True])
+@pytest.mark.parametrize('kind,shape', CASES[:5])
+def test_float64_backward_matches_autograd(kind, shape, saved):
+    X, Y = pair(kind, shape, seed=4)
+    B, C, H, W = shape
+    G = torch.randn(B, C, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    c1, c2 = _consts()
+    x, y = X.reshape(B * C, H, W).numpy(), Y.reshape(B * C, H, W).numpy()
+    kw = {'saved': _cpu.ssim_forward(x, y, WIN, c1, c2, save=True)[1]} if saved else {}
+    if saved: assert all(a.dtype == np.float64 for a in kw['saved'])
+    dx, dy = _cpu.ssim_backward(x, y, WIN, c1, c2, G.reshape(-1).numpy(), **kw)
+    assert dx.dtype == dy.dtype == np.float64
+    rx, ry = ref_grads(X, Y, G)
+    assert rel_rms(torch.from_numpy(dx).view(shape), rx) < 1e-10 and rel_rms(torch.from_numpy(dy).view(shape), ry) < 1e-10
+
+
+def test_float32_stays_float32():
+    x = np.random.default_rng(0).random((2, 16, 16), dtype=np.float32)
+    c1, c2 = _consts()
+    v, (coef, shift) = _cpu.ssim_forward(x, x * 0.5, WIN, c1, c2, save=True)
+    assert v.dtype == coef.dtype == shift.dtype == np.float32
+    dx, dy = _cpu.ssim_backward(x, x * 0.5, WIN, c1, c2, np.ones(2, np.float64))   # grad_out is converted
+    assert dx.dtype == dy.dtype == np.float32
+
+
+def test_dtype_errors():
+    c1, c2 = _consts()
+    a32, a64 = np.zeros((2, 16, 16), np.float32), np.zeros((2, 16, 16), np.float64)
+    with pytest.raises(TypeError, match='x must be a float32 or float64 array; got dtype float16'):
+        _cpu.ssim_forward(a32.astype(np.float16), a32.astype(np.float16), WIN, c1, c2)
+    with pytest.raises(TypeError, match='y must be a float32 or float64 array; got dtype int64'):
+        _cpu.ssim_forward(a64, a64.astype(np.int64), WIN, c1, c2)
+    with pytest.raises(TypeError, match='same dtype; got x float32 and y float64'):
+        _cpu.ssim_forward(a32, a64, WIN, c1, c2)
+    with pytest.raises(TypeError, match='ssim_backward: x must be a float32 or float64 array; got dtype uint8'):
+        _cpu.ssim_backward(a32.astype(np.uint8), a32.astype(np.uint8), WIN, c1, c2, np.ones(2))
+    saved32 = _cpu.ssim_forward(a32, a32, WIN, c1, c2, save=True)[1]
+    with pytest.raises(TypeError, match='saved coefficient maps have dtype float32 but x and y are float64'):
+        _cpu.ssim_backward(a64, a64, WIN, c1, c2, np.ones(2), saved=saved32)
+
+
+# ---- the C++ autograd Function in float64: gradcheck and values against the package reference ----
+
+GRADCHECK = [((1, 2, 12, 13), 5), ((1, 1, 11, 11), 11), ((2, 1, 13, 12), 11)]
+
+
+@pytest.mark.parametrize('shape,win', GRADCHECK)
+def test_cpp_autograd_gradcheck_float64(shape, win):
+    from medrecipes.kernels.ssim import _SSIMCpp, ssim_reference
+    g = torch.Generator().manual_seed(win + shape[-1])
+    x = torch.rand(shape, generator=g, dtype=torch.float64).requires_grad_()
+    y = (x.detach() + 0.3 * torch.rand(shape, generator=g, dtype=torch.float64)).clamp(0, 1).requires_grad_()
+    f = lambda a, b: _SSIMCpp.apply(a, b, 1.0, win, 1.5, (0.01, 0.03))
+    s = f(x, y)
+    assert s.dtype == torch.float64
+    torch.testing.assert_close(s, ssim_reference(x, y, win_size=win), atol=1e-10, rtol=0)
+    assert torch.autograd.gradcheck(f, (x, y))
+
+
+def test_ssim_forced_cpp_float64(monkeypatch):
+    "The public `ssim` with MEDRECIPES_BACKEND=cpp keeps float64 in float64: values to 1e-10, gradients to 1e-10 rel. RMS, gradcheck."
+    from medrecipes.kernels import ssim, ssim_reference, ssim_backend
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'cpp')
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 3, 12, 13, generator=g, dtype=torch.float64).requires_grad_()
+    y = torch.rand(2, 3, 12, 13, generator=g, dtype=torch.float64).requires_grad_()
+    assert ssim_backend(x) == 'cpp'
+    s = ssim(x, y, win_size=5, reduction='none'); s.sum().backward()
+    x2, y2 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    r = ssim_reference(x2, y2, win_size=5); r.sum().backward()
+    assert s.dtype == torch.float64 and x.grad.dtype == torch.float64
+    torch.testing.assert_close(s, r, atol=1e-10, rtol=0)
+    assert rel_rms(x.grad, x2.grad) < 1e-10 and rel_rms(y.grad, y2.grad) < 1e-10
+    assert torch.autograd.gradcheck(lambda a, b: ssim(a, b, win_size=5, reduction='none'), (x[:1, :2].detach().requires_grad_(), y[:1, :2].detach().requires_grad_()))

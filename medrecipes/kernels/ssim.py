@@ -66,8 +66,9 @@ class _SSIMCpp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, data_range, win_size, sigma, k):
         B, C, H, W = x.shape
-        xf = x.detach().float().contiguous().reshape(B * C, H, W)
-        yf = y.detach().float().contiguous().reshape(B * C, H, W)
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32  # as the reference: x's dtype decides
+        xf = x.detach().to(dt).contiguous().reshape(B * C, H, W)
+        yf = y.detach().to(dt).contiguous().reshape(B * C, H, W)
         win = win_size  # the kernel builds the same normalised Gaussian window from (win_size, sigma)
         c1, c2 = _constants(data_range, k)
         # the forward saves four per-pixel coefficient maps so the backward is one cheap pass (measured faster than recomputing)
@@ -79,7 +80,7 @@ class _SSIMCpp(torch.autograd.Function):
     def backward(ctx, g):
         xf, yf = ctx.saved_tensors; win, c1, c2, sigma, saved, shape, xdt, ydt = ctx.args
         B, C, H, W = shape
-        gp = (g.detach().float() / C).repeat_interleave(C).contiguous()
+        gp = (g.detach().to(xf.dtype) / C).repeat_interleave(C).contiguous()
         dx, dy = _cpu.ssim_backward(xf.numpy(), yf.numpy(), win, c1, c2, gp.numpy(), sigma=sigma, saved=saved)
         dx = torch.from_numpy(dx).view(shape).to(xdt) if ctx.needs_input_grad[0] else None
         dy = torch.from_numpy(dy).view(shape).to(ydt) if ctx.needs_input_grad[1] else None
