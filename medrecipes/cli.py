@@ -30,8 +30,8 @@ def _parser():
         t.add_argument('--resume', nargs='?', const='last', default=None, metavar='CHECKPOINT',
                        help="continue exactly from the run's latest checkpoint (or the one given)")
         t.add_argument('--print-config', action='store_true', help='print the composed config and exit')
-    e = sub.add_parser('export-onnx', help='export a checkpoint to ONNX and check it with onnxruntime')
-    e.add_argument('args', nargs=argparse.REMAINDER, help='CHECKPOINT [--out DIR] [--opset N] [--no-check]')
+    e = sub.add_parser('export-onnx', help='export a checkpoint to ONNX and check it with onnxruntime', add_help=False)
+    e.add_argument('args', nargs=argparse.REMAINDER, help='CHECKPOINT [--out DIR|FILE.onnx] [--opset N] [--atol A] [--no-check]')
     s = sub.add_parser('synth', help='write a generated data set')
     s.add_argument('kind', choices=('btxrd', 'sar', 'digits'))
     s.add_argument('dest', help='folder to write')
