@@ -48,6 +48,7 @@ def parse_args(argv=None):
     "Parse the command line; overrides may come before or after the options."
     p = _parser()
     args, extra = p.parse_known_args(argv)
+    if args.command == 'export-onnx': args.args = [*extra, *args.args]; return args   # its own parser reads them
     bad = [e for e in extra if e.startswith('-') or '=' not in e or not hasattr(args, 'overrides')]
     if bad: p.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra: args.overrides = [*args.overrides, *extra]
