@@ -16,6 +16,7 @@ from fastai.learner import Metric, Recorder
 from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
 from .core import atomic_write, save_checkpoint
+from .distributed import is_rank0, is_distributed, reduce_sum, world_size
 
 # %% auto #0
 __all__ = ['class_weights', 'TrainValCrossEntropy', 'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning',
@@ -35,9 +36,13 @@ class TrainValCrossEntropy(nn.Module):
     def __init__(self, weight:torch.Tensor|None=None, reduction:str='mean'):
         super().__init__()
         self.register_buffer('weight', None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-        self.reduction = reduction
+        self.reduction, self.distributed_mean = reduction, False
     def forward(self, pred, targ):
         w = self.weight.to(pred.device, pred.dtype) if (self.training and self.weight is not None) else None
+        if w is not None and self.distributed_mean and self.reduction == 'mean' and is_distributed():
+            t = targ.long()
+            den = w[t].sum().detach().clone(); torch.distributed.all_reduce(den)
+            return F.cross_entropy(pred, t, weight=w, reduction='sum') / (den / world_size())
         return F.cross_entropy(pred, targ.long(), weight=w, reduction=self.reduction)
     def activation(self, x): return F.softmax(x, dim=-1)
     def decodes(self, x): return x.argmax(dim=-1)
@@ -87,6 +92,7 @@ class RecallCollapseCallback(Callback):
         self.streak = self.streak + 1 if v == 0 else 0
         if self.streak >= self.patience:
             self.collapsed.append(self.epoch)
+            if not is_rank0(): return   # one warning per run, not one per process
             msg = f"{self.cls} recall has been 0 for {self.streak} epochs (epochs {self.epoch-self.streak+1}-{self.epoch}): the model no longer predicts {self.cls}"
             logging.getLogger('medrecipes').warning(msg)
             warnings.warn(msg, RecallCollapseWarning)
@@ -125,11 +131,12 @@ class TrainingLog(Callback):
     def after_epoch(self):
         names, vals = list(self.recorder.metric_names[1:]), self.recorder.values[-1]
         get = lambda k: float(vals[names.index(k)]) if k in names else float('nan')
-        row = {'epoch': self.epoch, 'train_loss': self.loss_sum / max(self.n, 1), 'val_loss': get('valid_loss'),
+        loss_sum, n = reduce_sum(self.loss_sum, self.n)   # over every rank's batches (a no-op in one process)
+        row = {'epoch': self.epoch, 'train_loss': loss_sum / max(n, 1), 'val_loss': get('valid_loss'),
                'val_acc': get('accuracy'), **{f'val_recall_{c.lower()}': get(f'recall_{c.lower()}') for c in self.classes},
                'lr': float(self.opt.hypers[-1]['lr'])}
         self.rows = [r for r in self.rows if r['epoch'] < self.epoch] + [row]
-        self.write()
+        if is_rank0(): self.write()
     def resume_state(self): return dict(rows=[dict(r) for r in self.rows])
     def load_resume_state(self, st): self.rows = [dict(r) for r in st['rows']]
     def write(self):
@@ -162,14 +169,14 @@ class CheckpointCallback(TrackerCallback):
         self.last_epoch, self.last_value = self.epoch, float(self.recorder.values[-1][self.idx])
         if self.new_best:
             self.best_epoch = self.epoch
-            save_checkpoint(self.best_path, **checkpoint_state(self.learn, epoch=self.epoch, **{self.monitor: float(self.best)},
+            if is_rank0(): save_checkpoint(self.best_path, **checkpoint_state(self.learn, epoch=self.epoch, **{self.monitor: float(self.best)},
                                                                best_value=float(self.best), best_epoch=self.epoch, monitor=self.monitor))
     def resume_state(self):
         return dict(best=float(self.best), best_epoch=self.best_epoch, last_epoch=self.last_epoch, last_value=self.last_value)
     def load_resume_state(self, st):
         self.best, self.best_epoch, self.last_epoch, self.last_value = st['best'], st['best_epoch'], st['last_epoch'], st['last_value']
     def after_fit(self):
-        if self.run and self.last_epoch is not None:
+        if self.run and self.last_epoch is not None and is_rank0():
             save_checkpoint(self.final_path, **checkpoint_state(self.learn, epoch=self.last_epoch, **{self.monitor: self.last_value},
                                                                 best_value=float(self.best), best_epoch=self.best_epoch, monitor=self.monitor))
         super().after_fit()

@@ -90,24 +90,26 @@ def main(argv=None):
     if args.print_config:
         from omegaconf import OmegaConf
         print(OmegaConf.to_yaml(OmegaConf.create(cfg))); return 0
+    from medrecipes.distributed import is_rank0
+    say = print if is_rank0() else (lambda *a, **k: None)   # under torchrun / accelerate every rank trains; rank 0 reports
     opts = ('display.width', 200, 'display.max_columns', 20)
     pd = __import__('pandas')
     if args.recipe == 'folder':
         from medrecipes.folder import train_folder
-        print(json.dumps(train_folder(cfg), indent=2, default=str)); return 0
+        say(json.dumps(train_folder(cfg), indent=2, default=str)); return 0
     flat = flatten_config(cfg)
     if args.recipe == 'sar':
         from medrecipes.sar import train_sar, compare_sar
-        if args.command == 'train': print(json.dumps(train_sar(**flat), indent=2, default=str))
+        if args.command == 'train': say(json.dumps(train_sar(**flat), indent=2, default=str))
         else:
             df = compare_sar(**flat)
-            with pd.option_context(*opts): print(df.to_string(index=False))
+            with pd.option_context(*opts): say(df.to_string(index=False))
         return 0
     from medrecipes.xray import train_xray, train_all_xray
-    if args.command == 'train': print(json.dumps(train_xray(**flat), indent=2, default=str))
+    if args.command == 'train': say(json.dumps(train_xray(**flat), indent=2, default=str))
     else:
         df = train_all_xray(**flat)
-        with pd.option_context(*opts): print(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint']).to_string(index=False))
+        with pd.option_context(*opts): say(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint']).to_string(index=False))
     return 0
 
 # %% ../nbs/05_cli.ipynb #c007

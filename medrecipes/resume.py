@@ -14,6 +14,8 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastcore.xtras import ContextManagers
 from fastai.callback.tracker import TrackerCallback
 from .core import save_checkpoint, load_checkpoint
+from .distributed import (base_dl, is_rank0, rank, world_size, is_distributed, broadcast_object, all_gather_object,
+                                    load_checkpoint_dist)
 
 # %% auto #0
 __all__ = ['training_state', 'restore_training_state', 'ResumableLearner', 'resume_path', 'ResumeCheckpoint']
@@ -27,20 +29,32 @@ def _rng_state(dls=None) -> dict:
               torch=torch.get_rng_state(),
               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
     if dls is not None:
-        st['dataloaders'] = [[list(x) if isinstance(x, tuple) else x for x in dl.rng.getstate()] for dl in dls.loaders]
+        st['dataloaders'] = [[list(x) if isinstance(x, tuple) else x for x in base_dl(dl).rng.getstate()] for dl in dls.loaders]
     return st
 
-def _set_rng_state(st:dict, dls=None):
+def _set_rng_state(st:dict|None, dls=None, loaders:list|None=None):
+    "Restore the generators of `st` (None: leave them) and the loaders' (`loaders`, default `st['dataloaders']`)."
+    loaders = loaders if loaders is not None else (st or {}).get('dataloaders')
+    if dls is not None and loaders is not None:
+        if len(loaders) != len(dls.loaders):
+            raise ValueError(f"the checkpoint has the generator states of {len(loaders)} data loaders, the learner has {len(dls.loaders)}")
+        for dl, s in zip(dls.loaders, loaders): base_dl(dl).rng.setstate((s[0], tuple(s[1]), s[2]))
+    if st is None: return
     v, internal, gauss = st['python']
     random.setstate((v, tuple(internal), gauss))
     n = st['numpy']
     np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
     torch.set_rng_state(st['torch'])
     if st.get('cuda') and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
-    if dls is not None and 'dataloaders' in st:
-        if len(st['dataloaders']) != len(dls.loaders):
-            raise ValueError(f"the checkpoint has the generator states of {len(st['dataloaders'])} data loaders, the learner has {len(dls.loaders)}")
-        for dl, s in zip(dls.loaders, st['dataloaders']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))
+
+def _rank_rng(st:dict, where='') -> dict|None:
+    "This rank's generator states in a checkpoint: its own when the checkpoint has them, rank 0's in one process."
+    ranks = st.get('rng_ranks'); n = len(ranks) if ranks else 1
+    if n != world_size():
+        warnings.warn(f"checkpoint{where} was written by a run of {n} process(es) and is resumed by {world_size()}: "
+                      "the data order and random draws will differ from an uninterrupted run")
+    if ranks: return ranks[rank()] if rank() < len(ranks) else None
+    return st['rng'] if rank() == 0 else None
 
 # %% ../nbs/06_resume.ipynb #c008
 _TRACKER_ATTRS = ('best', 'wait', 'new_best')
@@ -104,7 +118,7 @@ def restore_training_state(learn:Learner, st:dict, path=None):
     if 'scaler' in st and getattr(learn, 'scaler', None) is not None: learn.scaler.load_state_dict(st['scaler'])
     learn.first_epoch = learn.n_epoch if loop['finished'] else loop['epoch'] + 1
     learn.epoch, learn.train_iter = loop['epoch'], loop['train_iter']
-    _set_rng_state(st['rng'], learn.dls)
+    _set_rng_state(_rank_rng(st, where), learn.dls, loaders=st['rng'].get('dataloaders'))
 
 # %% ../nbs/06_resume.ipynb #c012
 class ResumableLearner(Learner):
@@ -117,7 +131,7 @@ class ResumableLearner(Learner):
             if cb is None: raise ValueError("resume(True) needs a ResumeCheckpoint callback to know where latest.pt is; pass a path")
             path = cb.fname
         self.resume_from = Path(path)
-        if not self.resume_from.is_file(): raise FileNotFoundError(f"no checkpoint to resume from at {self.resume_from}")
+        if is_rank0() and not self.resume_from.is_file(): raise FileNotFoundError(f"no checkpoint to resume from at {self.resume_from}")
         return self
     def validation_context(self, cbs=None, inner=False):
         # fastai fires before_epoch/after_epoch in `validate` and `get_preds` too; callbacks that track a fit (trackers,
@@ -143,7 +157,7 @@ def resume_path(resume, # a config's `resume`: False/None, True/'last' (the lear
         if cb is None: raise ValueError("resume=last needs a ResumeCheckpoint callback on the learner")
         return cb.fname if cb.fname.is_file() else None
     p = Path(resume)
-    if not p.is_file(): raise FileNotFoundError(f"resume: checkpoint {p} does not exist")
+    if is_rank0() and not p.is_file(): raise FileNotFoundError(f"resume: checkpoint {p} does not exist")
     return p
 
 class ResumeCheckpoint(Callback):
@@ -167,15 +181,21 @@ class ResumeCheckpoint(Callback):
         self.idx = names.index(self.monitor) if self.monitor in names else None
         if self.best is not None and self.idx is None: raise ValueError(f"ResumeCheckpoint monitors {self.monitor!r}, which is not among {names}")
         path = getattr(self.learn, 'resume_from', None)
+        if is_distributed(): path = broadcast_object(None if path is None else str(path))  # rank 0 decides
         if path is not None:
-            st = load_checkpoint(path)
+            st = load_checkpoint_dist(path)
             if 'loop' not in st: raise ValueError(f"{path} is not a resume checkpoint (it has no training state); use latest.pt")
             restore_training_state(self.learn, st, path)
             self.learn.resume_from = None
     def resume_state(self): return dict(best_value=float(self.best_value), best_epoch=self.best_epoch)
     def load_resume_state(self, st): self.best_value, self.best_epoch = st['best_value'], st['best_epoch']
     def _state(self, finished=False):
-        return dict(**training_state(self.learn, finished=finished), **{**getattr(self.learn, 'checkpoint_meta', {}), **self.meta})
+        "The state to save (None on ranks other than 0, which only send their generator states)."
+        rngs = all_gather_object(_rng_state(self.learn.dls)) if is_distributed() else None
+        if not is_rank0(): return None
+        st = training_state(self.learn, finished=finished)
+        if rngs is not None: st['rng_ranks'] = rngs
+        return dict(**st, **{**getattr(self.learn, 'checkpoint_meta', {}), **self.meta})
     def after_epoch(self):
         new_best = False
         if self.idx is not None:
@@ -184,10 +204,11 @@ class ResumeCheckpoint(Callback):
         due = (self.epoch + 1) % self.every == 0 or self.epoch + 1 == self.n_epoch
         if not (due or (new_best and self.best is not None)): return
         st = self._state()
+        if st is None: return
         if due: save_checkpoint(self.fname, **st)
         if new_best and self.best is not None: save_checkpoint(self.best, **st, best_value=self.best_value, best_epoch=self.epoch)
     def after_fit(self):
         if not self.run: return
         if getattr(self.learn, 'recorder', None) is not None and self.learn.recorder.values:
-            save_checkpoint(self.fname, **self._state(finished=True))
+            if (st := self._state(finished=True)) is not None: save_checkpoint(self.fname, **st)
         self.run = True

@@ -22,6 +22,7 @@ from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles
+from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
 from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS
 
 # %% auto #0
@@ -49,46 +50,56 @@ class SarTensorBoard(Callback):
         self.log_dir, self.n_images, self.hist_every, self.writer = Path(log_dir), n_images, hist_every, None
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
-        if not self.run: return
-        from torch.utils.tensorboard import SummaryWriter
-        first = getattr(self.learn, 'first_epoch', 0)
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=first if first else None)
-        vb = self.dls.valid.one_batch()[0] if len(self.dls.valid) else None
+        self.writer = self.fixed = None
+        if not self.run or not is_rank0(): return
+        self.open = True   # the writer opens at the first epoch, once a resume has set `first_epoch`
+        vdl = base_dl(self.dls.valid)   # the whole validation set, not this rank's shard
+        vb = vdl.one_batch()[0] if len(vdl) else None
         self.fixed = None if vb is None else vb[:self.n_images]
-    def before_epoch(self): self.tr = dict(psnr=0., ssim=0., n=0); self.grads = None
+    def before_epoch(self):
+        self.tr = dict(psnr=0., ssim=0., n=0); self.grads = None
+        if getattr(self, 'open', False) and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            first = getattr(self.learn, 'first_epoch', 0)   # resumed: drop the killed run's events from this epoch on
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=first if first else None); self.open = False
     def after_batch(self):
         if not self.training or not len(self.yb): return
         with torch.no_grad():
             p, t = self.pred.detach().float(), self.yb[0].float()
             self.tr['psnr'] += float(psnr(p, t).sum()); self.tr['n'] += len(p)
             if min(p.shape[-2:]) >= 11: self.tr['ssim'] += float(ssim(p, t, reduction='none').sum())
+    @property
+    def _model(self): return getattr(self.model, 'module', self.model)   # the model inside DistributedDataParallel
     def after_backward(self):
-        if self.hist_every and self.epoch % self.hist_every == 0 and self.iter == self.n_iter - 1:
-            self.grads = {n: p.grad.detach().cpu().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        if self.writer is not None and self.hist_every and self.epoch % self.hist_every == 0 and self.iter == self.n_iter - 1:
+            self.grads = {n: p.grad.detach().cpu().clone() for n, p in self._model.named_parameters() if p.grad is not None}
     def after_epoch(self):
+        tr_psnr, tr_ssim, n = reduce_sum(self.tr['psnr'], self.tr['ssim'], self.tr['n'])   # every rank's batches
+        if self.writer is None: return
         w, e = self.writer, self.epoch
         names, vals = [n for n in self.recorder.metric_names[1:] if n != 'time'], self.recorder.values[-1]
         get = lambda k: vals[names.index(k)] if k in names else None
-        n = max(self.tr['n'], 1)
-        scal = {'loss/train': get('train_loss'), 'loss/valid': get('valid_loss'), 'psnr/train': self.tr['psnr'] / n,
-                'ssim/train': self.tr['ssim'] / n, 'lr': self.opt.hypers[-1]['lr']}
+        n = max(n, 1)
+        scal = {'loss/train': get('train_loss'), 'loss/valid': get('valid_loss'), 'psnr/train': tr_psnr / n,
+                'ssim/train': tr_ssim / n, 'lr': self.opt.hypers[-1]['lr']}
         for k in names:
             if k not in ('train_loss', 'valid_loss'): scal[f'{k}/valid'] = get(k)
         for k, v in scal.items():
             if v is not None: w.add_scalar(k, float(v), e)
-        if torch.cuda.is_available() and next(self.model.parameters()).is_cuda:
+        model = self._model
+        if torch.cuda.is_available() and next(model.parameters()).is_cuda:
             w.add_scalar('gpu/memory_allocated_mb', torch.cuda.memory_allocated() / 2**20, e)
             w.add_scalar('gpu/memory_reserved_mb', torch.cuda.memory_reserved() / 2**20, e)
         if self.fixed is not None:
-            was = self.model.training; self.model.eval()
-            with torch.no_grad(): rec = self.model(self.fixed).float()
-            self.model.train(was)
+            was = model.training; model.eval()
+            with torch.no_grad(): rec = model(self.fixed).float()
+            model.train(was)
             orig = self.fixed.float()
             for i in range(len(orig)):
                 row = torch.cat([orig[i], rec[i], (rec[i] - orig[i]).abs()], dim=-1).clamp(0, 1).cpu()
                 w.add_image(f'reconstruction/{i}', row, e)
         if self.hist_every and e % self.hist_every == 0:
-            for nme, p in self.model.named_parameters(): w.add_histogram(f'weights/{nme}', p.detach().cpu(), e)
+            for nme, p in model.named_parameters(): w.add_histogram(f'weights/{nme}', p.detach().cpu(), e)
             for nme, g in (self.grads or {}).items(): w.add_histogram(f'grads/{nme}', g, e)
         w.flush()
     def after_fit(self):
@@ -100,9 +111,11 @@ class TextLog(Callback):
     order, fit_only = Recorder.order + 11, True
     def __init__(self, fname:str|Path): self.fname = Path(fname)
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
-        if self.run:
-            self.fname.parent.mkdir(parents=True, exist_ok=True)
+        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds') and is_rank0()
+        self.started = False
+    def before_epoch(self):
+        if self.run and not self.started:   # at the first epoch, once a resume has set `first_epoch`
+            self.fname.parent.mkdir(parents=True, exist_ok=True); self.started = True
             first = getattr(self.learn, 'first_epoch', 0)
             self._write(f"fit: epochs {first}-{self.n_epoch - 1} of {self.n_epoch}" + (" (resumed)" if first else ''))
     def _write(self, msg):
@@ -121,10 +134,10 @@ class SarLearner(ResumableLearner):
     def evaluate(self, dl=None, which:str='best') -> dict:
         "Loss, PSNR, SSIM, ENL ratio and EPI on `dl` (default: validation tiles) with the `best`/`latest` checkpoint or `current` weights."
         if which in ('best', 'latest'):
-            self.model.load_state_dict(load_checkpoint(self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname)['model'])
+            self.model.load_state_dict(load_checkpoint_dist(self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname)['model'])
         elif which != 'current': raise ValueError(f"which must be 'best', 'latest' or 'current', not {which!r}")
         vals = self.validate(dl=dl)
-        names = [n for n in self.recorder.metric_names[1:] if n not in ('train_loss', 'time')]
+        names = ['loss' if n == 'valid_loss' else n for n in self.recorder.metric_names[1:] if n not in ('train_loss', 'time')]
         return dict(zip(names, [float(v) for v in vals]))
 
 def sar_metrics(preprocess:SarPreprocess|None=None) -> list:
@@ -196,6 +209,7 @@ SAR_DEFAULTS = dict(
     plateau_factor=0.5, plateau_patience=10, patience=20, clip_grad=1.0,
     mse_weight=0.7, ssim_weight=0.3, hist_every=10,
     out_dir='runs/sar', device='auto', progress=True, resume=False,
+    sync_bn=False,   # data-parallel runs: batch-norm statistics over the global batch (see medrecipes.distributed)
 )
 
 def sar_config(config:str|Path|None=None, overrides=(), **kwargs) -> dict:
@@ -237,6 +251,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
     "Train and evaluate one SAR autoencoder run; returns a summary (also written to `summary.json`)."
     cfg = sar_config(config, overrides, **kwargs)
     out = Path(cfg['out_dir']); bs, failed = int(cfg['bs']), []
+    init_distributed(cfg['device'])   # a no-op unless launched by torchrun / accelerate launch
     device = default_device(cfg['device'])
     while True:
         set_seed(cfg['seed'])
@@ -247,18 +262,19 @@ def train_sar(config:str|Path|None=None, # YAML config file
                             mse_weight=cfg['mse_weight'], ssim_weight=cfg['ssim_weight'], lr=cfg['lr'], clip_grad=cfg['clip_grad'],
                             plateau=cfg['schedule'] == 'plateau', plateau_factor=cfg['plateau_factor'], plateau_patience=cfg['plateau_patience'],
                             patience=cfg['patience'], out_dir=out, hist_every=cfg['hist_every'], config=run_cfg, cbs=cbs)
-        save_config(run_cfg, out/'config.yaml')
+        if is_rank0(): save_config(run_cfg, out/'config.yaml')
         if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)
         fit = (lambda: learn.fit_one_cycle(cfg['epochs'], cfg['lr'])) if cfg['schedule'] == 'one_cycle' else (lambda: learn.fit(cfg['epochs'], cfg['lr']))
         if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
         stop = _peak_rss_sampler(); t0 = time.time()
         try:
-            if cfg['progress']: fit()
-            else:
-                with learn.no_bar(), learn.no_logging(): fit()
+            with distributed(learn, sync_bn=cfg['sync_bn']):
+                if cfg['progress']: fit()
+                else:
+                    with learn.no_bar(), learn.no_logging(): fit()
         except Exception as e:
             stop()
-            if not _is_oom(e): raise
+            if not _is_oom(e) or is_distributed(): raise
             failed.append(bs); nb = next_batch_size(bs)
             logging.getLogger('medrecipes').warning(f"out of memory with batch size {bs}; retrying with {nb}")
             del learn, dls
@@ -273,11 +289,12 @@ def train_sar(config:str|Path|None=None, # YAML config file
                    seconds_per_epoch=round(secs / max(getattr(learn, 'epochs_this_fit', epochs_run), 1), 3),
                    peak_memory_mb=round(peak, 1), peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'cpu_rss_growth',
                    best_epoch=learn.ckpt_cb.best_epoch)
-    summary.update({f'valid_{k}': v for k, v in learn.evaluate(which='best').items()})
-    test_dir = Path(cfg['data_path'])/'test'
-    if test_dir.is_dir():
-        summary.update({f'test_{k}': v for k, v in learn.evaluate(dls.tiles_dl(test_dir), which='best').items()})
-    atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2))
+    with distributed(learn):
+        summary.update({f'valid_{k}': v for k, v in learn.evaluate(which='best').items()})
+        test_dir = Path(cfg['data_path'])/'test'
+        if test_dir.is_dir():
+            summary.update({f'test_{k}': v for k, v in learn.evaluate(dls.tiles_dl(test_dir), which='best').items()})
+    if is_rank0(): atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2))
     return summary
 
 # %% ../nbs/12_sar.ipynb #c021
@@ -300,6 +317,7 @@ def compare_sar(config:str|Path|None=None, overrides=(), variants=SAR_VARIANTS, 
     df = pd.DataFrame(rows)
     if 'baseline' in set(df.variant):
         df.insert(6, 'psnr_gain_db', df.psnr - float(df.loc[df.variant == 'baseline', 'psnr'].iloc[0]))
-    atomic_write(out/'comparison.csv', lambda t: df.to_csv(t, index=False))
-    atomic_write_text(out/'comparison.md', _md_table(df))
+    if is_rank0():
+        atomic_write(out/'comparison.csv', lambda t: df.to_csv(t, index=False))
+        atomic_write_text(out/'comparison.md', _md_table(df))
     return df

@@ -15,8 +15,8 @@ from PIL import Image, ImageFilter
 # %% auto #0
 __all__ = ['BTXRD_CLASSES', 'SITE_COLUMNS', 'BENIGN_SUBTYPES', 'MALIGNANT_SUBTYPES', 'SUBTYPE_COLUMNS', 'LIMB_COLUMNS',
            'VIEW_COLUMNS', 'BTXRD_COLUMNS', 'SITE_LIMB', 'BTXRD_RELEASE_COUNTS', 'BTXRD_SUBTYPE_COUNTS',
-           'SAR_TERRAIN_DB', 'SAR_SPLITS', 'btxrd_counts', 'btxrd_metadata', 'draw_radiograph', 'make_btxrd',
-           'sar_speckle', 'make_sar_scene', 'make_sar']
+           'SAR_TERRAIN_DB', 'SAR_SPLITS', 'DIGIT_SPLITS', 'DIGIT_STROKES', 'btxrd_counts', 'btxrd_metadata',
+           'draw_radiograph', 'make_btxrd', 'sar_speckle', 'make_sar_scene', 'make_sar', 'draw_digit', 'make_digits']
 
 # %% ../nbs/01_synth.ipynb #c006
 BTXRD_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -558,5 +558,110 @@ def make_sar(dest, # folder to write; created if missing
     meta = {'generator': 'medrecipes.synth.make_sar', 'quantity': 'intensity', 'units': 'linear', 'dtype': 'float32',
             'looks': looks, 'size': [h, w], 'seed': seed, 'splits': counts, 'clean': save_clean,
             'point_targets': 'unspeckled'}
+    (dest / 'metadata.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
+    return dest
+
+# %% ../nbs/01_synth.ipynb #c057
+DIGIT_SPLITS = ('train', 'valid', 'test')
+
+def _arc(cx, cy, rx, ry, a0, a1, n=24):
+    "Points of an elliptic arc from angle `a0` to `a1` (degrees; 0 right, 90 down: image coordinates)"
+    t = np.radians(np.linspace(a0, a1, n))
+    return list(zip((cx + rx * np.cos(t)).tolist(), (cy + ry * np.sin(t)).tolist()))
+
+def _bezier(p0, p1, p2, n=16):
+    "Points of a quadratic Bezier curve"
+    t = np.linspace(0, 1, n)[:, None]
+    pts = (1 - t)**2 * np.array(p0) + 2 * (1 - t) * t * np.array(p1) + t**2 * np.array(p2)
+    return [tuple(p) for p in pts.tolist()]
+
+# each digit: a list of strokes, each a list of (x, y) points on the unit square (y down)
+DIGIT_STROKES = {
+    0: [_arc(.5, .5, .3, .44, 0, 360, 40)],
+    1: [[(.32, .22), (.52, .05), (.52, .95)]],
+    2: [_arc(.5, .3, .26, .24, 190, 390) + [(.2, .94), (.82, .94)]],
+    3: [_arc(.5, .28, .23, .21, 200, 450) + _arc(.5, .72, .25, .23, 270, 520)],
+    4: [[(.66, .95), (.66, .05), (.16, .68), (.86, .68)]],
+    5: [[(.78, .06), (.3, .06), (.26, .46)] + _arc(.5, .68, .27, .25, -125, 160)],
+    6: [_bezier((.72, .08), (.28, .18), (.26, .68)), _arc(.51, .71, .25, .23, 180, 540, 40)],
+    7: [[(.16, .06), (.84, .06), (.4, .95)]],
+    8: [_arc(.5, .28, .2, .2, 0, 360, 32), _arc(.5, .72, .25, .23, -90, 270, 40)],
+    9: [_arc(.49, .3, .24, .22, 0, 360, 40), _bezier((.73, .3), (.74, .7), (.52, .95))],
+}
+
+def draw_digit(digit:int, # 0-9
+               size:int=28, # side of the square image in pixels
+               rng=0, # int seed or a `numpy.random.Generator`
+               ss:int=4, # supersampling factor of the drawing
+              ) -> Image.Image:
+    "A grayscale image of one digit with random scale, rotation, shear, shift, pen width, contrast and noise"
+    if digit not in DIGIT_STROKES: raise ValueError(f"`digit` must be an int 0-9, got {digit!r}")
+    size, rng = _check_int(size, 'size', 8), _as_rng(rng)
+    S = size * ss
+    scale = float(rng.uniform(0.6, 0.85))
+    ang, shear = math.radians(float(rng.uniform(-15, 15))), float(rng.uniform(-0.2, 0.2))
+    sx = scale * float(rng.uniform(0.85, 1.1))     # aspect jitter
+    free = (1 - scale) / 2                          # room left around the digit for a shift
+    ox, oy = (float(rng.uniform(-free, free)) * 0.8 for _ in range(2))
+    width = max(1, int(round(float(rng.uniform(0.07, 0.13)) * S)))
+    c, s = math.cos(ang), math.sin(ang)
+    def tf(p):
+        x, y = p[0] - 0.5, p[1] - 0.5
+        x = (x + shear * y) * sx; y = y * scale
+        return ((c * x - s * y + 0.5 + ox) * S, (s * x + c * y + 0.5 + oy) * S)
+    canvas = Image.new('L', (S, S), 0)
+    dr = ImageDraw.Draw(canvas)
+    r = width / 2
+    for stroke in DIGIT_STROKES[digit]:
+        pts = [tf(p) for p in stroke]
+        dr.line(pts, fill=255, width=width, joint='curve')
+        for x, y in (pts[0], pts[-1]): dr.ellipse((x - r, y - r, x + r, y + r), fill=255)   # round pen ends
+    ink = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float64) / 255
+    bg, fg = float(rng.uniform(0, 70)), float(rng.uniform(160, 255))
+    img = bg + (fg - bg) * ink + rng.normal(0, float(rng.uniform(2, 18)), (size, size))
+    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), mode='L')
+
+# %% ../nbs/01_synth.ipynb #c061
+def _digit_size(size):
+    "(lo, hi) image side range from an int or a pair of ints in [8, 512]"
+    lo, hi = (size, size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool) else tuple(size) if isinstance(size, (tuple, list)) and len(size) == 2 else (None, None)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 8 <= v <= 512 for v in (lo, hi)) or lo > hi:
+        raise ValueError(f"`size` must be an int or a (lo, hi) range of ints in [8, 512], got {size!r}")
+    return int(lo), int(hi)
+
+def make_digits(dest, # folder to write; created if missing
+                splits=(24, 8, 8), # images per class in (train, valid, test); no `test/` folder when the last is 0
+                size=28, # side of the square images in pixels, or a (lo, hi) range each image's side is drawn from
+                seed:int=0, # random seed: the same arguments give byte-identical files
+                classes=tuple(range(10)), # the digits to draw; each is a class folder named by the digit
+               ) -> Path:
+    "Write a digit classification set as PNG files in `<split>/<digit>/` folders"
+    if not isinstance(splits, (tuple, list)) or len(splits) != 3:
+        raise ValueError(f"`splits` must be (train, valid, test) images per class, got {splits!r}")
+    counts = {s: _check_int(n, 'splits', lo) for s, n, lo in zip(DIGIT_SPLITS, splits, (1, 1, 0))}
+    lo, hi = _digit_size(size)
+    seed = _check_int(seed, 'seed', 0)
+    classes = list(classes)
+    if not classes or len(set(classes)) != len(classes) or any(isinstance(d, bool) or d not in DIGIT_STROKES for d in classes):
+        raise ValueError(f"`classes` must be distinct digits 0-9, got {classes!r}")
+    dest = Path(dest)
+    names = {d: [f'{d}_{i:05d}.png' for i in range(max(counts.values()))] for d in classes}
+    for split in DIGIT_SPLITS:                # never mix in images of an earlier, different call
+        for folder in sorted((dest / split).glob('*')) if (dest / split).is_dir() else []:
+            keep = set(names[int(folder.name)][:counts[split]]) if folder.name.isdigit() and int(folder.name) in names else set()
+            stale = sorted(p.name for p in folder.glob('*') if p.name not in keep) if folder.is_dir() else [folder.name]
+            if stale: raise FileExistsError(f"{folder} holds files this call would not write ({', '.join(stale[:3])}"
+                                            f"{' ...' if len(stale) > 3 else ''}); write to an empty folder")
+    streams = dict(zip(DIGIT_SPLITS, np.random.default_rng(seed).spawn(3)))
+    for split in DIGIT_SPLITS:
+        if not counts[split]: continue
+        per_class = dict(zip(range(10), streams[split].spawn(10)))     # a digit's images do not depend on `classes`
+        for d in classes:
+            folder = dest / split / str(d); folder.mkdir(parents=True, exist_ok=True)
+            for name, r in zip(names[d][:counts[split]], per_class[d].spawn(counts[split])):
+                side = int(r.integers(lo, hi + 1)) if hi > lo else lo
+                draw_digit(d, side, r).save(folder / name, format='PNG')
+    meta = {'generator': 'medrecipes.synth.make_digits', 'classes': [str(d) for d in classes], 'size': [lo, hi],
+            'seed': seed, 'splits': counts, 'mode': 'L', 'format': 'PNG'}
     (dest / 'metadata.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
     return dest

@@ -19,6 +19,7 @@ from .core import (set_seed, default_device, load_config, save_config, load_chec
 from .data.xray import *
 from .callbacks import *
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
+from .distributed import init_distributed, distributed, is_rank0, load_checkpoint_dist
 
 # so that `from medrecipes.xray import *` is all a notebook needs
 _all_ = ['XrayDataLoaders', 'Radiograph', 'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split',
@@ -59,13 +60,13 @@ class XrayLearner(ResumableLearner):
                      ) -> dict:
         "Evaluate on the held-out test split: confusion matrix, per-class P/R/F1, macro F1, one-vs-rest ROC-AUC."
         if which in ('best', 'final'):
-            ck = load_checkpoint(self.ckpt_cb.best_path if which == 'best' else self.ckpt_cb.final_path)
+            ck = load_checkpoint_dist(self.ckpt_cb.best_path if which == 'best' else self.ckpt_cb.final_path)
             self.model.load_state_dict(ck['model'])
         elif which != 'current': raise ValueError(f"which must be 'best', 'final' or 'current', not {which!r}")
         probs, targs = self.get_preds(dl=self.dls.btxrd_test_dl())
         res = classification_metrics(targs.numpy(), probs.float().numpy(), list(self.dls.vocab))
         res['checkpoint'] = which
-        if save: save_test_metrics(res, self.results_dir)
+        if save and is_rank0(): save_test_metrics(res, self.results_dir)
         return res
 
 def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
@@ -177,6 +178,7 @@ XRAY_DEFAULTS = dict(
     arch='efficientnet_b0', pretrained=True, drop_rate=0.2,
     epochs=30, lr=1e-3, wd=0.01, schedule='one_cycle',   # schedule: one_cycle or flat
     class_weighted=True, patience=5, collapse_patience=2,
+    sync_bn=False,   # data-parallel runs: batch-norm statistics over the global batch (see medrecipes.distributed)
     out_dir='runs/xray', device='auto', progress=True,
     resume=False,   # true: continue from the run's latest checkpoint if there is one; or a checkpoint path
 )
@@ -200,28 +202,31 @@ def train_xray(config:str|Path|None=None, # YAML config file
                **kwargs) -> dict:
     "Train and evaluate one X-ray run; returns a summary."
     cfg = xray_config(config, overrides, **kwargs)
+    init_distributed(cfg['device'])   # a no-op unless launched by torchrun / accelerate launch
     set_seed(cfg['seed'])
     dls = xray_dls_from_config(cfg)
     learn = xray_learner(dls, arch=cfg['arch'], pretrained=cfg['pretrained'], class_weighted=cfg['class_weighted'],
                          patience=cfg['patience'], collapse_patience=cfg['collapse_patience'], out_dir=cfg['out_dir'],
                          config=cfg, drop_rate=cfg['drop_rate'])
-    save_config(cfg, learn.results_dir/'config.yaml'); save_split(dls.split_df, learn.results_dir/'split.csv')
+    if is_rank0(): save_config(cfg, learn.results_dir/'config.yaml'); save_split(dls.split_df, learn.results_dir/'split.csv')
     if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)
     fit = learn.fit_one_cycle if cfg['schedule'] == 'one_cycle' else learn.fit
-    t0 = time.time()
-    if cfg['progress']: fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
-    else:
-        with learn.no_bar(), learn.no_logging(): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
-    secs = time.time() - t0
-    test = learn.evaluate_test('best')
-    log = pd.read_csv(learn.results_dir/'training_log.csv')
+    with distributed(learn, sync_bn=cfg['sync_bn']):
+        t0 = time.time()
+        if cfg['progress']: fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
+        else:
+            with learn.no_bar(), learn.no_logging(): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
+        secs = time.time() - t0
+        test = learn.evaluate_test('best')
+    tl = next(c for c in learn.cbs if isinstance(c, TrainingLog))
+    log = pd.DataFrame(tl.rows, columns=tl.columns)   # the rows of training_log.csv, on every rank
     best = log.loc[log.val_loss.idxmin()]
     summary = dict(split=dls.split_name, epochs_run=len(log), train_seconds=round(secs, 1), best_epoch=int(best.epoch),
                    best_val_loss=float(best.val_loss), best_val_acc=float(best.val_acc), test_accuracy=test['accuracy'],
                    test_macro_f1=test['macro_f1'], test_roc_auc_macro=test['roc_auc_ovr_macro'],
                    results_dir=str(learn.results_dir), best_checkpoint=str(learn.ckpt_cb.best_path),
                    final_checkpoint=str(learn.ckpt_cb.final_path))
-    atomic_write_text(learn.results_dir/'summary.json', json.dumps(to_plain(summary), indent=2))
+    if is_rank0(): atomic_write_text(learn.results_dir/'summary.json', json.dumps(to_plain(summary), indent=2))
     return summary
 
 def train_all_xray(config:str|Path|None=None, overrides=(), splits=SPLIT_KINDS, **kwargs) -> pd.DataFrame:
@@ -229,5 +234,5 @@ def train_all_xray(config:str|Path|None=None, overrides=(), splits=SPLIT_KINDS, 
     rows = [train_xray(config, [*overrides, f'split={s}'], **kwargs) for s in splits]
     df = pd.DataFrame(rows)
     out = Path(xray_config(config, overrides, **kwargs)['out_dir'])/'results'/'summary.csv'
-    atomic_write(out, lambda t: df.to_csv(t, index=False))
+    if is_rank0(): atomic_write(out, lambda t: df.to_csv(t, index=False))
     return df

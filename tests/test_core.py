@@ -49,11 +49,18 @@ def test_config_layers_and_errors(tmp_path):
 
 
 def test_repo_configs_are_valid():
+    "Every root config in configs/ composes, and the recipe accepts what it composes to."
+    from medrecipes.config import compose_config, flatten_config, default_config_dir
     from medrecipes.xray import xray_config
-    root = Path(__file__).parents[1]
-    for f in sorted((root/'configs').glob('xray*.yaml')):
-        cfg = xray_config(f)
-        assert cfg['arch'] == 'efficientnet_b0', f
+    from medrecipes.sar import sar_config
+    from medrecipes.folder import folder_config
+    roots = sorted(p.stem for p in default_config_dir().glob('*.yaml'))
+    assert {'xray', 'xray_demo', 'sar', 'sar_demo', 'folder', 'folder_demo'} <= set(roots)
+    for name in roots:
+        cfg = compose_config(name)
+        if name.startswith('xray'): assert xray_config(**flatten_config(cfg))['arch'] == 'efficientnet_b0'
+        elif name.startswith('sar'): assert sar_config(**flatten_config(cfg))['variant'] == 'attention'
+        else: assert folder_config(cfg)['model']['arch'] == 'resnet18'
 
 
 def test_cpp_extension_built():

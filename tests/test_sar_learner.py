@@ -94,6 +94,8 @@ def test_sar_run_killed_mid_epoch_resumes_bitwise(sar_data, tmp_path):
     assert a['recorder']['losses'] == b['recorder']['losses']
     for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
     for k in ('best_value', 'best_epoch'): assert a['callbacks']['ResumeCheckpoint.0'][k] == b['callbacks']['ResumeCheckpoint.0'][k]
+    log = (cut/'training.log').read_text()
+    assert 'fit: epochs 2-3 of 4 (resumed)' in log and log.count('epoch 1 ') == 1
     # TensorBoard shows each epoch once after the resume (the killed epoch's partial events are purged)
     ea = _events(cut/'tensorboard')
     steps = [e.step for e in ea.Scalars('loss/valid')]

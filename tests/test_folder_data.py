@@ -1,0 +1,126 @@
+"Image-folder data: the generated digits set, the layout checks and their errors, class weights, loaders that drop nothing."
+import hashlib, shutil
+from pathlib import Path
+import numpy as np, pytest, torch
+from PIL import Image
+from medrecipes.synth import make_digits
+from medrecipes.data.folder import FolderDataLoaders, scan_class_folders
+from medrecipes.callbacks import class_weights
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    return make_digits(tmp_path_factory.mktemp('digits')/'d', splits=(5, 3, 2), size=28, seed=0, classes=(0, 1, 2, 3))
+
+
+@pytest.fixture
+def copy(digits, tmp_path):
+    "A private copy of the set, for tests that damage it."
+    return Path(shutil.copytree(digits, tmp_path/'d'))
+
+
+def _digests(p):
+    return {str(f.relative_to(p)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(p.rglob('*')) if f.is_file()}
+
+
+def test_make_digits_layout_and_bytes(digits, tmp_path):
+    for split, n in (('train', 5), ('valid', 3), ('test', 2)):
+        assert sorted(p.name for p in (digits/split).iterdir()) == ['0', '1', '2', '3']
+        for c in '0123':
+            fs = sorted((digits/split/c).glob('*.png')); assert len(fs) == n
+            with Image.open(fs[0]) as im: assert im.size == (28, 28) and im.mode == 'L'
+    again = make_digits(tmp_path/'again', splits=(5, 3, 2), size=28, seed=0, classes=(0, 1, 2, 3))
+    assert _digests(again) == _digests(digits)                       # byte-identical per seed
+    other = make_digits(tmp_path/'other', splits=(5, 3, 2), size=28, seed=1, classes=(0, 1, 2, 3))
+    assert all(a != b for a, b in zip(_digests(other).values(), _digests(digits).values()))   # 40 images and the metadata
+    # the digits are told apart by their pixels: the mean images of two classes differ clearly
+    mean = lambda c: np.mean([np.asarray(Image.open(f), np.float32) for f in (digits/'train'/c).glob('*.png')], 0)
+    assert np.abs(mean('0') - mean('1')).mean() > 5
+
+
+def test_loaders_keep_every_image_and_record_normalization(digits):
+    dls = FolderDataLoaders.from_folder(digits, size=32, bs=6, seed=0, device='cpu')
+    assert dls.vocab == ['0', '1', '2', '3'] and dls.class_names == ['0', '1', '2', '3']
+    assert len(dls.train_ds) == 20 and len(dls.valid_ds) == 12
+    assert sum(len(b[1]) for b in dls.train) == 20                   # 6 + 6 + 6 + 2: the last partial batch is kept
+    assert sum(len(b[1]) for b in dls.valid) == 12
+    xb, yb = dls.one_batch()
+    assert xb.shape == (6, 3, 32, 32) and xb.dtype == torch.float32
+    assert abs(float(xb.mean())) < 3                                   # normalised
+    assert dls.normalization == {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'size': 32, 'resize': 'pad',
+                                 'pad_mode': 'zeros', 'mode': 'RGB'}
+    assert dls.train_labels() == [c for c in '0123' for _ in range(5)]
+    assert dls.counts().to_dict('list') == {'train': [5] * 4, 'valid': [3] * 4, 'test': [2] * 4}
+    tdl = dls.test_dl()
+    assert sorted(int(y) for _, y in tdl.dataset) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert sum(len(b[1]) for b in tdl) == 8
+    # with items, test_dl is fastai's (unlabelled) test loader, which `learn.predict` relies on
+    one = dls.test_dl([dls.files['test'][0]])
+    assert len(one.dataset) == 1 and len(one.one_batch()) == 1
+    # the labels come from the folder names
+    for f, (_, y) in zip(dls.files['valid'], dls.valid_ds): assert dls.vocab[int(y)] == f.parent.name
+
+
+def test_seeded_shuffling_and_no_test_folder(digits, copy):
+    order = lambda seed: [yb.tolist() for _, yb in FolderDataLoaders.from_folder(digits, size=28, bs=4, seed=seed, augment=False, device='cpu').train]
+    assert order(3) == order(3) and order(3) != order(4)
+    shutil.rmtree(copy/'test')
+    dls = FolderDataLoaders.from_folder(copy, size=28, device='cpu')
+    assert dls.test_dl() is None and not dls.has_test()
+    with pytest.raises(ValueError, match='no test folder'): dls.split_dl('test')
+    assert FolderDataLoaders.from_folder(digits, test=None, size=28, device='cpu').test_dl() is None
+
+
+def test_class_names_sorted_from_train_and_missing_valid_class_allowed(copy):
+    for s in ('train', 'valid', 'test'):
+        for old, new in (('0', 'zebra'), ('1', 'apple'), ('2', 'Mango'), ('3', 'kiwi')): (copy/s/old).rename(copy/s/new)
+    shutil.rmtree(copy/'valid'/'kiwi')                                 # a class valid lacks is allowed
+    dls = FolderDataLoaders.from_folder(copy, size=28, device='cpu')
+    assert dls.vocab == sorted(['zebra', 'apple', 'Mango', 'kiwi']) == ['Mango', 'apple', 'kiwi', 'zebra']
+    assert len(dls.valid_ds) == 9 and dls.counts().loc['kiwi', 'valid'] == 0
+
+
+def test_class_weights_from_the_training_folder_only(copy):
+    for f in sorted((copy/'train'/'1').glob('*.png'))[:3]: f.unlink()      # class 1: 2 training images
+    for f in sorted((copy/'valid'/'2').glob('*.png'))[:2]: f.unlink()      # valid counts must not matter
+    dls = FolderDataLoaders.from_folder(copy, size=28, device='cpu')
+    n = np.array([5, 2, 5, 5])
+    w = class_weights(dls.train_labels(), dls.vocab)
+    assert torch.allclose(w, torch.tensor(n.sum() / (4 * n), dtype=torch.float32))
+
+
+@pytest.mark.parametrize('damage, match', [
+    (lambda p: shutil.rmtree(p/'train'), "train folder {p}/train does not exist"),
+    (lambda p: shutil.rmtree(p/'valid'), "valid folder {p}/valid does not exist"),
+    (lambda p: shutil.copytree(p/'valid'/'1', p/'valid'/'9'), "valid folder {p}/valid has class(es) ['9'] that the train folder"),
+    (lambda p: shutil.copytree(p/'test'/'1', p/'test'/'x'), "test folder {p}/test has class(es) ['x'] that the train folder"),
+    (lambda p: (p/'train'/'7').mkdir(), "train class folder {p}/train/7 has no image files"),
+    (lambda p: [f.unlink() for f in (p/'valid'/'2').glob('*.png')] and (p/'valid'/'2'/'readme.txt').write_text('x'),
+     "valid class folder {p}/valid/2 has no image files"),
+    (lambda p: shutil.copy(p/'train'/'0'/'0_00000.png', p/'train'/'loose.png'), "holds image files outside class folders (loose.png)"),
+    (lambda p: shutil.copytree(p/'train'/'0', p/'train'/'0'/'more'), "train class folder {p}/train/0 holds folder(s) ['more']"),
+    (lambda p: [shutil.rmtree(d) for d in (p/'train').iterdir()], "train folder {p}/train has no class folders with images"),
+    (lambda p: (p/'test'/'3'/'3_00001.png').write_bytes(b'\x89PNG not really'), "1 unreadable test image file(s): {p}/test/3/3_00001.png (UnidentifiedImageError)"),
+])
+def test_layout_errors_name_the_folder_or_file(copy, damage, match):
+    damage(copy)
+    with pytest.raises((ValueError, FileNotFoundError)) as e: FolderDataLoaders.from_folder(copy, size=28, device='cpu')
+    assert match.format(p=copy) in str(e.value)
+
+
+def test_a_truncated_image_fails_by_name_when_decoded(copy):
+    f = copy/'train'/'2'/'2_00001.png'
+    f.write_bytes(f.read_bytes()[:80])                                   # the header still reads
+    dls = FolderDataLoaders.from_folder(copy, size=28, device='cpu')
+    i = [str(x) for x in dls.files['train']].index(str(f))
+    with pytest.raises(ValueError, match=f'cannot decode image {f}'): dls.train_ds[i]
+
+
+def test_bad_arguments(digits, tmp_path):
+    with pytest.raises(FileNotFoundError, match='data set folder .*nope does not exist'): FolderDataLoaders.from_folder(tmp_path/'nope')
+    for kw, match in ((dict(bs=0), '`bs` must be an int >= 1'), (dict(size=4), '`size` must be an int >= 8'),
+                      (dict(num_workers=-1), '`num_workers`'), (dict(augment='yes'), '`augment` must be True, False or a dict')):
+        with pytest.raises(ValueError, match=match): FolderDataLoaders.from_folder(digits, **kw)
+    # augmentation arguments pass through (a bad one fails in fastai)
+    FolderDataLoaders.from_folder(digits, size=28, augment=dict(flip=True, max_rotate=5.), device='cpu').one_batch()
+    assert scan_class_folders(digits/'valid', 'valid').keys() == {'0', '1', '2', '3'}
