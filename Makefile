@@ -17,12 +17,17 @@ $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*)
 
 install: $(STAMP)
 
-## make demo: generated samples; the X-ray recipe on both split protocols, then the four SAR codecs compared
+## make demo: generated samples: the X-ray recipe on both splits, the four SAR codecs compared, the image-folder
+## recipe on digits, and ONNX exports checked with onnxruntime
 demo: install
 	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 600 --seed 0
 	$(BIN)/medrecipes train-all xray --config-name xray_demo
 	$(BIN)/medrecipes synth sar data/sar_demo --n 32 --n-valid 8 --n-test 4 --size 128 --seed 0
 	$(BIN)/medrecipes compare sar --config-name sar_demo trainer.progress=false
+	$(BIN)/medrecipes synth digits data/digits_demo --seed 0
+	$(BIN)/medrecipes train folder --config-name folder_demo trainer.progress=false
+	$(BIN)/medrecipes export-onnx runs/folder_demo/checkpoints/best.pt
+	$(BIN)/medrecipes export-onnx runs/sar_demo/attention/checkpoints/best.pt
 
 ## make test: notebooks (nbdev-test) and the pytest suite
 test: install test-nbs test-py
@@ -45,6 +50,8 @@ bench: install
 	$(BIN)/python benchmarks/ssim.py
 	$(BIN)/python benchmarks/cbam.py
 	$(BIN)/python benchmarks/sar_step.py
+	$(BIN)/python benchmarks/folder_precision.py
+	$(BIN)/python benchmarks/ddp_scaling.py
 	$(BIN)/python benchmarks/xray_throughput.py
 
 clean:

@@ -25,6 +25,7 @@ from .callbacks import class_weights, TrainValCrossEntropy, LossModeCallback, Tr
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .xray import create_classifier, classification_metrics, plot_confusion_matrix
 from .data.folder import FolderDataLoaders
+from .distributed import init_distributed, distributed, is_rank0, reduce_sum, broadcast_object, load_checkpoint_dist
 
 # so that `from medrecipes.folder import *` is all a notebook needs
 _all_ = ['FolderDataLoaders']
@@ -102,8 +103,10 @@ class _EpochTrainLoss(Callback):
         if not self.training or not self.learn.yb: return
         bs = find_bs(self.learn.yb); self._loss_sum += float(self.learn.loss.detach()) * bs; self._n += bs
     def _scalars(self, classes) -> dict:
+        "The epoch's scalars; every rank must call it (the training loss is summed over every rank's batches)."
         v = _epoch_values(self.learn)
-        out = {'loss/train': self._loss_sum / max(self._n, 1), 'loss/valid': v.get('valid_loss'), 'accuracy/valid': v.get('accuracy'),
+        loss_sum, n = reduce_sum(self._loss_sum, self._n)
+        out = {'loss/train': loss_sum / max(n, 1), 'loss/valid': v.get('valid_loss'), 'accuracy/valid': v.get('accuracy'),
                **{f'recall/{c}': v.get(f'recall_{c.lower()}') for c in classes}, 'lr': float(self.opt.hypers[-1]['lr'])}
         return {k: x for k, x in out.items() if x is not None}
 
@@ -114,11 +117,14 @@ class FolderTensorBoard(_EpochTrainLoss):
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
         if not self.run: return
+        if not is_rank0(): return   # every rank computes the scalars, rank 0 writes them
         from torch.utils.tensorboard import SummaryWriter
         first = getattr(self.learn, 'first_epoch', 0)
         self.writer = SummaryWriter(str(self.log_dir), purge_step=first if first else None)
     def after_epoch(self):
-        for k, v in self._scalars(self.classes).items(): self.writer.add_scalar(k, v, self.epoch)
+        scalars = self._scalars(self.classes)
+        if self.writer is None: return
+        for k, v in scalars.items(): self.writer.add_scalar(k, v, self.epoch)
         self.writer.flush()
     def after_fit(self):
         if self.writer is not None: self.writer.close(); self.writer = None
@@ -165,10 +171,11 @@ class WandbTracker(_EpochTrainLoss):
             for row in self.rows: self.wb.log(row, step=row['epoch'])
     def before_epoch(self):
         super().before_epoch()
-        if self.wb is None: self._start()
+        if self.wb is None and is_rank0(): self._start()   # one W&B run, by rank 0
     def after_epoch(self):
-        row = {**self._scalars(self.classes), 'epoch': self.epoch}
+        row = {**self._scalars(self.classes), 'epoch': self.epoch}   # on every rank: the rows are part of the resume state
         self.rows = [r for r in self.rows if r['epoch'] < self.epoch] + [row]
+        if self.wb is None: return
         with _rng_preserved(): self.wb.log(row, step=self.epoch)
     def after_fit(self):
         if self.wb is not None:
@@ -217,7 +224,7 @@ class FolderLearner(ResumableLearner):
         "Load the model weights of checkpoint `which` ('best' or 'latest'); 'current' keeps the weights as they are."
         if which in ('best', 'latest'):
             fn = self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname
-            self.model.load_state_dict(load_checkpoint(fn)['model'])
+            getattr(self.model, 'module', self.model).load_state_dict(load_checkpoint_dist(fn)['model'])   # read by rank 0, sent to all
         elif which != 'current': raise ValueError(f"which must be 'best', 'latest' or 'current', not {which!r}")
         return self
     def evaluate(self, split:str='valid', # 'valid' or 'test'
@@ -232,7 +239,7 @@ class FolderLearner(ResumableLearner):
         probs, targs = probs.float(), targs.long()
         res = classification_metrics(targs.numpy(), probs.numpy(), list(self.dls.vocab))
         res.update(split=split, checkpoint=which, loss=float(F.nll_loss(probs.clamp_min(1e-12).log(), targs)))
-        if save: save_split_metrics(res, self.results_dir/split, f'Confusion matrix ({split})')
+        if save and is_rank0(): save_split_metrics(res, self.results_dir/split, f'Confusion matrix ({split})')
         return res
 
 def _check_int(v, name, lo):
@@ -298,7 +305,7 @@ FOLDER_DEFAULTS = dict(
               augment=True, flip=False),
     trainer=dict(max_epochs=10, lr=1e-3, wd=0.01, schedule='one_cycle', precision='auto', clip_grad=1.0, accumulate=1,
                  class_weighted=True, seed=42, deterministic=False, device='auto', resume=False, out_dir='runs/folder',
-                 progress=True),
+                 progress=True, sync_bn=False),
     callbacks=dict(patience=None),
     logging=dict(TRACKING_DEFAULTS),
 )
@@ -320,6 +327,7 @@ def folder_config(cfg:dict|None=None, # nested dict (or OmegaConf config) over `
     _check_int(t['seed'], 'trainer.seed', 0); _check_clip(t['clip_grad'], 'trainer.clip_grad')
     _check_patience(c['callbacks']['patience'], 'callbacks.patience')
     for k, lo in (('size', 8), ('batch_size', 1), ('num_workers', 0)): _check_int(d[k], f'data.{k}', lo)
+    if not isinstance(t['sync_bn'], bool): raise ValueError(f"trainer.sync_bn must be true or false, not {t['sync_bn']!r}")
     for k in ('augment', 'flip'):
         if not isinstance(d[k], bool): raise ValueError(f"data.{k} must be true or false, not {d[k]!r}")
     if not isinstance(t['lr'], (int, float)) or isinstance(t['lr'], bool) or not t['lr'] > 0: raise ValueError(f"trainer.lr must be a number > 0, not {t['lr']!r}")
@@ -341,6 +349,7 @@ def train_folder(cfg:dict|None=None, # nested config: sections model, data, trai
     "Train one image-folder classifier from a config, evaluate it on valid (and test); returns the summary (also `summary.json`)."
     cfg = folder_config(cfg, overrides)
     m, d, t = cfg['model'], cfg['data'], cfg['trainer']
+    init_distributed(t['device'])   # a no-op unless launched by torchrun / accelerate launch; before the loaders (picks the GPU)
     set_seed(t['seed'], deterministic=t['deterministic'])
     dls = folder_dls_from_config(cfg)
     learn = folder_learner(dls, arch=m['arch'], pretrained=m['pretrained'], drop_rate=m['drop_rate'], class_weighted=t['class_weighted'],
@@ -348,30 +357,32 @@ def train_folder(cfg:dict|None=None, # nested config: sections model, data, trai
                            patience=cfg['callbacks']['patience'], out_dir=t['out_dir'], tracking=resolve_tracking(cfg['logging'], 'logging'),
                            config=cfg, cbs=cbs)
     out = learn.out_dir
-    save_config(cfg, out/'config.yaml')
+    if is_rank0(): save_config(cfg, out/'config.yaml')
     ck = resume_path(t['resume'], learn)
     if ck is not None: learn.resume(ck)
     fit = learn.fit_one_cycle if t['schedule'] == 'one_cycle' else learn.fit
-    t0 = time.time()
-    if t['progress']: fit(t['max_epochs'], t['lr'], wd=t['wd'])
-    else:
-        with learn.no_bar(), learn.no_logging(): fit(t['max_epochs'], t['lr'], wd=t['wd'])
-    secs = time.time() - t0
-    n_fit = getattr(learn, 'epochs_this_fit', 0)
     counts = dls.counts()
-    summary = dict(arch=m['arch'], classes=list(dls.vocab), precision=learn.precision,
-                   images={s: int(counts[s].sum()) for s in counts.columns},
-                   epochs_run=len(learn.recorder.values), epochs_this_fit=n_fit, resumed_from=None if ck is None else str(ck),
-                   train_seconds=round(secs, 2), seconds_per_epoch=round(secs / n_fit, 3) if n_fit else None,
-                   best_epoch=learn.ckpt_cb.best_epoch, best_valid_loss=learn.ckpt_cb.best_value)
-    for split in ('valid', 'test'):
-        if split == 'test' and not dls.has_test(): continue
-        r = learn.evaluate(split, 'best')
-        summary.update({f'{split}_accuracy': r['accuracy'], f'{split}_macro_f1': r['macro_f1'], f'{split}_loss': r['loss'],
-                        f'{split}_roc_auc_macro': r['roc_auc_ovr_macro']})
+    with distributed(learn, sync_bn=t['sync_bn']):
+        t0 = time.time()
+        if t['progress']: fit(t['max_epochs'], t['lr'], wd=t['wd'])
+        else:
+            with learn.no_bar(), learn.no_logging(): fit(t['max_epochs'], t['lr'], wd=t['wd'])
+        secs = time.time() - t0
+        n_fit = getattr(learn, 'epochs_this_fit', 0)
+        summary = dict(arch=m['arch'], classes=list(dls.vocab), precision=learn.precision,
+                       images={s: int(counts[s].sum()) for s in counts.columns},
+                       epochs_run=len(learn.recorder.values), epochs_this_fit=n_fit, resumed_from=None if ck is None else str(ck),
+                       train_seconds=round(secs, 2), seconds_per_epoch=round(secs / n_fit, 3) if n_fit else None,
+                       best_epoch=learn.ckpt_cb.best_epoch, best_valid_loss=learn.ckpt_cb.best_value)
+        for split in ('valid', 'test'):   # sharded over the ranks and gathered: every image once, results on every rank
+            if split == 'test' and not dls.has_test(): continue
+            r = learn.evaluate(split, 'best')
+            summary.update({f'{split}_accuracy': r['accuracy'], f'{split}_macro_f1': r['macro_f1'], f'{split}_loss': r['loss'],
+                            f'{split}_roc_auc_macro': r['roc_auc_ovr_macro']})
     wb = next((c for c in learn.cbs if isinstance(c, WandbTracker)), None)
+    wb_dir = getattr(wb, 'run_dir', None) if wb is not None else None
     summary.update(out_dir=str(out), best_checkpoint=str(learn.ckpt_cb.best), latest_checkpoint=str(learn.ckpt_cb.fname),
                    results_dir=str(learn.results_dir), tracking={k: v for k, v in learn.tracking.items()},
-                   wandb_run_dir=str(getattr(wb, 'run_dir', None)) if wb is not None and getattr(wb, 'run_dir', None) else None)
-    atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2, allow_nan=True))
+                   wandb_run_dir=broadcast_object(str(wb_dir) if wb_dir else None))   # rank 0's W&B run, on every rank
+    if is_rank0(): atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2, allow_nan=True))
     return summary

@@ -231,3 +231,144 @@ def test_killed_distributed_run_resumes_exactly(root, data, recipe):
         log = (cut/'training.log').read_text()   # epoch 0 by the killed run, epoch 1 (then early stopping) by the resumed one
         assert log.count('fit: ') == 2 and [log.count(f'epoch {e} ') for e in range(3)] == [1, 1, 0]
         assert json.loads((cut/'summary.json').read_text())['valid_psnr'] == _summary(full)['valid_psnr']
+
+
+# ---- the image-folder recipe (medrecipes.folder.train_folder) ----
+# Same setup: the child script above up to its recipe branch (argument parsing, the audit hook, `Kill`, `F64`), then a
+# `train_folder` run. Float64 as for X-ray: the recorder's values, the weights and the training log must agree to 1e-9
+# (relative); `FolderLearner.evaluate` casts the gathered probabilities to float32 before computing its metrics and loss,
+# so the evaluation results must agree to 1e-6 (relative, absolute 1e-9), and the confusion matrices exactly.
+_PRELUDE = CHILD[:CHILD.index("if recipe == 'xray':")]
+FOLDER_CHILD = _PRELUDE + textwrap.dedent(r'''
+    from medrecipes.folder import train_folder
+    s = train_folder({'model': {'arch': 'resnet10t'},
+                      'data': {'path': data, 'size': 28, 'batch_size': bs, 'augment': False},
+                      'trainer': {'max_epochs': 2, 'lr': 2e-3, 'precision': 'fp32', 'device': 'cpu', 'seed': 1, 'out_dir': str(out),
+                                  'progress': False, 'sync_bn': True, 'resume': mode == 'resume'},
+                      'logging': {'wandb': 'auto'}}, cbs=[F64(), *cbs])
+    side = out.parent/f'{out.name}.rank{RANK}'
+    side.mkdir(exist_ok=True)
+    (side/'summary.json').write_text(json.dumps(s, default=str))
+    (side/'writes.json').write_text(json.dumps(writes))
+''')
+FOLDER_TOL = dict(rtol=1e-9, atol=1e-12)
+FOLDER_EVAL_TOL = dict(rtol=1e-6, atol=1e-9)
+
+
+def _launch_folder(root:Path, out, data, mode, bs, nproc):
+    script = root/'child_folder.py'
+    if not script.exists(): script.write_text(FOLDER_CHILD)
+    args = [script, 'folder', out, data, mode, bs]
+    cmd = _torchrun(nproc, *args) if nproc > 1 else [sys.executable, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+
+
+@pytest.fixture(scope='module')
+def digits(root):
+    from medrecipes.synth import make_digits
+    # 18 training images (even: no padded duplicates in training; batches 8, 8, 2 of one process = 4, 4, 1 per rank),
+    # 9 validation and 9 test images (odd: the last rank's shard is padded, and the padding must not count)
+    return str(make_digits(root/'digits', splits=(6, 3, 3), size=28, seed=0, classes=(0, 1, 7)))
+
+
+_folder_runs = {}
+def _folder_run(root, digits, name, mode, bs, nproc):
+    if name not in _folder_runs:
+        out = root/f'folder_{name}'
+        _folder_runs[name] = (out, _launch_folder(root, out, digits, mode, bs, nproc))
+    return _folder_runs[name]
+
+def folder_single(root, digits): return _folder_run(root, digits, 'single', 'full', 8, 1)
+def folder_ddp(root, digits): return _folder_run(root, digits, 'ddp', 'full', 4, 2)
+
+
+def _folder_files(out):   # W&B's run folders are named by time and run id
+    return sorted(f for f in _files(out) if not f.startswith('wandb'))
+
+
+def test_folder_two_processes_match_one_with_the_same_global_batch(root, digits):
+    (o1, r1), (o2, r2) = folder_single(root, digits), folder_ddp(root, digits)
+    _ok(r1); _ok(r2)
+    a, b = _ck(o1, 'folder'), _ck(o2, 'folder')
+    va, vb = np.array(a['recorder']['values'], dtype=float), np.array(b['recorder']['values'], dtype=float)
+    assert va.shape == vb.shape and va.shape[0] == 2   # train loss, valid loss, accuracy, 3 recalls per epoch
+    np.testing.assert_allclose(vb, va, **FOLDER_TOL)
+    assert a['model'].keys() == b['model'].keys()
+    for k in a['model']:
+        if a['model'][k].is_floating_point(): assert _rel_err(b['model'][k], a['model'][k]) <= FOLDER_TOL['rtol'] * 10, k
+        else: assert torch.equal(a['model'][k], b['model'][k]), k
+    sa, sb = _summary(o1), _summary(o2)
+    assert sb['images'] == sa['images'] == {'train': 18, 'valid': 9, 'test': 9}
+    assert sb['epochs_run'] == sa['epochs_run'] == 2 and sb['best_epoch'] == sa['best_epoch']
+    np.testing.assert_allclose(sb['best_valid_loss'], sa['best_valid_loss'], **FOLDER_TOL)
+    for k in [k for k in sa if k.startswith(('valid_', 'test_'))]: np.testing.assert_allclose(sb[k], sa[k], **FOLDER_EVAL_TOL, err_msg=k)
+    timing = ('train_seconds', 'seconds_per_epoch')
+    drop = lambda d: {k: v for k, v in d.items() if k not in timing}
+    assert drop(_summary(o2, 1)) == drop(sb)                               # every rank returns the same results
+    # the training loss of the log (and the trackers) summed over both ranks' batches
+    la, lb = pd.read_csv(o1/'training_log.csv'), pd.read_csv(o2/'training_log.csv')
+    pd.testing.assert_frame_equal(lb, la, rtol=FOLDER_TOL['rtol'], atol=FOLDER_TOL['atol'])
+    for split in ('valid', 'test'):   # each image once in the gathered evaluation
+        ma = json.loads((o1/'results'/split/'metrics.json').read_text()); mb = json.loads((o2/'results'/split/'metrics.json').read_text())
+        assert np.sum(mb['confusion_matrix']) == 9 and mb['confusion_matrix'] == ma['confusion_matrix'], split
+    assert len(b['rng_ranks']) == 2 and not torch.equal(b['rng_ranks'][0]['torch'], b['rng_ranks'][1]['torch'])
+
+
+def test_folder_only_rank_zero_writes(root, digits):
+    (o1, r1), (o2, r2) = folder_single(root, digits), folder_ddp(root, digits)
+    _ok(r1); _ok(r2)
+    assert _writes(o2, 1) == []                                            # rank 1 created, wrote, renamed nothing
+    w0 = _writes(o2, 0)
+    assert any(e == 'os.rename' and p.endswith('.pt') for e, p in w0)     # rank 0 wrote the checkpoints (atomically)
+    assert _folder_files(o2) == _folder_files(o1)
+    assert {'config.yaml', 'summary.json', 'training_log.csv', 'results/test/metrics.json'} <= set(_folder_files(o2))
+    assert not [f for f in _files(o2) if '.tmp' in f]
+    assert len(list((o2/'tensorboard').glob('events.out.tfevents.*'))) == 1   # one TensorBoard writer
+    if _summary(o2)['tracking']['wandb']:                                 # W&B installed: one offline run
+        assert len(list((o2/'wandb').glob('offline-run-*'))) == 1
+
+
+def _tb_scalars(out):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(next((out/'tensorboard').glob('events.out.tfevents.*')))).Reload()
+    return {t: [(s.step, s.value) for s in ev.Scalars(t)] for t in ev.Tags()['scalars']}
+
+
+def test_folder_trackers_see_every_ranks_batches(root, digits):
+    (o1, r1), (o2, r2) = folder_single(root, digits), folder_ddp(root, digits)
+    _ok(r1); _ok(r2)
+    a, b = _tb_scalars(o1), _tb_scalars(o2)
+    assert 'loss/train' in a and a.keys() == b.keys()
+    for k in a:   # TensorBoard stores float32: the training loss summed over both ranks, not rank 0's half
+        assert [s for s, _ in b[k]] == [s for s, _ in a[k]] == [0, 1], k
+        np.testing.assert_allclose([v for _, v in b[k]], [v for _, v in a[k]], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_folder_killed_distributed_run_resumes_exactly(root, digits):
+    full, rf = folder_ddp(root, digits)
+    _ok(rf)
+    cut = root/'folder_cut'
+    r = _launch_folder(root, cut, digits, 'kill:1:1:1', 4, 2)   # rank 1 dies in the 2nd batch of epoch 1
+    assert r.returncode != 0, 'the killed run must fail'
+    assert not (cut.parent/f'{cut.name}.rank0'/'summary.json').exists()
+    ck = _ck(cut, 'folder')
+    assert ck['loop']['epoch'] == 0 and not ck['loop']['finished'] and len(ck['rng_ranks']) == 2
+    r = _launch_folder(root, cut, digits, 'resume', 4, 2)
+    _ok(r)
+    a, b = _ck(full, 'folder'), _ck(cut, 'folder')
+    assert b['loop']['finished'] and b['recorder']['values'] == a['recorder']['values']
+    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), f'{k} differs after resume'
+    for x, y in zip(a['rng_ranks'], b['rng_ranks']): assert torch.equal(x['torch'], y['torch'])
+    pd.testing.assert_frame_equal(pd.read_csv(full/'training_log.csv'), pd.read_csv(cut/'training_log.csv'))
+    sa, sb = _summary(full), _summary(cut)
+    assert sb['resumed_from'] and sb['epochs_this_fit'] == 1
+    for k in [k for k in sa if k.startswith(('valid_', 'test_'))]: assert sb[k] == sa[k], k
+    assert _writes(cut, 1) == []
+    assert len(list((cut/'tensorboard').glob('events.out.tfevents.*'))) == 2   # the killed run's and the resumed run's
+    assert [s for s, _ in _tb_scalars_all(cut)['loss/train']] == [0, 1]        # each epoch once (purge_step)
+
+
+def _tb_scalars_all(out):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(out/'tensorboard')).Reload()
+    return {t: [(s.step, s.value) for s in ev.Scalars(t)] for t in ev.Tags()['scalars']}
