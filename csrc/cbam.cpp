@@ -22,7 +22,8 @@
 //
 // Determinism: every output element is reduced by one work item in a fixed order; reductions over pixels in the
 // channels-last layout use fixed-size pixel chunks whose partial results are combined in chunk order. Results do not
-// depend on the thread count. Sums over pixels are accumulated in float blocks of BLK elements added into double.
+// depend on the thread count (they may differ in the last bits between the AVX2 and baseline builds of the workers,
+// i.e. between machines). Sums over pixels are accumulated in float blocks of BLK elements added into double.
 #include <pybind11/pybind11.h>
 #include <pybind11/numpy.h>
 #include <algorithm>
@@ -121,61 +122,70 @@ int64_t pixel_tile(const Dims &d) {
     return (t + 15) / 16 * 16;
 }
 
-// Max and number of elements equal to it of v[0..n), n >= 1: (running max, count) updated block by block.
-template <typename T> inline void max_count(const T *RESTRICT v, int64_t n, T &mx, T &cnt) {
-    T m = v[0];
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) m = v[j] > m ? v[j] : m;
+// The per-item workers below are compiled twice where GCC can (x86-64 Linux): baseline x86-64 (SSE2) and AVX2, the
+// clone chosen once at load time by the CPU's features. The build itself targets baseline x86-64 and the OpenMP loops
+// that call the workers stay baseline code.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+// Sum, max and number of elements equal to the max of v[0..n), n >= 1, merged into (total, mx, cnt).
+template <typename T> inline void sum_max_count(const T *RESTRICT v, int64_t n, double &total, T &mx, T &cnt) {
+    T s = 0, m = v[0];
+#pragma omp simd reduction(+ : s) reduction(max : m)
+    for (int64_t j = 0; j < n; ++j) { s += v[j]; m = v[j] > m ? v[j] : m; }
     T c = 0;
 #pragma omp simd reduction(+ : c)
     for (int64_t j = 0; j < n; ++j) c += v[j] == m ? T(1) : T(0);
+    total += s;
     if (m > mx) { mx = m; cnt = c; }
     else if (m == mx) cnt += c;
 }
 
+// Running (sum, max, count) of rows updated with row v: the per-lane form, branch-free (GCC keeps float selects as
+// branches under -ftrapping-math; these integer masks vectorise). v > m: count 1; v == m: count + 1; else count.
+template <typename T> inline void update_smc(const T *RESTRICT v, T *RESTRICT s, T *RESTRICT m, T *RESTRICT c, int64_t n) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+        const T vj = v[j], mj = m[j], cj = c[j];
+        const int gt = vj > mj, ge = vj >= mj;
+        s[j] += vj;
+        c[j] = cj * (T)(1 - gt) + (T)ge;
+        m[j] = vj > mj ? vj : mj;
+    }
+}
+
 // ---------------------------------------------------------------- F1 channel_pool
+// NCHW: one plane (b, c) per item, reduced in blocks of BLK (float sums added into double).
+template <typename T> CLONES void f1_plane(const T *RESTRICT xp, int64_t HW, T *avg, T *mxo, T *cnto) {
+    double total = 0;
+    T mx = -std::numeric_limits<T>::infinity(), cnt = 0;
+    for (int64_t b0 = 0; b0 < HW; b0 += BLK) sum_max_count(xp + b0, std::min(BLK, HW - b0), total, mx, cnt);
+    *avg = (T)(total / (double)HW); *mxo = mx; *cnto = cnt;
+}
+
+// channels-last: partial (sum, max, count) per channel over pixels [p0, p1) of one image.
+template <typename T> CLONES void f1_chunk(const T *RESTRICT x, int64_t C, int64_t n, T *RESTRICT s, T *RESTRICT m, T *RESTRICT c) {
+    for (int64_t j = 0; j < C; ++j) { s[j] = x[j]; m[j] = x[j]; c[j] = 1; }
+    for (int64_t p = 1; p < n; ++p) update_smc(x + p * C, s, m, c, C);
+}
+
 template <typename T> void channel_pool_impl(const Dims &d, const T *x, T *cavg, T *cmax, T *ccnt) {
     const int64_t HW = d.HW, C = d.C;
     if (!d.cl) {
 #pragma omp parallel for schedule(static)
-        for (int64_t p = 0; p < d.B * C; ++p) {
-            const T *RESTRICT xp = x + p * HW;
-            double total = 0;
-            T mx = -std::numeric_limits<T>::infinity(), cnt = 0;
-            for (int64_t b0 = 0; b0 < HW; b0 += BLK) {
-                const int64_t n = std::min(BLK, HW - b0);
-                const T *RESTRICT v = xp + b0;
-                T s = 0;
-#pragma omp simd reduction(+ : s)
-                for (int64_t j = 0; j < n; ++j) s += v[j];
-                total += s;
-                max_count(v, n, mx, cnt);
-            }
-            cavg[p] = (T)(total / (double)HW); cmax[p] = mx; ccnt[p] = cnt;
-        }
+        for (int64_t p = 0; p < d.B * C; ++p) f1_plane(x + p * HW, HW, cavg + p, cmax + p, ccnt + p);
         return;
     }
-    // channels-last: partial (sum, max, count) over fixed pixel chunks, combined in chunk order
+    // fixed pixel chunks (not thread-dependent), combined in chunk order
     const int64_t nch = (HW + CHUNK - 1) / CHUNK;
     std::vector<T> ps(d.B * nch * C), pm(d.B * nch * C), pc(d.B * nch * C);
 #pragma omp parallel for schedule(static)
     for (int64_t item = 0; item < d.B * nch; ++item) {
-        const int64_t b = item / nch, k = item % nch;
-        const int64_t p0 = k * CHUNK, p1 = std::min(HW, p0 + CHUNK);
-        T *RESTRICT s = ps.data() + item * C, *RESTRICT m = pm.data() + item * C, *RESTRICT c = pc.data() + item * C;
-        const T *RESTRICT r0 = x + (b * HW + p0) * C;
-        for (int64_t j = 0; j < C; ++j) { s[j] = r0[j]; m[j] = r0[j]; c[j] = 1; }
-        for (int64_t p = p0 + 1; p < p1; ++p) {
-            const T *RESTRICT r = x + (b * HW + p) * C;
-#pragma omp simd
-            for (int64_t j = 0; j < C; ++j) {
-                const T v = r[j];
-                s[j] += v;
-                const bool gt = v > m[j];
-                c[j] = gt ? T(1) : c[j] + (v == m[j] ? T(1) : T(0));
-                m[j] = gt ? v : m[j];
-            }
-        }
+        const int64_t b = item / nch, p0 = (item % nch) * CHUNK, n = std::min(HW, p0 + CHUNK) - p0;
+        f1_chunk(x + (b * HW + p0) * C, C, n, ps.data() + item * C, pm.data() + item * C, pc.data() + item * C);
     }
 #pragma omp parallel for schedule(static)
     for (int64_t bc = 0; bc < d.B * C; ++bc) {
@@ -193,127 +203,153 @@ template <typename T> void channel_pool_impl(const Dims &d, const T *x, T *cavg,
 }
 
 // ---------------------------------------------------------------- F2 spatial_pool
+// NCHW: pixels [p0, p0+n) of image b, reduced over the channels (row by row, each row streamed once; the running
+// sum, max and count live in s, m, c, L1-resident).
+template <typename T>
+CLONES void f2_tile(const T *RESTRICT xb, const T *RESTRICT ab, int64_t C, int64_t HW, int64_t n, T *RESTRICT y,
+                    T *RESTRICT s, T *RESTRICT m, T *RESTRICT c, T *RESTRICT om, T *RESTRICT ox, T *RESTRICT oc) {
+    {
+        const T a0 = ab[0];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) { const T v = xb[j] * a0; s[j] = v; m[j] = v; c[j] = 1; }
+    }
+    for (int64_t ch = 1; ch < C; ++ch) {
+        const T *RESTRICT r = xb + ch * HW;
+        const T ac = ab[ch];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) y[j] = r[j] * ac;
+        update_smc(y, s, m, c, n);
+    }
+    const T invC = T(1) / (T)C;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) { om[j] = s[j] * invC; ox[j] = m[j]; oc[j] = c[j]; }
+}
+
+// channels-last: pixels [0, n) each reduced over its contiguous channels.
+template <typename T>
+CLONES void f2_pixels(const T *RESTRICT x, const T *RESTRICT ab, int64_t C, int64_t n, T *RESTRICT y,
+                      T *RESTRICT om, T *RESTRICT ox, T *RESTRICT oc) {
+    const T invC = T(1) / (T)C;
+    for (int64_t p = 0; p < n; ++p) {
+        const T *RESTRICT r = x + p * C;
+        double total = 0;
+        T mx = -std::numeric_limits<T>::infinity(), cnt = 0;
+        for (int64_t c0 = 0; c0 < C; c0 += BLK) {
+            const int64_t k = std::min(BLK, C - c0);
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j) y[j] = r[c0 + j] * ab[c0 + j];
+            sum_max_count(y, k, total, mx, cnt);
+        }
+        om[p] = (T)total * invC; ox[p] = mx; oc[p] = cnt;
+    }
+}
+
 template <typename T> void spatial_pool_impl(const Dims &d, const T *x, const T *a, T *smean, T *smax, T *scnt) {
     const int64_t HW = d.HW, C = d.C;
-    const T invC = T(1) / (T)C;
     if (!d.cl) {
         const int64_t tile = pixel_tile(d), nt = (HW + tile - 1) / tile;
 #pragma omp parallel
         {
-            std::vector<T> sb(tile), mb(tile), cb(tile);
-            T *RESTRICT s = sb.data(), *RESTRICT m = mb.data(), *RESTRICT c = cb.data();
+            std::vector<T> buf(4 * tile);
 #pragma omp for schedule(static)
             for (int64_t item = 0; item < d.B * nt; ++item) {
-                const int64_t b = item / nt, p0 = (item % nt) * tile, n = std::min(tile, HW - p0);
-                const T *RESTRICT ab = a + b * C;
-                {
-                    const T *RESTRICT r = x + (b * C) * HW + p0;
-                    const T ac = ab[0];
-#pragma omp simd
-                    for (int64_t j = 0; j < n; ++j) { const T y = r[j] * ac; s[j] = y; m[j] = y; c[j] = 1; }
-                }
-                for (int64_t ch = 1; ch < C; ++ch) {
-                    const T *RESTRICT r = x + (b * C + ch) * HW + p0;
-                    const T ac = ab[ch];
-#pragma omp simd
-                    for (int64_t j = 0; j < n; ++j) {
-                        const T y = r[j] * ac;
-                        s[j] += y;
-                        const bool gt = y > m[j];
-                        c[j] = gt ? T(1) : c[j] + (y == m[j] ? T(1) : T(0));
-                        m[j] = gt ? y : m[j];
-                    }
-                }
-                T *RESTRICT om = smean + b * HW + p0, *RESTRICT ox = smax + b * HW + p0, *RESTRICT oc = scnt + b * HW + p0;
-#pragma omp simd
-                for (int64_t j = 0; j < n; ++j) { om[j] = s[j] * invC; ox[j] = m[j]; oc[j] = c[j]; }
+                const int64_t b = item / nt, p0 = (item % nt) * tile, n = std::min(tile, HW - p0), o = b * HW + p0;
+                f2_tile(x + b * C * HW + p0, a + b * C, C, HW, n, buf.data(), buf.data() + tile, buf.data() + 2 * tile,
+                        buf.data() + 3 * tile, smean + o, smax + o, scnt + o);
             }
         }
         return;
     }
-    // channels-last: one pixel's channels are contiguous
+    const int64_t nch = (d.B * HW + CHUNK - 1) / CHUNK;
 #pragma omp parallel
     {
-        std::vector<T> yb(std::min<int64_t>(C, BLK));
-        T *RESTRICT y = yb.data();
+        std::vector<T> y(std::min<int64_t>(C, BLK));
 #pragma omp for schedule(static)
-        for (int64_t bp = 0; bp < d.B * HW; ++bp) {
-            const int64_t b = bp / HW;
-            const T *RESTRICT r = x + bp * C, *RESTRICT ab = a + b * C;
-            T sum = 0, mx = -std::numeric_limits<T>::infinity(), cnt = 0;
-            for (int64_t c0 = 0; c0 < C; c0 += BLK) {
-                const int64_t n = std::min(BLK, C - c0);
-                T s = 0;
-#pragma omp simd reduction(+ : s)
-                for (int64_t j = 0; j < n; ++j) { y[j] = r[c0 + j] * ab[c0 + j]; s += y[j]; }
-                sum += s;
-                max_count(y, n, mx, cnt);
+        for (int64_t item = 0; item < nch; ++item) {
+            // a chunk of pixels may span two images: split it at the image boundary
+            for (int64_t p = item * CHUNK, end = std::min(d.B * HW, p + CHUNK); p < end;) {
+                const int64_t b = p / HW, n = std::min(end, (b + 1) * HW) - p;
+                f2_pixels(x + p * C, a + b * C, C, n, y.data(), smean + p, smax + p, scnt + p);
+                p += n;
             }
-            smean[bp] = sum * invC; smax[bp] = mx; scnt[bp] = cnt;
         }
     }
 }
 
 // ---------------------------------------------------------------- F3 apply_gates
+template <typename T> CLONES void f3_row(const T *RESTRICT x, T ac, const T *RESTRICT s, int64_t n, T *RESTRICT o) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) o[j] = (x[j] * ac) * s[j];
+}
+template <typename T> CLONES void f3_pixels(const T *RESTRICT x, const T *RESTRICT ab, const T *RESTRICT s, int64_t C, int64_t n, T *RESTRICT o) {
+    for (int64_t p = 0; p < n; ++p) {
+        const T sp = s[p];
+#pragma omp simd
+        for (int64_t j = 0; j < C; ++j) o[p * C + j] = (x[p * C + j] * ab[j]) * sp;
+    }
+}
+
 template <typename T> void apply_gates_impl(const Dims &d, const T *x, const T *a, const T *s, T *out) {
     const int64_t HW = d.HW, C = d.C;
     if (!d.cl) {
 #pragma omp parallel for schedule(static)
-        for (int64_t p = 0; p < d.B * C; ++p) {
-            const int64_t b = p / C;
-            const T ac = a[p];
-            const T *RESTRICT xr = x + p * HW, *RESTRICT sr = s + b * HW;
-            T *RESTRICT o = out + p * HW;
-#pragma omp simd
-            for (int64_t j = 0; j < HW; ++j) o[j] = (xr[j] * ac) * sr[j];
-        }
+        for (int64_t p = 0; p < d.B * C; ++p) f3_row(x + p * HW, a[p], s + (p / C) * HW, HW, out + p * HW);
         return;
     }
+    const int64_t nch = (d.B * HW + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(static)
-    for (int64_t bp = 0; bp < d.B * HW; ++bp) {
-        const int64_t b = bp / HW;
-        const T sp = s[bp];
-        const T *RESTRICT xr = x + bp * C, *RESTRICT ab = a + b * C;
-        T *RESTRICT o = out + bp * C;
-#pragma omp simd
-        for (int64_t j = 0; j < C; ++j) o[j] = (xr[j] * ab[j]) * sp;
-    }
+    for (int64_t item = 0; item < nch; ++item)
+        for (int64_t p = item * CHUNK, end = std::min(d.B * HW, p + CHUNK); p < end;) {
+            const int64_t b = p / HW, n = std::min(end, (b + 1) * HW) - p;
+            f3_pixels(x + p * C, a + b * C, s + p, C, n, out + p * C);
+            p += n;
+        }
 }
 
 // ---------------------------------------------------------------- B1 spatial_gate_grad
+template <typename T>
+CLONES void b1_tile(const T *RESTRICT gb, const T *RESTRICT xb, const T *RESTRICT ab, int64_t C, int64_t HW, int64_t n, T *RESTRICT out) {
+    {
+        const T a0 = ab[0];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) out[j] = gb[j] * (xb[j] * a0);
+    }
+    for (int64_t ch = 1; ch < C; ++ch) {
+        const T *RESTRICT g = gb + ch * HW, *RESTRICT x = xb + ch * HW;
+        const T ac = ab[ch];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) out[j] += g[j] * (x[j] * ac);
+    }
+}
+template <typename T>
+CLONES void b1_pixels(const T *RESTRICT g, const T *RESTRICT x, const T *RESTRICT ab, int64_t C, int64_t n, T *RESTRICT out) {
+    for (int64_t p = 0; p < n; ++p) {
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < C; ++j) acc += g[p * C + j] * (x[p * C + j] * ab[j]);
+        out[p] = acc;
+    }
+}
+
 template <typename T> void spatial_gate_grad_impl(const Dims &d, const T *g, const T *x, const T *a, T *ds) {
     const int64_t HW = d.HW, C = d.C;
     if (!d.cl) {
         const int64_t tile = pixel_tile(d), nt = (HW + tile - 1) / tile;
-#pragma omp parallel
-        {
-            std::vector<T> sb(tile);
-            T *RESTRICT s = sb.data();
-#pragma omp for schedule(static)
-            for (int64_t item = 0; item < d.B * nt; ++item) {
-                const int64_t b = item / nt, p0 = (item % nt) * tile, n = std::min(tile, HW - p0);
-                std::fill(s, s + n, T(0));
-                for (int64_t ch = 0; ch < C; ++ch) {
-                    const int64_t off = (b * C + ch) * HW + p0;
-                    const T *RESTRICT xr = x + off, *RESTRICT gr = g + off;
-                    const T ac = a[b * C + ch];
-#pragma omp simd
-                    for (int64_t j = 0; j < n; ++j) s[j] += gr[j] * (xr[j] * ac);
-                }
-                std::copy(s, s + n, ds + b * HW + p0);
-            }
+#pragma omp parallel for schedule(static)
+        for (int64_t item = 0; item < d.B * nt; ++item) {
+            const int64_t b = item / nt, p0 = (item % nt) * tile, n = std::min(tile, HW - p0);
+            b1_tile(g + b * C * HW + p0, x + b * C * HW + p0, a + b * C, C, HW, n, ds + b * HW + p0);
         }
         return;
     }
+    const int64_t nch = (d.B * HW + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(static)
-    for (int64_t bp = 0; bp < d.B * HW; ++bp) {
-        const int64_t b = bp / HW;
-        const T *RESTRICT xr = x + bp * C, *RESTRICT gr = g + bp * C, *RESTRICT ab = a + b * C;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < C; ++j) acc += gr[j] * (xr[j] * ab[j]);
-        ds[bp] = acc;
-    }
+    for (int64_t item = 0; item < nch; ++item)
+        for (int64_t p = item * CHUNK, end = std::min(d.B * HW, p + CHUNK); p < end;) {
+            const int64_t b = p / HW, n = std::min(end, (b + 1) * HW) - p;
+            b1_pixels(g + p * C, x + p * C, a + b * C, C, n, ds + p);
+            p += n;
+        }
 }
 
 // Per-pixel coefficients of dy1 shared by B2 and B3: dmC = dmean / C, dmx = dmax / scnt.
@@ -322,10 +358,45 @@ void pixel_coefs(const Dims &d, const T *dmean, const T *dmax, const T *scnt, st
     const int64_t n = d.B * d.HW;
     dmC.resize(n); dmx.resize(n);
     const T C = (T)d.C;
-    for (int64_t i = 0; i < n; ++i) { dmC[i] = dmean[i] / C; dmx[i] = dmax[i] / scnt[i]; }
+    T *RESTRICT pc = dmC.data(), *RESTRICT px = dmx.data();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) { pc[i] = dmean[i] / C; px[i] = dmax[i] / scnt[i]; }
 }
 
+// dy1 = g s + dmean / C + [x a == smax] dmax / scnt, with the tie test on x * a computed as in F2.
+#define CBAM_DY1(gv, xv, av, sv, cv, xmv, mv) ((gv) * (sv) + (cv) + ((xv) * (av) == (xmv) ? (mv) : T(0)))
+
 // ---------------------------------------------------------------- B2 channel_gate_grad
+template <typename T>
+CLONES T b2_plane(const T *RESTRICT g, const T *RESTRICT x, T ac, const T *RESTRICT s, const T *RESTRICT dmC,
+                  const T *RESTRICT dmx, const T *RESTRICT smax, int64_t HW) {
+    double total = 0;
+    for (int64_t b0 = 0; b0 < HW; b0 += BLK) {
+        const int64_t e = std::min(HW, b0 + BLK);
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = b0; j < e; ++j) {
+            const T xv = x[j], mj = dmx[j];
+            acc += CBAM_DY1(g[j], xv, ac, s[j], dmC[j], smax[j], mj) * xv;
+        }
+        total += acc;
+    }
+    return (T)total;
+}
+template <typename T>
+CLONES void b2_chunk(const T *RESTRICT g, const T *RESTRICT x, const T *RESTRICT ab, const T *RESTRICT s, const T *RESTRICT dmC,
+                     const T *RESTRICT dmx, const T *RESTRICT smax, int64_t C, int64_t n, T *RESTRICT acc) {
+    for (int64_t j = 0; j < C; ++j) acc[j] = 0;
+    for (int64_t p = 0; p < n; ++p) {
+        const T sp = s[p], cp = dmC[p], mp = dmx[p], xm = smax[p];
+#pragma omp simd
+        for (int64_t j = 0; j < C; ++j) {
+            const T xv = x[p * C + j], aj = ab[j];
+            acc[j] += CBAM_DY1(g[p * C + j], xv, aj, sp, cp, xm, mp) * xv;
+        }
+    }
+}
+
 template <typename T>
 void channel_gate_grad_impl(const Dims &d, const T *g, const T *x, const T *a, const T *s, const T *dmean, const T *dmax,
                             const T *smax, const T *scnt, T *da) {
@@ -336,23 +407,8 @@ void channel_gate_grad_impl(const Dims &d, const T *g, const T *x, const T *a, c
     if (!d.cl) {
 #pragma omp parallel for schedule(static)
         for (int64_t p = 0; p < d.B * C; ++p) {
-            const int64_t b = p / C;
-            const T ac = a[p];
-            const T *RESTRICT xr = x + p * HW, *RESTRICT gr = g + p * HW;
-            const T *RESTRICT sr = s + b * HW, *RESTRICT cr = dmC + b * HW, *RESTRICT mr = dmx + b * HW, *RESTRICT xm = smax + b * HW;
-            double total = 0;
-            for (int64_t b0 = 0; b0 < HW; b0 += BLK) {
-                const int64_t n = std::min(BLK, HW - b0);
-                T acc = 0;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t j = b0; j < b0 + n; ++j) {
-                    const T xv = xr[j];
-                    const T dy = gr[j] * sr[j] + cr[j] + (xv * ac == xm[j] ? mr[j] : T(0));
-                    acc += dy * xv;
-                }
-                total += acc;
-            }
-            da[p] = (T)total;
+            const int64_t o = (p / C) * HW;
+            da[p] = b2_plane(g + p * HW, x + p * HW, a[p], s + o, dmC + o, dmx + o, smax + o, HW);
         }
         return;
     }
@@ -360,22 +416,8 @@ void channel_gate_grad_impl(const Dims &d, const T *g, const T *x, const T *a, c
     std::vector<T> part(d.B * nch * C);
 #pragma omp parallel for schedule(static)
     for (int64_t item = 0; item < d.B * nch; ++item) {
-        const int64_t b = item / nch, k = item % nch;
-        const int64_t p0 = k * CHUNK, p1 = std::min(HW, p0 + CHUNK);
-        T *RESTRICT acc = part.data() + item * C;
-        const T *RESTRICT ab = a + b * C;
-        std::fill(acc, acc + C, T(0));
-        for (int64_t p = p0; p < p1; ++p) {
-            const int64_t bp = b * HW + p;
-            const T *RESTRICT xr = x + bp * C, *RESTRICT gr = g + bp * C;
-            const T sp = s[bp], cp = dmC[bp], mp = dmx[bp], xm = smax[bp];
-#pragma omp simd
-            for (int64_t j = 0; j < C; ++j) {
-                const T xv = xr[j];
-                const T dy = gr[j] * sp + cp + (xv * ab[j] == xm ? mp : T(0));
-                acc[j] += dy * xv;
-            }
-        }
+        const int64_t b = item / nch, p0 = b * HW + (item % nch) * CHUNK, n = std::min((b + 1) * HW, p0 + CHUNK) - p0;
+        b2_chunk(g + p0 * C, x + p0 * C, a + b * C, s + p0, dmC + p0, dmx + p0, smax + p0, C, n, part.data() + item * C);
     }
 #pragma omp parallel for schedule(static)
     for (int64_t bc = 0; bc < d.B * C; ++bc) {
@@ -387,6 +429,30 @@ void channel_gate_grad_impl(const Dims &d, const T *g, const T *x, const T *a, c
 }
 
 // ---------------------------------------------------------------- B3 input_grad
+// dx = dy1 a + dcavg / HW + [x == cmax] dcmax / ccnt
+template <typename T>
+CLONES void b3_row(const T *RESTRICT g, const T *RESTRICT x, T ac, T av, T mv, T cm, const T *RESTRICT s, const T *RESTRICT dmC,
+                   const T *RESTRICT dmx, const T *RESTRICT smax, int64_t n, T *RESTRICT o) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+        const T xv = x[j], mj = dmx[j];
+        o[j] = CBAM_DY1(g[j], xv, ac, s[j], dmC[j], smax[j], mj) * ac + av + (xv == cm ? mv : T(0));
+    }
+}
+template <typename T>
+CLONES void b3_pixels(const T *RESTRICT g, const T *RESTRICT x, const T *RESTRICT ab, const T *RESTRICT av, const T *RESTRICT mv,
+                      const T *RESTRICT cm, const T *RESTRICT s, const T *RESTRICT dmC, const T *RESTRICT dmx,
+                      const T *RESTRICT smax, int64_t C, int64_t n, T *RESTRICT o) {
+    for (int64_t p = 0; p < n; ++p) {
+        const T sp = s[p], cp = dmC[p], mp = dmx[p], xm = smax[p];
+#pragma omp simd
+        for (int64_t j = 0; j < C; ++j) {
+            const T xv = x[p * C + j], aj = ab[j], avj = av[j], mvj = mv[j], cmj = cm[j];
+            o[p * C + j] = CBAM_DY1(g[p * C + j], xv, aj, sp, cp, xm, mp) * aj + avj + (xv == cmj ? mvj : T(0));
+        }
+    }
+}
+
 template <typename T>
 void input_grad_impl(const Dims &d, const T *g, const T *x, const T *a, const T *s, const T *dmean, const T *dmax,
                      const T *smax, const T *scnt, const T *dcavg, const T *dcmax, const T *cmax, const T *ccnt, T *dx) {
@@ -399,34 +465,20 @@ void input_grad_impl(const Dims &d, const T *g, const T *x, const T *a, const T 
     if (!d.cl) {
 #pragma omp parallel for schedule(static)
         for (int64_t p = 0; p < d.B * C; ++p) {
-            const int64_t b = p / C;
-            const T ac = a[p], av = avgc[p], mv = maxc[p], cm = cmax[p];
-            const T *RESTRICT xr = x + p * HW, *RESTRICT gr = g + p * HW;
-            const T *RESTRICT sr = s + b * HW, *RESTRICT cr = dmC + b * HW, *RESTRICT mr = dmx + b * HW, *RESTRICT xm = smax + b * HW;
-            T *RESTRICT o = dx + p * HW;
-#pragma omp simd
-            for (int64_t j = 0; j < HW; ++j) {
-                const T xv = xr[j];
-                const T dy = gr[j] * sr[j] + cr[j] + (xv * ac == xm[j] ? mr[j] : T(0));
-                o[j] = dy * ac + av + (xv == cm ? mv : T(0));
-            }
+            const int64_t o = (p / C) * HW;
+            b3_row(g + p * HW, x + p * HW, a[p], avgc[p], maxc[p], cmax[p], s + o, dmC + o, dmx + o, smax + o, HW, dx + p * HW);
         }
         return;
     }
+    const int64_t nch = (d.B * HW + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(static)
-    for (int64_t bp = 0; bp < d.B * HW; ++bp) {
-        const int64_t b = bp / HW;
-        const T *RESTRICT xr = x + bp * C, *RESTRICT gr = g + bp * C, *RESTRICT ab = a + b * C;
-        const T *RESTRICT av = avgc.data() + b * C, *RESTRICT mv = maxc.data() + b * C, *RESTRICT cm = cmax + b * C;
-        const T sp = s[bp], cp = dmC[bp], mp = dmx[bp], xm = smax[bp];
-        T *RESTRICT o = dx + bp * C;
-#pragma omp simd
-        for (int64_t j = 0; j < C; ++j) {
-            const T xv = xr[j];
-            const T dy = gr[j] * sp + cp + (xv * ab[j] == xm ? mp : T(0));
-            o[j] = dy * ab[j] + av[j] + (xv == cm[j] ? mv[j] : T(0));
+    for (int64_t item = 0; item < nch; ++item)
+        for (int64_t p = item * CHUNK, end = std::min(d.B * HW, p + CHUNK); p < end;) {
+            const int64_t b = p / HW, n = std::min(end, (b + 1) * HW) - p, bc = b * C;
+            b3_pixels(g + p * C, x + p * C, a + bc, avgc.data() + bc, maxc.data() + bc, cmax + bc, s + p, dmC + p, dmx + p,
+                      smax + p, C, n, dx + p * C);
+            p += n;
         }
-    }
 }
 
 // ---------------------------------------------------------------- bindings: check, dispatch on the element type

@@ -2,3 +2,4 @@
 
 Imports with torch alone (no fastai; Triton optional). The modules are exported from `nbs/10_kernels.*.ipynb`."""
 from .ssim import *
+from .cbam import *

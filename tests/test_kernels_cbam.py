@@ -1,0 +1,298 @@
+"Public CBAM API (`medrecipes.kernels.cbam`): parity with timm's CbamModule and the reference, C++ path, dtypes, errors."
+import hashlib, os, subprocess, sys
+import pytest, torch
+from timm.layers.cbam import CbamModule
+from medrecipes import _cpu
+from medrecipes.kernels import CBAM, cbam, cbam_reference, cbam_backend, cbam_cpp_available
+
+# odd sizes, batch 1, C not divisible by 16 (and C < 16), a one-row image
+SHAPES = [(2, 32, 16, 16), (1, 20, 7, 9), (3, 17, 5, 13), (2, 1, 6, 5), (4, 48, 1, 8)]
+TOL = {torch.float32: dict(out=1e-5, grad=1e-5), torch.float16: dict(out=2e-3, grad=5e-3),
+       torch.bfloat16: dict(out=1.6e-2, grad=4e-2)}
+
+pytestmark = pytest.mark.skipif(not cbam_cpp_available(), reason='C++ CBAM kernels not built (setup.py build_ext --inplace)')
+
+
+def _rel_rms(a, b): return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _pair(C, seed=0, **kw):
+    "A timm CbamModule with non-trivial batch-norm parameters and statistics, and a CBAM holding its weights."
+    torch.manual_seed(seed)
+    t = CbamModule(C, **kw)
+    with torch.no_grad():
+        bn = t.spatial.conv.bn
+        bn.weight.fill_(1.3); bn.bias.fill_(-0.2); bn.running_mean.fill_(0.1); bn.running_var.fill_(2.0)
+    m = CBAM(C, **kw)
+    m.load_state_dict(t.state_dict())
+    return t, m
+
+
+def _step(mod, x, g):
+    "Output, input gradient and parameter gradients of one forward/backward."
+    xr = x.detach().clone().requires_grad_()
+    mod.zero_grad(set_to_none=True)
+    out = mod(xr); out.backward(g)
+    return out.detach(), xr.grad, {k: p.grad for k, p in mod.named_parameters()}
+
+
+def _compare(got, want, out_tol, grad_tol, what=''):
+    out, gx, gp = got; out_r, gx_r, gp_r = want
+    torch.testing.assert_close(out.double(), out_r.double(), atol=out_tol, rtol=0, msg=lambda m: f'{what} output: {m}')
+    assert _rel_rms(gx, gx_r) < grad_tol, f'{what} input grad rel RMS {_rel_rms(gx, gx_r):.2e}'
+    for k in gp_r:
+        assert _rel_rms(gp[k], gp_r[k]) < grad_tol, f'{what} grad of {k} rel RMS {_rel_rms(gp[k], gp_r[k]):.2e}'
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_matches_timm_train_and_eval(shape, layout):
+    t, m = _pair(shape[1])
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g) * 2
+    gout = torch.randn(shape, generator=g)
+    if layout == 'channels_last': x = x.contiguous(memory_format=torch.channels_last)
+    assert cbam_backend(x) == 'cpp'
+    for mode in ('train', 'eval', 'train'):
+        t.train(mode == 'train'); m.train(mode == 'train')
+        got, want = _step(m, x, gout), _step(t, x, gout)
+        _compare(got, want, 1e-5, 1e-5, f'{shape} {layout} {mode}')
+        if layout == 'channels_last': assert got[0].is_contiguous(memory_format=torch.channels_last)
+        # running statistics and the batch counter: updated once per training forward, as nn.BatchNorm2d does
+        for k, v in t.state_dict().items():
+            torch.testing.assert_close(m.state_dict()[k], v, atol=1e-6, rtol=1e-6, msg=lambda s: f'{k} after {mode}: {s}')
+    assert m.spatial.conv.bn.num_batches_tracked.item() == 2  # one per training forward
+
+
+def test_functional_forms():
+    t, m = _pair(24)
+    x = torch.randn(3, 24, 10, 7)
+    # a timm module passed to the functional form: its weights, its mode, its running statistics
+    t2, _ = _pair(24)
+    t.train(); t2.train()
+    torch.testing.assert_close(cbam(x, t2), t(x), atol=1e-5, rtol=0)
+    assert torch.equal(t2.spatial.conv.bn.running_var, t.spatial.conv.bn.running_var) or \
+        torch.allclose(t2.spatial.conv.bn.running_var, t.spatial.conv.bn.running_var, atol=1e-7)
+    assert t2.spatial.conv.bn.num_batches_tracked.item() == 1
+    # the tensor form, as F.batch_norm takes running statistics, and the reference with the same arguments
+    bn = m.spatial.conv.bn
+    ps = (m.channel.fc1.weight, m.channel.fc2.weight, m.spatial.conv.conv.weight, bn.weight, bn.bias)
+    rm1, rv1, rm2, rv2 = bn.running_mean.clone(), bn.running_var.clone(), bn.running_mean.clone(), bn.running_var.clone()
+    a = cbam(x, *ps, running_mean=rm1, running_var=rv1, training=True, momentum=0.3)
+    b = cbam_reference(x, *ps, running_mean=rm2, running_var=rv2, training=True, momentum=0.3)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rm1, rm2, atol=1e-7, rtol=0); torch.testing.assert_close(rv1, rv2, atol=1e-6, rtol=0)
+    assert not torch.equal(rm1, bn.running_mean)
+    with pytest.raises(TypeError, match='cbam takes a CBAM module'): cbam(x, ps[0])
+
+
+def test_momentum_none_and_no_running_stats():
+    "Cumulative averages (momentum=None) and track_running_stats=False behave as nn.BatchNorm2d."
+    t, m = _pair(16)
+    for mod in (t, m): mod.spatial.conv.bn.momentum = None
+    x = torch.randn(2, 16, 8, 8)
+    for _ in range(3):
+        torch.testing.assert_close(m(x), t(x), atol=1e-5, rtol=0)
+        x = x * 1.5 + 0.3
+    torch.testing.assert_close(m.spatial.conv.bn.running_var, t.spatial.conv.bn.running_var, atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    t = CbamModule(16); t.spatial.conv.bn = torch.nn.BatchNorm2d(1, track_running_stats=False)
+    m = CBAM(16); m.spatial.conv.bn = torch.nn.BatchNorm2d(1, track_running_stats=False)
+    m.load_state_dict(t.state_dict())
+    t.eval(); m.eval()  # batch statistics in eval mode too
+    torch.testing.assert_close(m(x), t(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('kw', [dict(rd_ratio=0.25), dict(rd_channels=5, mlp_bias=True), dict(spatial_kernel_size=3),
+                                dict(rd_ratio=1 / 8, rd_divisor=4)])
+def test_options_match_timm(kw):
+    t, m = _pair(40, **kw)
+    assert list(m.state_dict()) == list(t.state_dict())
+    assert all(a.shape == b.shape for a, b in zip(m.state_dict().values(), t.state_dict().values()))
+    x, g = torch.randn(2, 40, 9, 8), torch.randn(2, 40, 9, 8)
+    _compare(_step(m, x, g), _step(t, x, g), 1e-5, 1e-5, str(kw))
+
+
+def test_same_init_as_timm():
+    torch.manual_seed(3); t = CbamModule(64)
+    torch.manual_seed(3); m = CBAM(64)
+    for (k, a), b in zip(m.state_dict().items(), t.state_dict().values()): assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_ties_in_max_pooling(layout):
+    "Integer-valued inputs tie often in both max poolings; the gradient is split evenly, as torch.amax's."
+    t, m = _pair(20)
+    g = torch.Generator().manual_seed(5)
+    for x in (torch.randint(-2, 3, (3, 20, 7, 9), generator=g).float(), torch.ones(2, 20, 6, 6)):
+        if layout == 'channels_last': x = x.contiguous(memory_format=torch.channels_last)
+        gout = torch.randn(x.shape, generator=g)
+        for mode in (True, False):
+            t.train(mode); m.train(mode)
+            _compare(_step(m, x, gout), _step(t, x, gout), 1e-5, 1e-5, f'ties {layout} train={mode}')
+
+
+def test_layouts_agree():
+    t, m = _pair(33)
+    x, g = torch.randn(2, 33, 11, 10), torch.randn(2, 33, 11, 10)
+    a = _step(m, x, g)
+    b = _step(m, x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last))
+    c = _step(m, x.transpose(2, 3).contiguous().transpose(2, 3), g)  # neither layout: copied to NCHW
+    _compare(b, a, 1e-6, 1e-5, 'channels_last vs nchw'); _compare(c, a, 1e-6, 1e-5, 'strided vs nchw')
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_half_types(dtype, layout):
+    "Half inputs are computed in float32: compared with the reference in float32 on the same rounded input."
+    t, m = _pair(32)
+    x = (torch.randn(2, 32, 12, 9) * 2).to(dtype)
+    g = torch.randn(2, 32, 12, 9).to(dtype)
+    if layout == 'channels_last': x, g = x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last)
+    for mode in (True, False):
+        t.train(mode); m.train(mode)
+        got = _step(m, x, g)
+        assert got[0].dtype == dtype and got[1].dtype == dtype
+        if layout == 'channels_last': assert got[0].is_contiguous(memory_format=torch.channels_last)
+        want = _step(t, x.float(), g.float())
+        _compare(got, want, TOL[dtype]['out'], TOL[dtype]['grad'], f'{dtype} train={mode}')
+
+
+def test_half_module():
+    "A module converted to float16 (parameters and statistics) runs; the batch-norm statistics stay float16."
+    t, m = _pair(16)
+    m.half(); t.train(); m.train()
+    x = torch.randn(2, 16, 8, 8)
+    out = m(x.half())
+    torch.testing.assert_close(out.float(), t(x.half().float()), atol=5e-3, rtol=0)
+    assert m.spatial.conv.bn.running_mean.dtype == torch.float16
+    torch.testing.assert_close(m.spatial.conv.bn.running_var.float(), t.spatial.conv.bn.running_var, atol=2e-3, rtol=0)
+    out.float().sum().backward()
+    assert m.channel.fc1.weight.grad.dtype == torch.float16 and torch.isfinite(m.channel.fc1.weight.grad).all()
+
+
+def test_gradient_of_parameters_only_and_expanded_grad():
+    "x without grad (backward skips the input-gradient pass); an expanded incoming gradient (out.sum())."
+    t, m = _pair(24)
+    x = torch.randn(2, 24, 9, 9)
+    m(x).sum().backward(); t(x).sum().backward()
+    for (k, p), q in zip(m.named_parameters(), t.parameters()): assert _rel_rms(p.grad, q.grad) < 1e-5, k
+
+
+def test_double_backward_is_a_clear_error():
+    m = CBAM(16).train()
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    gx, = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable|differentiate twice'): gx.sum().backward()
+
+
+def test_deterministic_and_thread_independent():
+    """Bitwise the same results on repeated runs; with 1 or 2 OpenMP threads too, except the convolution's weight
+    gradient, which torch's own convolution backward computes in a thread-count dependent order."""
+    code = ("import torch,hashlib;from medrecipes.kernels import CBAM;torch.manual_seed(0);m=CBAM(40).train();"
+            "h,k=hashlib.sha256(),hashlib.sha256()\n"
+            "for cl in (False,True):\n"
+            " x=torch.randint(-3,4,(3,40,33,35)).float()+0.25*torch.randn(3,40,33,35).round()\n"
+            " x=x.contiguous(memory_format=torch.channels_last) if cl else x\n"
+            " x.requires_grad_();m.zero_grad();y=m(x);y.backward(torch.randn_like(y))\n"
+            " [h.update(t.detach().contiguous().numpy().tobytes()) for t in (y,x.grad,*[p.grad for n,p in m.named_parameters() if n!='spatial.conv.conv.weight'])]\n"
+            " k.update(m.spatial.conv.conv.weight.grad.numpy().tobytes())\n"
+            "print(h.hexdigest(),k.hexdigest())")
+    runs = []
+    for n in ('1', '2', '2'):
+        env = dict(os.environ, OMP_NUM_THREADS=n)
+        r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(r.stdout.split())
+    assert runs[1] == runs[2], 'results vary between runs'
+    assert runs[0][0] == runs[1][0], 'results depend on the thread count'
+
+
+@pytest.mark.parametrize('backend', ['torch', 'cpp'])
+@pytest.mark.parametrize('training', [True, False])
+def test_gradcheck_float64(backend, training, monkeypatch):
+    monkeypatch.setenv('MEDRECIPES_BACKEND', backend)
+    torch.manual_seed(0)
+    m = CBAM(6, rd_ratio=0.5, spatial_kernel_size=3, mlp_bias=True).double()
+    bn = m.spatial.conv.bn
+    with torch.no_grad(): bn.running_mean.fill_(0.2); bn.running_var.fill_(1.5)
+    ps = [m.channel.fc1.weight, m.channel.fc2.weight, m.spatial.conv.conv.weight, bn.weight, bn.bias, m.channel.fc1.bias, m.channel.fc2.bias]
+    ps = [p.detach().clone().requires_grad_() for p in ps]
+    for layout in ('nchw', 'channels_last'):
+        x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+        if layout == 'channels_last': x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        rm, rv = (None, None) if training else (bn.running_mean, bn.running_var)
+        f = lambda x, w1, w2, cw, bw, bb, b1, b2: cbam(x, w1, w2, cw, bw, bb, rm, rv, training, 0.1, 1e-5, b1, b2)
+        assert torch.autograd.gradcheck(f, (x, *ps)), (backend, training, layout)
+
+
+def test_gradcheck_ties_cpp(monkeypatch):
+    "float64 C++ path at exact ties: the even split of the max-pooling gradient against the reference's."
+    torch.manual_seed(0)
+    m = CBAM(8, rd_ratio=0.25).double().train()
+    x = torch.randint(-1, 2, (2, 8, 5, 5)).double().requires_grad_()
+    g = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    out = {}
+    for be in ('cpp', 'torch'):
+        monkeypatch.setenv('MEDRECIPES_BACKEND', be)
+        x.grad = None; m.zero_grad()
+        m(x).backward(g)
+        out[be] = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    for a, b in zip(out['cpp'], out['torch']): torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize('make,err,match', [
+    (lambda: torch.randn(16, 8, 8), ValueError, 'B x C x H x W'),
+    (lambda: torch.randn(2, 15, 8, 8), ValueError, 'x has 15 channels but the CBAM module was built for 16'),
+    (lambda: torch.randint(0, 9, (2, 16, 8, 8)), TypeError, 'float32, float16, bfloat16 or float64'),
+    (lambda: torch.randn(1, 16, 1, 1), ValueError, 'more than one value per batch'),
+    (lambda: torch.randn(2, 16, 0, 4), ValueError, 'must not be empty'),
+])
+def test_bad_inputs(make, err, match):
+    m = CBAM(16).train()
+    with pytest.raises(err, match=match): m(make())
+
+
+def test_eval_mode_takes_a_single_pixel():
+    t, m = _pair(16); t.eval(); m.eval()
+    x = torch.randn(1, 16, 1, 1)
+    torch.testing.assert_close(m(x), t(x), atol=1e-5, rtol=0)
+
+
+def test_bad_construction():
+    with pytest.raises(ValueError, match='spatial_kernel_size must be a positive odd number'): CBAM(16, spatial_kernel_size=4)
+    m = CBAM(16)
+    bn = m.spatial.conv.bn
+    with pytest.raises(ValueError, match='conv_weight must have shape'):
+        cbam(torch.randn(2, 16, 8, 8), m.channel.fc1.weight, m.channel.fc2.weight, torch.randn(1, 2, 4, 4), bn.weight, bn.bias)
+
+
+def test_cpp_ops_check_their_arguments():
+    x = torch.randn(2, 4, 5, 6).numpy(); a = torch.rand(2, 4).numpy()
+    with pytest.raises(ValueError, match='cbam_spatial_pool: a must have shape \\(2, 4\\); got \\(2, 5\\)'):
+        _cpu.cbam_spatial_pool(x, torch.rand(2, 5).numpy())
+    with pytest.raises(ValueError, match='cbam_channel_pool: x must be float32'):
+        _cpu.cbam_channel_pool(x.astype('float16'))
+    with pytest.raises(ValueError, match='a must be float64 like x'):
+        _cpu.cbam_spatial_pool(x.astype('float64'), a)
+    with pytest.raises(ValueError, match='must be C-contiguous'):
+        _cpu.cbam_apply_gates(x, a, torch.rand(2, 6, 5).numpy().transpose(0, 2, 1))
+    with pytest.raises(ValueError, match='x must be 4-D'):
+        _cpu.cbam_channel_pool(x[0])
+
+
+def test_backend_switch(monkeypatch):
+    t, m = _pair(16); t.train(); m.train()
+    x = torch.randn(2, 16, 8, 8)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'torch'); assert cbam_backend(x) == 'torch'
+    a = m(x)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'cpp'); assert cbam_backend(x) == 'cpp'
+    torch.testing.assert_close(m(x), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(t(x), a, atol=1e-5, rtol=0)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'triton'); monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    with pytest.raises(RuntimeError, match='MEDRECIPES_BACKEND=triton'): m(x)
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'cuda')
+    with pytest.raises(ValueError, match='MEDRECIPES_BACKEND must be one of'): m(x)
+    monkeypatch.delenv('MEDRECIPES_BACKEND'); assert cbam_backend(x) == 'cpp'
+    assert cbam_backend(x.double()) == 'cpp'
