@@ -17,11 +17,7 @@ import argparse, csv, datetime, json, os, platform, socket, statistics, subproce
 from pathlib import Path
 
 
-def machine():
-    cpu = platform.processor() or ''
-    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except Exception: pass
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} cpus"
+from _common import machine
 
 
 def _args(argv=None):

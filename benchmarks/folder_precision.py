@@ -15,11 +15,7 @@ import argparse, csv, datetime, os, platform, statistics, time
 from pathlib import Path
 
 
-def machine():
-    cpu = platform.processor() or ''
-    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except Exception: pass
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} cpus"
+from _common import machine
 
 
 def main():

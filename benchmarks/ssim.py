@@ -23,12 +23,7 @@ from pathlib import Path
 import torch
 
 
-def machine():
-    cpu = platform.processor() or ''
-    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except Exception: pass
-    gpu = f" | {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} cpus{gpu}"
+from _common import machine
 
 
 def versions():

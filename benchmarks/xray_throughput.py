@@ -14,11 +14,7 @@ from pathlib import Path
 import torch, torch.nn.functional as F
 
 
-def machine():
-    cpu = platform.processor() or ''
-    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except Exception: pass
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} cpus"
+from _common import machine
 
 
 def main():
