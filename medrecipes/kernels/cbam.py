@@ -242,6 +242,14 @@ def _bn_step(bn:nn.BatchNorm2d):
     rm, rv = (bn.running_mean, bn.running_var) if use_running else (None, None)
     return rm, rv, factor
 
+def _cbam_modules(x, mod):
+    "CBAM through the module's own layers: for a batch norm the fused path cannot run itself (a synchronised one)."
+    fc, cv = mod.channel, mod.spatial.conv
+    mlp = lambda p: fc.fc2(F.relu(fc.fc1(p)))
+    a = torch.sigmoid(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))
+    y1 = x * a
+    return y1 * torch.sigmoid(cv.bn(cv.conv(torch.cat([y1.mean(1, keepdim=True), y1.amax(1, keepdim=True)], 1))))
+
 def cbam(x:torch.Tensor, # B x C x H x W, float32/float16/bfloat16 (float64 too), contiguous or channels-last
          fc1_weight, # (R, C, 1, 1), or a `CBAM` / timm `CbamModule` whose parameters and mode are used
          fc2_weight=None, conv_weight=None, bn_weight=None, bn_bias=None, # (C, R, 1, 1), (1, 2, k, k), (1,), (1,)
@@ -254,6 +262,7 @@ def cbam(x:torch.Tensor, # B x C x H x W, float32/float16/bfloat16 (float64 too)
         fc, bn = mod.channel, mod.spatial.conv.bn
         batch_stats = bn.training or bn.running_mean is None
         check_cbam_inputs(x, fc.fc1.in_channels, batch_stats)
+        if batch_stats and not isinstance(bn, nn.BatchNorm2d): return _cbam_modules(x, mod)
         rm, rv, factor = _bn_step(bn)
         return cbam(x, fc.fc1.weight, fc.fc2.weight, mod.spatial.conv.conv.weight, bn.weight, bn.bias, rm, rv,
                     bn.training, factor, bn.eps, fc.fc1.bias, fc.fc2.bias)
