@@ -152,7 +152,7 @@ def checkpoint_state(learn, **extra) -> dict:
     "The contents of a checkpoint of `learn`: model and optimizer state plus `learn.checkpoint_meta` and `extra`."
     model = learn.model.module if hasattr(learn.model, 'module') else learn.model
     opt = learn.opt.state_dict() if learn.opt is not None else None
-    return dict(model=model.state_dict(), optimizer=opt, **getattr(learn, 'checkpoint_meta', {}), **extra)
+    return dict(model_state_dict=model.state_dict(), optimizer_state_dict=opt, **getattr(learn, 'checkpoint_meta', {}), **extra)
 
 class CheckpointCallback(TrackerCallback):
     "Save `best_<tag>.pt` when `monitor` improves and `final_<tag>.pt` when fitting ends."

@@ -20,8 +20,8 @@ __all__ = ['DEFAULT_OPSET', 'ONNX_ATOL', 'CLASSIFIER_KEYS', 'SAR_KEYS', 'OnnxMis
 # %% ../nbs/15_export.ipynb #c005
 DEFAULT_OPSET = 20      # torch.onnx's default for the dynamo exporter; ONNX Runtime >= 1.17 runs it
 ONNX_ATOL = 1e-4        # largest |onnx - torch| accepted in float32
-CLASSIFIER_KEYS = ('model', 'arch', 'class_names')
-SAR_KEYS = ('model', 'model_config', 'preprocess')
+CLASSIFIER_KEYS = ('model_state_dict', 'arch', 'class_names')
+SAR_KEYS = ('model_state_dict', 'model_config', 'preprocess')
 
 class OnnxMismatchError(RuntimeError):
     "ONNX Runtime's outputs differ from PyTorch's by more than the tolerance; `.result` holds what `export_onnx` measured."
@@ -57,7 +57,7 @@ def _find(d, key):
 def _json(o) -> str: return json.dumps(to_plain(o))
 
 def _load_state(model, ck, path):
-    try: model.load_state_dict(ck['model'])
+    try: model.load_state_dict(ck['model_state_dict'])
     except Exception as e: raise ValueError(f"{path}: the weights do not fit the model the checkpoint describes ({e})") from e
     return model.eval()
 

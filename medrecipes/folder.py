@@ -224,7 +224,7 @@ class FolderLearner(ResumableLearner):
         "Load the model weights of checkpoint `which` ('best' or 'latest'); 'current' keeps the weights as they are."
         if which in ('best', 'latest'):
             fn = self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname
-            getattr(self.model, 'module', self.model).load_state_dict(load_checkpoint_dist(fn)['model'])   # read by rank 0, sent to all
+            getattr(self.model, 'module', self.model).load_state_dict(load_checkpoint_dist(fn)['model_state_dict'])   # read by rank 0, sent to all
         elif which != 'current': raise ValueError(f"which must be 'best', 'latest' or 'current', not {which!r}")
         return self
     def evaluate(self, split:str='valid', # 'valid' or 'test'

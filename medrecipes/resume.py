@@ -85,8 +85,8 @@ def training_state(learn:Learner, finished:bool=False) -> dict:
     "Everything needed to continue `learn`'s fit exactly after the epoch that just ended."
     rec = learn.recorder
     model = learn.model.module if hasattr(learn.model, 'module') else learn.model
-    st = dict(model=model.state_dict(),
-              optimizer=dict(state=learn.opt.state_dict()['state'], hypers=_plain_hypers(learn.opt.hypers)),
+    st = dict(model_state_dict=model.state_dict(),
+              optimizer_state_dict=dict(state=learn.opt.state_dict()['state'], hypers=_plain_hypers(learn.opt.hypers)),
               loop=dict(epoch=int(learn.epoch), n_epoch=int(learn.n_epoch), train_iter=int(learn.train_iter), finished=bool(finished)),
               recorder=dict(values=[[float(v) for v in r] for r in rec.values], losses=[float(v) for v in rec.losses],
                             lrs=[float(v) for v in rec.lrs], iters=[int(v) for v in rec.iters],
@@ -105,9 +105,9 @@ def restore_training_state(learn:Learner, st:dict, path=None):
         raise ValueError(f"checkpoint{where} was written by a fit of {loop['n_epoch']} epochs, but this fit has {learn.n_epoch}: "
                          f"resume with the same number of epochs (the schedules depend on it)")
     model = learn.model.module if hasattr(learn.model, 'module') else learn.model
-    model.load_state_dict(st['model'])
+    model.load_state_dict(st['model_state_dict'])
     dev = next(model.parameters()).device
-    o = st['optimizer']
+    o = st['optimizer_state_dict']
     state = [{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in s.items()} for s in o['state']]
     learn.opt.load_state_dict(dict(state=state, hypers=o['hypers']))
     r, rec = st['recorder'], learn.recorder

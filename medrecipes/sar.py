@@ -134,7 +134,7 @@ class SarLearner(ResumableLearner):
     def evaluate(self, dl=None, which:str='best') -> dict:
         "Loss, PSNR, SSIM, ENL ratio and EPI on `dl` (default: validation tiles) with the `best`/`latest` checkpoint or `current` weights."
         if which in ('best', 'latest'):
-            self.model.load_state_dict(load_checkpoint_dist(self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname)['model'])
+            self.model.load_state_dict(load_checkpoint_dist(self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname)['model_state_dict'])
         elif which != 'current': raise ValueError(f"which must be 'best', 'latest' or 'current', not {which!r}")
         vals = self.validate(dl=dl)
         names = ['loss' if n == 'valid_loss' else n for n in self.recorder.metric_names[1:] if n not in ('train_loss', 'time')]
@@ -179,9 +179,9 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
 def load_sar_model(ckpt:str|Path, device='cpu'):
     "The autoencoder and the fitted `SarPreprocess` stored in a SAR checkpoint."
     ck = load_checkpoint(ckpt)
-    for k in ('model', 'model_config', 'preprocess'):
+    for k in ('model_state_dict', 'model_config', 'preprocess'):
         if k not in ck or ck[k] is None: raise ValueError(f"{ckpt} is not a SAR checkpoint: it has no {k!r}")
-    model = sar_model(**ck['model_config']); model.load_state_dict(ck['model'])
+    model = sar_model(**ck['model_config']); model.load_state_dict(ck['model_state_dict'])
     return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocess']), ck.get('patch')
 
 @torch.no_grad()

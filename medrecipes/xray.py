@@ -61,7 +61,7 @@ class XrayLearner(ResumableLearner):
         "Evaluate on the held-out test split: confusion matrix, per-class P/R/F1, macro F1, one-vs-rest ROC-AUC."
         if which in ('best', 'final'):
             ck = load_checkpoint_dist(self.ckpt_cb.best_path if which == 'best' else self.ckpt_cb.final_path)
-            self.model.load_state_dict(ck['model'])
+            self.model.load_state_dict(ck['model_state_dict'])
         elif which != 'current': raise ValueError(f"which must be 'best', 'final' or 'current', not {which!r}")
         probs, targs = self.get_preds(dl=self.dls.btxrd_test_dl())
         res = classification_metrics(targs.numpy(), probs.float().numpy(), list(self.dls.vocab))
@@ -143,11 +143,11 @@ def load_xray_model(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
                     device='cpu') -> tuple:
     "Rebuild the classifier of a checkpoint in eval mode; returns `(model, checkpoint)`."
     ck = load_checkpoint(ckpt) if not isinstance(ckpt, dict) else ckpt
-    for k in ('model', 'arch', 'class_names', 'normalization'):
+    for k in ('model_state_dict', 'arch', 'class_names', 'normalization'):
         if k not in ck: raise KeyError(f"checkpoint has no {k!r}: not an X-ray classifier checkpoint")
     drop = (ck.get('config') or {}).get('drop_rate', 0.)
     model = create_classifier(ck['arch'], len(ck['class_names']), pretrained=False, drop_rate=drop)
-    model.load_state_dict(ck['model'])
+    model.load_state_dict(ck['model_state_dict'])
     return model.to(device).eval(), ck
 
 def xray_preprocess(fn, normalization:dict) -> torch.Tensor:

@@ -163,10 +163,10 @@ def test_two_processes_match_one_with_the_same_global_batch(root, data, recipe):
     assert va.shape == vb.shape == ((3 if recipe == 'xray' else 2), va.shape[1])
     np.testing.assert_allclose(vb, va, **tol)
     # the same weights after 3 epochs (sync batch norm: the running statistics too)
-    assert a['model'].keys() == b['model'].keys()
-    for k in a['model']:
-        if a['model'][k].is_floating_point(): assert _rel_err(b['model'][k], a['model'][k]) <= tol['rtol'] * 10, k
-        else: assert torch.equal(a['model'][k], b['model'][k]), k
+    assert a['model_state_dict'].keys() == b['model_state_dict'].keys()
+    for k in a['model_state_dict']:
+        if a['model_state_dict'][k].is_floating_point(): assert _rel_err(b['model_state_dict'][k], a['model_state_dict'][k]) <= tol['rtol'] * 10, k
+        else: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
     # the same evaluation of the best checkpoint (X-ray: the test split, sharded and gathered; SAR: validation and test tiles)
     sa, sb = _summary(o1), _summary(o2)
     keys = ['best_val_loss', 'best_val_acc', 'test_accuracy', 'test_macro_f1', 'test_roc_auc_macro', 'best_epoch', 'epochs_run'] \
@@ -221,7 +221,7 @@ def test_killed_distributed_run_resumes_exactly(root, data, recipe):
     _ok(r)
     a, b = _ck(full, recipe), _ck(cut, recipe)
     assert b['loop']['finished'] and b['recorder']['values'] == a['recorder']['values']
-    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), f'{k} differs after resume'
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), f'{k} differs after resume'
     for x, y in zip(a['rng_ranks'], b['rng_ranks']): assert torch.equal(x['torch'], y['torch'])
     if recipe == 'xray':
         la, lb = pd.read_csv(full/'results'/'stratified'/'training_log.csv'), pd.read_csv(cut/'results'/'stratified'/'training_log.csv')
@@ -293,10 +293,10 @@ def test_folder_two_processes_match_one_with_the_same_global_batch(root, digits)
     va, vb = np.array(a['recorder']['values'], dtype=float), np.array(b['recorder']['values'], dtype=float)
     assert va.shape == vb.shape and va.shape[0] == 2   # train loss, valid loss, accuracy, 3 recalls per epoch
     np.testing.assert_allclose(vb, va, **FOLDER_TOL)
-    assert a['model'].keys() == b['model'].keys()
-    for k in a['model']:
-        if a['model'][k].is_floating_point(): assert _rel_err(b['model'][k], a['model'][k]) <= FOLDER_TOL['rtol'] * 10, k
-        else: assert torch.equal(a['model'][k], b['model'][k]), k
+    assert a['model_state_dict'].keys() == b['model_state_dict'].keys()
+    for k in a['model_state_dict']:
+        if a['model_state_dict'][k].is_floating_point(): assert _rel_err(b['model_state_dict'][k], a['model_state_dict'][k]) <= FOLDER_TOL['rtol'] * 10, k
+        else: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
     sa, sb = _summary(o1), _summary(o2)
     assert sb['images'] == sa['images'] == {'train': 18, 'valid': 9, 'test': 9}
     assert sb['epochs_run'] == sa['epochs_run'] == 2 and sb['best_epoch'] == sa['best_epoch']
@@ -357,7 +357,7 @@ def test_folder_killed_distributed_run_resumes_exactly(root, digits):
     _ok(r)
     a, b = _ck(full, 'folder'), _ck(cut, 'folder')
     assert b['loop']['finished'] and b['recorder']['values'] == a['recorder']['values']
-    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), f'{k} differs after resume'
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), f'{k} differs after resume'
     for x, y in zip(a['rng_ranks'], b['rng_ranks']): assert torch.equal(x['torch'], y['torch'])
     pd.testing.assert_frame_equal(pd.read_csv(full/'training_log.csv'), pd.read_csv(cut/'training_log.csv'))
     sa, sb = _summary(full), _summary(cut)

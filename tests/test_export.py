@@ -53,7 +53,7 @@ def xray_ckpt(tmp_path_factory, btxrd):
     g = torch.Generator().manual_seed(0)
     _calibrate(model, torch.randn(16, 3, 32, 32, generator=g))
     with torch.no_grad(): model.get_classifier().weight.mul_(0.1 / model(torch.randn(16, 3, 32, 32, generator=g)).std())
-    return save_checkpoint(Path(s['best_checkpoint']).with_name('best_varied.pt'), **{**ck, 'model': model.state_dict()})
+    return save_checkpoint(Path(s['best_checkpoint']).with_name('best_varied.pt'), **{**ck, 'model_state_dict': model.state_dict()})
 
 
 @pytest.fixture(scope='module')
@@ -70,11 +70,11 @@ def sar_ckpts(tmp_path_factory):
                   epochs=1, progress=False, device='cpu')
     ck = load_checkpoint(d/'run'/'checkpoints'/'best.pt')
     g = torch.Generator().manual_seed(1)
-    base = sar_model(**ck['model_config']); base.load_state_dict(ck['model'])
-    best = save_checkpoint(d/'baseline'/'best.pt', **{**ck, 'model': _calibrate(base, torch.rand(16, 1, 32, 32, generator=g)).state_dict()})
+    base = sar_model(**ck['model_config']); base.load_state_dict(ck['model_state_dict'])
+    best = save_checkpoint(d/'baseline'/'best.pt', **{**ck, 'model_state_dict': _calibrate(base, torch.rand(16, 1, 32, 32, generator=g)).state_dict()})
     torch.manual_seed(1)
     att = _calibrate(sar_model('attention', latent_channels=16, base_channels=8), torch.rand(16, 1, 32, 32, generator=g))
-    att = save_checkpoint(d/'attention.pt', **{**ck, 'model': att.state_dict(), 'model_config': att.config})
+    att = save_checkpoint(d/'attention.pt', **{**ck, 'model_state_dict': att.state_dict(), 'model_config': att.config})
     return {'baseline': best, 'attention': att}
 
 
@@ -204,9 +204,9 @@ def test_errors_name_the_file_and_what_was_expected(sar_ckpts, xray_ckpt, tmp_pa
     with pytest.raises(FileNotFoundError, match='nothere.pt does not exist'): export_onnx(tmp_path/'nothere.pt')
     (tmp_path/'junk.pt').write_bytes(b'not a checkpoint')
     with pytest.raises(ValueError, match='cannot load checkpoint .*junk.pt'): export_onnx(tmp_path/'junk.pt')
-    save_checkpoint(tmp_path/'other.pt', model={}, epoch=1)
-    with pytest.raises(ValueError, match=r"other\.pt is neither a classifier checkpoint \(keys model, arch, class_names\) "
-                                         r"nor a SAR checkpoint \(keys model, model_config, preprocess\)"):
+    save_checkpoint(tmp_path/'other.pt', model_state_dict={}, epoch=1)
+    with pytest.raises(ValueError, match=r"other\.pt is neither a classifier checkpoint \(keys model_state_dict, arch, class_names\) "
+                                         r"nor a SAR checkpoint \(keys model_state_dict, model_config, preprocess\)"):
         export_onnx(tmp_path/'other.pt')
     ck = load_checkpoint(xray_ckpt)
     save_checkpoint(tmp_path/'nosize.pt', **{**ck, 'config': {}, 'normalization': {'mean': [0.] * 3, 'std': [1.] * 3}})

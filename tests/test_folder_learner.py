@@ -154,7 +154,7 @@ def test_tracking_files_and_tracking_does_not_change_the_run(digits, tmp_path, m
     assert not (tmp_path/'off'/'training_log.csv').exists() and not (tmp_path/'off'/'tensorboard').exists()
     assert not (tmp_path/'off'/'wandb').exists() and off['wandb_run_dir'] is None
     a, b = load_checkpoint(tmp_path/'on'/'checkpoints'/'latest.pt'), load_checkpoint(tmp_path/'off'/'checkpoints'/'latest.pt')
-    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
     assert a['recorder']['values'] == b['recorder']['values']
 
 
@@ -176,7 +176,7 @@ def test_same_seed_same_run_other_seed_other_run(digits, tmp_path, quiet):
     w = {}
     for name, seed in (('a', 11), ('b', 11), ('c', 12)):
         train_folder(_cfg(digits, tmp_path/name, trainer={'max_epochs': 1, 'seed': seed}, logging={'csv': False}))
-        w[name] = load_checkpoint(tmp_path/name/'checkpoints'/'latest.pt')['model']
+        w[name] = load_checkpoint(tmp_path/name/'checkpoints'/'latest.pt')['model_state_dict']
     assert all(torch.equal(w['a'][k], w['b'][k]) for k in w['a'])
     assert not all(torch.equal(w['a'][k], w['c'][k]) for k in w['a'])
 
@@ -361,8 +361,8 @@ def test_killed_mid_epoch_resumes_exactly(digits, tmp_path):
     # bitwise: weights, optimizer state, history, of the latest and the best checkpoints
     for name in ('latest.pt', 'best.pt'):
         a, b = load_checkpoint(full/'checkpoints'/name), load_checkpoint(cut/'checkpoints'/name)
-        for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), f'{name}: {k} differs after resume'
-        for sa, sb in zip(a['optimizer']['state'], b['optimizer']['state']):
+        for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), f'{name}: {k} differs after resume'
+        for sa, sb in zip(a['optimizer_state_dict']['state'], b['optimizer_state_dict']['state']):
             for k in sa:
                 if isinstance(sa[k], torch.Tensor): assert torch.equal(sa[k], sb[k]), f'{name}: optimizer {k}'
         assert a['recorder']['values'] == b['recorder']['values'] and a['recorder']['losses'] == b['recorder']['losses']

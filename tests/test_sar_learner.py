@@ -47,11 +47,11 @@ def test_checkpoints_carry_everything_and_load_weights_only(sar_data, tmp_path):
     s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=2, variant='baseline', **SMALL)
     for name in ('latest.pt', 'best.pt'):
         ck = torch.load(tmp_path/'checkpoints'/name, weights_only=True)
-        assert {'model', 'optimizer', 'loop', 'recorder', 'callbacks', 'rng', 'config', 'preprocess', 'model_config'} <= set(ck)
+        assert {'model_state_dict', 'optimizer_state_dict', 'loop', 'recorder', 'callbacks', 'rng', 'config', 'preprocess', 'model_config'} <= set(ck)
         assert ck['config']['variant'] == 'baseline' and ck['config']['lr'] == 1e-4
         cbs = ck['callbacks']
         assert {'best', 'wait'} <= set(cbs['ReduceLROnPlateau.0']) and {'best', 'wait'} <= set(cbs['EarlyStoppingCallback.0'])
-        assert ck['optimizer']['hypers'][0]['lr'] == pytest.approx(1e-4)
+        assert ck['optimizer_state_dict']['hypers'][0]['lr'] == pytest.approx(1e-4)
     dls_pre = SarDataLoaders.from_folder(sar_data, patch=32).preprocess
     assert SarPreprocess.from_dict(load_checkpoint(tmp_path/'checkpoints'/'best.pt')['preprocess']) == dls_pre
     assert s['compression'] == 16 and s['bs_used'] == 8 and 'test_psnr' in s and 'valid_epi' in s
@@ -92,7 +92,7 @@ def test_sar_run_killed_mid_epoch_resumes_bitwise(sar_data, tmp_path):
     a, b = load_checkpoint(full/'checkpoints'/'latest.pt'), load_checkpoint(cut/'checkpoints'/'latest.pt')
     assert a['recorder']['values'] == b['recorder']['values'] and len(a['recorder']['values']) == 4
     assert a['recorder']['losses'] == b['recorder']['losses']
-    for k in a['model']: assert torch.equal(a['model'][k], b['model'][k]), k
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
     for k in ('best_value', 'best_epoch'): assert a['callbacks']['ResumeCheckpoint.0'][k] == b['callbacks']['ResumeCheckpoint.0'][k]
     log = (cut/'training.log').read_text()
     assert 'fit: epochs 2-3 of 4 (resumed)' in log and log.count('epoch 1 ') == 1

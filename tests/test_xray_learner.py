@@ -53,8 +53,8 @@ def test_early_stopping_and_checkpoints(dls, tmp_path):
     for ck in (best, final):
         assert ck['class_names'] == ['Normal', 'Benign', 'Malignant']
         assert ck['normalization'] == dls.normalization and ck['arch'] == 'efficientnet_b0'
-        assert set(ck) >= {'model', 'optimizer', 'epoch', 'valid_loss', 'config', 'class_names', 'normalization'}
-        assert ck['optimizer']['state'] and ck['split'] == 'center'
+        assert set(ck) >= {'model_state_dict', 'optimizer_state_dict', 'epoch', 'valid_loss', 'config', 'class_names', 'normalization'}
+        assert ck['optimizer_state_dict']['state'] and ck['split'] == 'center'
     assert best['valid_loss'] == pytest.approx(log.val_loss.min())
     assert not [p for p in (tmp_path/'checkpoints').iterdir() if p.suffix != '.pt']   # no temporary files left
 
