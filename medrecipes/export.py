@@ -62,13 +62,13 @@ def _load_state(model, ck, path):
     return model.eval()
 
 def _classifier_parts(ck, path):
-    import timm   # what `medrecipes.xray.create_classifier` builds, without importing the recipes (fastai)
+    from medrecipes.classify import create_classifier   # the one builder of the classifiers (imports fastai)
     names, norm, arch = list(ck['class_names']), ck.get('normalization') or {}, ck['arch']
     size = _find(ck.get('config'), 'size') or _find(norm, 'size')
     if size is None: raise ValueError(f"{path}: no input size: expected config['size'] or normalization['size'] in the checkpoint")
     size = int(size)
-    try: model = timm.create_model(arch, pretrained=False, num_classes=len(names))
-    except Exception as e: raise ValueError(f"{path}: cannot build arch={arch!r} with timm ({type(e).__name__}: {e})") from e
+    try: model = create_classifier(arch, len(names), pretrained=False, **(ck.get('model_kwargs') or {}))
+    except Exception as e: raise ValueError(f"{path}: cannot build arch={arch!r} with create_classifier ({type(e).__name__}: {e})") from e
     model = _load_state(model, ck, path)
     meta = dict(kind='classifier', arch=str(ck['arch']), class_names=_json(names), normalization=_json(norm),
                 input_size=str(size), input_layout='B x 3 x size x size, normalised with normalization mean/std',

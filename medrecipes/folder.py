@@ -23,7 +23,7 @@ import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cy
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .callbacks import class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
-from .xray import create_classifier, classification_metrics, plot_confusion_matrix
+from .classify import ClassifierLearner, classifier_learner, data_fingerprint
 from .data.folder import FolderDataLoaders
 from .distributed import init_distributed, distributed, is_rank0, reduce_sum, broadcast_object, load_checkpoint_dist
 
@@ -33,7 +33,7 @@ _all_ = ['FolderDataLoaders']
 # %% auto #0
 __all__ = ['PRECISIONS', 'CPU_AUTO_PRECISION', 'WANDB_MODES', 'TRACKING_DEFAULTS', 'FOLDER_DEFAULTS', 'SCHEDULES',
            'cpu_bf16_native', 'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation',
-           'FolderTensorBoard', 'import_wandb', 'WandbTracker', 'resolve_tracking', 'save_split_metrics',
+           'FolderTensorBoard', 'import_wandb', 'WandbTracker', 'resolve_tracking', 'folder_fingerprint',
            'FolderLearner', 'folder_learner', 'folder_config', 'folder_dls_from_config', 'train_folder',
            'FolderDataLoaders']
 
@@ -209,38 +209,12 @@ def resolve_tracking(tracking:dict|None=None, # keys of `TRACKING_DEFAULTS`; mis
     return t
 
 # %% ../nbs/14_folder.ipynb #c013
-def save_split_metrics(res:dict, path:str|Path, title:str='Confusion matrix') -> Path:
-    "Write `metrics.json`, `confusion_matrix.csv` (rows true, columns predicted) and `confusion_matrix.png` to `path`."
-    path = Path(path); classes = res['classes']
-    cm = pd.DataFrame(res['confusion_matrix'], index=[f'true_{c}' for c in classes], columns=[f'pred_{c}' for c in classes])
-    atomic_write(path/'confusion_matrix.csv', lambda t: cm.to_csv(t))
-    plot_confusion_matrix(res['confusion_matrix'], classes, path/'confusion_matrix.png', title=title)
-    atomic_write_text(path/'metrics.json', json.dumps(to_plain(res), indent=2, allow_nan=True))
-    return path
+def folder_fingerprint(dls:FolderDataLoaders) -> str:
+    "A short hash of the data: the sorted (file path relative to the data set folder, split) pairs."
+    return data_fingerprint((Path(f).relative_to(dls.path).as_posix(), s) for s, fs in dls.files.items() for f in fs)
 
-class FolderLearner(ResumableLearner):
-    "A resumable `Learner` that knows its checkpoints and evaluates the validation and test folders."
-    def load_weights(self, which:str='best'):
-        "Load the model weights of checkpoint `which` ('best' or 'latest'); 'current' keeps the weights as they are."
-        if which in ('best', 'latest'):
-            fn = self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname
-            getattr(self.model, 'module', self.model).load_state_dict(load_checkpoint_dist(fn)['model_state_dict'])   # read by rank 0, sent to all
-        elif which != 'current': raise ValueError(f"which must be 'best', 'latest' or 'current', not {which!r}")
-        return self
-    def evaluate(self, split:str='valid', # 'valid' or 'test'
-                 which:str='best', # 'best' or 'latest' checkpoint, or the 'current' weights
-                 save:bool=True, # write the files to `results_dir/<split>/`
-                ) -> dict:
-        "Confusion matrix, per-class precision/recall/F1, accuracy, macro F1, one-vs-rest ROC-AUC and loss on a split."
-        if split not in ('valid', 'test'): raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
-        dl = self.dls.split_dl(split)
-        self.load_weights(which)
-        probs, targs = self.get_preds(dl=dl)
-        probs, targs = probs.float(), targs.long()
-        res = classification_metrics(targs.numpy(), probs.numpy(), list(self.dls.vocab))
-        res.update(split=split, checkpoint=which, loss=float(F.nll_loss(probs.clamp_min(1e-12).log(), targs)))
-        if save and is_rank0(): save_split_metrics(res, self.results_dir/split, f'Confusion matrix ({split})')
-        return res
+class FolderLearner(ClassifierLearner):
+    "A `ClassifierLearner` over a folder data set (its test split is the test folder)."
 
 def _check_int(v, name, lo):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"{name} must be an int >= {lo}, not {v!r}")
@@ -264,10 +238,11 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
                    clip_grad:float|None=1.0, # gradient clipping norm (None or 0: off)
                    accumulate:int=1, # update the weights every this many batches
                    patience:int|None=None, # early stopping patience in epochs (None: off)
-                   out_dir:str|Path='runs/folder', # checkpoints/, results/, the trackers' files
+                   out_dir:str|Path='runs/folder', # the run directory: checkpoints/, results, the trackers' files
                    tracking:dict|None=None, # csv / tensorboard / wandb switches (see `TRACKING_DEFAULTS`)
                    config:dict|None=None, # the resolved config, stored in every checkpoint and the W&B run
                    drop_rate:float=0., # dropout before the classifier
+                   weights:str|Path|None=None, # local pretrained weights for `arch` (see `create_classifier`)
                    cbs=None, metrics=None, # extra callbacks and metrics
                    **kwargs) -> FolderLearner:
     "A fastai `Learner` for image-folder classification with the recipe's loss, metrics, precision, trackers and checkpoints."
@@ -275,27 +250,21 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
     prec = resolve_precision(precision, dls.device)
     accumulate, clip_grad, patience = _check_int(accumulate, 'accumulate', 1), _check_clip(clip_grad, 'clip_grad'), _check_patience(patience, 'patience')
     tr = resolve_tracking(tracking)
-    model = create_classifier(arch, len(vocab), pretrained=pretrained, drop_rate=drop_rate)
-    weight = class_weights(dls.train_labels(), vocab) if class_weighted else None
     out_dir = Path(out_dir)
-    ck = ResumeCheckpoint(out_dir/'checkpoints'/'latest.pt', best=out_dir/'checkpoints'/'best.pt', monitor='valid_loss')
     if config is None: config = dict(arch=arch, pretrained=pretrained, drop_rate=drop_rate, size=dls.normalization['size'],
                                      precision=prec, clip_grad=clip_grad, accumulate=accumulate, class_weighted=class_weighted)
-    cb_list = [LossModeCallback(),
-               *([AutocastMixedPrecision(prec)] if prec != 'fp32' else []),
+    cb_list = [*([AutocastMixedPrecision(prec)] if prec != 'fp32' else []),
                *([EpochGradientAccumulation(accumulate * dls.train.bs)] if accumulate > 1 else []),
                *([GradientClip(clip_grad)] if clip_grad else []),
-               *([EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
                *([TrainingLog(out_dir, vocab)] if tr['csv'] else []),
                *([FolderTensorBoard(out_dir/'tensorboard', vocab)] if tr['tensorboard'] else []),
                *([WandbTracker(out_dir, vocab, tr['wandb_project'], tr['wandb_mode'], config)] if tr['wandb'] else []),
-               ck, *(cbs or [])]
-    learn = FolderLearner(dls, model, loss_func=TrainValCrossEntropy(weight), metrics=[accuracy, *recall_metrics(vocab), *(metrics or [])],
-                          cbs=cb_list, path=out_dir, **kwargs)
-    learn.ckpt_cb, learn.out_dir, learn.results_dir = ck, out_dir, out_dir/'results'
-    learn.class_weights, learn.precision, learn.tracking = weight, prec, tr
-    learn.checkpoint_meta = dict(arch=arch, class_names=vocab, normalization=dls.normalization, split='folder',
-                                 class_weights=None if weight is None else weight.tolist(), config=config)
+               *(cbs or [])]
+    learn = classifier_learner(dls, out_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
+                               class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=folder_fingerprint(dls),
+                               cbs=cb_list, metrics=metrics, learner_cls=FolderLearner, **kwargs)
+    learn.out_dir, learn.results_dir, learn.precision, learn.tracking = out_dir, out_dir, prec, tr
+    learn.checkpoint_meta['split'] = 'folder'
     return learn
 
 # %% ../nbs/14_folder.ipynb #c017
@@ -355,11 +324,11 @@ def train_folder(cfg:dict|None=None, # nested config: sections model, data, trai
     learn = folder_learner(dls, arch=m['arch'], pretrained=m['pretrained'], drop_rate=m['drop_rate'], class_weighted=t['class_weighted'],
                            precision=t['precision'], clip_grad=t['clip_grad'], accumulate=t['accumulate'],
                            patience=cfg['callbacks']['patience'], out_dir=t['out_dir'], tracking=resolve_tracking(cfg['logging'], 'logging'),
-                           config=cfg, cbs=cbs)
+                           config=cfg, cbs=cbs, weights=m.get('weights'))
     out = learn.out_dir
-    if is_rank0(): save_config(cfg, out/'config.yaml')
     ck = resume_path(t['resume'], learn)
-    if ck is not None: learn.resume(ck)
+    if ck is not None: learn.resume(ck)   # checks config and data before anything is written
+    if is_rank0(): save_config(cfg, out/'config.yaml')
     fit = learn.fit_one_cycle if t['schedule'] == 'one_cycle' else learn.fit
     counts = dls.counts()
     with distributed(learn, sync_bn=t['sync_bn']):

@@ -1,4 +1,4 @@
-"""`xray_learner`: EfficientNet-B0 on BTXRD radiographs with class-weighted training, per-class recall, early stopping, best and final checkpoints and a held-out test evaluation.
+"""`xray_learner`: EfficientNet-B0 on BTXRD radiographs with class-weighted training, per-class recall, a Malignant recall-collapse warning, early stopping, `best.pt`/`latest.pt` checkpoints and a held-out test evaluation, on the shared classifier core.
 
 Docs: https://medrecipes.github.io/medrecipes/xray.html.md"""
 
@@ -9,65 +9,44 @@ from __future__ import annotations
 import json, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-import torch.nn.functional as F
-import timm
-import matplotlib.pyplot as plt
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, f1_score
-from fastai.vision.all import Learner, accuracy, EarlyStoppingCallback, PILImage, Resize, ResizeMethod, PadMode, ToTensor
+from fastai.vision.all import EarlyStoppingCallback
 from .core import (set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write,
                              atomic_write_text, to_plain)
 from .data.xray import *
 from .callbacks import *
+from .classify import (create_classifier, classification_metrics, ClassifierLearner, classifier_learner,
+                                 data_fingerprint, load_classifier, predict)
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .distributed import init_distributed, distributed, is_rank0, load_checkpoint_dist
 
 # so that `from medrecipes.xray import *` is all a notebook needs
 _all_ = ['XrayDataLoaders', 'Radiograph', 'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split',
-         'save_split', 'load_split', 'RecallCollapseWarning']
+         'save_split', 'load_split', 'RecallCollapseWarning', 'create_classifier', 'classification_metrics', 'ClassifierLearner',
+         'load_classifier', 'predict']
 
 # %% auto #0
-__all__ = ['RUN_DIRS', 'XRAY_DEFAULTS', 'create_classifier', 'XrayLearner', 'xray_learner', 'classification_metrics',
-           'plot_confusion_matrix', 'save_test_metrics', 'load_xray_model', 'xray_preprocess', 'predict_xray',
+__all__ = ['RUN_DIRS', 'XRAY_DEFAULTS', 'xray_fingerprint', 'XrayLearner', 'xray_learner', 'load_xray_model', 'predict_xray',
            'xray_config', 'xray_dls_from_config', 'train_xray', 'train_all_xray', 'XrayDataLoaders', 'Radiograph',
            'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split', 'save_split',
-           'load_split', 'RecallCollapseWarning']
+           'load_split', 'RecallCollapseWarning', 'create_classifier', 'classification_metrics', 'ClassifierLearner',
+           'load_classifier', 'predict']
 
 # %% ../nbs/04_xray.ipynb #c005
 RUN_DIRS = {'stratified': 'stratified', 'center': 'center_holdout'}
 
-def create_classifier(arch:str, # a timm model name
-                      n_out:int, # number of classes
-                      pretrained:bool=True, # ImageNet weights (downloaded by timm on first use)
-                      **kwargs) -> torch.nn.Module:
-    "A timm classifier with a fresh `n_out`-way head."
-    if arch not in timm.list_models(): raise ValueError(f"arch={arch!r} is not a timm model name (see timm.list_models())")
-    try: model = timm.create_model(arch, pretrained=pretrained, num_classes=n_out, **kwargs)
-    except Exception as e:
-        if not pretrained: raise
-        raise RuntimeError(f"cannot load pretrained weights for arch={arch!r} ({type(e).__name__}: {e}); "
-                           "connect to the internet once, or pass pretrained=False to train from scratch") from e
-    # Some timm inits scale the head by 1/sqrt(fan_out): with 3 classes the fresh head starts with logits of several
-    # units and training diverges. Start the head near zero instead (initial loss ~ log(n_out)).
-    head = model.get_classifier()
-    if isinstance(head, torch.nn.Linear):
-        torch.nn.init.normal_(head.weight, std=0.01); torch.nn.init.zeros_(head.bias)
-    return model
+def xray_fingerprint(dls:XrayDataLoaders) -> str:
+    "A short hash of the split: the sorted (image_id, split) pairs."
+    return data_fingerprint(zip(dls.split_df.image_id, dls.split_df.split))
 
-class XrayLearner(ResumableLearner):
-    "A resumable `Learner` that knows its checkpoints and can evaluate the held-out test split."
-    def evaluate_test(self, which:str='best', # 'best' checkpoint, 'final' checkpoint, or 'current' weights
-                      save:bool=True, # write the files to `self.results_dir`
-                     ) -> dict:
-        "Evaluate on the held-out test split: confusion matrix, per-class P/R/F1, macro F1, one-vs-rest ROC-AUC."
-        if which in ('best', 'final'):
-            ck = load_checkpoint_dist(self.ckpt_cb.best_path if which == 'best' else self.ckpt_cb.final_path)
-            self.model.load_state_dict(ck['model_state_dict'])
-        elif which != 'current': raise ValueError(f"which must be 'best', 'final' or 'current', not {which!r}")
-        probs, targs = self.get_preds(dl=self.dls.btxrd_test_dl())
-        res = classification_metrics(targs.numpy(), probs.float().numpy(), list(self.dls.vocab))
-        res['checkpoint'] = which
-        if save and is_rank0(): save_test_metrics(res, self.results_dir)
-        return res
+class XrayLearner(ClassifierLearner):
+    "A `ClassifierLearner` whose test split is the BTXRD held-out test split."
+    def split_dl(self, split:str):
+        if split == 'test': return self.dls.btxrd_test_dl()
+        return super().split_dl(split)
+    def evaluate_test(self, which:str='best', # 'best' or 'latest' checkpoint, or the 'current' weights
+                      save:bool=True) -> dict:
+        "`evaluate('test', which)`: confusion matrix, per-class P/R/F1, macro F1 and one-vs-rest ROC-AUC on the held-out test split."
+        return self.evaluate('test', which, save)
 
 def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
                  arch:str='efficientnet_b0', # any timm model name
@@ -75,100 +54,34 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
                  class_weighted:bool=True, # weight the training loss by inverse class frequency
                  patience:int|None=5, # early stopping patience in epochs (None: no early stopping)
                  collapse_patience:int=2, # warn when Malignant recall is 0 for this many epochs
-                 out_dir:str|Path='runs/xray', # where checkpoints and results go
+                 out_dir:str|Path='runs/xray', # the run directory is `out_dir/stratified` or `out_dir/center_holdout`
                  config:dict|None=None, # the resolved config, stored in every checkpoint
                  drop_rate:float=0.2, # dropout before the classifier
+                 weights:str|Path|None=None, # local pretrained weights for `arch` (see `create_classifier`)
                  cbs=None, metrics=None, # extra callbacks and metrics
                  **kwargs) -> XrayLearner:
     "A fastai `Learner` for BTXRD classification."
-    vocab = list(dls.vocab)
-    model = create_classifier(arch, len(vocab), pretrained=pretrained, drop_rate=drop_rate)
-    weight = class_weights(dls.train_labels(), vocab) if class_weighted else None
-    out_dir = Path(out_dir); tag = dls.split_name
-    results_dir = out_dir/'results'/RUN_DIRS.get(tag, tag)
-    ckpt_cb = CheckpointCallback(out_dir/'checkpoints', tag)
-    extra = [EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []
-    cb_list = [LossModeCallback(), TrainingLog(results_dir, vocab), RecallCollapseCallback('Malignant', collapse_patience),
-               ckpt_cb, *extra, ResumeCheckpoint(out_dir/'checkpoints'/f'latest_{tag}.pt'), *(cbs or [])]
-    learn = XrayLearner(dls, model, loss_func=TrainValCrossEntropy(weight), metrics=[accuracy, *recall_metrics(vocab), *(metrics or [])],
-                        cbs=cb_list, path=out_dir, **kwargs)
-    learn.results_dir, learn.ckpt_cb, learn.class_weights = results_dir, ckpt_cb, weight
-    learn.checkpoint_meta = dict(arch=arch, class_names=vocab, normalization=dls.normalization, split=tag,
-                                 class_weights=None if weight is None else weight.tolist(),
-                                 config=config if config is not None else dict(arch=arch, pretrained=pretrained, drop_rate=drop_rate))
+    tag = dls.split_name
+    run_dir = Path(out_dir)/RUN_DIRS.get(tag, tag)
+    learn = classifier_learner(dls, run_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
+                               class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=xray_fingerprint(dls),
+                               cbs=[TrainingLog(run_dir, list(dls.vocab)), RecallCollapseCallback('Malignant', collapse_patience), *(cbs or [])],
+                               metrics=metrics, learner_cls=XrayLearner, **kwargs)
+    learn.results_dir = run_dir   # the name earlier versions used
+    learn.checkpoint_meta['split'] = tag
     return learn
 
 # %% ../nbs/04_xray.ipynb #c007
-def classification_metrics(y:np.ndarray, # true class indices
-                           probs:np.ndarray, # predicted probabilities, N x n_classes
-                           classes:list) -> dict:
-    "Confusion matrix, per-class precision/recall/F1, accuracy, macro F1 and one-vs-rest ROC-AUC."
-    k = len(classes); labels = list(range(k)); pred = probs.argmax(1)
-    cm = confusion_matrix(y, pred, labels=labels)
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    auc = {}
-    for i, c in enumerate(classes):  # one-vs-rest; undefined when the test set lacks the class or has only it
-        yi = (y == i).astype(int)
-        auc[c] = float(roc_auc_score(yi, probs[:, i])) if 0 < yi.sum() < len(yi) else float('nan')
-    finite = [v for v in auc.values() if not np.isnan(v)]
-    return {'n': int(len(y)), 'classes': list(classes), 'accuracy': float((pred == y).mean()),
-            'confusion_matrix': cm.tolist(),
-            'per_class': {c: {'precision': float(p[i]), 'recall': float(r[i]), 'f1': float(f[i]), 'support': int(s[i])}
-                          for i, c in enumerate(classes)},
-            'macro_f1': float(f1_score(y, pred, labels=labels, average='macro', zero_division=0)),
-            'roc_auc_ovr': auc, 'roc_auc_ovr_macro': float(np.mean(finite)) if finite else float('nan')}
-
-def plot_confusion_matrix(cm, classes, fname, title='Confusion matrix (test)'):
-    "Draw a confusion matrix with counts into a PNG, atomically."
-    cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(cm, cmap='Blues')
-    ax.set_xticks(range(len(classes)), classes); ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel('predicted'); ax.set_ylabel('true'); ax.set_title(title)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, int(cm[i, j]), ha='center', va='center', color='white' if cm[i, j] > cm.max()/2 else 'black')
-    fig.tight_layout(); atomic_write(fname, lambda t: fig.savefig(t, format='png', dpi=100)); plt.close(fig)
-
-def save_test_metrics(res:dict, path:str|Path):
-    "Write `test_metrics.json`, `confusion_matrix.csv` and `confusion_matrix.png` to `path`."
-    path = Path(path); classes = res['classes']
-    cm = pd.DataFrame(res['confusion_matrix'], index=[f'true_{c}' for c in classes], columns=[f'pred_{c}' for c in classes])
-    atomic_write(path/'confusion_matrix.csv', lambda t: cm.to_csv(t))
-    plot_confusion_matrix(res['confusion_matrix'], classes, path/'confusion_matrix.png')
-    atomic_write_text(path/'test_metrics.json', json.dumps(to_plain(res), indent=2, allow_nan=True))
-
-# %% ../nbs/04_xray.ipynb #c010
 def load_xray_model(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
                     device='cpu') -> tuple:
-    "Rebuild the classifier of a checkpoint in eval mode; returns `(model, checkpoint)`."
-    ck = load_checkpoint(ckpt) if not isinstance(ckpt, dict) else ckpt
-    for k in ('model_state_dict', 'arch', 'class_names', 'normalization'):
-        if k not in ck: raise KeyError(f"checkpoint has no {k!r}: not an X-ray classifier checkpoint")
-    drop = (ck.get('config') or {}).get('drop_rate', 0.)
-    model = create_classifier(ck['arch'], len(ck['class_names']), pretrained=False, drop_rate=drop)
-    model.load_state_dict(ck['model_state_dict'])
-    return model.to(device).eval(), ck
+    "Rebuild the classifier of a checkpoint in eval mode; returns `(model, checkpoint)` (`load_classifier`)."
+    return load_classifier(ckpt, device)
 
-def xray_preprocess(fn, normalization:dict) -> torch.Tensor:
-    "Read a radiograph and turn it into a normalised 3 x size x size tensor, as the validation data are."
-    img = Radiograph.create(fn)
-    img = Resize(normalization['size'], method=ResizeMethod.Pad, pad_mode=PadMode.Zeros)(img, split_idx=1)
-    x = ToTensor()(img).float() / 255.
-    mean, std = torch.tensor(normalization['mean']), torch.tensor(normalization['std'])
-    return (x - mean[:, None, None]) / std[:, None, None]
-
-@torch.no_grad()
 def predict_xray(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
-                 files:list, # image files
+                 files:list, # image files (or PIL images, uint8 arrays)
                  bs:int=16, device='cpu') -> np.ndarray:
-    "Class probabilities (N x 3, rows sum to 1) for radiograph `files`."
-    model, ck = load_xray_model(ckpt, device)
-    out = []
-    for i in range(0, len(files), bs):
-        xb = torch.stack([xray_preprocess(f, ck['normalization']) for f in files[i:i+bs]]).to(device)
-        out.append(F.softmax(model(xb).float(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+    "Class probabilities (N x 3, rows sum to 1) for radiograph `files` (`predict` with `Radiograph.create`)."
+    return predict(ckpt, files, bs=bs, device=device, open_image=Radiograph.create)
 
 # %% ../nbs/04_xray.ipynb #c012
 XRAY_DEFAULTS = dict(
@@ -207,32 +120,37 @@ def train_xray(config:str|Path|None=None, # YAML config file
     dls = xray_dls_from_config(cfg)
     learn = xray_learner(dls, arch=cfg['arch'], pretrained=cfg['pretrained'], class_weighted=cfg['class_weighted'],
                          patience=cfg['patience'], collapse_patience=cfg['collapse_patience'], out_dir=cfg['out_dir'],
-                         config=cfg, drop_rate=cfg['drop_rate'])
-    if is_rank0(): save_config(cfg, learn.results_dir/'config.yaml'); save_split(dls.split_df, learn.results_dir/'split.csv')
-    if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)
+                         config=cfg, drop_rate=cfg['drop_rate'], weights=cfg.get('weights'))
+    run = learn.run_dir
+    prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
+    if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checks config and split first
+    if is_rank0(): save_config(cfg, run/'config.yaml'); save_split(dls.split_df, run/'split.csv')
     fit = learn.fit_one_cycle if cfg['schedule'] == 'one_cycle' else learn.fit
     with distributed(learn, sync_bn=cfg['sync_bn']):
         t0 = time.time()
         if cfg['progress']: fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
         else:
             with learn.no_bar(), learn.no_logging(): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
-        secs = time.time() - t0
+        secs = round(time.time() - t0, 1)
+        n_fit = getattr(learn, 'epochs_this_fit', 0)
+        if ck is not None and n_fit == 0: secs = prev.get('train_seconds')   # a resume that trained nothing: keep the run's own time
         test = learn.evaluate_test('best')
     tl = next(c for c in learn.cbs if isinstance(c, TrainingLog))
     log = pd.DataFrame(tl.rows, columns=tl.columns)   # the rows of training_log.csv, on every rank
     best = log.loc[log.val_loss.idxmin()]
-    summary = dict(split=dls.split_name, epochs_run=len(log), train_seconds=round(secs, 1), best_epoch=int(best.epoch),
+    summary = dict(split=dls.split_name, epochs_run=len(log), epochs_this_fit=n_fit, resumed_from=None if ck is None else str(ck),
+                   train_seconds=secs, best_epoch=int(best.epoch),
                    best_val_loss=float(best.val_loss), best_val_acc=float(best.val_acc), test_accuracy=test['accuracy'],
                    test_macro_f1=test['macro_f1'], test_roc_auc_macro=test['roc_auc_ovr_macro'],
-                   results_dir=str(learn.results_dir), best_checkpoint=str(learn.ckpt_cb.best_path),
-                   final_checkpoint=str(learn.ckpt_cb.final_path))
-    if is_rank0(): atomic_write_text(learn.results_dir/'summary.json', json.dumps(to_plain(summary), indent=2))
+                   results_dir=str(run), best_checkpoint=str(learn.ckpt_cb.best),
+                   final_checkpoint=str(learn.ckpt_cb.fname))   # the final state is latest.pt once the fit has ended
+    if is_rank0(): atomic_write_text(run/'summary.json', json.dumps(to_plain(summary), indent=2, allow_nan=True))
     return summary
 
 def train_all_xray(config:str|Path|None=None, overrides=(), splits=SPLIT_KINDS, **kwargs) -> pd.DataFrame:
-    "Train and evaluate both split protocols in turn; returns one summary row per split."
+    "Train and evaluate both split protocols in turn (run directories `stratified/`, `center_holdout/`); one summary row per split."
     rows = [train_xray(config, [*overrides, f'split={s}'], **kwargs) for s in splits]
     df = pd.DataFrame(rows)
-    out = Path(xray_config(config, overrides, **kwargs)['out_dir'])/'results'/'summary.csv'
+    out = Path(xray_config(config, overrides, **kwargs)['out_dir'])/'summary.csv'
     if is_rank0(): atomic_write(out, lambda t: df.to_csv(t, index=False))
     return df

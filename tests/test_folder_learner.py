@@ -9,9 +9,10 @@ from medrecipes.synth import make_digits
 from medrecipes.data.folder import FolderDataLoaders
 from medrecipes.folder import (folder_learner, train_folder, folder_config, resolve_tracking, AutocastMixedPrecision,
                                EpochGradientAccumulation, WandbTracker, FOLDER_DEFAULTS, cpu_bf16_native)
-from medrecipes.xray import predict_xray, load_xray_model, xray_learner
+from medrecipes.classify import predict, load_classifier
+from medrecipes.xray import predict_xray, xray_learner
 
-XRAY_META_KEYS = {'arch', 'class_names', 'normalization', 'split', 'class_weights', 'config'}
+XRAY_META_KEYS = {'arch', 'class_names', 'normalization', 'model_kwargs', 'split', 'class_weights', 'config', 'data_fingerprint'}
 
 
 @pytest.fixture(scope='module')
@@ -79,8 +80,8 @@ def test_short_run_checkpoints_and_the_xray_loader(digits, tmp_path, quiet):
     out = tmp_path/'run'
     assert s['classes'] == ['0', '1', '7'] and s['images'] == {'train': 24, 'valid': 12, 'test': 12} and s['epochs_run'] == 2
     assert json.loads((out/'summary.json').read_text())['valid_accuracy'] == s['valid_accuracy']
-    for f in ('config.yaml', 'checkpoints/latest.pt', 'checkpoints/best.pt', 'results/valid/confusion_matrix.csv',
-              'results/valid/confusion_matrix.png', 'results/test/confusion_matrix.csv', 'results/test/metrics.json'):
+    for f in ('config.yaml', 'checkpoints/latest.pt', 'checkpoints/best.pt', 'valid_confusion_matrix.csv',
+              'valid_confusion_matrix.png', 'test_confusion_matrix.csv', 'test_metrics.json', 'valid_metrics.json'):
         assert (out/f).is_file(), f
     latest, best = load_checkpoint(out/'checkpoints'/'latest.pt'), load_checkpoint(out/'checkpoints'/'best.pt')
     for ck in (latest, best):
@@ -92,7 +93,8 @@ def test_short_run_checkpoints_and_the_xray_loader(digits, tmp_path, quiet):
     files = [Path(f) for f in sorted((digits/'test').rglob('*.png'))]
     p = predict_xray(out/'checkpoints'/'best.pt', files)
     assert p.shape == (12, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
-    model, ck = load_xray_model(out/'checkpoints'/'best.pt')
+    np.testing.assert_allclose(predict(out/'checkpoints'/'best.pt', [str(f) for f in files]), p, atol=1e-6)
+    model, ck = load_classifier(out/'checkpoints'/'best.pt')
     assert sum(x.numel() for x in model.parameters()) > 1e5
 
 
@@ -111,13 +113,13 @@ def test_confusion_matrices_equal_sklearn(digits, tmp_path, quiet):
     for split in ('valid', 'test'):
         files = [f for c in classes for f in sorted((digits/split/c).glob('*.png'))]
         y = np.array([classes.index(f.parent.name) for f in files])
-        # predictions made independently of the learner: the best checkpoint, read by the X-ray recipe's predictor
-        pred = predict_xray(tmp_path/'run'/'checkpoints'/'best.pt', files).argmax(1)
+        # predictions made independently of the learner: the best checkpoint, read by `classify.predict`
+        pred = predict(tmp_path/'run'/'checkpoints'/'best.pt', files).argmax(1)
         cm = confusion_matrix(y, pred, labels=range(len(classes)))
-        csv = pd.read_csv(tmp_path/'run'/'results'/split/'confusion_matrix.csv', index_col=0)
+        csv = pd.read_csv(tmp_path/'run'/f'{split}_confusion_matrix.csv', index_col=0)
         assert list(csv.index) == [f'true_{c}' for c in classes] and list(csv.columns) == [f'pred_{c}' for c in classes]
         np.testing.assert_array_equal(csv.values, cm)
-        m = json.loads((tmp_path/'run'/'results'/split/'metrics.json').read_text())
+        m = json.loads((tmp_path/'run'/f'{split}_metrics.json').read_text())
         np.testing.assert_array_equal(np.array(m['confusion_matrix']), cm)
         assert m['accuracy'] == pytest.approx(accuracy_score(y, pred)) == pytest.approx(s[f'{split}_accuracy'])
         rec = recall_score(y, pred, labels=range(len(classes)), average=None, zero_division=0)
@@ -369,7 +371,7 @@ def test_killed_mid_epoch_resumes_exactly(digits, tmp_path):
     # the trackers continue: the CSV has each epoch once, TensorBoard each step once, W&B the same run id
     pd.testing.assert_frame_equal(pd.read_csv(full/'training_log.csv'), pd.read_csv(cut/'training_log.csv'))
     for split in ('valid', 'test'):
-        assert (full/'results'/split/'confusion_matrix.csv').read_text() == (cut/'results'/split/'confusion_matrix.csv').read_text()
+        assert (full/f'{split}_confusion_matrix.csv').read_text() == (cut/f'{split}_confusion_matrix.csv').read_text()
     ea_f, ea_c = (EventAccumulator(str(d/'tensorboard')).Reload() for d in (full, cut))
     for tag in ('loss/train', 'loss/valid', 'lr'):
         assert [e.step for e in ea_c.Scalars(tag)] == [0, 1, 2]

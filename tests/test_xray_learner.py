@@ -4,6 +4,7 @@ import numpy as np, pandas as pd, pytest, torch
 import torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from medrecipes.xray import *
+from medrecipes.xray import xray_fingerprint
 from medrecipes.callbacks import RecallCollapseWarning, class_weights
 
 
@@ -21,7 +22,7 @@ def _frozen(learn):
 
 def test_learner_model_weights_and_valid_loss_is_plain_ce(dls, tmp_path):
     learn = xray_learner(dls, pretrained=False, out_dir=tmp_path, patience=None)
-    assert type(learn.model).__name__ == 'EfficientNet' and learn.model.num_classes == 3
+    assert type(learn.model[0].model).__name__ == 'EfficientNet' and learn.model[1][-1].out_features == 3
     # class weights from the training split only (centers 2 and 3, the test set, are ignored)
     assert torch.allclose(learn.class_weights, class_weights(dls.train_labels(), XRAY_CLASSES))
     all_w = class_weights(dls.items_df.label, XRAY_CLASSES)
@@ -47,21 +48,24 @@ def test_early_stopping_and_checkpoints(dls, tmp_path):
     with learn.no_bar(), learn.no_logging(): learn.fit(10, 0.)
     log = pd.read_csv(learn.results_dir/'training_log.csv')
     assert len(log) == 3                                  # epoch 0 best, 2 epochs without improvement, stop
-    best = torch.load(tmp_path/'checkpoints'/'best_center.pt', weights_only=True)
-    final = torch.load(tmp_path/'checkpoints'/'final_center.pt', weights_only=True)
-    assert best['epoch'] == 0 and final['epoch'] == 2
+    ckpts = tmp_path/'center_holdout'/'checkpoints'
+    assert learn.run_dir == tmp_path/'center_holdout' and sorted(p.name for p in ckpts.iterdir()) == ['best.pt', 'latest.pt']  # no temporary files
+    best = torch.load(ckpts/'best.pt', weights_only=True)
+    final = torch.load(ckpts/'latest.pt', weights_only=True)   # after the fit: the final state
+    assert best['loop']['epoch'] == 0 and best['best_epoch'] == 0 and final['loop']['epoch'] == 2 and final['loop']['finished']
     for ck in (best, final):
         assert ck['class_names'] == ['Normal', 'Benign', 'Malignant']
-        assert ck['normalization'] == dls.normalization and ck['arch'] == 'efficientnet_b0'
-        assert set(ck) >= {'model_state_dict', 'optimizer_state_dict', 'epoch', 'valid_loss', 'config', 'class_names', 'normalization'}
+        assert ck['normalization'] == dls.normalization and ck['arch'] == 'efficientnet_b0' and ck['model_kwargs'] == {'drop_rate': 0.2}
+        assert set(ck) >= {'model_state_dict', 'optimizer_state_dict', 'config', 'class_names', 'normalization', 'data_fingerprint'}
         assert ck['optimizer_state_dict']['state'] and ck['split'] == 'center'
-    assert best['valid_loss'] == pytest.approx(log.val_loss.min())
-    assert not [p for p in (tmp_path/'checkpoints').iterdir() if p.suffix != '.pt']   # no temporary files left
+        assert ck['data_fingerprint'] == xray_fingerprint(dls)
+    assert best['best_value'] == pytest.approx(log.val_loss.min())
 
 
 def test_malignant_collapse_warning(dls, tmp_path):
     learn = _frozen(xray_learner(dls, pretrained=False, out_dir=tmp_path, patience=None))
-    with torch.no_grad(): learn.model.classifier.weight.zero_(); learn.model.classifier.bias.copy_(torch.tensor([5., 0., -5.]))
+    head = learn.model[1][-1]
+    with torch.no_grad(): head.weight.zero_(); head.bias.copy_(torch.tensor([5., 0., -5.]))
     with learn.no_bar(), learn.no_logging():
         with warnings.catch_warnings():
             warnings.simplefilter('error', RecallCollapseWarning)
@@ -75,32 +79,32 @@ def test_checkpoint_loader_matches_learner(dls, tmp_path, btxrd):
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     probs, _ = learn.get_preds(dl=dls.btxrd_test_dl())
     files = [dls.img_dir/i for i in dls.test_df().image_id]
-    p = predict_xray(tmp_path/'checkpoints'/'final_center.pt', files)
+    p = predict_xray(tmp_path/'center_holdout'/'checkpoints'/'latest.pt', files)
     assert p.shape == (len(files), 3) and np.allclose(p.sum(1), 1, atol=1e-5) and (p >= 0).all()
     assert np.abs(p - probs.numpy()).max() < 1e-4
 
 
-def _check_run(res, ckpts, split_tag, btxrd):
+def _check_run(res, split_tag, btxrd):
     log = pd.read_csv(res/'training_log.csv')
     assert list(log.columns) == ['epoch', 'train_loss', 'val_loss', 'val_acc', 'val_recall_normal', 'val_recall_benign', 'val_recall_malignant', 'lr']
     assert len(log) >= 1 and np.isfinite(log.drop(columns=[]).values).all()
-    for png in ('loss_curve.png', 'recall_curve.png', 'confusion_matrix.png'):
+    for png in ('loss_curve.png', 'recall_curve.png', 'test_confusion_matrix.png'):
         assert (res/png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
         with Image.open(res/png) as im: assert im.format == 'PNG' and im.size[0] > 100
     split = pd.read_csv(res/'split.csv')
     assert split.image_id.is_unique and len(split) == 120
     n_test = int((split.split == 'test').sum())
-    cm = pd.read_csv(res/'confusion_matrix.csv', index_col=0)
+    cm = pd.read_csv(res/'test_confusion_matrix.csv', index_col=0)
     assert cm.values.sum() == n_test and list(cm.index) == ['true_Normal', 'true_Benign', 'true_Malignant']
     m = json.loads((res/'test_metrics.json').read_text())
     assert m['n'] == n_test and m['checkpoint'] == 'best'
     assert np.array(m['confusion_matrix']).sum(1).tolist() == [m['per_class'][c]['support'] for c in XRAY_CLASSES]
     for c in XRAY_CLASSES:
-        assert set(m['per_class'][c]) == {'precision', 'recall', 'f1', 'support'}
+        assert set(m['per_class'][c]) == {'precision', 'recall', 'f1', 'support'} and m['absent_classes'] == []
         assert 0 <= m['roc_auc_ovr'][c] <= 1
     assert 0 <= m['macro_f1'] <= 1
-    for kind in ('best', 'final'):
-        ck = torch.load(ckpts/f'{kind}_{split_tag}.pt', weights_only=True)
+    for kind in ('best', 'latest'):
+        ck = torch.load(res/'checkpoints'/f'{kind}.pt', weights_only=True)
         model, _ = load_xray_model(ck)
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
     cfg = xray_config(res/'config.yaml')
@@ -116,8 +120,8 @@ def test_cli_train_all_end_to_end(btxrd, tmp_path):
     assert 'valid_loss' in r.stdout + r.stderr          # the progress table
     out = tmp_path/'run'
     for split, run in (('stratified', 'stratified'), ('center', 'center_holdout')):
-        _check_run(out/'results'/run, out/'checkpoints', split, btxrd)
-    summary = pd.read_csv(out/'results'/'summary.csv')
+        _check_run(out/run, split, btxrd)
+    summary = pd.read_csv(out/'summary.csv')
     assert summary.split.tolist() == ['stratified', 'center']
 
 
