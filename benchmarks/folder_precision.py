@@ -31,7 +31,7 @@ def main():
     if a.isa: os.environ['ONEDNN_MAX_CPU_ISA'] = a.isa   # read when oneDNN first runs: set before importing torch
     import torch, timm, fastai
     import torch.nn.functional as F
-    from medrecipes.xray import create_classifier
+    from medrecipes.classify import create_classifier
     from medrecipes.folder import cpu_bf16_native
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

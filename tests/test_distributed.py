@@ -135,7 +135,7 @@ def ddp(root, data, recipe): return _run(root, data, recipe, 'ddp', 'full', 8, 2
 
 
 def _ck(out, recipe):
-    return torch.load(out/'checkpoints'/('latest_stratified.pt' if recipe == 'xray' else 'latest.pt'), weights_only=True)
+    return torch.load((out/'stratified' if recipe == 'xray' else out)/'checkpoints'/'latest.pt', weights_only=True)
 
 
 def _files(out): return sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file() and 'tensorboard' not in p.parts)
@@ -176,10 +176,10 @@ def test_two_processes_match_one_with_the_same_global_batch(root, data, recipe):
     drop = lambda d: {k: v for k, v in d.items() if k not in timing}
     assert drop(_summary(o2, 1)) == drop(sb)                               # every rank returns the same results
     if recipe == 'xray':
-        la, lb = pd.read_csv(o1/'results'/'stratified'/'training_log.csv'), pd.read_csv(o2/'results'/'stratified'/'training_log.csv')
+        la, lb = pd.read_csv(o1/'stratified'/'training_log.csv'), pd.read_csv(o2/'stratified'/'training_log.csv')
         pd.testing.assert_frame_equal(lb, la, rtol=tol['rtol'], atol=tol['atol'])   # train_loss summed over both ranks
-        ta = json.loads((o1/'results'/'stratified'/'test_metrics.json').read_text())
-        tb = json.loads((o2/'results'/'stratified'/'test_metrics.json').read_text())
+        ta = json.loads((o1/'stratified'/'test_metrics.json').read_text())
+        tb = json.loads((o2/'stratified'/'test_metrics.json').read_text())
         assert tb['n'] == ta['n'] == 17 and tb['confusion_matrix'] == ta['confusion_matrix']   # each test image once
     # every rank has generator states of its own, all kept in the checkpoint
     assert len(b['rng_ranks']) == 2 and not torch.equal(b['rng_ranks'][0]['torch'], b['rng_ranks'][1]['torch'])
@@ -224,7 +224,7 @@ def test_killed_distributed_run_resumes_exactly(root, data, recipe):
     for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), f'{k} differs after resume'
     for x, y in zip(a['rng_ranks'], b['rng_ranks']): assert torch.equal(x['torch'], y['torch'])
     if recipe == 'xray':
-        la, lb = pd.read_csv(full/'results'/'stratified'/'training_log.csv'), pd.read_csv(cut/'results'/'stratified'/'training_log.csv')
+        la, lb = pd.read_csv(full/'stratified'/'training_log.csv'), pd.read_csv(cut/'stratified'/'training_log.csv')
         pd.testing.assert_frame_equal(la, lb)
         assert _writes(cut, 1) == []
     else:
@@ -309,7 +309,7 @@ def test_folder_two_processes_match_one_with_the_same_global_batch(root, digits)
     la, lb = pd.read_csv(o1/'training_log.csv'), pd.read_csv(o2/'training_log.csv')
     pd.testing.assert_frame_equal(lb, la, rtol=FOLDER_TOL['rtol'], atol=FOLDER_TOL['atol'])
     for split in ('valid', 'test'):   # each image once in the gathered evaluation
-        ma = json.loads((o1/'results'/split/'metrics.json').read_text()); mb = json.loads((o2/'results'/split/'metrics.json').read_text())
+        ma = json.loads((o1/f'{split}_metrics.json').read_text()); mb = json.loads((o2/f'{split}_metrics.json').read_text())
         assert np.sum(mb['confusion_matrix']) == 9 and mb['confusion_matrix'] == ma['confusion_matrix'], split
     assert len(b['rng_ranks']) == 2 and not torch.equal(b['rng_ranks'][0]['torch'], b['rng_ranks'][1]['torch'])
 
@@ -321,7 +321,7 @@ def test_folder_only_rank_zero_writes(root, digits):
     w0 = _writes(o2, 0)
     assert any(e == 'os.rename' and p.endswith('.pt') for e, p in w0)     # rank 0 wrote the checkpoints (atomically)
     assert _folder_files(o2) == _folder_files(o1)
-    assert {'config.yaml', 'summary.json', 'training_log.csv', 'results/test/metrics.json'} <= set(_folder_files(o2))
+    assert {'config.yaml', 'summary.json', 'training_log.csv', 'test_metrics.json'} <= set(_folder_files(o2))
     assert not [f for f in _files(o2) if '.tmp' in f]
     assert len(list((o2/'tensorboard').glob('events.out.tfevents.*'))) == 1   # one TensorBoard writer
     if _summary(o2)['tracking']['wandb']:                                 # W&B installed: one offline run

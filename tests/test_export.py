@@ -48,11 +48,11 @@ def xray_ckpt(tmp_path_factory, btxrd):
     # one epoch leaves logits that hardly depend on the image: calibrate the batch norms, then scale the head to logits
     # with a std of 0.1 across images. (Scaled to a std of 3, such a random-weight EfficientNet's own float32 error,
     # against float64, is 2e-4 to 4e-3: more than the 1e-4 the check allows; see nbs/15_export.ipynb.)
-    from medrecipes.xray import load_xray_model
-    model, ck = load_xray_model(s['best_checkpoint'])
+    from medrecipes.classify import load_classifier
+    model, ck = load_classifier(s['best_checkpoint'])
     g = torch.Generator().manual_seed(0)
     _calibrate(model, torch.randn(16, 3, 32, 32, generator=g))
-    with torch.no_grad(): model.get_classifier().weight.mul_(0.1 / model(torch.randn(16, 3, 32, 32, generator=g)).std())
+    with torch.no_grad(): model[1][-1].weight.mul_(0.1 / model(torch.randn(16, 3, 32, 32, generator=g)).std())
     return save_checkpoint(Path(s['best_checkpoint']).with_name('best_varied.pt'), **{**ck, 'model_state_dict': model.state_dict()})
 
 
@@ -79,7 +79,7 @@ def sar_ckpts(tmp_path_factory):
 
 
 def test_classifier_export_matches_the_recipe_model(xray_ckpt, tmp_path):
-    from medrecipes.xray import load_xray_model
+    from medrecipes.classify import load_classifier
     res = export_onnx(xray_ckpt, out=tmp_path)
     f = tmp_path/f'{xray_ckpt.stem}.onnx'
     assert res['kind'] == 'classifier' and list(res['files']) == [str(f)] and f.is_file()
@@ -88,12 +88,12 @@ def test_classifier_export_matches_the_recipe_model(xray_ckpt, tmp_path):
     assert r['n_inputs'] == 3 * (1 + 3) and r['batch_sizes'] == [1, 3]
     assert 0 <= r['max_abs_diff'] <= ONNX_ATOL
     assert _input_dims(f) == ['batch', 3, 32, 32]
-    model, ck = load_xray_model(xray_ckpt)
+    model, ck = load_classifier(xray_ckpt)
     meta = _meta(f)
     assert json.loads(meta['class_names']) == list(ck['class_names']) == ['Normal', 'Benign', 'Malignant']
     assert json.loads(meta['normalization']) == json.loads(json.dumps(ck['normalization']))
     assert meta['arch'] == 'efficientnet_b0' and meta['input_size'] == '32' and meta['kind'] == 'classifier'
-    # independently of export_onnx's own check: the recipe's loader, batch sizes other than the export's
+    # independently of export_onnx's own check: the classifier loader, batch sizes other than the export's
     g = torch.Generator().manual_seed(7)
     for b in (1, 3, 5):
         x = torch.randn(b, 3, 32, 32, generator=g)

@@ -83,10 +83,11 @@ def test_xray_recipe_killed_mid_epoch_resumes_exactly(tmp_path, btxrd):
     r = _run(tmp_path, 'xray', cut, 'resume', btxrd); assert r.returncode == 0, r.stderr[-3000:]
     _same_run(full, cut)
     # the recipe's own log and checkpoints continue too: the CSV log has every epoch once and equals the full run's
-    la = pd.read_csv(full/'results'/'stratified'/'training_log.csv'); lb = pd.read_csv(cut/'results'/'stratified'/'training_log.csv')
+    la = pd.read_csv(full/'stratified'/'training_log.csv'); lb = pd.read_csv(cut/'stratified'/'training_log.csv')
     pd.testing.assert_frame_equal(la, lb)
     assert list(lb.epoch) == [0, 1, 2]
-    assert load_checkpoint(cut/'checkpoints'/'final_stratified.pt')['epoch'] == 2
+    ck = load_checkpoint(cut/'stratified'/'checkpoints'/'latest.pt')   # after the fit: the final state
+    assert ck['loop']['epoch'] == 2 and ck['loop']['finished']
 
 
 def test_resume_refuses_a_different_schedule_and_missing_files(tmp_path):

@@ -134,3 +134,29 @@ def test_cli_bad_overrides_are_refused(btxrd, tmp_path):
     assert r.returncode == 2 and "Could not find 'model/nonet'" in r.stderr
     r = run('+trainer.epoch=2')          # appended keys reach the recipe, which refuses unknown ones
     assert r.returncode != 0 and "unknown config key 'epoch'" in r.stderr
+
+
+def test_train_xray_checks_a_resume_before_writing_and_a_noop_resume_keeps_train_seconds(btxrd, tmp_path, monkeypatch):
+    from medrecipes.classify import data_fingerprint
+    kw = dict(data_path=btxrd, out_dir=tmp_path, arch='resnet10t', pretrained=False, size=32, bs=16, epochs=1, num_workers=0,
+              progress=False, split='stratified', patience=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        s1 = train_xray(**kw)
+        run = tmp_path/'stratified'
+        assert s1['best_checkpoint'] == str(run/'checkpoints'/'best.pt') and s1['final_checkpoint'] == str(run/'checkpoints'/'latest.pt')
+        split = pd.read_csv(run/'split.csv')
+        ck = torch.load(run/'checkpoints'/'latest.pt', weights_only=True)
+        assert ck['data_fingerprint'] == data_fingerprint(zip(split.image_id, split.split)) and ck['config']['seed'] == 42
+        # issue 12.4: a resume with nothing left to train keeps the run's own train_seconds, not the no-op's
+        (run/'summary.json').write_text(json.dumps({**s1, 'train_seconds': 123.4}))   # a figure no re-run could reproduce
+        s2 = train_xray(**kw, resume=True)
+        assert s2['epochs_this_fit'] == 0 and s2['resumed_from'] == str(run/'checkpoints'/'latest.pt')
+        assert s2['train_seconds'] == 123.4 and json.loads((run/'summary.json').read_text())['train_seconds'] == 123.4
+        assert s2['test_accuracy'] == s1['test_accuracy'] and s2['best_epoch'] == s1['best_epoch']
+        # the resume is checked before config.yaml and split.csv are written: a refused resume leaves them as they were
+        before = {f: (run/f).read_bytes() for f in ('config.yaml', 'split.csv')}
+        def refuse(self, path=True): raise ValueError('resume refused')
+        monkeypatch.setattr(XrayLearner, 'resume', refuse)
+        with pytest.raises(ValueError, match='resume refused'): train_xray(**{**kw, 'seed': 7}, resume=True)
+        assert {f: (run/f).read_bytes() for f in before} == before
