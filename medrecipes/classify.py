@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 from fastai.vision.learner import create_timm_model, default_split
-from fastai.vision.core import PILImage
 from fastai.vision.augment import Resize, ResizeMethod, PadMode
 from fastai.data.transforms import ToTensor
 from fastai.interpret import ClassificationInterpretation
@@ -23,6 +22,7 @@ from fastai.metrics import accuracy
 from fastai.callback.tracker import EarlyStoppingCallback
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
 from .core import load_checkpoint, atomic_write, atomic_write_text, to_plain
+from .data.images import ClassifierImage
 from .callbacks import class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics
 from .resume import ResumableLearner, ResumeCheckpoint
 from .distributed import is_rank0, load_checkpoint_dist
@@ -194,29 +194,20 @@ def load_classifier(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
     except RuntimeError as e: raise ValueError(f"{where}: the weights do not fit arch={ck['arch']!r} as `create_classifier` builds it ({e})") from e
     return model.to(device).eval(), ck
 
-def _open(item, open_image):
-    if isinstance(item, (str, Path)): return open_image(Path(item))
-    if isinstance(item, Image.Image): return PILImage(item.convert('RGB'))
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3)):
-            raise ValueError(f"an image array must be uint8, H x W or H x W x 3; got {item.dtype} of shape {item.shape}")
-        return PILImage(Image.fromarray(item.squeeze(2) if item.ndim == 3 and item.shape[2] == 1 else item).convert('RGB'))
-    raise TypeError(f"cannot predict a {type(item).__name__}: pass file paths (str or Path), PIL images or uint8 arrays")
-
-def preprocess(item, # a path, PIL image or uint8 array
+def preprocess(item, # a path (str or Path), PIL image or array
                normalization:dict, # a checkpoint's `normalization`
-               open_image=PILImage.create) -> torch.Tensor:
+               open_image=ClassifierImage.create) -> torch.Tensor:
     "An image as a normalised 3 x size x size tensor, prepared as the validation data were."
-    img = Resize(normalization['size'], method=ResizeMethod.Pad, pad_mode=PadMode.Zeros)(_open(item, open_image), split_idx=1)
+    img = Resize(normalization['size'], method=ResizeMethod.Pad, pad_mode=PadMode.Zeros)(open_image(item), split_idx=1)
     x = ToTensor()(img).float() / 255.
     mean, std = torch.tensor(normalization['mean']), torch.tensor(normalization['std'])
     return (x - mean[:, None, None]) / std[:, None, None]
 
 @torch.no_grad()
 def predict(ckpt_or_model, # a checkpoint (path or loaded), or `(model, checkpoint)` as `load_classifier` returns
-            items, # image paths (str or Path), PIL images or uint8 arrays; or one of them
+            items, # image paths (str or Path), PIL images or arrays; or one of them
             bs:int=16, device='cpu',
-            open_image=PILImage.create, # how a file is opened (a recipe's image type: `Radiograph.create`...)
+            open_image=ClassifierImage.create, # how an item is read (a recipe's image type: `Radiograph.create`...)
            ) -> np.ndarray:
     "Class probabilities, N x classes (rows sum to 1, columns in `class_names` order)."
     model, ck = ckpt_or_model if isinstance(ckpt_or_model, tuple) else load_classifier(ckpt_or_model, device)

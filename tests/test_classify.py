@@ -163,6 +163,10 @@ def test_predict_takes_paths_pil_images_and_arrays(dls, tmp_path):
     np.testing.assert_allclose(predict(ckpt, arrays), ref, atol=1e-6)
     np.testing.assert_allclose(predict(ckpt, gray), predict(ckpt, [Image.fromarray(g) for g in gray]), atol=1e-6)
     np.testing.assert_allclose(predict(load_classifier(ckpt), files[0]), ref[:1], atol=1e-6)   # a loaded model, one item
-    with pytest.raises(ValueError, match='uint8'): predict(ckpt, [np.zeros((8, 8), np.float32)])
-    with pytest.raises(TypeError, match='cannot predict a int'): predict(ckpt, [3])
+    full = [g.copy() for g in gray]
+    for g in full: g[0, 0], g[0, 1] = 0, 255                               # the full 8-bit range
+    wide = [g.astype(np.uint16) * 257 for g in full]                       # the same images in 16 bits: windowed, not saturated
+    np.testing.assert_allclose(predict(ckpt, wide), predict(ckpt, full), atol=1e-6)
+    with pytest.raises(ValueError, match=r'expected an H x W'): predict(ckpt, [np.zeros((2, 8, 8, 3), np.uint8)])
+    with pytest.raises(TypeError, match='cannot read a int'): predict(ckpt, [3])
     with pytest.raises(KeyError, match="no 'arch'"): load_classifier({'model_state_dict': {}, 'class_names': [], 'normalization': {}})

@@ -72,12 +72,13 @@ def test_folder_classifier_as_a_notebook_user(tmp_path):
     learn.export()
     pkl = tmp_path/'run'/'export.pkl'
     files = dls.files['test']
-    got = _predict_in_fresh_process(tmp_path, pkl, [['path', str(f)] for f in files])
+    got = _predict_in_fresh_process(tmp_path, pkl, [['path', str(f)] for f in files] + [['str', str(files[0])]])
     probs, _ = learn.get_preds(dl=dls.test_dl())
     for i, f in enumerate(files):
         r = got[str(i)]
         assert 'error' not in r, r
         assert r['label'] == dls.vocab[r['idx']] and np.allclose(r['probs'], probs[i].numpy(), atol=1e-5)
+    assert got[str(len(files))]['probs'] == got['0']['probs']
 
 
 def test_xray_classifier_as_a_notebook_user(btxrd, tmp_path):
@@ -96,8 +97,9 @@ def test_xray_classifier_as_a_notebook_user(btxrd, tmp_path):
         r = got[str(i)]
         assert 'error' not in r, r
         assert r['label'] == dls.vocab[r['idx']] and np.allclose(r['probs'], probs[i].numpy(), atol=1e-5)
-    # a Path needs `Radiograph` to accept one (medrecipes.data.xray)
-    got = _predict_in_fresh_process(tmp_path, pkl, items[3:])
-    if any('error' in r for r in got.values()):
-        pytest.xfail(f"load_learner(...).predict(Path) on the X-ray learner: {got['0'].get('error')}")
-    for i in range(3): assert np.allclose(got[str(i)]['probs'], probs[i].numpy(), atol=1e-5)
+    # and so does a Path (or str) to an image file
+    got = _predict_in_fresh_process(tmp_path, pkl, items[3:] + [['str', items[3][1]]])
+    for i in range(3):
+        assert 'error' not in got[str(i)], got[str(i)]
+        assert np.allclose(got[str(i)]['probs'], probs[i].numpy(), atol=1e-5)
+    assert got['3']['probs'] == got['0']['probs']
