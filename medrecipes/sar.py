@@ -6,7 +6,7 @@ Docs: https://medrecipes.github.io/medrecipes/sar.html.md"""
 
 # %% ../nbs/12_sar.ipynb #c002
 from __future__ import annotations
-import ctypes, gc, json, logging, os, threading, time, warnings
+import contextlib, ctypes, gc, json, logging, os, tempfile, threading, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn
@@ -15,13 +15,14 @@ from fastai.learner import Learner, Recorder
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau
 from fastai.callback.training import GradientClip
+from fastai.data.core import TfmdDL
 from fastai.optimizer import Adam
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
-from .resume import ResumableLearner, ResumeCheckpoint, resume_path
-from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarImage
+from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state, _set_rng_state
+from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
 from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS
 _all_ = ['SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
@@ -263,6 +264,25 @@ def _malloc_trim():
     try: ctypes.CDLL('libc.so.6').malloc_trim(0)
     except (OSError, AttributeError): pass
 
+_PROCESS_WARM = False
+
+def _warm_up_process(dls, variant:str):
+    "Once per process: a throwaway fit of a tiny model on one image with every callback of the recipe (in a temporary folder), random states restored"
+    global _PROCESS_WARM
+    if _PROCESS_WARM or is_distributed(): return
+    st = _rng_state(dls)
+    try:
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            tr, va = dls.train_ds, dls.valid_ds
+            small = SarDataLoaders(TfmdDL(SarPatches(tr.images[:1], tr.patch, 2), bs=2, num_workers=0),
+                                   TfmdDL(SarTiles(va.images[:1], va.patch), bs=dls.valid.bs, num_workers=0), device=dls.device)
+            small.preprocess, small.patch = dls.preprocess, dls.patch
+            learn = sar_learner(small, variant=variant, base_channels=2, out_dir=d, hist_every=1)
+            with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-4)
+    finally: _set_rng_state(st, dls)
+    _PROCESS_WARM = True
+
 def _warm_up(learn):
     "One forward and backward pass of the model and loss on validation tiles, in eval mode, gradients dropped: no state changes"
     ds = learn.dls.valid_ds
@@ -306,7 +326,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
         try:
             # memory: the process's one-time growth (kernels, thread pools, allocator) goes into a warm-up pass, and the memory
             # earlier runs freed goes back to the OS, so a variant's figure does not depend on what ran before it
-            _warm_up(learn); gc.collect(); _malloc_trim()
+            _warm_up_process(dls, cfg['variant']); _warm_up(learn); gc.collect(); _malloc_trim()
             if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
             stop = _peak_rss_sampler(); t0 = time.time()
             with distributed(learn, sync_bn=cfg['sync_bn']):
@@ -331,7 +351,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
     summary = dict(variant=cfg['variant'], params=count_parameters(learn.model), compression=compression_ratio(learn.model, (1, cfg['patch'], cfg['patch'])),
                    bs_used=bs, bs_failed=failed, epochs_run=epochs_run, epochs_trained_now=retrained, **figures,
                    best_epoch=learn.ckpt_cb.best_epoch)
-    with distributed(learn):
+    with distributed(learn), (contextlib.nullcontext() if cfg['progress'] else learn.no_bar()):
         summary.update({f'valid_{k}': v for k, v in learn.evaluate(which='best').items()})
         test_dir = Path(cfg['data_path'])/'test'
         if test_dir.is_dir():
