@@ -395,10 +395,13 @@ class SarDataLoaders(DataLoaders):
         "Arrays (training units) of `items`: files, or arrays, each checked; and their names for errors"
         kinds, imgs, names = {Path('training images'): self.pixel_kind}, [], []
         for k, it in enumerate(items):
-            if isinstance(it, (str, Path)): a, name = _read_all([Path(it)], 'input', kinds)[0], Path(it)
+            if isinstance(it, (str, Path)): a, name = _read_all([Path(it)], 'test', kinds)[0], Path(it)
             else:
                 name = f"array {k}"
                 a = _one_band(np.asarray(it.detach().cpu() if isinstance(it, torch.Tensor) else it), name)
+                if pixel_kind(a) != self.pixel_kind:
+                    raise ValueError(f"mixed units: {name} holds {a.dtype} values but the training images hold "
+                                     f"{'integer digital numbers' if self.pixel_kind == 'dn' else 'float values'}")
             imgs.append(self.preprocess.encode(check_sar_image(a, name, self.units, self.patch))); names.append(name)
         return imgs, names
 
