@@ -64,12 +64,18 @@ def test_metric_errors_name_the_problem():
 def test_fastai_metrics_average_over_images_not_batches():
     class L: pass
     x = torch.rand(5, 1, 32, 32); y = (x + 0.1 * torch.rand(5, 1, 32, 32)).clamp(0, 1)
-    for mk, f in [(SSIMMetric, lambda p, t: ssim(p, t, reduction='none')), (PSNRMetric, psnr), (EPIMetric, epi),
-                  (lambda: ENLRatioMetric(window=8), lambda p, t: enl_ratio(p, t, window=8))]:
+    for mk, f in [(SSIMMetric, lambda p, t: ssim(p, t, reduction='none')), (PSNRMetric, psnr), (EPIMetric, epi)]:
         m = mk(); m.reset(); l = L()
         for sl in (slice(0, 4), slice(4, 5)):   # a batch of 4 then a batch of 1
             l.pred, l.yb = x[sl], (y[sl],); m.accumulate(l)
         assert math.isclose(m.value, f(x, y).mean().item(), rel_tol=1e-5)
+    # the ENL ratio pools the selected blocks' statistics of every image: sum(mean^2)/sum(var), reconstruction over original
+    m = ENLRatioMetric(window=8); m.reset(); l = L()
+    for sl in (slice(0, 4), slice(4, 5)): l.pred, l.yb = x[sl], (y[sl],); m.accumulate(l)
+    blk = lambda a: a.double().unfold(2, 8, 8).unfold(3, 8, 8).reshape(len(a), -1, 64)
+    mask = homogeneous_blocks(y, window=8)
+    pooled = lambda a: (blk(a).mean(-1) ** 2)[mask].sum() / blk(a).var(-1, unbiased=False)[mask].sum()
+    assert math.isclose(m.value, (pooled(x) / pooled(y)).item(), rel_tol=1e-9)
 
 
 def test_epi_of_flat_images_is_defined():
