@@ -326,6 +326,7 @@ def train_folder(cfg:dict|None=None, # nested config: sections model, data, trai
                            patience=cfg['callbacks']['patience'], out_dir=t['out_dir'], tracking=resolve_tracking(cfg['logging'], 'logging'),
                            config=cfg, cbs=cbs, weights=m.get('weights'))
     out = learn.out_dir
+    prev = json.loads((out/'summary.json').read_text()) if (out/'summary.json').is_file() else {}
     ck = resume_path(t['resume'], learn)
     if ck is not None: learn.resume(ck)   # checks config and data before anything is written
     if is_rank0(): save_config(cfg, out/'config.yaml')
@@ -343,6 +344,8 @@ def train_folder(cfg:dict|None=None, # nested config: sections model, data, trai
                        epochs_run=len(learn.recorder.values), epochs_this_fit=n_fit, resumed_from=None if ck is None else str(ck),
                        train_seconds=round(secs, 2), seconds_per_epoch=round(secs / n_fit, 3) if n_fit else None,
                        best_epoch=learn.ckpt_cb.best_epoch, best_valid_loss=learn.ckpt_cb.best_value)
+        if ck is not None and n_fit == 0:   # a resume that trained nothing: keep the run's own timings
+            summary.update(train_seconds=prev.get('train_seconds'), seconds_per_epoch=prev.get('seconds_per_epoch'))
         for split in ('valid', 'test'):   # sharded over the ranks and gathered: every image once, results on every rank
             if split == 'test' and not dls.has_test(): continue
             r = learn.evaluate(split, 'best')

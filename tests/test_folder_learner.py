@@ -96,6 +96,15 @@ def test_short_run_checkpoints_and_the_xray_loader(digits, tmp_path, quiet):
     np.testing.assert_allclose(predict(out/'checkpoints'/'best.pt', [str(f) for f in files]), p, atol=1e-6)
     model, ck = load_classifier(out/'checkpoints'/'best.pt')
     assert sum(x.numel() for x in model.parameters()) > 1e5
+    # the data fingerprint: the files of each split, relative to the data set folder
+    from medrecipes.classify import data_fingerprint
+    assert latest['data_fingerprint'] == data_fingerprint((f.relative_to(digits).as_posix(), f.parts[-3])
+                                                          for f in digits.rglob('*.png'))
+    # a resume with nothing left to train keeps the run's own timings (issue 12.4), and its results
+    (out/'summary.json').write_text(json.dumps({**s, 'train_seconds': 77.7, 'seconds_per_epoch': 38.85}))
+    r = train_folder(_cfg(digits, out, trainer={'resume': True}))
+    assert r['epochs_this_fit'] == 0 and r['train_seconds'] == 77.7 and r['seconds_per_epoch'] == 38.85
+    assert r['valid_accuracy'] == s['valid_accuracy'] and r['best_epoch'] == s['best_epoch']
 
 
 def test_checkpoint_meta_has_the_xray_keys(digits, tmp_path, btxrd):

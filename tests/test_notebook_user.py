@@ -90,16 +90,11 @@ def test_xray_classifier_as_a_notebook_user(btxrd, tmp_path):
     test = dls.test_df()
     rows = test.iloc[:3]
     items = [['row', r] for r in rows.to_dict('records')] + [['path', str(dls.img_dir/i)] for i in rows.image_id]
-    # a metadata row (what the DataBlock reads) works today
-    got = _predict_in_fresh_process(tmp_path, pkl, items[:3])
+    # a metadata row (what the DataBlock reads), a Path or a str to an image file
+    got = _predict_in_fresh_process(tmp_path, pkl, items + [['str', items[3][1]]])
     probs, _ = learn.get_preds(dl=dls.test_dl(rows, with_labels=True))
-    for i in range(3):
+    for i in range(6):
         r = got[str(i)]
         assert 'error' not in r, r
-        assert r['label'] == dls.vocab[r['idx']] and np.allclose(r['probs'], probs[i].numpy(), atol=1e-5)
-    # and so does a Path (or str) to an image file
-    got = _predict_in_fresh_process(tmp_path, pkl, items[3:] + [['str', items[3][1]]])
-    for i in range(3):
-        assert 'error' not in got[str(i)], got[str(i)]
-        assert np.allclose(got[str(i)]['probs'], probs[i].numpy(), atol=1e-5)
-    assert got['3']['probs'] == got['0']['probs']
+        assert r['label'] == dls.vocab[r['idx']] and np.allclose(r['probs'], probs[i % 3].numpy(), atol=1e-5)
+    assert got['6']['probs'] == got['3']['probs']
