@@ -6,19 +6,22 @@ Docs: https://medrecipes.github.io/medrecipes/resume.html.md"""
 
 # %% ../nbs/06_resume.ipynb #c002
 from __future__ import annotations
-import random, warnings
+import math, random, time, warnings
 from pathlib import Path
 import numpy as np, torch
 from fastai.learner import Learner, Recorder
 from fastai.callback.core import Callback, CancelEpochException
+from fastai.callback.schedule import ParamScheduler
 from fastcore.xtras import ContextManagers
-from fastai.callback.tracker import TrackerCallback
-from .core import save_checkpoint, load_checkpoint
+from fastai.callback.tracker import TrackerCallback, ReduceLROnPlateau
+from .core import save_checkpoint, load_checkpoint, to_plain
+from .callbacks import FitOnlyCallback, EpochScalars, epoch_scalars
 from .distributed import (base_dl, is_rank0, rank, world_size, is_distributed, broadcast_object, all_gather_object,
                                     load_checkpoint_dist)
 
 # %% auto #0
-__all__ = ['training_state', 'restore_training_state', 'ResumableLearner', 'resume_path', 'ResumeCheckpoint']
+__all__ = ['RESUME_SAFE_KEYS', 'training_state', 'scheduler_state', 'restore_training_state', 'flatten_config', 'check_resume',
+           'ResumableLearner', 'resume_path', 'ResumeCheckpoint']
 
 # %% ../nbs/06_resume.ipynb #c005
 def _rng_state(dls=None) -> dict:
@@ -81,6 +84,11 @@ def _plain_hypers(hypers) -> list:
     return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in h.items()} for h in hypers]
 
 # %% ../nbs/06_resume.ipynb #c010
+def _recorder_history(learn) -> list:
+    "One dict per epoch from the recorder (its smoothed training loss), for a learner without an `EpochScalars`."
+    names = [n for n in learn.recorder.metric_names[1:] if n != 'time']
+    return [{'epoch': i, **{k: float(v) for k, v in zip(names, vals)}} for i, vals in enumerate(learn.recorder.values)]
+
 def training_state(learn:Learner, finished:bool=False) -> dict:
     "Everything needed to continue `learn`'s fit exactly after the epoch that just ended."
     rec = learn.recorder
@@ -95,7 +103,30 @@ def training_state(learn:Learner, finished:bool=False) -> dict:
               rng=_rng_state(learn.dls))
     scaler = getattr(learn, 'scaler', None)
     if scaler is not None and hasattr(scaler, 'state_dict'): st['scaler'] = scaler.state_dict()
+    st['epoch'] = int(learn.epoch)   # the last completed epoch, 0-based
+    st['history'] = [dict(r) for r in epoch_scalars(learn).history] if any(isinstance(c, EpochScalars) for c in learn.cbs) else _recorder_history(learn)
+    if (sched := scheduler_state(learn)) is not None: st['scheduler_state_dict'] = sched
     return st
+
+def _plain_num(v):
+    a = np.asarray(v, dtype=float)
+    return float(a) if a.ndim == 0 else a.tolist()
+
+def scheduler_state(learn:Learner) -> dict|None:
+    "Plain state of the learner's schedulers (fastai's `ParamScheduler`, as `fit_one_cycle` adds it, and `ReduceLROnPlateau`); None without one."
+    out = {}
+    for cb in learn.cbs:
+        if isinstance(cb, ParamScheduler):
+            # the schedule is a function of the training progress: its position, and its values at 11 points describe it
+            out['ParamScheduler'] = dict(pct_train=float(getattr(learn, 'pct_train', 0.)), train_iter=int(getattr(learn, 'train_iter', 0)),
+                                         n_epoch=int(learn.n_epoch),
+                                         hypers={n: _plain_num(learn.opt.hypers[-1][n]) for n in cb.scheds},
+                                         samples={n: [_plain_num(f(p)) for p in np.linspace(0, 1, 11)] for n, f in cb.scheds.items()})
+        elif isinstance(cb, ReduceLROnPlateau):
+            out['ReduceLROnPlateau'] = dict(monitor=cb.monitor, best=_plain_num(cb.best), wait=int(getattr(cb, 'wait', 0)),
+                                            patience=int(cb.patience), factor=float(cb.factor), min_lr=float(cb.min_lr),
+                                            min_delta=float(cb.min_delta), lr=_plain_num(learn.opt.hypers[-1]['lr']))
+    return out or None
 
 def restore_training_state(learn:Learner, st:dict, path=None):
     "Restore a `training_state` into `learn` (inside `before_fit`, after the other callbacks have set up)."
@@ -120,18 +151,67 @@ def restore_training_state(learn:Learner, st:dict, path=None):
     learn.epoch, learn.train_iter = loop['epoch'], loop['train_iter']
     _set_rng_state(_rank_rng(st, where), learn.dls, loaders=st['rng'].get('dataloaders'))
 
+# %% ../nbs/06_resume.ipynb #rs02
+RESUME_SAFE_KEYS = frozenset({'progress', 'num_workers', 'device', 'deterministic', 'resume', 'out_dir', 'logging', 'tracking',
+                              'hist_every', 'collapse_patience'})
+
+def flatten_config(cfg, # a nested or flat config (dict or OmegaConf)
+                   prefix:str='') -> dict:
+    "`cfg` as one flat dict with dotted keys (`{'trainer': {'lr': 1}}` -> `{'trainer.lr': 1}`)."
+    out = {}
+    for k, v in (to_plain(cfg) or {}).items():
+        if isinstance(v, dict) and v: out.update(flatten_config(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
+def _safe_key(k:str) -> bool: return any(p in RESUME_SAFE_KEYS for p in k.split('.'))
+
+_MISSING = '<missing>'
+
+def check_resume(ckpt:dict, # the checkpoint to resume from
+                 meta:dict, # the learner's `checkpoint_meta`
+                 where:str='') -> dict:
+    "Refuse a resume whose config or data fingerprint differ in what changes the run; returns the safe differences."
+    where = f" {where}" if where else ''
+    if meta.get('data_fingerprint') is not None:
+        fp = ckpt.get('data_fingerprint')
+        if fp is None: raise ValueError(f"cannot resume from checkpoint{where}: it has no data_fingerprint, so its data split cannot be checked")
+        if fp != meta['data_fingerprint']:
+            raise ValueError(f"cannot resume from checkpoint{where}: its data split differs (data_fingerprint {fp!r}, this run "
+                             f"{meta['data_fingerprint']!r}); it was trained on other train/valid items, which can leak this run's "
+                             "test items into training. Resume the run that wrote it, or start afresh")
+    if meta.get('config') is None: return {}
+    if ckpt.get('config') is None: raise ValueError(f"cannot resume from checkpoint{where}: it holds no config to check this run's against")
+    a, b = flatten_config(ckpt['config']), flatten_config(meta['config'])
+    diff = {k: [a.get(k, _MISSING), b.get(k, _MISSING)] for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)}
+    bad = {k: v for k, v in diff.items() if not _safe_key(k)}
+    if bad:
+        desc = '; '.join(f"{k}: checkpoint {v[0]!r}, now {v[1]!r}" for k, v in bad.items())
+        raise ValueError(f"cannot resume from checkpoint{where}: the config differs in {', '.join(bad)} ({desc}); these change the "
+                         "data or the optimisation. Resume with the checkpoint's values, or start a new run in another out_dir")
+    return diff
+
 # %% ../nbs/06_resume.ipynb #c012
 class ResumableLearner(Learner):
     "A `Learner` whose fit can continue exactly from a `ResumeCheckpoint` file."
-    first_epoch, resume_from = 0, None
+    first_epoch, resume_from, _resume_ckpt = 0, None, None
     def resume(self, path:str|Path|bool=True):
-        "Continue the next fit from checkpoint `path` (`True`: this learner's `latest.pt`); returns self."
+        "Continue the next fit from checkpoint `path` (`True`: this learner's `latest.pt`), after checking it fits this run; returns self."
         if path is True:
             cb = next((c for c in self.cbs if isinstance(c, ResumeCheckpoint)), None)
             if cb is None: raise ValueError("resume(True) needs a ResumeCheckpoint callback to know where latest.pt is; pass a path")
             path = cb.fname
-        self.resume_from = Path(path)
-        if is_rank0() and not self.resume_from.is_file(): raise FileNotFoundError(f"no checkpoint to resume from at {self.resume_from}")
+        path = Path(path)
+        if is_rank0() and not path.is_file(): raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+        st = load_checkpoint_dist(path)   # read by rank 0, sent to every rank: all check, all refuse alike
+        if 'loop' not in st: raise ValueError(f"{path} is not a resume checkpoint (it has no training state); use latest.pt")
+        changed = check_resume(st, getattr(self, 'checkpoint_meta', None) or {}, str(path))
+        if changed and is_rank0():
+            warnings.warn(f"resuming from {path} with changed settings that do not affect the data or the optimisation: "
+                          + ', '.join(f"{k} ({v[0]!r} -> {v[1]!r})" for k, v in changed.items()))
+        self.resume_log = [dict(e) for e in st.get('resume_log') or []] + [
+            dict(resumed_from=str(path), epoch=int(st['loop']['epoch']), changed=changed, time=time.strftime('%Y-%m-%d %H:%M:%S'))]
+        self.resume_from, self._resume_ckpt = path, (path, st)
         return self
     def validation_context(self, cbs=None, inner=False):
         # fastai fires before_epoch/after_epoch in `validate` and `get_preds` too; callbacks that track a fit (trackers,
@@ -143,10 +223,11 @@ class ResumableLearner(Learner):
         return ContextManagers(cms)
     def _do_fit(self):
         self.epochs_this_fit = 0   # epochs started by this call (a resumed fit runs only the remaining ones)
-        for epoch in range(self.first_epoch, self.n_epoch):
-            self.epoch = epoch; self.epochs_this_fit += 1
-            self._with_events(self._do_epoch, 'epoch', CancelEpochException)
-        self.first_epoch = 0
+        try:
+            for epoch in range(self.first_epoch, self.n_epoch):
+                self.epoch = epoch; self.epochs_this_fit += 1
+                self._with_events(self._do_epoch, 'epoch', CancelEpochException)
+        finally: self.first_epoch = 0   # also when early stopping (CancelFitException) or an error ends a resumed fit
 
 def resume_path(resume, # a config's `resume`: False/None, True/'last' (the learner's latest checkpoint, if any) or a path
                 learn:Learner) -> Path|None:
@@ -160,9 +241,11 @@ def resume_path(resume, # a config's `resume`: False/None, True/'last' (the lear
     if is_rank0() and not p.is_file(): raise FileNotFoundError(f"resume: checkpoint {p} does not exist")
     return p
 
-class ResumeCheckpoint(Callback):
-    "Write the full training state to `fname` after every epoch (and to `best` when `monitor` improves); restore it on resume."
-    order, fit_only = 99, True  # after the recorder, trackers, schedulers and logs have updated
+def _finite_model(model) -> bool: return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+class ResumeCheckpoint(FitOnlyCallback):
+    "Write the full training state to `fname` after every epoch (and first to `best` when `monitor` improves); restore it on resume."
+    order = 99   # after the recorder, trackers, schedulers and logs have updated
     def __init__(self, fname:str|Path, # the checkpoint file, e.g. `runs/x/checkpoints/latest.pt`
                  every:int=1, # save every `every` epochs (and always at the end)
                  meta:dict|None=None, # plain metadata to store too (merged with `learn.checkpoint_meta`)
@@ -172,21 +255,26 @@ class ResumeCheckpoint(Callback):
         self.best = None if best is None else Path(best)
         self.monitor, self.comp = monitor, comp or (np.less if 'loss' in monitor or 'error' in monitor else np.greater)
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        super().before_fit()
         if not self.run: return
         if not isinstance(self.learn, ResumableLearner) and getattr(self.learn, 'resume_from', None):
             raise TypeError("resuming needs a ResumableLearner (fastai's Learner would replay the skipped epochs' events)")
+        epoch_scalars(self.learn)   # the history every checkpoint stores
         self.best_value, self.best_epoch = (float('inf') if self.comp is np.less else -float('inf')), None
         names = list(self.recorder.metric_names[1:])
         self.idx = names.index(self.monitor) if self.monitor in names else None
         if self.best is not None and self.idx is None: raise ValueError(f"ResumeCheckpoint monitors {self.monitor!r}, which is not among {names}")
         path = getattr(self.learn, 'resume_from', None)
         if is_distributed(): path = broadcast_object(None if path is None else str(path))  # rank 0 decides
-        if path is not None:
+        if path is None: self.learn.resume_log = []; return
+        cached = getattr(self.learn, '_resume_ckpt', None)
+        if cached is not None and str(cached[0]) == str(path): st = cached[1]   # read and checked by `resume`
+        else:
             st = load_checkpoint_dist(path)
-            if 'loop' not in st: raise ValueError(f"{path} is not a resume checkpoint (it has no training state); use latest.pt")
-            restore_training_state(self.learn, st, path)
-            self.learn.resume_from = None
+            self.learn.resume_log = [dict(e) for e in st.get('resume_log') or []]
+        if 'loop' not in st: raise ValueError(f"{path} is not a resume checkpoint (it has no training state); use latest.pt")
+        restore_training_state(self.learn, st, path)
+        self.learn.resume_from = self.learn._resume_ckpt = None
     def resume_state(self): return dict(best_value=float(self.best_value), best_epoch=self.best_epoch)
     def load_resume_state(self, st): self.best_value, self.best_epoch = st['best_value'], st['best_epoch']
     def _state(self, finished=False):
@@ -195,20 +283,23 @@ class ResumeCheckpoint(Callback):
         if not is_rank0(): return None
         st = training_state(self.learn, finished=finished)
         if rngs is not None: st['rng_ranks'] = rngs
+        st['resume_log'] = [dict(e) for e in getattr(self.learn, 'resume_log', None) or []]
         return dict(**st, **{**getattr(self.learn, 'checkpoint_meta', {}), **self.meta})
     def after_epoch(self):
         new_best = False
         if self.idx is not None:
             v = float(self.recorder.values[-1][self.idx])
-            if self.comp(v, self.best_value): self.best_value, self.best_epoch, new_best = v, self.epoch, True
+            if math.isfinite(v) and self.comp(v, self.best_value): self.best_value, self.best_epoch, new_best = v, self.epoch, True
         due = (self.epoch + 1) % self.every == 0 or self.epoch + 1 == self.n_epoch
         if not (due or (new_best and self.best is not None)): return
         st = self._state()
         if st is None: return
+        # best before latest: a kill between the two writes leaves latest.pt at the previous epoch, and the resumed run
+        # redoes this epoch and finds the same improvement; the other order would leave a best.pt that never catches up
+        if new_best and self.best is not None:
+            if _finite_model(self.learn.model): save_checkpoint(self.best, **st, best_value=self.best_value, best_epoch=self.epoch)
+            else: warnings.warn(f"epoch {self.epoch}: the weights are not finite, so {self.best} is not written")
         if due: save_checkpoint(self.fname, **st)
-        if new_best and self.best is not None: save_checkpoint(self.best, **st, best_value=self.best_value, best_epoch=self.epoch)
     def after_fit(self):
-        if not self.run: return
         if getattr(self.learn, 'recorder', None) is not None and self.learn.recorder.values:
             if (st := self._state(finished=True)) is not None: save_checkpoint(self.fname, **st)
-        self.run = True

@@ -20,13 +20,14 @@ import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cy
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
+from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
 from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS
 
 # %% auto #0
-__all__ = ['SAR_DEFAULTS', 'SarLoss', 'SarTensorBoard', 'TextLog', 'SarLearner', 'sar_metrics', 'sar_learner', 'load_sar_model',
+__all__ = ['SAR_DEFAULTS', 'SarLoss', 'SarTensorBoard', 'SarLearner', 'sar_metrics', 'sar_learner', 'load_sar_model',
            'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar', 'compare_sar']
 
 # %% ../nbs/12_sar.ipynb #c005
@@ -43,15 +44,17 @@ class SarLoss(nn.Module):
         return loss
 
 # %% ../nbs/12_sar.ipynb #c008
-class SarTensorBoard(Callback):
+class SarTensorBoard(FitOnlyCallback):
     "Scalars, reconstructions, histograms and GPU memory to TensorBoard every epoch."
-    order, fit_only = Recorder.order + 10, True
+    order = Recorder.order + 10
     def __init__(self, log_dir:str|Path, n_images:int=4, hist_every:int=10):
         self.log_dir, self.n_images, self.hist_every, self.writer = Path(log_dir), n_images, hist_every, None
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        super().before_fit()
         self.writer = self.fixed = None
-        if not self.run or not is_rank0(): return
+        if not self.run: return
+        self.sc = epoch_scalars(self.learn)   # the epoch's scalars, as the other logs have them
+        if not is_rank0(): return
         self.open = True   # the writer opens at the first epoch, once a resume has set `first_epoch`
         vdl = base_dl(self.dls.valid)   # the whole validation set, not this rank's shard
         vb = vdl.one_batch()[0] if len(vdl) else None
@@ -80,7 +83,7 @@ class SarTensorBoard(Callback):
         names, vals = [n for n in self.recorder.metric_names[1:] if n != 'time'], self.recorder.values[-1]
         get = lambda k: vals[names.index(k)] if k in names else None
         n = max(n, 1)
-        scal = {'loss/train': get('train_loss'), 'loss/valid': get('valid_loss'), 'psnr/train': tr_psnr / n,
+        scal = {'loss/train': self.sc.row['train_loss'], 'loss/valid': get('valid_loss'), 'psnr/train': tr_psnr / n,
                 'ssim/train': tr_ssim / n, 'lr': self.opt.hypers[-1]['lr']}
         for k in names:
             if k not in ('train_loss', 'valid_loss'): scal[f'{k}/valid'] = get(k)
@@ -104,29 +107,6 @@ class SarTensorBoard(Callback):
         w.flush()
     def after_fit(self):
         if self.writer is not None: self.writer.close(); self.writer = None
-        self.run = True
-
-class TextLog(Callback):
-    "Append one line per epoch (the recorder's values and the learning rate) to a `training.log` file."
-    order, fit_only = Recorder.order + 11, True
-    def __init__(self, fname:str|Path): self.fname = Path(fname)
-    def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds') and is_rank0()
-        self.started = False
-    def before_epoch(self):
-        if self.run and not self.started:   # at the first epoch, once a resume has set `first_epoch`
-            self.fname.parent.mkdir(parents=True, exist_ok=True); self.started = True
-            first = getattr(self.learn, 'first_epoch', 0)
-            self._write(f"fit: epochs {first}-{self.n_epoch - 1} of {self.n_epoch}" + (" (resumed)" if first else ''))
-    def _write(self, msg):
-        with open(self.fname, 'a') as f: f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-    def after_epoch(self):
-        names, vals = list(self.recorder.metric_names[1:]), self.recorder.values[-1]
-        kv = ' '.join(f"{k}={float(v):.6g}" for k, v in zip(names, vals))
-        self._write(f"epoch {self.epoch} {kv} lr={float(self.opt.hypers[-1]['lr']):.3g}")
-    def after_fit(self):
-        if self.run: self._write("fit ended")
-        self.run = True
 
 # %% ../nbs/12_sar.ipynb #c010
 class SarLearner(ResumableLearner):
@@ -163,7 +143,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
     model = sar_model(variant, latent_channels, base_channels)
     out_dir = Path(out_dir)
     ck = ResumeCheckpoint(out_dir/'checkpoints'/'latest.pt', best=out_dir/'checkpoints'/'best.pt', monitor='valid_loss')
-    cb_list = [*( [GradientClip(clip_grad)] if clip_grad else []),
+    cb_list = [DivergenceGuard(), *( [GradientClip(clip_grad)] if clip_grad else []),
                *( [ReduceLROnPlateau(monitor='valid_loss', factor=1/plateau_factor, patience=plateau_patience)] if plateau else []),
                *( [EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
                SarTensorBoard(out_dir/'tensorboard', hist_every=hist_every), TextLog(out_dir/'training.log'), ck, *(cbs or [])]

@@ -88,7 +88,7 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
     results_dir = out_dir/'results'/RUN_DIRS.get(tag, tag)
     ckpt_cb = CheckpointCallback(out_dir/'checkpoints', tag)
     extra = [EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []
-    cb_list = [LossModeCallback(), TrainingLog(results_dir, vocab), RecallCollapseCallback('Malignant', collapse_patience),
+    cb_list = [LossModeCallback(), DivergenceGuard(), TrainingLog(results_dir, vocab), RecallCollapseCallback('Malignant', collapse_patience),
                ckpt_cb, *extra, ResumeCheckpoint(out_dir/'checkpoints'/f'latest_{tag}.pt'), *(cbs or [])]
     learn = XrayLearner(dls, model, loss_func=TrainValCrossEntropy(weight), metrics=[accuracy, *recall_metrics(vocab), *(metrics or [])],
                         cbs=cb_list, path=out_dir, **kwargs)
