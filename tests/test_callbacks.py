@@ -90,3 +90,29 @@ def test_fit_only_callbacks_sit_out_lr_find_and_get_preds(tmp_path):
     assert [e.step for e in ea.Scalars('loss/train')] == [0, 1]
     np.testing.assert_allclose([e.value for e in ea.Scalars('loss/train')], log.train_loss, rtol=1e-6)
     assert sum(' epoch ' in l for l in (tmp_path/'training.log').read_text().splitlines()) == 2
+
+
+class _Killed(BaseException): pass
+
+
+def test_folder_tensorboard_has_each_epoch_once_after_kill_and_resume(digits, tmp_path):
+    "Issue 12.3: killed after TensorBoard wrote epoch 1 but before latest.pt did, the resumed run's loss/valid steps are [0, 1, 2]."
+    from medrecipes.data.folder import FolderDataLoaders
+    from medrecipes.folder import folder_learner
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    class Kill(Callback):
+        order = 98   # after the logs, before ResumeCheckpoint (99)
+        def after_epoch(self):
+            if self.epoch == 1: raise _Killed()
+    def learner(cbs=()):
+        set_seed(0)
+        dls = FolderDataLoaders.from_folder(digits, size=28, bs=6, seed=0, device='cpu')
+        return folder_learner(dls, arch='resnet10t', out_dir=tmp_path, precision='fp32', tracking={'csv': True, 'tensorboard': True}, cbs=list(cbs))
+    learn = learner([Kill()])
+    with learn.no_bar(), learn.no_logging(), pytest.raises(_Killed): learn.fit(3, 1e-3)
+    assert load_checkpoint(tmp_path/'checkpoints'/'latest.pt')['loop']['epoch'] == 0
+    learn = learner().resume(True)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-3)
+    ea = EventAccumulator(str(tmp_path/'tensorboard')).Reload()
+    assert [e.step for e in ea.Scalars('loss/valid')] == [0, 1, 2]
+    assert list(pd.read_csv(tmp_path/'training_log.csv').epoch) == [0, 1, 2]
