@@ -197,6 +197,7 @@ class TrainingLog(FitOnlyCallback):
         return ['epoch', 'train_loss', 'val_loss', 'val_acc'] + [f'val_recall_{c.lower()}' for c in self.classes] + ['lr']
     def after_epoch(self):
         if is_rank0(): self.write()
+    def load_resume_state(self, st): pass   # older checkpoints kept the rows here; the collector's history holds them now
     def write(self):
         log = pd.DataFrame(self.rows, columns=self.columns)
         atomic_write(self.path/self.fname, lambda t: log.to_csv(t, index=False))
