@@ -308,7 +308,9 @@ class TextLog(FitOnlyCallback):
         if self.started: self._write("fit ended")
 
 # %% ../nbs/03_callbacks.ipynb #cb08
-class TrainingDiverged(RuntimeError): "The loss of a fit became non-finite or exploded."
+class TrainingDiverged(RuntimeError):
+    "The loss of a fit became non-finite or exploded; `reason` is the one-line message (fastai prefixes `args[0]`)."
+    def __init__(self, reason:str): super().__init__(reason); self.reason = reason
 
 def _finite(t) -> bool: return bool(torch.isfinite(t).all()) if isinstance(t, torch.Tensor) and t.is_floating_point() else True
 
