@@ -336,6 +336,7 @@ class DivergenceGuard(FitOnlyCallback):
         causes.append("bad input data")
         return "likely cause: " + ", or ".join(causes)
     def after_loss(self):
+        if not len(self.learn.yb): return   # no targets, no loss
         v = float(self.learn.loss.detach().float())
         if not self._bad(v):
             if self.ref is None and math.isfinite(v): self.ref = v

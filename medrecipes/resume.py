@@ -202,8 +202,8 @@ class ResumableLearner(Learner):
             if cb is None: raise ValueError("resume(True) needs a ResumeCheckpoint callback to know where latest.pt is; pass a path")
             path = cb.fname
         path = Path(path)
-        if is_rank0() and not path.is_file(): raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-        st = load_checkpoint_dist(path)   # read by rank 0, sent to every rank: all check, all refuse alike
+        try: st = load_checkpoint_dist(path)   # read by rank 0, sent to every rank: all check, all refuse alike
+        except FileNotFoundError: raise FileNotFoundError(f"no checkpoint to resume from at {path}") from None
         if 'loop' not in st: raise ValueError(f"{path} is not a resume checkpoint (it has no training state); use latest.pt")
         changed = check_resume(st, getattr(self, 'checkpoint_meta', None) or {}, str(path))
         if changed and is_rank0():
