@@ -347,16 +347,18 @@ def _split_overrides(overrides, recipe):
     return choices, parse_overrides(keys)
 
 def resolve_config(recipe:str, # 'xray', 'sar' or 'folder'
-                   config=None, # a config object (dataclass or OmegaConf), a dict (nested or flat keys), or a YAML file
+                   config=None, # a config object (dataclass or OmegaConf), a dict (nested or flat keys), a YAML file or a root config's name
                    overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings, applied last
-                   config_dir:str|Path|None=None, # where `group=choice` files are found for a config that is not a root file
+                   config_dir:str|Path|None=None, # a config folder of one's own, searched before the package's
                    **kwargs, # nested sections or flat keys, applied after `config`, before `overrides`
                   ) -> dict:
     "The recipe's full, checked, nested config: dataclass defaults, then `config`, then `kwargs`, then `overrides`."
     schema = _schema(recipe)
     choices, ov = _split_overrides(overrides, recipe)
     layers = [OmegaConf.structured(schema)]
-    if isinstance(config, (str, Path)):
+    if isinstance(config, str) and Path(config).suffix not in ('.yaml', '.yml') and not Path(config).exists():   # a root config's name
+        layers.append(_nest(compose_config(config, choices, config_dir), recipe, f'config {config!r}')); choices = []
+    elif isinstance(config, (str, Path)):
         p = Path(config)
         if not p.is_file(): raise FileNotFoundError(f"config file {p} does not exist")
         raw = OmegaConf.to_container(OmegaConf.load(p)) or {}
