@@ -81,7 +81,7 @@ def _synth(args):
     from medrecipes.synth import make_digits
     if (dest/'train').exists() and not args.force:
         print(f"{dest} already holds a data set; use --force to write it again"); return 0
-    kw = {k: v for k, v in (('n_per_class', args.n), ('size', args.size)) if v is not None}
+    kw = {k: v for k, v in (('splits', args.n and (args.n,) * 3), ('size', args.size)) if v is not None}
     make_digits(dest, seed=args.seed, **kw); print(f"wrote a digits data set to {dest}"); return 0
 
 def _quiet_logging(verbose:bool):

@@ -261,8 +261,8 @@ def compose_config(name:str, # root config: `xray`, `sar`, `folder`, `xray_demo`
 FLAT_RENAMES = {'data.path': 'data_path', 'data.batch_size': 'bs', 'trainer.max_epochs': 'epochs'}
 FLAT_KEEP = ('logging',)   # groups that stay a nested dict in the flat form
 
-class ConfigKeyError(KeyError):
-    "An unknown config key; the message names it and the known keys."
+class ConfigKeyError(KeyError, ValueError):
+    "An unknown config key (a `KeyError` and a `ValueError`); the message names it and the known keys."
     def __str__(self): return str(self.args[0]) if self.args else ''
 
 def flat_keys(recipe:str) -> dict:
