@@ -124,3 +124,58 @@ def test_bad_arguments(digits, tmp_path):
     # augmentation arguments pass through (a bad one fails in fastai)
     FolderDataLoaders.from_folder(digits, size=28, augment=dict(flip=True, max_rotate=5.), device='cpu').one_batch()
     assert scan_class_folders(digits/'valid', 'valid').keys() == {'0', '1', '2', '3'}
+
+
+# --- how images are read (issue 12.5, issue 11.4)
+
+def _ramp16(fn, w=64, h=48):
+    "A 16-bit grayscale PNG (mode I;16) holding a horizontal ramp over 0..65535."
+    a = np.tile(np.linspace(0, 65535, w).round().astype(np.uint16), (h, 1))
+    Image.fromarray(a).save(fn)
+    with Image.open(fn) as im: assert im.mode == 'I;16'
+    return fn
+
+
+def _exif6(fn, w=40, h=24):
+    "A landscape JPEG with a white block in its stored top-left corner and EXIF Orientation 6 (display rotated 90° clockwise)."
+    im = Image.new('L', (w, h), 0); im.paste(255, (0, 0, 8, 8))
+    ex = Image.Exif(); ex[0x0112] = 6
+    im.save(fn, exif=ex.tobytes(), quality=95)
+    return fn
+
+
+def test_16bit_png_keeps_its_ramp(tmp_path):
+    from medrecipes.data.folder import FolderImage
+    x = np.asarray(FolderImage.create(_ramp16(tmp_path/'r.png')))
+    assert x.shape == (48, 64, 3) and x.dtype == np.uint8
+    row = x[0, :, 0].astype(int)
+    assert len(np.unique(row)) == 64 and (np.diff(row) > 0).all() and row[0] == 0 and row[-1] == 255
+    assert (x == 255).mean() < 0.05
+
+
+def test_16bit_png_in_a_folder_passes_the_check_and_loads_its_ramp(copy):
+    fn = _ramp16(copy/'valid'/'1'/'1_00000.png', 28, 28)            # replaces an 8-bit digit
+    dls = FolderDataLoaders.from_folder(copy, size=28, device='cpu', augment=False)
+    i = [str(f) for f in dls.files['valid']].index(str(fn))
+    x = np.asarray(dls.valid_ds[i][0])
+    assert len(np.unique(x[0, :, 0])) == 28 and (x == 255).mean() < 0.05
+
+
+def test_exif_orientation_applied(tmp_path):
+    from medrecipes.data.folder import FolderImage
+    x = np.asarray(FolderImage.create(_exif6(tmp_path/'o.jpg')))
+    assert x.shape == (40, 24, 3)                                           # upright: portrait
+    assert x[:8, 16:, 0].mean() > 200 and x[:8, :8, 0].mean() < 50          # the marked corner is now top-right
+
+
+def test_inputs_through_the_loaders(digits):
+    "What `learn.predict` relies on: a `Path`, a str, a PIL image or an array give the same batch."
+    from medrecipes.data.folder import FolderImage
+    dls = FolderDataLoaders.from_folder(digits, size=32, bs=4, device='cpu', augment=False)
+    fn = dls.files['test'][0]
+    ref = dls.test_dl([fn]).one_batch()[0]
+    for item in (str(fn), Image.open(fn), np.asarray(Image.open(fn)), np.asarray(Image.open(fn))[..., None],
+                 np.asarray(Image.open(fn).convert('RGB'))):
+        xb = dls.test_dl([item]).one_batch()[0]
+        assert torch.equal(xb, ref), type(item)
+    assert np.array_equal(np.asarray(FolderImage.create(fn)), np.asarray(FolderImage.create(str(fn))))

@@ -108,3 +108,64 @@ def test_truncated_image_error_names_the_file(btxrd_copy):
     fn.write_bytes(fn.read_bytes()[:500])
     with pytest.raises(ValueError, match=f'cannot decode image {fn}'):
         for _ in dls.valid: pass
+
+
+# --- how radiographs are read (issue 12.5, issue 11.4) and the split's independence of row order (issue 12, "Also")
+
+def _ramp16(fn, w=64, h=48):
+    "A 16-bit grayscale PNG (mode I;16) holding a horizontal ramp over 0..65535."
+    a = np.tile(np.linspace(0, 65535, w).round().astype(np.uint16), (h, 1))
+    from PIL import Image
+    Image.fromarray(a).save(fn)
+    with Image.open(fn) as im: assert im.mode == 'I;16'
+    return fn
+
+
+def _exif6(fn, w=40, h=24):
+    "A landscape JPEG with a white block in its stored top-left corner and EXIF Orientation 6 (display rotated 90° clockwise)."
+    from PIL import Image
+    im = Image.new('L', (w, h), 0); im.paste(255, (0, 0, 8, 8))
+    ex = Image.Exif(); ex[0x0112] = 6
+    im.save(fn, exif=ex.tobytes(), quality=95)
+    return fn
+
+
+def test_16bit_radiograph_keeps_its_ramp(tmp_path):
+    x = np.asarray(Radiograph.create(_ramp16(tmp_path/'r.png')))
+    assert x.shape == (48, 64, 3) and x.dtype == np.uint8
+    assert (x[..., 0] == x[..., 1]).all() and (x[..., 0] == x[..., 2]).all()   # gray replicated
+    row = x[0, :, 0].astype(int)
+    assert len(np.unique(row)) == 64 and (np.diff(row) > 0).all()           # the ramp survives, strictly increasing
+    assert row[0] == 0 and row[-1] == 255 and (x == 255).mean() < 0.05      # the full range, no saturation
+
+
+def test_radiograph_exif_orientation_applied(tmp_path):
+    x = np.asarray(Radiograph.create(_exif6(tmp_path/'o.jpg')))
+    assert x.shape == (40, 24, 3)                                           # upright: portrait
+    assert x[:8, 16:, 0].mean() > 200 and x[:8, :8, 0].mean() < 50          # the marked corner is now top-right
+    assert x[-8:, :, 0].mean() < 50
+
+
+def test_radiograph_inputs_through_the_loaders(btxrd):
+    "What `learn.predict` relies on: a metadata row, a str, a `Path`, a PIL image or an array give the same batch."
+    from pathlib import Path
+    from PIL import Image
+    dls = XrayDataLoaders.from_btxrd(btxrd, size=32, bs=4, num_workers=0, augment=False)
+    row = dls.valid.items.iloc[0]
+    fn = Path(dls.img_dir)/row.image_id
+    ref = dls.test_dl([row]).one_batch()[0]
+    for item in (str(fn), fn, Image.open(fn), np.asarray(Image.open(fn).convert('L'))):
+        xb = dls.test_dl([item]).one_batch()[0]
+        assert torch.equal(xb, ref), type(item)
+    assert np.array_equal(np.asarray(Radiograph.create(fn)), np.asarray(Radiograph.create(str(fn))))
+
+
+def test_stratified_split_ignores_row_order(btxrd):
+    df = read_btxrd_metadata(btxrd)
+    shuffled = df.sample(frac=1, random_state=5).reset_index(drop=True)
+    assert not shuffled.image_id.equals(df.image_id)
+    for kind in ('stratified', 'center'):
+        a = make_split(df, kind, seed=11).set_index('image_id').split
+        b = make_split(shuffled, kind, seed=11).set_index('image_id').split
+        pd.testing.assert_series_equal(a.sort_index(), b.sort_index(), obj=kind)
+        assert make_split(shuffled, kind, seed=11).image_id.tolist() == shuffled.image_id.tolist()   # rows keep the sheet's order

@@ -9,11 +9,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 import pandas as pd
-from PIL import Image
 from fastai.data.transforms import image_extensions, parent_label, IndexSplitter
-from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, PILImage, CategoryBlock, Resize, ResizeMethod, PadMode,
+from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock, Resize, ResizeMethod, PadMode,
                                aug_transforms, Normalize, imagenet_stats)
 from ..core import default_device
+from .images import ClassifierImage, image_problem
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'scan_class_folders', 'check_image_files', 'FolderImage', 'folder_augmentations',
@@ -49,20 +49,12 @@ def scan_class_folders(folder:str|Path, # a split folder: `<folder>/<class>/<ima
 
 def check_image_files(files:list, # image files to open
                       what:str='images', max_report:int=10):
-    "Open every file's header; an error names each file that cannot be read as an image."
-    bad = []
-    for f in files:
-        try:
-            with Image.open(f) as im: im.size
-        except Exception as e: bad.append(f"{f} ({type(e).__name__})")
+    "Open every file's header; an error names each file that `read_image` cannot read."
+    bad = [f"{f} ({p})" for f in files if (p := image_problem(f))]
     if bad: raise ValueError(f"{len(bad)} unreadable {what} file(s): " + ', '.join(bad[:max_report]) + (' ...' if len(bad) > max_report else ''))
 
-class FolderImage(PILImage):
-    "An image decoded in full as RGB; a file that cannot be decoded is an error naming it."
-    @classmethod
-    def create(cls, fn, **kwargs):
-        try: return super().create(fn, **kwargs)
-        except Exception as e: raise ValueError(f"cannot decode image {fn}: {type(e).__name__}: {e}") from e
+class FolderImage(ClassifierImage):
+    "An image read by `read_image` (a file, `Path`, PIL image or array) as upright 8-bit RGB; errors name the file."
 
 # %% ../../nbs/13_data.folder.ipynb #c008
 def folder_augmentations(flip:bool=False, # random horizontal flips

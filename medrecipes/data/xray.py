@@ -8,11 +8,11 @@ Docs: https://medrecipes.github.io/medrecipes/data.xray.html.md"""
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd
-from PIL import Image
 from sklearn.model_selection import train_test_split
-from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, PILImage, CategoryBlock, ColReader, ColSplitter, Resize,
+from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize,
                                ResizeMethod, PadMode, aug_transforms, Normalize, imagenet_stats, delegates)
 from ..core import atomic_write
+from .images import ClassifierImage, image_problem
 
 # %% auto #0
 __all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'find_metadata', 'read_btxrd_metadata', 'check_images',
@@ -86,9 +86,8 @@ def check_images(df:pd.DataFrame, # metadata with an `image_id` column
     for iid in df['image_id']:
         fn = img_dir/iid
         if not fn.is_file(): missing.append(str(fn)); continue
-        try:
-            with Image.open(fn) as im: im.size
-        except Exception as e: unreadable.append(f"{fn} ({type(e).__name__})")
+        problem = image_problem(fn)
+        if problem: unreadable.append(f"{fn} ({problem})")
     msgs = []
     for what, lst in (('missing', missing), ('unreadable', unreadable)):
         if lst: msgs.append(f"{len(lst)} {what} image(s): " + ', '.join(lst[:max_report]) + (' ...' if len(lst) > max_report else ''))
@@ -113,16 +112,17 @@ def make_split(df:pd.DataFrame, # checked metadata with a `label` column
         raise ValueError(f"valid_pct={valid_pct} and test_pct={test_pct} must be fractions summing to less than 1")
     out = df[['image_id', 'label', 'center']].copy()
     out['split'] = 'train'
+    ids = out.index.values[np.argsort(out.image_id.astype(str).values, kind='stable')]   # by image id, not by sheet row
     if kind == 'stratified':
-        rest, test = _strat(out.index.values, out.label, test_pct, seed, 'test') if test_pct > 0 else (out.index.values, [])
-        _, valid = _strat(rest, out.label[rest], valid_pct/(1-test_pct), seed, 'valid')
+        rest, test = _strat(ids, out.label[ids].values, test_pct, seed, 'test') if test_pct > 0 else (ids, [])
+        _, valid = _strat(rest, out.label[rest].values, valid_pct/(1-test_pct), seed, 'valid')
     else:
         unknown = ~out.center.isin([1, 2, 3])
         if unknown.any(): raise ValueError(f"center split: column 'center' must be 1, 2 or 3; bad values in {_rows(df, unknown)}")
-        c1 = out.index[out.center == 1].values
+        c1 = ids[out.center[ids].values == 1]
         test = out.index[out.center != 1].values
         if len(c1) == 0: raise ValueError("center split: no images from center 1 to train on")
-        _, valid = _strat(c1, out.label[c1], valid_pct/(1-test_pct), seed, 'center-1 valid')
+        _, valid = _strat(c1, out.label[c1].values, valid_pct/(1-test_pct), seed, 'center-1 valid')
     out.loc[valid, 'split'] = 'valid'
     out.loc[test, 'split'] = 'test'
     return out
@@ -157,12 +157,8 @@ def load_split(path:str|Path, df:pd.DataFrame|None=None) -> pd.DataFrame:
     return check_split(pd.read_csv(path), df, where=str(path))
 
 # %% ../../nbs/02_data.xray.ipynb #c014
-class Radiograph(PILImage):
-    "A radiograph, decoded in full as RGB; a file that cannot be decoded is an error naming it."
-    @classmethod
-    def create(cls, fn, **kwargs):
-        try: return super().create(fn, **kwargs)
-        except Exception as e: raise ValueError(f"cannot decode image {fn}: {type(e).__name__}: {e}") from e
+class Radiograph(ClassifierImage):
+    "A radiograph read by `read_image` (a file, `Path`, PIL image or array) as upright 8-bit RGB; errors name the file."
 
 def xray_augmentations(size:int, max_rotate:float=10., max_zoom:float=1.1, max_lighting:float=0.2):
     "Batch augmentations for radiographs."
