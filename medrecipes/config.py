@@ -234,7 +234,7 @@ def _compose(name, overrides, d, extra_dir=None):
     register_configs()
     pkg = default_config_dir()
     more = [str(Path(p).resolve()) for p in (extra_dir, pkg) if p is not None and Path(p).resolve() != d.resolve()]
-    extra = [f"hydra.searchpath=[{','.join('file://' + p for p in more)}]"] if more else []   # searched after `d`
+    extra = [f"hydra.searchpath=[{','.join(repr('file://' + p) for p in more)}]"] if more else []   # searched after `d`
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(d.resolve()), version_base='1.3'):
