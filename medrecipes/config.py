@@ -270,7 +270,10 @@ def flat_keys(recipe:str) -> dict:
     out = {}
     for g in fields(_schema(recipe)):
         if g.name in FLAT_KEEP: continue
-        for f in fields(g.default_factory): out[FLAT_RENAMES.get(f'{g.name}.{f.name}', f.name)] = (g.name, f.name)
+        for f in fields(g.default_factory):
+            k = FLAT_RENAMES.get(f'{g.name}.{f.name}', f.name)
+            if k in out: raise ValueError(f"{recipe}: flat key {k!r} is both {'.'.join(out[k])} and {g.name}.{f.name}; add a FLAT_RENAMES entry")
+            out[k] = (g.name, f.name)
     return out
 
 def flatten_config(cfg:dict, # a composed, nested config
