@@ -135,7 +135,7 @@ def main(argv=None):
     try: return _run(args)
     except Exception as e:
         if args.debug or not isinstance(e, user_errors()): raise
-        print(f"medrecipes: error: {' '.join(str(e).split())}", file=sys.stderr); return 2
+        print(f"medrecipes: error: {' '.join(str(getattr(e, 'reason', None) or e).split())}", file=sys.stderr); return 2
 
 # %% ../nbs/05_cli.ipynb #c007
 if __name__ == '__main__': sys.exit(main())

@@ -236,8 +236,8 @@ def _peak_rss_sampler():
     def stop(): state['stop'] = True; t.join(); return state['peak'] / 2**20
     return stop
 
-def train_sar(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
-              overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings
+def train_sar(config:str|Path|None=None, # YAML config file
+              overrides=(), # `key=value` strings
               cbs=None, # extra callbacks for the learner
               **kwargs) -> dict:
     "Train and evaluate one SAR autoencoder run; returns a summary (also written to `summary.json`)."

@@ -220,7 +220,7 @@ def train_xray(config=None, # a config object, a dict (nested or flat keys) or a
     if is_rank0(): atomic_write_text(learn.results_dir/'summary.json', json.dumps(to_plain(summary), indent=2))
     return summary
 
-def train_all_xray(config=None, overrides=(), splits=SPLIT_KINDS, **kwargs) -> pd.DataFrame:
+def train_all_xray(config:str|Path|None=None, overrides=(), splits=SPLIT_KINDS, **kwargs) -> pd.DataFrame:
     "Train and evaluate both split protocols in turn; returns one summary row per split."
     rows = [train_xray(config, [*overrides, f'split={s}'], **kwargs) for s in splits]
     df = pd.DataFrame(rows)
