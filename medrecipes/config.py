@@ -336,14 +336,25 @@ def _nest(d, recipe, where) -> dict:
             seen[(g, kk)] = name; out.setdefault(g, {})[kk] = vv
     return _check_layer(out, _schema(recipe), where)
 
+def _check_added(o, key, recipe):
+    "Hydra's `+group.key=value` adds a key; a recipe's sections have a fixed set, so only a known key may be given."
+    cls, parts = _schema(recipe), key.split('.')
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if is_dataclass(cls) else {}
+        if part not in hints:
+            where = '.'.join(parts[:i]) or 'the config'
+            raise ConfigKeyError(f"overrides: {o!r} adds unknown config key {part!r} to {where}; known keys: {', '.join(hints) or 'none'}")
+        cls = hints[part]
+
 def _split_overrides(overrides, recipe):
     "Hydra-style overrides -> (group choices, nested key=value dict); flat keys (`split=center`) are mapped to their groups."
     if isinstance(overrides, str): overrides = [overrides]
     groups, flat, choices, keys = [f.name for f in fields(_schema(recipe))], flat_keys(recipe), [], []
     for o in overrides or ():
         if not isinstance(o, str) or '=' not in o: raise ValueError(f"override {o!r} is not of the form group=choice or key=value")
-        k, v = o.split('=', 1); k = k.lstrip('+')
+        k, v = o.split('=', 1); plus, k = k.startswith('+'), k.lstrip('+')
         if not k: raise ValueError(f"override {o!r} has an empty key")
+        if plus and '.' in k: _check_added(o, k, recipe)
         if k in groups: choices.append(f'{k}={v}')
         elif k in flat: keys.append('{}.{}={}'.format(*flat[k], v))
         else: keys.append(f'{k}={v}')
