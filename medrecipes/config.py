@@ -37,6 +37,7 @@ class XrayModel:
     arch:str='efficientnet_b0'   # any timm model name
     pretrained:bool=True          # ImageNet weights from timm (downloaded once)
     drop_rate:float=0.2
+    weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
 
 @dataclass
 class XrayData:
@@ -146,6 +147,7 @@ class FolderModel:
     arch:str='resnet18'           # any timm model name
     pretrained:bool=False         # ImageNet weights from timm: set true where the hub can be reached
     drop_rate:float=0.0
+    weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
 
 @dataclass
 class FolderData:
