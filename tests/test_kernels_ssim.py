@@ -1,7 +1,7 @@
 "Public SSIM API: dispatch, parity with the reference and pytorch-msssim, dtypes, errors."
 import pytest, torch
 import pytorch_msssim
-from medrecipes.kernels import ssim, ssim_reference, SSIMLoss, ssim_backend, cpp_available
+from medrecipes.kernels import ssim, ssim_reference, SSIMLoss, ssim_backend, cpp_available, ssim_constants
 
 SHAPES = [(2, 1, 32, 32), (1, 3, 23, 37), (2, 17, 16, 16), (1, 1, 11, 11), (3, 2, 40, 13)]
 
@@ -83,3 +83,56 @@ def test_ssim_loss():
     l = SSIMLoss()(x, y); l.backward()
     torch.testing.assert_close(l, 1 - ssim_reference(x, y).mean(), atol=1e-5, rtol=0)
     assert x.grad is not None and SSIMLoss()(y, y).abs() < 1e-5
+
+
+# ---- torch.library custom ops: fake implementations, autograd, torch.compile, export ----
+
+def test_custom_ops_opcheck():
+    "Schema, fake implementation and autograd registration of both SSIM ops (C++ backend), as torch.library.opcheck checks them."
+    x, y = torch.rand(1, 2, 13, 12, requires_grad=True), torch.rand(1, 2, 13, 12, requires_grad=True)
+    c1, c2 = ssim_constants(1.0, (0.01, 0.03))
+    torch.library.opcheck(torch.ops.medrecipes.ssim_forward.default, (x, y, 5, 1.5, c1, c2, True, 'cpp'),
+                          test_utils=('test_schema', 'test_autograd_registration', 'test_faketensor'))
+    _, coef, shift = torch.ops.medrecipes.ssim_forward(x.detach(), y.detach(), 5, 1.5, c1, c2, True, 'cpp')
+    torch.library.opcheck(torch.ops.medrecipes.ssim_backward.default,
+                          (x.detach(), y.detach(), coef, shift, torch.rand(2), 5, 1.5, c1, c2, True, False, 'cpp'),
+                          test_utils=('test_schema', 'test_faketensor'))
+
+
+def test_compiled_ssim_loss_has_no_graph_breaks_and_matches_eager():
+    torch._dynamo.reset()
+    x, y = torch.rand(2, 3, 24, 20), torch.rand(2, 3, 24, 20)
+    loss = SSIMLoss()
+    xe = x.clone().requires_grad_()
+    assert torch._dynamo.explain(loss)(xe, y).graph_break_count == 0
+    le = loss(xe, y); le.backward()
+    xc = x.clone().requires_grad_()
+    lc = torch.compile(loss, backend='aot_eager', fullgraph=True)(xc, y); lc.backward()
+    torch.testing.assert_close(lc, le, atol=1e-6, rtol=0)
+    torch.testing.assert_close(xc.grad, xe.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_reference_kernels_is_in_process_and_exports_plain_ops(monkeypatch):
+    "`reference_kernels()` switches to the reference without touching os.environ; torch.export then sees no custom op."
+    from medrecipes.kernels import reference_kernels, use_backend
+    import os
+    monkeypatch.setenv('MEDRECIPES_BACKEND', 'cpp')
+    x, y = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    with reference_kernels():
+        assert ssim_backend(x) == 'torch' and os.environ['MEDRECIPES_BACKEND'] == 'cpp'
+        ep = torch.export.export(SSIMLoss(), (x, y))
+    assert ssim_backend(x) == 'cpp'
+    assert 'medrecipes' not in str(ep.graph)
+    ep = torch.export.export(SSIMLoss(), (x, y))  # the fused op is exported as itself
+    assert 'medrecipes.ssim_forward' in str(ep.graph)
+    torch.testing.assert_close(ep.module()(x, y), SSIMLoss()(x, y))
+    with pytest.raises(ValueError, match='use_backend'):
+        with use_backend('cuda'): pass
+
+
+def test_module_and_function_are_one_object():
+    "`import medrecipes.kernels.ssim as m` is the module; the package's `ssim` is that module, callable as the function."
+    import medrecipes.kernels.ssim as m
+    import medrecipes.kernels as K
+    assert type(m).__name__ == '_CallableModule' and K.ssim is m and callable(m.ssim) and m.ssim is not m
+    x = torch.rand(1, 1, 12, 12); torch.testing.assert_close(m(x, x), m.ssim(x, x))

@@ -1,4 +1,4 @@
-"""Triton CBAM backend (medrecipes/kernels/triton/cbam.py): the six fused ops against a pure-torch oracle.
+"""Triton CBAM backend (medrecipes/kernels/cbam/triton.py): the six fused ops against a pure-torch oracle.
 
 The checks run on CPU tensors under TRITON_INTERPRET=1 in a subprocess (the variable must be set before triton is
 imported, and other tests of the same worker import triton first), and in-process on CUDA when a GPU is present.
@@ -14,42 +14,10 @@ SKIP = 77
 
 
 # ------------------------------------------------------------------------------------------- oracle, from the formulas
-def _bc(v): return v[:, :, None, None]  # [B, C] -> broadcast over pixels
-def _bp(v): return v[:, None]  # [B, H, W] -> broadcast over channels
+from medrecipes.kernels.cbam.reference import ReferenceCBAMOps as R, _bc, _bp
 
-
-def ref_channel_pool(x):
-    xf = x.float(); m = xf.amax((2, 3))
-    return x.double().mean((2, 3)).float(), m, (xf == _bc(m)).sum((2, 3)).float()
-
-
-def ref_spatial_pool(x, a):
-    y = x.float() * _bc(a); m = y.amax(1)
-    return (x.double() * _bc(a.double())).mean(1).float(), m, (y == _bp(m)).sum(1).float()
-
-
-def ref_apply_gates(x, a, s): return (x.float() * _bc(a) * _bp(s)).to(x.dtype)
-
-
-def ref_spatial_gate_grad(g, x, a): return (g.double() * x.double() * _bc(a.double())).sum(1).float()
-
-
-def ref_dy1(g, x, a, s, dmean, dmax, smax, scnt):
-    "float64 dy1; the tie mask compares x*a computed in float32, as the forward's max was."
-    tie = (x.float() * _bc(a) == _bp(smax)).double()
-    return g.double() * _bp(s.double()) + _bp(dmean.double()) / x.shape[1] + _bp(dmax.double() / scnt.double()) * tie
-
-
-def ref_channel_gate_grad(g, x, a, s, dmean, dmax, smax, scnt):
-    return (ref_dy1(g, x, a, s, dmean, dmax, smax, scnt) * x.double()).sum((2, 3)).float()
-
-
-def ref_input_grad(g, x, a, s, dmean, dmax, smax, scnt, dcavg, dcmax, cmax, ccnt):
-    HW = x.shape[2] * x.shape[3]
-    tie = (x.float() == _bc(cmax)).double()
-    dx = (ref_dy1(g, x, a, s, dmean, dmax, smax, scnt) * _bc(a.double()) + _bc(dcavg.double()) / HW
-          + _bc(dcmax.double() / ccnt.double()) * tie)
-    return dx.to(x.dtype)
+ref_channel_pool, ref_spatial_pool, ref_apply_gates = R.channel_pool, R.spatial_pool, R.apply_gates
+ref_spatial_gate_grad, ref_channel_gate_grad, ref_input_grad = R.spatial_gate_grad, R.channel_gate_grad, R.input_grad
 
 
 def autograd_grads(g, x, a, s, dmean, dmax, dcavg, dcmax):
@@ -237,7 +205,7 @@ def check_compile():
         from triton.compiler import ASTSource
         from triton.backends.compiler import GPUTarget
     except ImportError as e: return f'this Triton cannot compile ahead of time ({e})'
-    import medrecipes.kernels.triton.cbam as K
+    import medrecipes.kernels.cbam.triton as K
     bad = []
     for name in ('channel_pool', 'spatial_pool', 'apply_gates', 'spatial_gate_grad', 'channel_gate_grad', 'input_grad'):
         fn = getattr(K, f'_{name}_kernel')
@@ -254,7 +222,7 @@ def check_compile():
 def run_group(group, device):
     "Failures (a list of strings) of one group of checks on `device`, or a string saying why it does not apply."
     if group == 'compile': return check_compile()
-    import medrecipes.kernels.triton.cbam as K
+    import medrecipes.kernels.cbam.triton as K
     if group == 'module':
         with _env(MEDRECIPES_BACKEND='triton'): return check_module(device)
     if group == 'split':  # small tiles, reduced axes split across programs; and run-to-run equality

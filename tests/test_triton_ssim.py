@@ -1,4 +1,4 @@
-"""Triton SSIM backend (medrecipes/kernels/triton/ssim.py) against the float64 reference and pytorch-msssim.
+"""Triton SSIM backend (medrecipes/kernels/ssim/triton.py) against the float64 reference and pytorch-msssim.
 
 The checks run on CPU tensors under TRITON_INTERPRET=1 in a subprocess (the variable must be set before triton is
 imported, and other tests of the same worker import triton first), and in-process on CUDA when a GPU is present.
@@ -78,7 +78,7 @@ def group_shapes(device):
 
 
 def group_edges(device):
-    import medrecipes.kernels.triton.ssim as K
+    import medrecipes.kernels.ssim.triton as K
     from medrecipes.kernels import ssim
     bad = []
     # non-contiguous x (channels-last view), gradient for y only
@@ -160,7 +160,7 @@ def test_kernels_compile_for_sm90():
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
     except ImportError as e: pytest.skip(f'this Triton has no ASTSource/GPUTarget: {e}')
-    import medrecipes.kernels.triton.ssim as K
+    import medrecipes.kernels.ssim.triton as K
     if K.INTERPRETED: pytest.skip('Triton was imported in interpreter mode in this process')
     common = dict(shift_ptr='*fp32', g_ptr='*fp32', coef_ptr='*fp32', H='i32', W='i32', Ho='i32', Wo='i32',
                   n_tw='i32', n_th='i32', WIN='constexpr', BH='constexpr', BW='constexpr')
