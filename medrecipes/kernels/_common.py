@@ -10,14 +10,9 @@ def gaussian_window(win_size:int=11, sigma:float=1.5, dtype=torch.float32, devic
     "The normalised 1-D Gaussian window (computed in float64, then cast), as pytorch-msssim and the C++ kernel build it."
     if win_size < 1 or win_size % 2 == 0: raise ValueError(f"win_size must be a positive odd number, not {win_size}")
     if not sigma > 0: raise ValueError(f"sigma must be positive, not {sigma}")
-    return _window64(int(win_size), float(sigma)).to(dtype=dtype, device=device)
-
-
-@functools.lru_cache(maxsize=32)
-def _window64(win_size, sigma):
     r = torch.arange(win_size, dtype=torch.float64) - win_size // 2
     g = torch.exp(-r ** 2 / (2 * sigma ** 2))
-    return g / g.sum()
+    return (g / g.sum()).to(dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=32)
