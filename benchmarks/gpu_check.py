@@ -90,7 +90,7 @@ def ssim_impls(dev):
     except ImportError: missing.append('pytorch-msssim')
     try:
         from fussim import fused_ssim
-        out['fussim'] = lambda x, y: fused_ssim(x, y)
+        out['fussim'] = lambda x, y: fused_ssim(x, y, padding='valid')  # valid windows, as the others
     except Exception: missing.append('fussim')
     try:
         from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim

@@ -4,16 +4,14 @@ import pytest, torch
 from timm.layers.cbam import CbamModule
 from medrecipes import _cpu
 from medrecipes.kernels import CBAM, cbam, cbam_reference, cbam_backend, cbam_cpp_available
+from _utils import TOL, rel_err as _rel_rms
 
 # odd sizes, batch 1, C not divisible by 16 (and C < 16), a one-row image
 SHAPES = [(2, 32, 16, 16), (1, 20, 7, 9), (3, 17, 5, 13), (2, 1, 6, 5), (4, 48, 1, 8)]
-TOL = {torch.float32: dict(out=1e-5, grad=1e-5), torch.float16: dict(out=2e-3, grad=5e-3),
-       torch.bfloat16: dict(out=1.6e-2, grad=4e-2)}
+TOL = TOL['cbam']
 
 pytestmark = pytest.mark.skipif(not cbam_cpp_available(), reason='C++ CBAM kernels not built (setup.py build_ext --inplace)')
 
-
-def _rel_rms(a, b): return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def _pair(C, seed=0, **kw):
@@ -155,7 +153,7 @@ def test_half_types(dtype, layout):
         assert got[0].dtype == dtype and got[1].dtype == dtype
         if layout == 'channels_last': assert got[0].is_contiguous(memory_format=torch.channels_last)
         want = _step(t, x.float(), g.float())
-        _compare(got, want, TOL[dtype]['out'], TOL[dtype]['grad'], f'{dtype} train={mode}')
+        _compare(got, want, *TOL[dtype], f'{dtype} train={mode}')
 
 
 def test_half_module():
@@ -189,23 +187,24 @@ def test_double_backward_is_a_clear_error():
 def test_deterministic_and_thread_independent():
     """Bitwise the same results on repeated runs; with 1 or 2 OpenMP threads too, except the convolution's weight
     gradient, which torch's own convolution backward computes in a thread-count dependent order."""
-    code = ("import torch,hashlib;from medrecipes.kernels import CBAM;torch.manual_seed(0);m=CBAM(40).train();"
-            "h,k=hashlib.sha256(),hashlib.sha256()\n"
-            "for cl in (False,True):\n"
-            " x=torch.randint(-3,4,(3,40,33,35)).float()+0.25*torch.randn(3,40,33,35).round()\n"
-            " x=x.contiguous(memory_format=torch.channels_last) if cl else x\n"
-            " x.requires_grad_();m.zero_grad();y=m(x);y.backward(torch.randn_like(y))\n"
-            " [h.update(t.detach().contiguous().numpy().tobytes()) for t in (y,x.grad,*[p.grad for n,p in m.named_parameters() if n!='spatial.conv.conv.weight'])]\n"
-            " k.update(m.spatial.conv.conv.weight.grad.numpy().tobytes())\n"
-            "print(h.hexdigest(),k.hexdigest())")
+    code = ("import torch,hashlib;from medrecipes.kernels import CBAM\n"
+            "for rep in range(2):\n"
+            " torch.manual_seed(0);m=CBAM(40).train();h,k=hashlib.sha256(),hashlib.sha256()\n"
+            " for cl in (False,True):\n"
+            "  x=torch.randint(-3,4,(3,40,33,35)).float()+0.25*torch.randn(3,40,33,35).round()\n"
+            "  x=x.contiguous(memory_format=torch.channels_last) if cl else x\n"
+            "  x.requires_grad_();m.zero_grad();y=m(x);y.backward(torch.randn_like(y))\n"
+            "  [h.update(t.detach().contiguous().numpy().tobytes()) for t in (y,x.grad,*[p.grad for n,p in m.named_parameters() if n!='spatial.conv.conv.weight'])]\n"
+            "  k.update(m.spatial.conv.conv.weight.grad.numpy().tobytes())\n"
+            " print(h.hexdigest(),k.hexdigest())")
     runs = []
-    for n in ('1', '2', '2'):
+    for n in ('1', '2'):
         env = dict(os.environ, OMP_NUM_THREADS=n)
         r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         runs.append(r.stdout.split())
-    assert runs[1] == runs[2], 'results vary between runs'
-    assert runs[0][0] == runs[1][0], 'results depend on the thread count'
+    assert len(runs[1]) == 4 and runs[1][:2] == runs[1][2:], 'results vary between runs'
+    assert runs[0][0] == runs[1][0] and runs[0][:2] == runs[0][2:], 'results depend on the thread count'
 
 
 @pytest.mark.parametrize('backend', ['torch', 'cpp'])
@@ -337,3 +336,25 @@ def test_reference_kernels_export_plain_ops():
     assert 'medrecipes' not in str(ep.graph)
     torch.testing.assert_close(ep.module()(x), t.eval()(x), atol=1e-5, rtol=0)
     assert 'medrecipes.cbam_forward' in str(torch.export.export(m, (x,)).graph)
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('backend', ['torch', 'cpp'])
+def test_backend_dtype_layout(backend, dtype, layout):
+    "Every in-process backend x dtype x layout against timm's module on the same rounded input (float32; float64 for float64), training mode."
+    from medrecipes.kernels import use_backend
+    t, m = _pair(24)
+    t.train(); m.train()
+    if dtype == torch.float64: m.double()  # float64 end to end (half inputs run with float32 parameters)
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(2, 24, 7, 9, generator=g) * 2).to(dtype); gout = torch.randn(2, 24, 7, 9, generator=g).to(dtype)
+    if layout == 'channels_last': x, gout = x.contiguous(memory_format=torch.channels_last), gout.contiguous(memory_format=torch.channels_last)
+    with use_backend(backend):
+        assert cbam_backend(x) == backend
+        got = _step(m, x, gout)
+    assert got[0].dtype == dtype and got[1].dtype == dtype
+    if layout == 'channels_last' and backend == 'cpp': assert got[0].is_contiguous(memory_format=torch.channels_last)
+    rd = torch.float64 if dtype == torch.float64 else torch.float32
+    want = _step(t.to(rd), x.to(rd), gout.to(rd))
+    _compare(got, want, *TOL[dtype], f'{backend} {dtype} {layout}')

@@ -1,12 +1,12 @@
 "Public SSIM API: dispatch, parity with the reference and pytorch-msssim, dtypes, errors."
 import pytest, torch
 import pytorch_msssim
+from _utils import TOL, rel_err
 from medrecipes.kernels import ssim, ssim_reference, SSIMLoss, ssim_backend, cpp_available, ssim_constants
 
 SHAPES = [(2, 1, 32, 32), (1, 3, 23, 37), (2, 17, 16, 16), (1, 1, 11, 11), (3, 2, 40, 13)]
 
-
-def _rel_rms(a, b): return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+F32 = TOL['ssim'][torch.float32]
 
 
 @pytest.mark.parametrize('shape', SHAPES)
@@ -17,19 +17,20 @@ def test_values_and_grads_match_reference_and_msssim(shape):
     s = ssim(xa, ya, reduction='none'); s.sum().backward()
     x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
     r = ssim_reference(x64, y64); r.sum().backward()
-    torch.testing.assert_close(s.double(), r.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.double(), r.detach(), atol=F32.value, rtol=0)
     if min(shape[-2:]) >= 11:
         m = pytorch_msssim.ssim(x, y, data_range=1, size_average=False)
-        torch.testing.assert_close(s.detach(), m, atol=1e-5, rtol=0)
-    assert _rel_rms(xa.grad.double(), x64.grad) < 1e-4 and _rel_rms(ya.grad.double(), y64.grad) < 1e-4
+        torch.testing.assert_close(s.detach(), m, atol=F32.value, rtol=0)
+    assert rel_err(xa.grad, x64.grad) < F32.grad and rel_err(ya.grad, y64.grad) < F32.grad
 
 
 def test_cpu_dispatches_to_cpp():
     assert cpp_available() and ssim_backend(torch.rand(1, 1, 11, 11)) == 'cpp'
 
 
-@pytest.mark.parametrize('dtype,tol', [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
-def test_half_types(dtype, tol):
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_types(dtype):
+    tol = TOL['ssim'][dtype].value
     x = torch.rand(2, 3, 24, 24); y = (x + 0.1 * torch.rand_like(x)).clamp(0, 1)
     xh = x.to(dtype).requires_grad_()
     s = ssim(xh, y.to(dtype), reduction='none')
@@ -47,7 +48,7 @@ def test_non_contiguous_and_one_sided_grad():
     s = ssim(x, yr); s.backward()
     yr2 = y.clone().requires_grad_(); ssim_reference(x.contiguous(), yr2).mean().backward()
     torch.testing.assert_close(s, ssim_reference(x.contiguous(), y).mean(), atol=1e-5, rtol=0)
-    assert _rel_rms(yr.grad, yr2.grad) < 1e-4
+    assert rel_err(yr.grad, yr2.grad) < F32.grad
 
 
 def test_reference_gradcheck_float64():
@@ -136,3 +137,31 @@ def test_module_and_function_are_one_object():
     import medrecipes.kernels as K
     assert type(m).__name__ == '_CallableModule' and K.ssim is m and callable(m.ssim) and m.ssim is not m
     x = torch.rand(1, 1, 12, 12); torch.testing.assert_close(m(x, x), m.ssim(x, x))
+
+
+def _layout(t, layout):
+    if layout == 'channels_last': return t.contiguous(memory_format=torch.channels_last)
+    if layout == 'strided': return t.transpose(2, 3).contiguous().transpose(2, 3)
+    return t.contiguous()
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last', 'strided'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('backend', ['torch', 'cpp'])
+def test_backend_dtype_layout(backend, dtype, layout, monkeypatch):
+    "Every in-process backend x dtype x layout against the float64 reference on the same rounded inputs: values and both gradients."
+    from medrecipes.kernels import use_backend
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 17, 14, generator=g); y = (x + 0.2 * torch.rand(x.shape, generator=g)).clamp(0, 1)
+    x, y = _layout(x.to(dtype), layout).requires_grad_(), _layout(y.to(dtype), layout).requires_grad_()
+    w = torch.tensor([0.7, 1.3])
+    with use_backend(backend):
+        assert ssim_backend(x) == backend
+        s = ssim(x, y, reduction='none')
+    (s.double() * w).sum().backward()
+    x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    r = ssim_reference(x64, y64); (r * w).sum().backward()
+    tol = TOL['ssim'][dtype]
+    assert s.dtype == dtype and x.grad.dtype == dtype and y.grad.dtype == dtype
+    torch.testing.assert_close(s.double(), r.detach(), atol=tol.value, rtol=0)
+    assert rel_err(x.grad, x64.grad) < tol.grad and rel_err(y.grad, y64.grad) < tol.grad

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from medrecipes import _cpu
+from _utils import rel_err as rel_rms
 
 pytestmark = pytest.mark.skipif(not hasattr(_cpu, 'ssim_forward'),
                                 reason='medrecipes._cpu was built without ssim_forward (rebuild: setup.py build_ext --inplace)')
@@ -53,8 +54,6 @@ def ref_grads(X, Y, G, win=WIN):
     (ref_ssim(X, Y, win) * G.double()).sum().backward()
     return X.grad, Y.grad
 
-
-def rel_rms(a, b): return ((a.double() - b).norm() / b.norm()).item()
 
 
 def structured(B, C, H, W, seed=0):

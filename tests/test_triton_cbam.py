@@ -8,6 +8,7 @@ prints the failures, exits 0 (all pass), 1 (failures) or 77 (group not applicabl
 """
 import contextlib, os, subprocess, sys
 import pytest, torch
+from _utils import TOL, rel_err as _rel
 
 GROUPS = ['ops', 'half', 'split', 'module']
 SKIP = 77
@@ -56,7 +57,7 @@ SPLIT_CASES = [_BY_NAME['odd'], _BY_NAME['odd_cl'], HALF_CASES[3],  # the split 
                ('ties_mid', (2, 40, 9, 10), torch.float32, 'nchw', 'nchw', True),
                ('ties_mid_cl', (2, 40, 6, 7), torch.float32, 'cl', 'cl', True)]
 # relative tolerance of the x-sized outputs (out, dx), rounded to x's dtype
-OUT_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+OUT_TOL = {dt: t.value for dt, t in TOL['cbam_pass'].items()}
 
 
 def _layout(t, kind):
@@ -81,10 +82,6 @@ def make_inputs(shape, dtype, xl, gl, ties, device, seed=0):
     p = {k: v.to(device) for k, v in p.items()}
     return _layout(x.to(device), xl), _layout(g.to(device), gl), p
 
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def check_case(K, case, device):

@@ -8,14 +8,12 @@ A third test compiles the kernels for sm_90 without a GPU, which the interpreter
 """
 import contextlib, os, subprocess, sys
 import pytest, torch
+from _utils import TOL, rel_err as _rel
 
 GROUPS = ['shapes', 'edges']
 SHAPES = [(2, 1, 32, 32), (1, 3, 23, 37), (1, 1, 11, 11), (2, 5, 16, 40)]
-VAL_TOL, GRAD_TOL = 1e-5, 1e-4              # float32: max abs error of SSIM values, relative RMS error of gradients
-HALF_TOL = {torch.float16: (2e-3, 5e-3), torch.bfloat16: (1e-2, 2e-2)}  # (value, gradient) for half inputs
-
-
-def _rel(a, b): return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+VAL_TOL, GRAD_TOL = TOL['ssim'][torch.float32]  # max abs error of SSIM values, relative RMS error of gradients
+HALF_TOL = {dt: TOL['ssim'][dt] for dt in (torch.float16, torch.bfloat16)}  # (value, gradient) for half inputs
 
 
 @contextlib.contextmanager
