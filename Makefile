@@ -71,4 +71,4 @@ gpu-wheels: install
 ## make gpu-check: on a GPU machine (PyTorch, Triton, timm; no fastai needed): installs the carried wheels, runs the
 ## CUDA kernel tests, benchmarks SSIM, CBAM and the SAR attention step, prints a table, writes CSV rows to $$OUT
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(PYTHON) benchmarks/gpu_check.py --wheels $(GPU_WHEELS)
+	PYTHONPATH=$(CURDIR) $(PYTHON) benchmarks/gpu_check.py --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)

@@ -3,6 +3,7 @@ the SAR attention training step against their peers, print one compact table and
 
     python benchmarks/gpu_check.py [--wheels benchmarks/wheels] [--repeats 20]   # on the GPU machine (`make gpu-check`)
     python benchmarks/gpu_check.py --dry-run      # on CPU: tiny shapes, Triton's interpreter (`make test` runs this)
+    python benchmarks/gpu_check.py --steps ssim,cbam                            # a rerun of some steps only
 
 Steps (each reports and the script goes on when one fails; the exit status is 1 if any failed):
 1. wheels: `pip install --no-index --find-links WHEELS` for what the machine lacks (pytest, pytorch-msssim, fussim);
@@ -163,6 +164,7 @@ def main():
     ap.add_argument('--dry-run', action='store_true', help='CPU, tiny shapes, TRITON_INTERPRET=1')
     ap.add_argument('--wheels', default=str(ROOT/'benchmarks'/'wheels'))
     ap.add_argument('--out', default=os.environ.get('OUT', ''), help='folder for gpu_check.csv (default: $OUT)')
+    ap.add_argument('--steps', default='wheels,tests,ssim,cbam,sar_step', help='comma-separated steps to run (a rerun can skip some)')
     a = ap.parse_args()
     dev = 'cpu' if a.dry_run else 'cuda'
     if dev == 'cuda' and not torch.cuda.is_available(): sys.exit('gpu_check: no CUDA GPU here; use --dry-run on CPU')
@@ -177,6 +179,9 @@ def main():
         steps += [('ssim', lambda: bench_ssim(dev, [(32, 1, 256, 256), (8, 3, 512, 512)], rows, bench)),
                   ('cbam', lambda: bench_cbam(dev, [(32, 64, 128, 128), (8, 256, 56, 56)], [torch.float32, torch.bfloat16], rows, bench)),
                   ('sar_step', lambda: bench_sar(dev, 32, 256, rows, bench))]
+    want = set(a.steps.split(','))
+    if want - {'wheels', 'tests', 'ssim', 'cbam', 'sar_step'}: sys.exit(f"gpu_check: unknown --steps {sorted(want)}")
+    steps = [(n, f) for n, f in steps if n in want]
     t0 = time.time()
     for name, fn in steps:
         try: status[name] = f'ok: {fn() or "done"}'
