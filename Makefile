@@ -61,12 +61,12 @@ clean:
 ## manylinux x86_64) into benchmarks/wheels/ (git-ignored; carry it to the GPU machine with the working tree)
 .PHONY: gpu-wheels gpu-check
 GPU_WHEELS ?= benchmarks/wheels
-gpu-wheels: install
-	$(BIN)/python -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 \
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 pytest
+	$(PYTHON) -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 \
 		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-		pytest pytorch-msssim
-	$(BIN)/python -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 \
-		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --no-deps fussim
+		--no-deps pytorch-msssim fussim
 
 ## make gpu-check: on a GPU machine (PyTorch, Triton, timm; no fastai needed): installs the carried wheels, runs the
 ## CUDA kernel tests, benchmarks SSIM, CBAM and the SAR attention step, prints a table, writes CSV rows to $$OUT
