@@ -21,7 +21,7 @@ __all__ = ['DEFAULT_OPSET', 'ONNX_ATOL', 'CLASSIFIER_KEYS', 'SAR_KEYS', 'OnnxMis
 DEFAULT_OPSET = 20      # torch.onnx's default for the dynamo exporter; ONNX Runtime >= 1.17 runs it
 ONNX_ATOL = 1e-4        # largest |onnx - torch| accepted in float32
 CLASSIFIER_KEYS = ('model_state_dict', 'arch', 'class_names')
-SAR_KEYS = ('model_state_dict', 'model_config', 'preprocess')
+SAR_KEYS = ('model_state_dict', 'model_config', 'preprocessing_params')
 
 class OnnxMismatchError(RuntimeError):
     "ONNX Runtime's outputs differ from PyTorch's by more than the tolerance; `.result` holds what `export_onnx` measured."
@@ -85,7 +85,7 @@ def _sar_parts(ck, path):
     if patch % SAR_DOWNSAMPLE: raise ValueError(f"{path}: patch {patch} is not a multiple of {SAR_DOWNSAMPLE}")
     model = _load_state(sar_model(**cfg), ck, path)
     c_in, c_lat, p = model.in_channels, model.latent_channels, patch // SAR_DOWNSAMPLE
-    base = dict(model_config=_json(cfg), preprocess=_json(ck['preprocess']), patch=str(patch), downsample=str(SAR_DOWNSAMPLE))
+    base = dict(model_config=_json(cfg), preprocess=_json(ck['preprocessing_params']), patch=str(patch), downsample=str(SAR_DOWNSAMPLE))
     return [dict(suffix='.encoder', module=model.encoder, input_name='image', output_name='latent', shape=(c_in, patch, patch),
                  dist='uniform', meta=dict(kind='sar_encoder', **base)),
             dict(suffix='.decoder', module=model.decoder, input_name='latent', output_name='reconstruction', shape=(c_lat, p, p),

@@ -7,14 +7,16 @@ Docs: https://medrecipes.github.io/medrecipes/metrics.html.md"""
 # %% ../nbs/09_metrics.ipynb #c002
 from __future__ import annotations
 import math
+from functools import partial
+import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.learner import Metric
 from .kernels import ssim
 
 # %% auto #0
-__all__ = ['psnr', 'homogeneous_blocks', 'enl', 'enl_ratio', 'laplacian', 'epi', 'ImageMetric', 'PSNRMetric', 'SSIMMetric',
-           'ENLRatioMetric', 'EPIMetric']
+__all__ = ['psnr', 'homogeneous_blocks', 'enl_sums', 'enl_from_sums', 'enl', 'ratio_from_sums', 'enl_ratio', 'laplacian', 'epi',
+           'ImageMetric', 'ENLRatioPooled', 'PSNRMetric', 'SSIMMetric', 'ENLRatioMetric', 'EPIMetric']
 
 # %% ../nbs/09_metrics.ipynb #c006
 def _check_pair(pred, targ, name):
@@ -31,66 +33,126 @@ def psnr(pred:torch.Tensor, targ:torch.Tensor, data_range:float=1.0, eps:float=1
 def _blocks(x, w):
     B, C, H, W = x.shape
     if H < w or W < w: raise ValueError(f"enl: images of {H}x{W} are smaller than the {w}x{w} ENL window")
-    x = x[..., :H // w * w, :W // w * w].float()
+    x = x[..., :H // w * w, :W // w * w].double()
     return x.unfold(2, w, w).unfold(3, w, w).reshape(B, -1, w * w)   # B x blocks x pixels
 
 def homogeneous_blocks(orig:torch.Tensor, window:int=16, frac:float=0.25) -> torch.Tensor:
     "Boolean mask (B x blocks) of the `frac` most homogeneous `window`-blocks of each image of `orig`."
     if not 0 < frac <= 1: raise ValueError(f"frac must be in (0, 1], not {frac}")
     b = _blocks(orig, window)
-    cv = b.std(-1, unbiased=False) / b.mean(-1).abs().clamp_min(1e-12)
+    m, sd = b.mean(-1).abs(), b.std(-1, unbiased=False)
+    cv = torch.where(m > 0, sd / m.clamp_min(torch.finfo(m.dtype).tiny), torch.where(sd > 0, torch.inf, 0.))
     k = max(1, int(round(frac * cv.shape[1])))
-    idx = cv.argsort(dim=1)[:, :k]
+    idx = cv.argsort(dim=1, stable=True)[:, :k]
     return torch.zeros_like(cv, dtype=torch.bool).scatter_(1, idx, True)
 
-def enl(img:torch.Tensor, mask:torch.Tensor, window:int=16) -> torch.Tensor:
-    "Mean ENL (`mean^2/var`) of the blocks of `img` selected by `mask`, one value per image."
+def enl_sums(img:torch.Tensor, mask:torch.Tensor, window:int=16) -> tuple:
+    "`(sum of mean^2, sum of var)` of the blocks of `img` selected by `mask`, per image (float64): the pooled ENL statistics."
     b = _blocks(img, window)
-    e = b.mean(-1) ** 2 / b.var(-1, unbiased=False).clamp_min(1e-12)
-    return (e * mask).sum(1) / mask.sum(1)
+    return (b.mean(-1) ** 2 * mask).sum(1), (b.var(-1, unbiased=False) * mask).sum(1)
+
+def _flat(num, den): return den <= 1e-12 * num   # no variance left (relative to the mean): infinite ENL
+
+def enl_from_sums(num:torch.Tensor, den:torch.Tensor) -> torch.Tensor:
+    "ENL `num/den` from `enl_sums`; `inf` where the blocks are flat."
+    return torch.where(_flat(num, den), torch.inf, num / torch.where(_flat(num, den), 1., den))
+
+def enl(img:torch.Tensor, mask:torch.Tensor, window:int=16) -> torch.Tensor:
+    "Pooled ENL (`sum(mean^2)/sum(var)`) of the blocks of `img` selected by `mask`, one value per image; `inf` if they are flat."
+    return enl_from_sums(*enl_sums(img, mask, window)).float()
+
+def ratio_from_sums(pn, pd, tn, td) -> torch.Tensor:
+    "ENL ratio from the pooled sums of reconstruction (`pn`, `pd`) and original (`tn`, `td`): 1 where both are flat."
+    fp, ft = _flat(pn, pd), _flat(tn, td)
+    r = (pn * td) / torch.where(fp | ft, 1., pd * tn)
+    return torch.where(fp & ft, 1., torch.where(fp, torch.inf, torch.where(ft, 0., r)))
 
 def enl_ratio(pred:torch.Tensor, targ:torch.Tensor, window:int=16, frac:float=0.25) -> torch.Tensor:
     "ENL of the reconstruction over ENL of the original, on the original's homogeneous blocks (linear intensity)."
     _check_pair(pred, targ, 'enl_ratio')
     m = homogeneous_blocks(targ, window, frac)
-    return enl(pred, m, window) / enl(targ, m, window)
+    return ratio_from_sums(*enl_sums(pred, m, window), *enl_sums(targ, m, window)).float()
 
 # %% ../nbs/09_metrics.ipynb #c013
 _LAPLACE = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]])
 
 def laplacian(x:torch.Tensor) -> torch.Tensor:
-    "3x3 Laplacian of each channel over the valid area."
-    C = x.shape[1]
-    return F.conv2d(x.float(), _LAPLACE.to(x.device).view(1, 1, 3, 3).expand(C, 1, 3, 3), groups=C)
+    "3x3 Laplacian of each channel over the valid area (float32, or float64 for a float64 `x`)."
+    C = x.shape[1]; x = x if x.dtype == torch.float64 else x.float()
+    return F.conv2d(x, _LAPLACE.to(x.device, x.dtype).view(1, 1, 3, 3).expand(C, 1, 3, 3), groups=C)
+
+def _edgeless(d, x):
+    "Per image: is the centred Laplacian energy `d` at float32 rounding level for images `x`?"
+    scale = x.flatten(1).abs().amax(1).double()
+    n = x[0].numel()
+    return d <= n * (1e-6 * scale) ** 2
 
 def epi(pred:torch.Tensor, targ:torch.Tensor) -> torch.Tensor:
-    "Edge preservation index (Sattar et al. 1997) of `pred` against the original `targ`, one value per image."
+    "Edge preservation index (Sattar et al. 1997) of `pred` against the original `targ`, one value per image; 1 if neither has edges."
     _check_pair(pred, targ, 'epi')
     if min(pred.shape[-2:]) < 3: raise ValueError(f"epi: images of {tuple(pred.shape[-2:])} are smaller than the 3x3 Laplacian")
-    ds, dr = laplacian(targ).flatten(1), laplacian(pred).flatten(1)
+    ds, dr = laplacian(targ.double()).flatten(1), laplacian(pred.double()).flatten(1)
     ds, dr = ds - ds.mean(1, keepdim=True), dr - dr.mean(1, keepdim=True)
-    return (ds * dr).sum(1) / ((ds * ds).sum(1) * (dr * dr).sum(1)).sqrt().clamp_min(1e-12)
+    ss, rr = (ds * ds).sum(1), (dr * dr).sum(1)
+    fs, fr = _edgeless(ss, targ), _edgeless(rr, pred)
+    v = (ds * dr).sum(1) / torch.where(fs | fr, 1., (ss * rr).sqrt())
+    return torch.where(fs & fr, 1., torch.where(fs | fr, 0., v)).float()
 
 # %% ../nbs/09_metrics.ipynb #c016
+def _sar_tiles(learn):
+    "The `SarTiles` set `learn.dl` serves in item order, or None"
+    dl = getattr(learn, 'dl', None)
+    while hasattr(dl, 'dl'): dl = dl.dl          # a DistributedDL: its batches are gathered in global order
+    ds = getattr(dl, 'dataset', None)
+    return ds if hasattr(ds, 'stitcher') and getattr(dl, 'shuffle', True) is False else None
+
 class ImageMetric(Metric):
-    "Average of a per-image metric `func(pred, targ) -> (B,)` over all validation images."
+    "Pixel-weighted mean of a per-image metric `func(pred, targ) -> (B,)` over whole validation images (tiles stitched)."
     def __init__(self, func, name:str, transform=None):
         self.func, self._name, self.transform = func, name, transform
-    def reset(self): self.total, self.count = 0., 0
-    def accumulate(self, learn):
+    def reset(self): self.total, self.count, self._st = 0., 0, None
+    def _pairs(self, learn):
+        "The `(pred, targ)` batches to score: whole images completed by this batch, or the batch itself"
         pred, targ = learn.pred.detach(), learn.yb[0].detach()
-        if self.transform is not None: pred, targ = self.transform(pred), self.transform(targ)
-        v = self.func(pred, targ)
-        self.total += float(v.double().sum()); self.count += v.numel()
+        pred, targ = [p.as_subclass(torch.Tensor) if isinstance(p, torch.Tensor) else p for p in (pred, targ)]
+        ds = _sar_tiles(learn)
+        if ds is None: return [(pred, targ)]
+        if getattr(self, '_st', None) is None or self._st.tiles is not ds: self._st = ds.stitcher()
+        return [(torch.from_numpy(im)[None, None], torch.from_numpy(np.ascontiguousarray(ds.images[i]))[None, None])
+                for i, im in self._st.add(pred)]
+    def accumulate(self, learn):
+        for pred, targ in self._pairs(learn):
+            if self.transform is not None: pred, targ = self.transform(pred), self.transform(targ)
+            self.add(pred, targ)
+    def add(self, pred, targ):
+        "Score one batch of images"
+        v, w = self.func(pred, targ).double(), pred[0, 0].numel()
+        self.total += float(v.sum()) * w; self.count += v.numel() * w
     @property
     def value(self): return self.total / self.count if self.count else float('nan')
     @property
     def name(self): return self._name
 
-def PSNRMetric(data_range:float=1.0): return ImageMetric(lambda p, t: psnr(p, t, data_range), 'psnr')
+class ENLRatioPooled(ImageMetric):
+    "ENL ratio over all validation images from pooled block statistics (`enl_sums`), robust to flat images and tiles."
+    def __init__(self, transform=None, window:int=16, frac:float=0.25):
+        super().__init__(None, 'enl_ratio', transform); self.window, self.frac = window, frac
+    def reset(self): super().reset(); self.sums = torch.zeros(4, dtype=torch.float64)
+    def add(self, pred, targ):
+        _check_pair(pred, targ, 'enl_ratio')
+        m = homogeneous_blocks(targ, self.window, self.frac)
+        self.sums += torch.stack([s.sum() for s in (*enl_sums(pred, m, self.window), *enl_sums(targ, m, self.window))])
+        self.count += len(pred)
+    @property
+    def value(self): return float(ratio_from_sums(*self.sums)) if self.count else float('nan')
+
+def _ssim_images(p, t, data_range=1.0, win_size=11): return ssim(p.float(), t.float(), data_range, win_size, reduction='none')
+
+def PSNRMetric(data_range:float=1.0): return ImageMetric(partial(psnr, data_range=data_range), 'psnr')
 def SSIMMetric(data_range:float=1.0, win_size:int=11):
     "Mean SSIM over the validation images (the fused kernels of `medrecipes.kernels`)."
-    return ImageMetric(lambda p, t: ssim(p.float(), t.float(), data_range, win_size, reduction='none'), 'ssim')
+    return ImageMetric(partial(_ssim_images, data_range=data_range, win_size=win_size), 'ssim')
 def ENLRatioMetric(transform=None, window:int=16, frac:float=0.25):
-    return ImageMetric(lambda p, t: enl_ratio(p, t, window, frac), 'enl_ratio', transform)
+    "ENL ratio over the validation images, pooled (see `ENLRatioPooled`)"
+    return ENLRatioPooled(transform, window, frac)
 def EPIMetric(): return ImageMetric(epi, 'epi')

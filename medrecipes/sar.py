@@ -6,7 +6,7 @@ Docs: https://medrecipes.github.io/medrecipes/sar.html.md"""
 
 # %% ../nbs/12_sar.ipynb #c002
 from __future__ import annotations
-import json, logging, os, threading, time, warnings
+import contextlib, ctypes, gc, json, logging, os, tempfile, threading, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn
@@ -15,19 +15,22 @@ from fastai.learner import Learner, Recorder
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau
 from fastai.callback.training import GradientClip
+from fastai.data.core import TfmdDL
 from fastai.optimizer import Adam
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
-from .resume import ResumableLearner, ResumeCheckpoint, resume_path
-from .data.sar import SarDataLoaders, SarPreprocess, SarTiles
+from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state, _set_rng_state
+from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
 from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS
+_all_ = ['SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
 
 # %% auto #0
 __all__ = ['SAR_DEFAULTS', 'SarLoss', 'SarTensorBoard', 'TextLog', 'SarLearner', 'sar_metrics', 'sar_learner', 'load_sar_model',
-           'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar', 'compare_sar']
+           'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar', 'compare_sar', 'SarDataLoaders',
+           'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']
 
 # %% ../nbs/12_sar.ipynb #c005
 class SarLoss(nn.Module):
@@ -38,6 +41,7 @@ class SarLoss(nn.Module):
             raise ValueError(f"loss weights must be >= 0 and not both 0, got mse_weight={mse_weight}, ssim_weight={ssim_weight}")
         self.mse_weight, self.ssim_weight, self.data_range, self.win_size = mse_weight, ssim_weight, data_range, win_size
     def forward(self, pred, targ):
+        pred, targ = pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor)   # a plain loss, not a `SarImage`
         loss = self.mse_weight * F.mse_loss(pred.float(), targ.float()) if self.mse_weight else pred.new_zeros((), dtype=torch.float32)
         if self.ssim_weight: loss = loss + self.ssim_weight * (1 - ssim(pred.float(), targ.float(), self.data_range, self.win_size))
         return loss
@@ -139,10 +143,20 @@ class SarLearner(ResumableLearner):
         vals = self.validate(dl=dl)
         names = ['loss' if n == 'valid_loss' else n for n in self.recorder.metric_names[1:] if n not in ('train_loss', 'time')]
         return dict(zip(names, [float(v) for v in vals]))
+    def predict(self, item, # a `.npy`/`.tif`/`.png` file or an array, in the units of the training images
+                with_input:bool=False): # also return the scaled input
+        "Reconstruct a whole image tile by tile: `(reconstruction in the training units, the [0, 1] reconstruction as a SarImage)`"
+        dl = self.dls.test_dl([item])
+        with self.no_bar(): preds, _ = self.get_preds(dl=dl)
+        rec = dl.dataset.stitch(preds)[0]
+        pre = self.dls.preprocess
+        dec = np.asarray(pre.decode_linear(rec) if self.dls.units == 'linear' else pre.decode_db(rec), dtype=np.float32)
+        res = (dec, SarImage(torch.from_numpy(rec)[None]))
+        return (SarImage(torch.from_numpy(dl.dataset.images[0])[None]),) + res if with_input else res
 
 def sar_metrics(preprocess:SarPreprocess|None=None) -> list:
     "PSNR and SSIM on the [0, 1] values, the ENL ratio in linear intensity (decoded with `preprocess`), EPI."
-    tf = None if preprocess is None else (lambda x: torch.as_tensor(preprocess.decode_linear(x.float())))
+    tf = None if preprocess is None else preprocess.decode_linear
     return [PSNRMetric(), SSIMMetric(), ENLRatioMetric(transform=tf), EPIMetric()]
 
 def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
@@ -170,8 +184,9 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
     learn = SarLearner(dls, model, loss_func=SarLoss(mse_weight, ssim_weight), opt_func=Adam, lr=lr, wd=0.,
                        metrics=sar_metrics(getattr(dls, 'preprocess', None)), cbs=cb_list, path=out_dir, **kwargs)
     learn.ckpt_cb, learn.out_dir = ck, out_dir
-    learn.checkpoint_meta = dict(model_config=model.config, preprocess=dls.preprocess.to_dict() if hasattr(dls, 'preprocess') else None,
-                                 patch=getattr(dls, 'patch', None), bs=dls.bs,
+    pre = getattr(dls, 'preprocess', None)
+    learn.checkpoint_meta = dict(model_config=model.config, preprocessing_params=pre.checkpoint_params() if pre is not None else None,
+                                 patch=getattr(dls, 'patch', None), bs=dls.bs, data_fingerprint=getattr(dls, 'data_fingerprint', None),
                                  config=config if config is not None else dict(variant=variant, latent_channels=latent_channels))
     return learn
 
@@ -179,10 +194,10 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
 def load_sar_model(ckpt:str|Path, device='cpu'):
     "The autoencoder and the fitted `SarPreprocess` stored in a SAR checkpoint."
     ck = load_checkpoint(ckpt)
-    for k in ('model_state_dict', 'model_config', 'preprocess'):
+    for k in ('model_state_dict', 'model_config', 'preprocessing_params'):
         if k not in ck or ck[k] is None: raise ValueError(f"{ckpt} is not a SAR checkpoint: it has no {k!r}")
     model = sar_model(**ck['model_config']); model.load_state_dict(ck['model_state_dict'])
-    return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocess']), ck.get('patch')
+    return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocessing_params']), ck.get('patch')
 
 @torch.no_grad()
 def reconstruct_sar(ckpt:str|Path, # a SAR checkpoint (best.pt or latest.pt)
@@ -244,6 +259,47 @@ def _peak_rss_sampler():
     def stop(): state['stop'] = True; t.join(); return state['peak'] / 2**20
     return stop
 
+def _malloc_trim():
+    "Hand the heap memory freed by earlier work back to the OS (glibc), so the next RSS growth is the next run's own"
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass
+
+_PROCESS_WARM = False
+
+def _warm_up_process(dls, variant:str):
+    "Once per process: a throwaway fit of a tiny model on one image with every callback of the recipe (in a temporary folder), random states restored"
+    global _PROCESS_WARM
+    if _PROCESS_WARM or is_distributed(): return
+    st = _rng_state(dls)
+    try:
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            tr, va = dls.train_ds, dls.valid_ds
+            small = SarDataLoaders(TfmdDL(SarPatches(tr.images[:1], tr.patch, 2), bs=2, num_workers=0),
+                                   TfmdDL(SarTiles(va.images[:1], va.patch), bs=dls.valid.bs, num_workers=0), device=dls.device)
+            small.preprocess, small.patch = dls.preprocess, dls.patch
+            learn = sar_learner(small, variant=variant, base_channels=2, out_dir=d, hist_every=1)
+            with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-4)
+    finally: _set_rng_state(st, dls)
+    _PROCESS_WARM = True
+
+def _warm_up(learn):
+    "One forward and backward pass of the model and loss on validation tiles, in eval mode, gradients dropped: no state changes"
+    ds = learn.dls.valid_ds
+    if not len(ds): return
+    x = torch.stack([ds[i][0] for i in range(min(len(ds), learn.dls.valid.bs))]).as_subclass(torch.Tensor).to(learn.dls.device)
+    m = learn.model; was = m.training; m.eval()
+    try: learn.loss_func(m(x), x).backward()
+    finally: m.train(was); m.zero_grad(set_to_none=True)
+
+_KEPT = ('train_seconds', 'seconds_per_epoch', 'peak_memory_mb', 'peak_memory_kind')
+
+def _previous_figures(fn:Path) -> dict:
+    "The timing and memory figures of the `summary.json` a run wrote before (None each when there is none)"
+    try: prev = json.loads(fn.read_text())
+    except (OSError, ValueError): prev = {}
+    return {k: prev.get(k) if isinstance(prev, dict) else None for k in _KEPT}
+
 def train_sar(config:str|Path|None=None, # YAML config file
               overrides=(), # `key=value` strings
               cbs=None, # extra callbacks for the learner
@@ -262,12 +318,17 @@ def train_sar(config:str|Path|None=None, # YAML config file
                             mse_weight=cfg['mse_weight'], ssim_weight=cfg['ssim_weight'], lr=cfg['lr'], clip_grad=cfg['clip_grad'],
                             plateau=cfg['schedule'] == 'plateau', plateau_factor=cfg['plateau_factor'], plateau_patience=cfg['plateau_patience'],
                             patience=cfg['patience'], out_dir=out, hist_every=cfg['hist_every'], config=run_cfg, cbs=cbs)
+        if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checked before anything is written
         if is_rank0(): save_config(run_cfg, out/'config.yaml')
-        if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)
+        prev = _previous_figures(out/'summary.json')
         fit = (lambda: learn.fit_one_cycle(cfg['epochs'], cfg['lr'])) if cfg['schedule'] == 'one_cycle' else (lambda: learn.fit(cfg['epochs'], cfg['lr']))
-        if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
-        stop = _peak_rss_sampler(); t0 = time.time()
+        stop = lambda: 0.
         try:
+            # memory: the process's one-time growth (kernels, thread pools, allocator) goes into a warm-up pass, and the memory
+            # earlier runs freed goes back to the OS, so a variant's figure does not depend on what ran before it
+            _warm_up_process(dls, cfg['variant']); _warm_up(learn); gc.collect(); _malloc_trim()
+            if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+            stop = _peak_rss_sampler(); t0 = time.time()
             with distributed(learn, sync_bn=cfg['sync_bn']):
                 if cfg['progress']: fit()
                 else:
@@ -282,14 +343,15 @@ def train_sar(config:str|Path|None=None, # YAML config file
             bs = nb; continue
         secs, rss = time.time() - t0, stop()
         break
-    epochs_run = len(learn.recorder.values)
+    epochs_run, retrained = len(learn.recorder.values), getattr(learn, 'epochs_this_fit', len(learn.recorder.values))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' else rss
+    figures = dict(train_seconds=round(secs, 2), seconds_per_epoch=round(secs / max(retrained, 1), 3), peak_memory_mb=round(peak, 1),
+                   peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'cpu_rss_growth')
+    if not retrained: figures = prev   # a resume of a finished run: the original run's figures (None when unknown), not the no-op's
     summary = dict(variant=cfg['variant'], params=count_parameters(learn.model), compression=compression_ratio(learn.model, (1, cfg['patch'], cfg['patch'])),
-                   bs_used=bs, bs_failed=failed, epochs_run=epochs_run, train_seconds=round(secs, 2),
-                   seconds_per_epoch=round(secs / max(getattr(learn, 'epochs_this_fit', epochs_run), 1), 3),
-                   peak_memory_mb=round(peak, 1), peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'cpu_rss_growth',
+                   bs_used=bs, bs_failed=failed, epochs_run=epochs_run, epochs_trained_now=retrained, **figures,
                    best_epoch=learn.ckpt_cb.best_epoch)
-    with distributed(learn):
+    with distributed(learn), (contextlib.nullcontext() if cfg['progress'] else learn.no_bar()):
         summary.update({f'valid_{k}': v for k, v in learn.evaluate(which='best').items()})
         test_dir = Path(cfg['data_path'])/'test'
         if test_dir.is_dir():

@@ -64,9 +64,70 @@ def test_metric_errors_name_the_problem():
 def test_fastai_metrics_average_over_images_not_batches():
     class L: pass
     x = torch.rand(5, 1, 32, 32); y = (x + 0.1 * torch.rand(5, 1, 32, 32)).clamp(0, 1)
-    for mk, f in [(SSIMMetric, lambda p, t: ssim(p, t, reduction='none')), (PSNRMetric, psnr), (EPIMetric, epi),
-                  (lambda: ENLRatioMetric(window=8), lambda p, t: enl_ratio(p, t, window=8))]:
+    for mk, f in [(SSIMMetric, lambda p, t: ssim(p, t, reduction='none')), (PSNRMetric, psnr), (EPIMetric, epi)]:
         m = mk(); m.reset(); l = L()
         for sl in (slice(0, 4), slice(4, 5)):   # a batch of 4 then a batch of 1
             l.pred, l.yb = x[sl], (y[sl],); m.accumulate(l)
         assert math.isclose(m.value, f(x, y).mean().item(), rel_tol=1e-5)
+    # the ENL ratio pools the selected blocks' statistics of every image: sum(mean^2)/sum(var), reconstruction over original
+    m = ENLRatioMetric(window=8); m.reset(); l = L()
+    for sl in (slice(0, 4), slice(4, 5)): l.pred, l.yb = x[sl], (y[sl],); m.accumulate(l)
+    blk = lambda a: a.double().unfold(2, 8, 8).unfold(3, 8, 8).reshape(len(a), -1, 64)
+    mask = homogeneous_blocks(y, window=8)
+    pooled = lambda a: (blk(a).mean(-1) ** 2)[mask].sum() / blk(a).var(-1, unbiased=False)[mask].sum()
+    assert math.isclose(m.value, (pooled(x) / pooled(y)).item(), rel_tol=1e-9)
+
+
+def test_epi_of_flat_images_is_defined():
+    "issue 12.9: a perfect reconstruction of a constant image has EPI 1; edges invented or lost give 0."
+    c = torch.full((2, 1, 32, 32), 0.3)
+    assert torch.equal(epi(c, c), torch.ones(2))                     # was 0.0
+    assert torch.equal(epi(c + 0.25, c), torch.ones(2))              # an offset of a flat image: still nothing lost
+    edge = torch.tanh((torch.arange(32.) - 15.5) / 1.5).view(1, 1, 1, 32).expand(2, 1, 32, 32).contiguous()
+    assert torch.equal(epi(edge, c), torch.zeros(2)) and torch.equal(epi(c, edge), torch.zeros(2))
+    assert torch.isfinite(epi(torch.rand(2, 1, 32, 32), c)).all()
+
+
+def test_enl_ratio_of_flat_inputs_is_defined_without_a_clamp():
+    "issue 12.9: no 1e-12 clamp: a flat reconstruction of speckle has an infinite ENL ratio, a flat pair ratio 1."
+    sp = _speckle(1, (2, 1, 64, 64), 5)
+    flat = torch.full_like(sp, 0.8)
+    assert torch.isinf(enl_ratio(flat, sp)).all()                    # was 8.96e11-like finite garbage
+    assert torch.equal(enl_ratio(sp, flat), torch.zeros(2))
+    assert torch.equal(enl_ratio(flat, flat * 0.5), torch.ones(2))
+    assert torch.isinf(enl(flat, homogeneous_blocks(sp))).all()
+
+
+def test_enl_ratio_metric_pools_so_one_flat_tile_does_not_dominate():
+    "issue 12.9: over tiles, one flat reconstruction weighs in by its share of the blocks, not by an unbounded ratio."
+    class L: pass
+    sp = _speckle(1, (4, 1, 64, 64), 7)
+    pred = torch.cat([sp[:3], torch.full_like(sp[:1], 1.)])         # three perfect tiles, one flat
+    m = ENLRatioMetric(); m.reset(); l = L(); l.pred, l.yb = pred, (sp,); m.accumulate(l)
+    assert 1 <= m.value < 2, m.value                                  # pooled: 4/3 here; a mean of per-tile ratios is huge
+    m.reset(); l.pred = sp; m.accumulate(l); assert math.isclose(m.value, 1.0, rel_tol=1e-9)
+
+
+def test_validation_metrics_weight_pixels_once_over_overlapping_tiles():
+    "issue 12 (also): over a SarTiles loader the metrics score the stitched whole images, every pixel once."
+    import numpy as np
+    from fastai.data.core import TfmdDL
+    from medrecipes.data.sar import SarTiles
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(40, 40, generator=g).numpy(), torch.rand(48, 32, generator=g).numpy()]
+    tiles = SarTiles(imgs, 32)                                       # 40 -> tiles at 0 and 8: overlapping
+    dl = TfmdDL(tiles, bs=3, shuffle=False)
+    xs = torch.stack([tiles[i][0] for i in range(len(tiles))]).as_subclass(torch.Tensor)
+    noise = 0.05 * torch.randn(xs.shape, generator=g) * torch.arange(1., len(xs) + 1).view(-1, 1, 1, 1)   # tiles differ in error
+    preds = (xs + noise).clamp(0, 1)
+    full = tiles.stitch(preds)
+    for mk, f in [(PSNRMetric, psnr), (EPIMetric, epi)]:
+        m = mk(); m.reset()
+        class L: pass
+        l = L(); l.dl = dl
+        for i in range(0, len(xs), 3): l.pred, l.yb = preds[i:i + 3], (xs[i:i + 3],); m.accumulate(l)
+        per = [f(torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]).item() for p, t in zip(full, imgs)]
+        want = sum(v * t.size for v, t in zip(per, imgs)) / sum(t.size for t in imgs)
+        assert math.isclose(m.value, want, rel_tol=1e-5), (mk, m.value, want)
+        tile_mean = f(preds, xs).mean().item()
+        assert not math.isclose(m.value, tile_mean, rel_tol=1e-3)   # not the old mean over (overlapping) tiles

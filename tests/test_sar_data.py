@@ -316,3 +316,39 @@ def test_empty_and_missing_folders(tmp_path, sar_copy):
                                       (dict(units='DN'), '`units`'), (dict(clip=(0, -1)), 'lo < hi')])
 def test_bad_arguments(sar, kw, match):
     with pytest.raises(ValueError, match=match): loaders(sar, **kw)
+
+
+def test_items_are_fastai_sar_images_and_survive_export(sar):
+    "issue 11.4: SarImage items on TfmdDLs (show_batch dispatches on them); new_empty keeps the fitted preprocessing."
+    from fastai.data.core import TfmdDL
+    from fastai.torch_core import TensorImageBW
+    dls = loaders(sar)
+    assert isinstance(dls.train, TfmdDL) and isinstance(dls.valid, TfmdDL)
+    xb, yb = dls.one_batch(); vb, _ = dls.valid.one_batch()
+    assert type(xb) is SarImage and type(yb) is SarImage and type(vb) is SarImage and issubclass(SarImage, TensorImageBW)
+    x, y, its = dls.train.show_batch(max_n=2, show=False)
+    assert type(x) is SarImage and len(its) == 2
+    empty = dls.new_empty()
+    assert len(empty.train_ds) == 0 and len(empty.valid_ds) == 0
+    assert empty.preprocess == dls.preprocess and (empty.units, empty.patch, empty.pixel_kind) == (dls.units, dls.patch, dls.pixel_kind)
+    f = sorted((sar / 'test').glob('*.npy'))[0]
+    a, b = empty.test_dl([f]).one_batch()[0], empty.test_dl([np.load(f)]).one_batch()[0]   # a file or an array, in the training units
+    assert torch.equal(a, b) and torch.equal(a, dls.tiles_dl([f]).one_batch()[0])
+    with pytest.raises(ValueError, match='array 0: the image .* smaller than the 32x32 patch'): empty.test_dl([np.ones((20, 40), np.float32)])
+
+
+def test_data_fingerprint_names_the_split(sar, sar_copy):
+    "The fingerprint changes with which files are in train/valid, not with where the data set lives."
+    a, moved = loaders(sar), loaders(sar_copy)
+    assert a.data_fingerprint == moved.data_fingerprint and len(a.data_fingerprint) == 16
+    f = sorted((sar_copy / 'valid').glob('*.npy'))[0]; f.rename(sar_copy / 'train' / f.name)
+    assert loaders(sar_copy).data_fingerprint != a.data_fingerprint
+
+
+def test_checkpoint_params_carry_vmin_vmax(sar, tmp_path):
+    pre = loaders(sar).preprocess
+    pp = pre.checkpoint_params()
+    assert (pp['vmin'], pp['vmax']) == (pre.lo, pre.hi) and pp['vmin'] < pp['vmax']
+    torch.save({'preprocessing_params': pp}, tmp_path / 'c.pt')
+    assert SarPreprocess.from_dict(torch.load(tmp_path / 'c.pt', weights_only=True)['preprocessing_params']) == pre
+    with pytest.raises(ValueError, match='vmin/vmax'): SarPreprocess.from_dict({**pp, 'vmin': pp['vmin'] - 1})

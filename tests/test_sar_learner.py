@@ -47,13 +47,15 @@ def test_checkpoints_carry_everything_and_load_weights_only(sar_data, tmp_path):
     s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=2, variant='baseline', **SMALL)
     for name in ('latest.pt', 'best.pt'):
         ck = torch.load(tmp_path/'checkpoints'/name, weights_only=True)
-        assert {'model_state_dict', 'optimizer_state_dict', 'loop', 'recorder', 'callbacks', 'rng', 'config', 'preprocess', 'model_config'} <= set(ck)
+        assert {'model_state_dict', 'optimizer_state_dict', 'loop', 'recorder', 'callbacks', 'rng', 'config', 'preprocessing_params',
+                'model_config', 'patch', 'data_fingerprint'} <= set(ck)
+        assert 'preprocess' not in ck
         assert ck['config']['variant'] == 'baseline' and ck['config']['lr'] == 1e-4
         cbs = ck['callbacks']
         assert {'best', 'wait'} <= set(cbs['ReduceLROnPlateau.0']) and {'best', 'wait'} <= set(cbs['EarlyStoppingCallback.0'])
         assert ck['optimizer_state_dict']['hypers'][0]['lr'] == pytest.approx(1e-4)
     dls_pre = SarDataLoaders.from_folder(sar_data, patch=32).preprocess
-    assert SarPreprocess.from_dict(load_checkpoint(tmp_path/'checkpoints'/'best.pt')['preprocess']) == dls_pre
+    assert SarPreprocess.from_dict(load_checkpoint(tmp_path/'checkpoints'/'best.pt')['preprocessing_params']) == dls_pre
     assert s['compression'] == 16 and s['bs_used'] == 8 and 'test_psnr' in s and 'valid_epi' in s
     # inference uses only the checkpoint: reconstruction in linear intensity, dB and [0, 1]
     img = np.load(sorted((sar_data/'test').glob('*.npy'))[0])
@@ -134,3 +136,58 @@ def test_compare_cli_writes_the_table(sar_data, tmp_path):
     md = (tmp_path/'comparison.md').read_text().splitlines()
     assert md[0].startswith('| variant | params | psnr |') and len(md) == 6
     for v in df.variant: assert (tmp_path/v/'checkpoints'/'best.pt').is_file()
+
+
+def test_best_checkpoint_rebuilds_the_model_from_its_own_keys(sar_data, tmp_path):
+    "issue 11.2: plain torch.load(weights_only=True) and the checkpoint's keys alone give back learn.model and the preprocessing."
+    from medrecipes.models.sar import sar_model
+    dls = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, patches_per_image=3, seed=0, device='cpu')
+    learn = sar_learner(dls, variant='residual', base_channels=8, out_dir=tmp_path, plateau=False)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-3)
+    ck = torch.load(tmp_path/'checkpoints'/'best.pt', weights_only=True)
+    assert ck['epoch'] == 0 if 'epoch' in ck else ck['loop']['epoch'] == 0
+    model = sar_model(**ck['model_config']); model.load_state_dict(ck['model_state_dict']); model.eval()
+    x = torch.stack([dls.valid_ds[i][0] for i in range(4)]).as_subclass(torch.Tensor)
+    learn.model.eval()
+    with torch.no_grad(): torch.testing.assert_close(model(x), learn.model(x).as_subclass(torch.Tensor), rtol=0, atol=0)
+    pp = ck['preprocessing_params']
+    assert pp['vmin'] < pp['vmax'] and (pp['vmin'], pp['vmax']) == (dls.preprocess.lo, dls.preprocess.hi)
+    assert SarPreprocess.from_dict(pp) == dls.preprocess and ck['patch'] == 32
+    assert ck['data_fingerprint'] == dls.data_fingerprint and isinstance(ck['config'], dict)
+    other = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, valid='test', device='cpu')   # another split, another fingerprint
+    assert other.data_fingerprint != dls.data_fingerprint
+
+
+def test_resumed_compare_that_retrains_nothing_keeps_the_original_figures(sar_data, tmp_path):
+    "issue 12.4: a resumed comparison whose runs had finished keeps each variant's seconds per epoch and memory."
+    kw = dict(data_path=sar_data, out_dir=tmp_path, epochs=1, variants=('baseline', 'resnet_lite'), **SMALL)
+    first = compare_sar(**kw)
+    again = compare_sar(**kw, resume=True)
+    cols = ['sec_per_epoch', 'peak_memory_mb']
+    assert again[cols].values.tolist() == first[cols].values.tolist()
+    for v in ('baseline', 'resnet_lite'):
+        s = json.loads((tmp_path/v/'summary.json').read_text())
+        assert s['epochs_trained_now'] == 0 and s['epochs_run'] == 1 and s['seconds_per_epoch'] == first.set_index('variant').sec_per_epoch[v]
+    assert again.psnr.tolist() == first.psnr.tolist()
+
+
+MEMORY = textwrap.dedent(r'''
+    import json, sys, warnings
+    warnings.simplefilter('ignore')
+    from medrecipes.sar import train_sar
+    data, out = sys.argv[1:3]
+    kw = dict(data_path=data, epochs=1, patch=32, bs=8, patches_per_image=3, base_channels=8, progress=False, device='cpu')
+    mb = [train_sar(variant='baseline', out_dir=f'{out}/{i}', **kw)['peak_memory_mb'] for i in range(2)]
+    print(json.dumps(mb))
+''')
+
+
+def test_peak_memory_does_not_depend_on_run_order(sar_data, tmp_path):
+    "issue 12.4: in a fresh process, the variant that runs first does not absorb the process's one-time growth."
+    script = tmp_path/'mem.py'; script.write_text(MEMORY)
+    r = subprocess.run([sys.executable, str(script), str(sar_data), str(tmp_path)], capture_output=True, text=True,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first, again = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0.5 < first / again < 2, (first, again)                  # the same run, first in the process and second
+    assert first > 0 and again > 0

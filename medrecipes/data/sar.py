@@ -6,21 +6,25 @@ Docs: https://medrecipes.github.io/medrecipes/data.sar.html.md"""
 
 # %% ../../nbs/07_data.sar.ipynb #c002
 from __future__ import annotations
-import json, random
+import hashlib, json, random
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 from fastai.data.load import DataLoader
-from fastai.data.core import DataLoaders
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.torch_core import TensorImageBW
+from fastai.vision.data import get_grid
+from plum import dispatch
 from fastcore.meta import delegates
 from ..core import default_device
 try: import tifffile
 except ImportError: tifffile = None
 
 # %% auto #0
-__all__ = ['SAR_EXTENSIONS', 'SAR_UNITS', 'read_sar_image', 'pixel_kind', 'check_sar_image', 'SarPreprocess', 'tile_origins',
-           'SarPatches', 'SarTiles', 'SarPatchDL', 'sar_files', 'read_sar_metadata', 'SarDataLoaders']
+__all__ = ['SAR_EXTENSIONS', 'SAR_UNITS', 'read_sar_image', 'pixel_kind', 'check_sar_image', 'SarPreprocess', 'SarImage',
+           'tile_origins', 'SarPatches', 'TileStitcher', 'SarTiles', 'SarPatchDL', 'sar_files', 'read_sar_metadata',
+           'sar_fingerprint', 'SarDataLoaders', 'show_batch', 'show_results']
 
 # %% ../../nbs/07_data.sar.ipynb #c005
 SAR_EXTENSIONS = ('.npy', '.tif', '.tiff', '.png')
@@ -174,11 +178,20 @@ class SarPreprocess:
         "The parameters as plain Python values (for a `weights_only` checkpoint)"
         return {k: getattr(self, k) for k in self._keys}
 
+    def checkpoint_params(self) -> dict:
+        "A checkpoint's `preprocessing_params`: `to_dict()` plus `vmin`/`vmax`, the clip range in dB"
+        self._check_fitted()
+        return {**self.to_dict(), 'vmin': self.lo, 'vmax': self.hi}
+
     @classmethod
     def from_dict(cls, d:dict) -> "SarPreprocess":
-        "Rebuild from `to_dict()`"
+        "Rebuild from `to_dict()` or `checkpoint_params()`"
+        if isinstance(d, dict) and {'vmin', 'vmax'} <= set(d):
+            d = dict(d); vmin, vmax = d.pop('vmin'), d.pop('vmax')
+            if (vmin, vmax) != (d.get('lo'), d.get('hi')):
+                raise ValueError(f"SarPreprocess.from_dict: vmin/vmax ({vmin}, {vmax}) differ from lo/hi ({d.get('lo')}, {d.get('hi')})")
         if not isinstance(d, dict) or set(d) != set(cls._keys):
-            raise ValueError(f"SarPreprocess.from_dict needs exactly the keys {list(cls._keys)}, got {sorted(d) if isinstance(d, dict) else d!r}")
+            raise ValueError(f"SarPreprocess.from_dict needs exactly the keys {list(cls._keys)} (and optionally vmin, vmax), got {sorted(d) if isinstance(d, dict) else d!r}")
         clip = (d['lo'], d['hi']) if d['clip'] == 'fixed' else ('percentile', d['p_lo'], d['p_hi'])
         self = cls(d['units'], clip, d['floor'], d['max_fit_pixels'])
         if d['clip'] == 'percentile' and d['lo'] is not None:
@@ -193,6 +206,10 @@ class SarPreprocess:
         return f"SarPreprocess(units={self.units!r}, clip {rng} ({how}), floor={self.floor:g})"
 
 # %% ../../nbs/07_data.sar.ipynb #c016
+class SarImage(TensorImageBW):
+    "A SAR image scaled to [0, 1] by `SarPreprocess`, `1×H×W`: shown in gray, 0 black and 1 white"
+    _show_args = {'cmap': 'gray', 'vmin': 0., 'vmax': 1.}
+
 def tile_origins(size:int, patch:int) -> list:
     "Offsets of `patch`-long tiles covering `size` pixels: a grid of step `patch`, plus one tile flush with the end if needed"
     if size < patch: raise ValueError(f"a side of {size} pixels is shorter than the patch ({patch})")
@@ -200,8 +217,12 @@ def tile_origins(size:int, patch:int) -> list:
     if o[-1] + patch < size: o.append(size - patch)
     return o
 
+def _item(a, y, x, P):
+    t = SarImage(torch.from_numpy(np.ascontiguousarray(a[y:y + P, x:x + P]))[None])
+    return t, t.clone()
+
 class SarPatches:
-    "Training items: `patches_per_image` random crops of each image, positions redrawn by `draw`; input == target"
+    "Training items: `patches_per_image` random crops of each image, positions redrawn by `draw`; input == target (`SarImage`s)"
     n_inp = 1
     def __init__(self, images, patch:int, patches_per_image:int, files=None, seed:int=0):
         self.images, self.patch, self.patches_per_image, self.files = images, patch, patches_per_image, files
@@ -211,15 +232,36 @@ class SarPatches:
         "Draw new top-left corners for every item from `rng`"
         P, k = self.patch, self.patches_per_image
         self.pos = np.concatenate([np.stack([rng.integers(0, a.shape[0] - P + 1, k), rng.integers(0, a.shape[1] - P + 1, k)], 1)
-                                   for a in self.images])
+                                   for a in self.images]) if self.images else np.zeros((0, 2), dtype=np.int64)
     def __getitem__(self, i):
         if not 0 <= i < len(self): raise IndexError(f"item {i} of {len(self)}")
         (y, x), P = self.pos[i], self.patch
-        t = torch.from_numpy(np.ascontiguousarray(self.images[i // self.patches_per_image][y:y + P, x:x + P]))[None]
-        return t, t.clone()
+        return _item(self.images[i // self.patches_per_image], y, x, P)
+    def new_empty(self): return type(self)([], self.patch, self.patches_per_image, [])
+
+class TileStitcher:
+    "Put tiles of a `SarTiles` set, given in item order, back into whole images (overlaps averaged) as soon as each is complete"
+    def __init__(self, tiles:"SarTiles"):
+        self.tiles, self.pos, self.open = tiles, 0, {}
+        self.left = {}
+        for i, _, _ in tiles.tiles: self.left[i] = self.left.get(i, 0) + 1
+    def add(self, batch) -> list:
+        "`(image index, H×W float32 image)` for every image completed by `batch` (tiles `B×[1×]P×P`, the next in item order)"
+        b = batch.detach().float().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch, dtype=np.float32)
+        P, done = self.tiles.patch, []
+        b = b.reshape(-1, P, P)
+        if self.pos + len(b) > len(self.tiles):
+            raise ValueError(f"TileStitcher: {self.pos + len(b)} tiles given, the set has {len(self.tiles)}")
+        for t in b:
+            i, y, x = self.tiles.tiles[self.pos]; self.pos += 1
+            if i not in self.open: self.open[i] = (np.zeros(self.tiles.images[i].shape), np.zeros(self.tiles.images[i].shape))
+            s, c = self.open[i]; s[y:y + P, x:x + P] += t; c[y:y + P, x:x + P] += 1
+            self.left[i] -= 1
+            if not self.left[i]: done.append((i, (s / c).astype(np.float32))); del self.open[i]
+        return done
 
 class SarTiles:
-    "Validation items: fixed tiles covering every image (see `tile_origins`); input == target"
+    "Validation items: fixed tiles covering every image (see `tile_origins`); input == target (`SarImage`s)"
     n_inp = 1
     def __init__(self, images, patch:int, files=None):
         self.images, self.patch, self.files = images, patch, files
@@ -228,19 +270,18 @@ class SarTiles:
     def __len__(self): return len(self.tiles)
     def __getitem__(self, i):
         i, y, x = self.tiles[i]
-        t = torch.from_numpy(np.ascontiguousarray(self.images[i][y:y + self.patch, x:x + self.patch]))[None]
-        return t, t.clone()
+        return _item(self.images[i], y, x, self.patch)
+    def new_empty(self): return type(self)([], self.patch, [])
+    def stitcher(self) -> TileStitcher: return TileStitcher(self)
     def stitch(self, tiles) -> list:
         "Full images from per-tile outputs (`len(self)` x [1 x] patch x patch, in item order), overlaps averaged"
-        tiles = tiles.detach().cpu().numpy() if isinstance(tiles, torch.Tensor) else np.asarray(tiles)
-        tiles = tiles.reshape(len(self), self.patch, self.patch).astype(np.float64)
-        out = [np.zeros(a.shape) for a in self.images]; cnt = [np.zeros(a.shape) for a in self.images]
-        P = self.patch
-        for t, (i, y, x) in zip(tiles, self.tiles): out[i][y:y + P, x:x + P] += t; cnt[i][y:y + P, x:x + P] += 1
-        return [(o / c).astype(np.float32) for o, c in zip(out, cnt)]
+        n = len(tiles)
+        if n != len(self): raise ValueError(f"stitch: {n} tiles given, the set has {len(self)}")
+        done = dict(self.stitcher().add(tiles))
+        return [done[i] for i in range(len(self.images))]
 
-class SarPatchDL(DataLoader):
-    "A fastai `DataLoader` over `SarPatches` that draws new patch positions from its `rng` at the start of every epoch"
+class SarPatchDL(TfmdDL):
+    "A fastai `TfmdDL` over `SarPatches` that draws new patch positions from its `rng` at the start of every epoch"
     def before_iter(self):
         super().before_iter()
         self.dataset.draw(np.random.default_rng(self.rng.getrandbits(64)))
@@ -279,6 +320,11 @@ def _read_all(files, what, kinds):
                              f"a data set must hold one kind of pixel in one unit: convert the images first")
         kinds.setdefault(f, k); out.append(a)
     return out
+
+def sar_fingerprint(path:str|Path, train_files, valid_files) -> str:
+    "A short hash of which images are in train and valid (their paths relative to the data set `path`, sorted)"
+    rel = lambda fs: sorted(Path(f).relative_to(path).as_posix() if Path(f).is_relative_to(path) else Path(f).as_posix() for f in fs)
+    return hashlib.sha256(json.dumps(dict(train=rel(train_files), valid=rel(valid_files))).encode()).hexdigest()[:16]
 
 def _resolve_units(units, meta, kind, path):
     fn = Path(path)/'metadata.json'
@@ -329,21 +375,66 @@ class SarDataLoaders(DataLoaders):
         trn = SarPatchDL(SarPatches(tr, patch, patches_per_image, tr_files, seed=0 if seed is None else seed), bs=bs,
                          shuffle=shuffle, drop_last=False, num_workers=num_workers, **kwargs)
         if seed is not None: trn.rng = random.Random(seed)
-        val = DataLoader(SarTiles(va, patch, va_files), bs=val_bs or bs, shuffle=False, drop_last=False,
-                         num_workers=num_workers, **kwargs)
+        val = TfmdDL(SarTiles(va, patch, va_files), bs=val_bs or bs, shuffle=False, drop_last=False,
+                     num_workers=num_workers, **kwargs)
         dls = cls(trn, val, path=path, device=default_device(device))
         dls.preprocess, dls.units, dls.patch, dls.pixel_kind, dls.metadata = pre, units, int(patch), kind, meta
         dls.train_files, dls.valid_files = tr_files, va_files
+        dls.data_fingerprint = sar_fingerprint(path, tr_files, va_files)
         return dls
 
-    def tiles_dl(self, source, # a folder of images or a list of files (e.g. the test split)
+    _keep = ('preprocess', 'units', 'patch', 'pixel_kind', 'metadata')
+    def new_empty(self):
+        "The loaders without images (what `Learner.export` saves), keeping the fitted preprocessing"
+        res = super().new_empty()
+        for k in self._keep: setattr(res, k, getattr(self, k, None))
+        res.train_files, res.valid_files, res.data_fingerprint = [], [], getattr(self, 'data_fingerprint', None)
+        return res
+
+    def _read_items(self, items):
+        "Arrays (training units) of `items`: files, or arrays, each checked; and their names for errors"
+        kinds, imgs, names = {Path('training images'): self.pixel_kind}, [], []
+        for k, it in enumerate(items):
+            if isinstance(it, (str, Path)): a, name = _read_all([Path(it)], 'test', kinds)[0], Path(it)
+            else:
+                name = f"array {k}"
+                a = _one_band(np.asarray(it.detach().cpu() if isinstance(it, torch.Tensor) else it), name)
+                if pixel_kind(a) != self.pixel_kind:
+                    raise ValueError(f"mixed units: {name} holds {a.dtype} values but the training images hold "
+                                     f"{'integer digital numbers' if self.pixel_kind == 'dn' else 'float values'}")
+            imgs.append(self.preprocess.encode(check_sar_image(a, name, self.units, self.patch))); names.append(name)
+        return imgs, names
+
+    def tiles_dl(self, source, # a folder of images, or a list of files or arrays (e.g. the test split)
                  bs:int|None=None, # batch size (default: the validation loader's)
                  **kwargs) -> DataLoader:
         "Fixed tiles of new images, checked and encoded with the fitted preprocessing (for a test split or inference)"
-        files = sar_files(source) if isinstance(source, (str, Path)) else [Path(f) for f in source]
+        files = sar_files(source) if isinstance(source, (str, Path)) else list(source)
         if not files: raise ValueError("tiles_dl: no files given")
-        kinds = {Path('training images'): self.pixel_kind}
-        raw = _read_all(files, 'test', kinds)
-        imgs = [self.preprocess.encode(check_sar_image(a, f, self.units, self.patch)) for a, f in zip(raw, files)]
-        return DataLoader(SarTiles(imgs, self.patch, files), bs=bs or self.valid.bs, shuffle=False, drop_last=False,
-                          device=self.device, **kwargs)
+        imgs, names = self._read_items(files)
+        return TfmdDL(SarTiles(imgs, self.patch, names), bs=bs or self.valid.bs, shuffle=False, drop_last=False,
+                      num_workers=0, device=self.device, **kwargs)
+
+    def test_dl(self, test_items, # image files or arrays (in the training units), of any size of at least one patch
+                rm_type_tfms=None, with_labels:bool=False, **kwargs) -> TfmdDL:
+        "fastai's `test_dl`: tiles of `test_items` encoded with the fitted preprocessing (`Learner.predict` stitches them)"
+        return self.tiles_dl(list(test_items), **kwargs)
+
+# %% ../../nbs/07_data.sar.ipynb #c019b
+@dispatch
+def show_batch(x:SarImage, y:SarImage, samples, ctxs=None, max_n=9, nrows=None, ncols=None, figsize=None, **kwargs):
+    "The inputs of a SAR batch (the targets are the same images)"
+    if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
+    return [s[0].show(ctx=c, **kwargs) for s, c, _ in zip(samples, ctxs, range(max_n))]
+
+@dispatch
+def show_results(x:SarImage, y:SarImage, samples, outs, ctxs=None, max_n=6, figsize=None, **kwargs):
+    "Original | reconstruction | absolute difference, one row per tile"
+    n = min(len(samples), max_n)
+    if ctxs is None: ctxs = get_grid(3 * n, ncols=3, figsize=figsize, title='original | reconstruction | |difference|')
+    for k, (s, o) in enumerate(zip(samples[:n], outs[:n])):
+        orig, rec = s[0], o[0]
+        diff = SarImage((rec.float() - orig.float()).abs())
+        orig.show(ctx=ctxs[3 * k], **kwargs); rec.show(ctx=ctxs[3 * k + 1], **kwargs)
+        diff.show(ctx=ctxs[3 * k + 2], **{**kwargs, 'vmax': max(float(diff.max()), 1e-6)})
+    return ctxs
