@@ -11,6 +11,7 @@ running statistics are not touched here: the op returns the convolved map `z` an
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
+from typing import Optional
 from torch import Tensor
 from .._common import compute_dtype, is_channels_last
 from .ops import CppCBAMOps
@@ -45,8 +46,8 @@ def _channel_gate(cavg, cmax, w1, b1, w2, b2):
 
 
 @torch.library.custom_op('medrecipes::cbam_forward', mutates_args=())
-def cbam_forward(x:Tensor, w1:Tensor, w2:Tensor, cw:Tensor, bw:Tensor, bb:Tensor, b1:Tensor|None, b2:Tensor|None,
-                 running_mean:Tensor|None, running_var:Tensor|None, batch_stats:bool, eps:float, backend:str
+def cbam_forward(x:Tensor, w1:Tensor, w2:Tensor, cw:Tensor, bw:Tensor, bb:Tensor, b1:Optional[Tensor], b2:Optional[Tensor],
+                 running_mean:Optional[Tensor], running_var:Optional[Tensor], batch_stats:bool, eps:float, backend:str
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """CBAM of `x` with batch statistics (`batch_stats`) or the given running ones; returns `out` and the state the
     backward reads: cavg, cmax, ccnt, a, m, z, s, smax, scnt and the (mean, variance) the batch norm used."""
@@ -80,7 +81,7 @@ def _(x, w1, w2, cw, bw, bb, b1, b2, running_mean, running_var, batch_stats, eps
 
 @torch.library.custom_op('medrecipes::cbam_backward', mutates_args=())
 def cbam_backward(g:Tensor, x:Tensor, cavg:Tensor, cmax:Tensor, ccnt:Tensor, a:Tensor, m:Tensor, z:Tensor, s:Tensor,
-                  smax:Tensor, scnt:Tensor, stats:Tensor, w1:Tensor, w2:Tensor, cw:Tensor, bw:Tensor, b1:Tensor|None,
+                  smax:Tensor, scnt:Tensor, stats:Tensor, w1:Tensor, w2:Tensor, cw:Tensor, bw:Tensor, b1:Optional[Tensor],
                   batch_stats:bool, need_dx:bool, eps:float, backend:str
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     "Gradients (dx, dw1, dw2, dcw, dbw, dbb, db1, db2) of CBAM for the upstream gradient `g`; dx empty unless `need_dx`."
