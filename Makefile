@@ -38,7 +38,7 @@ test-nbs: install
 test-py: install
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
 
-## make train-all: both splits on the real BTXRD release (data/BTXRD, see configs/xray.yaml)
+## make train-all: both splits on the real BTXRD release (data/BTXRD, see medrecipes/configs/xray.yaml)
 train-all: install
 	$(BIN)/medrecipes train-all xray
 

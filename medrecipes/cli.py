@@ -10,13 +10,16 @@ import argparse, sys, json, logging, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RECIPES', 'parse_args', 'main']
+__all__ = ['RECIPES', 'GLOBAL_FLAGS', 'parse_args', 'user_errors', 'main']
 
 # %% ../nbs/05_cli.ipynb #c005
 RECIPES = ('xray', 'sar', 'folder')
+GLOBAL_FLAGS = {'--debug': 'on an error, show the Python traceback', '--verbose': "show the libraries' INFO log messages"}
 
 def _parser():
-    p = argparse.ArgumentParser(prog='medrecipes', description='Training recipes for medical and radar imaging.')
+    p = argparse.ArgumentParser(prog='medrecipes', description='Training recipes for medical and radar imaging.',
+                                epilog='--debug and --verbose may be given anywhere on the line.')
+    for flag, hlp in GLOBAL_FLAGS.items(): p.add_argument(flag, action='store_true', help=hlp)
     sub = p.add_subparsers(dest='command', required=True)
     for name, hlp, choices in (('train', 'train and evaluate one run of a recipe', RECIPES),
                                ('train-all', 'train and evaluate every split protocol of a recipe', ('xray',)),
@@ -25,11 +28,12 @@ def _parser():
         t.add_argument('recipe', choices=choices)
         t.add_argument('overrides', nargs='*', metavar='OVERRIDE',
                        help='Hydra overrides: group=choice (model=resnet50) or group.key=value (trainer.max_epochs=10)')
-        t.add_argument('--config-name', '-c', default=None, help='root config in the config folder (default: the recipe name)')
-        t.add_argument('--config-dir', default=None, help='config folder (default: ./configs, else the package checkout\'s)')
+        t.add_argument('--config-name', '-c', default=None, help='root config (default: the recipe name; the demos: <recipe>_demo)')
+        t.add_argument('--config-dir', default=None,
+                       help="a config folder of one's own, searched before the package's configs (./configs is not used unless named here)")
         t.add_argument('--resume', nargs='?', const='last', default=None, metavar='CHECKPOINT',
-                       help="continue exactly from the run's latest checkpoint (or the one given)")
-        t.add_argument('--print-config', action='store_true', help='print the composed config and exit')
+                       help="continue exactly from the run's latest checkpoint (or the CHECKPOINT given; an argument with '=' is an override)")
+        t.add_argument('--print-config', action='store_true', help='print the resolved config and exit')
     e = sub.add_parser('export-onnx', help='export a checkpoint to ONNX and check it with onnxruntime', add_help=False)
     e.add_argument('args', nargs=argparse.REMAINDER, help='CHECKPOINT [--out DIR|FILE.onnx] [--opset N] [--atol A] [--no-check]')
     s = sub.add_parser('synth', help='write a generated data set')
@@ -45,12 +49,18 @@ def _parser():
     return p
 
 def parse_args(argv=None):
-    "Parse the command line; overrides may come before or after the options."
+    "Parse the command line; overrides may come before or after the options, and `--resume` never takes an override."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = {f: f in argv for f in GLOBAL_FLAGS}
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]   # anywhere on the line, also after export-onnx
     p = _parser()
     args, extra = p.parse_known_args(argv)
+    args.debug, args.verbose = flags['--debug'], flags['--verbose']
     if args.command == 'export-onnx': args.args = [*extra, *args.args]; return args   # its own parser reads them
     bad = [e for e in extra if e.startswith('-') or '=' not in e or not hasattr(args, 'overrides')]
     if bad: p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if getattr(args, 'resume', None) is not None and '=' in args.resume:   # `--resume data.path=X`: resume, and an override
+        args.overrides, args.resume = [*args.overrides, args.resume], 'last'
     if extra: args.overrides = [*args.overrides, *extra]
     return args
 
@@ -71,46 +81,61 @@ def _synth(args):
     from medrecipes.synth import make_digits
     if (dest/'train').exists() and not args.force:
         print(f"{dest} already holds a data set; use --force to write it again"); return 0
-    kw = {k: v for k, v in (('n_per_class', args.n), ('size', args.size)) if v is not None}
+    kw = {k: v for k, v in (('splits', args.n and (args.n,) * 3), ('size', args.size)) if v is not None}
     make_digits(dest, seed=args.seed, **kw); print(f"wrote a digits data set to {dest}"); return 0
 
-def main(argv=None):
-    "Entry point of the `medrecipes` command."
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+def _quiet_logging(verbose:bool):
+    "medrecipes' own messages at INFO; every other library's only from WARNING up, unless `verbose`."
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    logging.getLogger('medrecipes').setLevel(logging.INFO)
+    if not verbose:   # libraries that set their own logger levels, and their deprecation notices
+        for cat in (FutureWarning, DeprecationWarning): warnings.filterwarnings('ignore', category=cat)
+        for name in ('onnxscript', 'onnx_ir', 'torch.onnx', 'torch.export', 'torch._dynamo', 'torch._export', 'matplotlib', 'PIL'):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+def user_errors() -> tuple:
+    "The exception types that mean a mistake in the input (a path, a value, a key, the data) or a run that diverged, not a bug."
+    from medrecipes.config import ConfigKeyError
+    diverged = getattr(sys.modules.get('medrecipes.callbacks'), 'TrainingDiverged', None)   # imported by every run that trains
+    return (FileNotFoundError, NotADirectoryError, ValueError, ConfigKeyError, *([diverged] if isinstance(diverged, type) else []))
+
+def _run(args) -> int:
     if args.command == 'synth': return _synth(args)
     if args.command == 'export-onnx':
         from medrecipes.export import export_onnx_main
         return export_onnx_main(args.args)
-    from medrecipes.config import compose_config, flatten_config
-    try: cfg = compose_config(args.config_name or args.recipe, args.overrides, args.config_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"medrecipes: error: {e}", file=sys.stderr); return 2
-    if args.resume is not None: cfg.setdefault('trainer', {})['resume'] = args.resume
+    from medrecipes.config import resolve_config
+    cfg = resolve_config(args.recipe, args.config_name or args.recipe, args.overrides, args.config_dir)
+    if args.resume is not None: cfg['trainer']['resume'] = args.resume
     if args.print_config:
         from omegaconf import OmegaConf
-        print(OmegaConf.to_yaml(OmegaConf.create(cfg))); return 0
+        print(OmegaConf.to_yaml(OmegaConf.create(cfg)), end=''); return 0
     from medrecipes.distributed import is_rank0
     say = print if is_rank0() else (lambda *a, **k: None)   # under torchrun / accelerate every rank trains; rank 0 reports
-    opts = ('display.width', 200, 'display.max_columns', 20)
     pd = __import__('pandas')
-    if args.recipe == 'folder':
-        from medrecipes.folder import train_folder
-        say(json.dumps(train_folder(cfg), indent=2, default=str)); return 0
-    flat = flatten_config(cfg)
-    if args.recipe == 'sar':
-        from medrecipes.sar import train_sar, compare_sar
-        if args.command == 'train': say(json.dumps(train_sar(**flat), indent=2, default=str))
+    table = lambda df: say(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint'], errors='ignore').to_string(index=False))
+    with pd.option_context('display.width', 200, 'display.max_columns', 20):
+        if args.recipe == 'folder':
+            from medrecipes.folder import train_folder
+            say(json.dumps(train_folder(cfg), indent=2, default=str))
+        elif args.recipe == 'sar':
+            from medrecipes.sar import train_sar, compare_sar
+            if args.command == 'train': say(json.dumps(train_sar(cfg), indent=2, default=str))
+            else: table(compare_sar(cfg))
         else:
-            df = compare_sar(**flat)
-            with pd.option_context(*opts): say(df.to_string(index=False))
-        return 0
-    from medrecipes.xray import train_xray, train_all_xray
-    if args.command == 'train': say(json.dumps(train_xray(**flat), indent=2, default=str))
-    else:
-        df = train_all_xray(**flat)
-        with pd.option_context(*opts): say(df.drop(columns=['results_dir', 'best_checkpoint', 'final_checkpoint']).to_string(index=False))
+            from medrecipes.xray import train_xray, train_all_xray
+            if args.command == 'train': say(json.dumps(train_xray(cfg), indent=2, default=str))
+            else: table(train_all_xray(cfg))
     return 0
+
+def main(argv=None):
+    "Entry point of the `medrecipes` command: a user error prints one line and exits 2 (the traceback with `--debug`)."
+    args = parse_args(argv)
+    _quiet_logging(args.verbose)
+    try: return _run(args)
+    except Exception as e:
+        if args.debug or not isinstance(e, user_errors()): raise
+        print(f"medrecipes: error: {' '.join(str(getattr(e, 'reason', None) or e).split())}", file=sys.stderr); return 2
 
 # %% ../nbs/05_cli.ipynb #c007
 if __name__ == '__main__': sys.exit(main())

@@ -299,27 +299,15 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
     return learn
 
 # %% ../nbs/14_folder.ipynb #c017
-FOLDER_DEFAULTS = dict(
-    model=dict(arch='resnet18', pretrained=False, drop_rate=0.0),
-    data=dict(path='data/digits', train='train', valid='valid', test='test', size=32, batch_size=64, num_workers=0,
-              augment=True, flip=False),
-    trainer=dict(max_epochs=10, lr=1e-3, wd=0.01, schedule='one_cycle', precision='auto', clip_grad=1.0, accumulate=1,
-                 class_weighted=True, seed=42, deterministic=False, device='auto', resume=False, out_dir='runs/folder',
-                 progress=True, sync_bn=False),
-    callbacks=dict(patience=None),
-    logging=dict(TRACKING_DEFAULTS),
-)
+from .config import recipe_defaults, resolve_config
+FOLDER_DEFAULTS = recipe_defaults('folder')   # every key, nested: derived from `medrecipes.config.FolderConfig`
 SCHEDULES = ('one_cycle', 'flat')
 
-def folder_config(cfg:dict|None=None, # nested dict (or OmegaConf config) over `FOLDER_DEFAULTS`
-                  overrides=(), # `section.key=value` strings, applied last
-                 ) -> dict:
-    "Resolve and check an image-folder config: `FOLDER_DEFAULTS`, then `cfg`, then `overrides`."
-    cfg = to_plain(cfg) if cfg is not None else {}
-    if not isinstance(cfg, dict): raise ValueError(f"the config must be a nested dict, not {type(cfg).__name__}")
-    for k, v in cfg.items():
-        if k in FOLDER_DEFAULTS and not isinstance(v, dict): raise ValueError(f"config section {k!r} must be a mapping, not {v!r}")
-    c = load_config(FOLDER_DEFAULTS, None, overrides, **cfg)
+def folder_config(cfg=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
+                  overrides=(), # `group=choice`, `section.key=value` or `flat_key=value` strings, applied last
+                  **kwargs) -> dict:
+    "Resolve and check an image-folder config: `FOLDER_DEFAULTS`, then `cfg`, then `kwargs`, then `overrides`."
+    c = resolve_config('folder', cfg, overrides, **kwargs)
     t, d = c['trainer'], c['data']
     if t['schedule'] not in SCHEDULES: raise ValueError(f"trainer.schedule must be one of {SCHEDULES}, not {t['schedule']!r}")
     if t['precision'] not in PRECISIONS: raise ValueError(f"trainer.precision must be one of {PRECISIONS}, not {t['precision']!r}")
@@ -342,12 +330,12 @@ def folder_dls_from_config(cfg:dict) -> FolderDataLoaders:
                                          bs=d['batch_size'], augment=dict(flip=d['flip']) if d['augment'] else False,
                                          num_workers=d['num_workers'], seed=t['seed'], device=default_device(t['device']))
 
-def train_folder(cfg:dict|None=None, # nested config: sections model, data, trainer, callbacks, logging
-                 overrides=(), # `section.key=value` strings
+def train_folder(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
+                 overrides=(), # `group=choice`, `section.key=value` or `flat_key=value` strings
                  cbs=None, # extra callbacks for the learner
-                ) -> dict:
+                 **kwargs) -> dict:
     "Train one image-folder classifier from a config, evaluate it on valid (and test); returns the summary (also `summary.json`)."
-    cfg = folder_config(cfg, overrides)
+    cfg = folder_config(config, overrides, **kwargs)
     m, d, t = cfg['model'], cfg['data'], cfg['trainer']
     init_distributed(t['device'])   # a no-op unless launched by torchrun / accelerate launch; before the loaders (picks the GPU)
     set_seed(t['seed'], deterministic=t['deterministic'])

@@ -216,20 +216,12 @@ def reconstruct_sar(ckpt:str|Path, # a SAR checkpoint (best.pt or latest.pt)
     return r if out == 'scaled' else np.asarray(pre.decode_db(r) if out == 'db' else pre.decode_linear(r), dtype=np.float32)
 
 # %% ../nbs/12_sar.ipynb #c017
-SAR_DEFAULTS = dict(
-    data_path='data/sar', units=None, clip=None,          # units: linear/db (None: metadata.json); clip: null, [lo, hi] dB, or [percentile, 1, 99]
-    patch=256, bs=32, patches_per_image=8, num_workers=0, seed=42,
-    variant='attention', latent_channels=16, base_channels=32,
-    epochs=100, lr=1e-4, schedule='plateau',              # plateau: Adam + ReduceLROnPlateau; one_cycle: fit_one_cycle
-    plateau_factor=0.5, plateau_patience=10, patience=20, clip_grad=1.0,
-    mse_weight=0.7, ssim_weight=0.3, hist_every=10,
-    out_dir='runs/sar', device='auto', progress=True, resume=False,
-    sync_bn=False,   # data-parallel runs: batch-norm statistics over the global batch (see medrecipes.distributed)
-)
+from .config import recipe_defaults, resolve_config, flatten_config
+SAR_DEFAULTS = flatten_config(recipe_defaults('sar'))   # every key, flat: derived from `medrecipes.config.SarConfig`
 
-def sar_config(config:str|Path|None=None, overrides=(), **kwargs) -> dict:
-    "Resolve a SAR config: `SAR_DEFAULTS`, then the YAML file, then `kwargs`, then `key=value` overrides."
-    cfg = load_config(SAR_DEFAULTS, config, overrides, **kwargs)
+def sar_config(config=None, overrides=(), **kwargs) -> dict:
+    "Resolve a SAR config (`medrecipes.config.resolve_config`: a config object, dict or YAML file, `kwargs`, overrides) into flat keys."
+    cfg = flatten_config(resolve_config('sar', config, overrides, **kwargs))
     if cfg['schedule'] not in ('plateau', 'one_cycle'): raise ValueError(f"schedule must be 'plateau' or 'one_cycle', not {cfg['schedule']!r}")
     if cfg['variant'] not in SAR_VARIANTS: raise ValueError(f"variant must be one of {SAR_VARIANTS}, not {cfg['variant']!r}")
     return cfg
@@ -366,7 +358,7 @@ def _md_table(df:pd.DataFrame) -> str:
     lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join(lines) + '\n'
 
-def compare_sar(config:str|Path|None=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> pd.DataFrame:
+def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> pd.DataFrame:
     "Train and evaluate each SAR variant with the same data, seed and config; write comparison.csv and comparison.md."
     base = sar_config(config, overrides, **kwargs)
     out = Path(base['out_dir']); rows = []

@@ -49,7 +49,7 @@ def test_config_layers_and_errors(tmp_path):
 
 
 def test_repo_configs_are_valid():
-    "Every root config in configs/ composes, and the recipe accepts what it composes to."
+    "Every root config in medrecipes/configs/ composes, and the recipe accepts what it composes to."
     from medrecipes.config import compose_config, flatten_config, default_config_dir
     from medrecipes.xray import xray_config
     from medrecipes.sar import sar_config
