@@ -32,14 +32,13 @@ BH + win - 1 map rows that reach it, transposed horizontal blur of the four maps
 the combination with x', y' above.
 """
 from __future__ import annotations
-import contextlib, functools
 import torch
-from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
+from .._common import cached_window, device_ctx
 
-__all__ = ['INTERPRETED', 'SSIMTriton', 'ssim_triton_planes', 'ssim_triton_backward']
+__all__ = ['INTERPRETED', 'forward', 'backward', 'ssim_triton_planes', 'ssim_triton_backward']
 
 BH = 16          # output rows per program (the tile also reads win - 1 halo rows)
 MAX_BW = 64      # output columns per program
@@ -186,14 +185,6 @@ def _ssim_bwd_kernel(x_ptr, y_ptr, shift_ptr, g_ptr, coef_ptr, scale_ptr, dx_ptr
 INTERPRETED = isinstance(_ssim_fwd_kernel, InterpretedFunction)
 
 
-@functools.lru_cache(maxsize=32)
-def _window(win_size, sigma, device):
-    "The normalised Gaussian window, float32 (the same numbers as `medrecipes.kernels.gaussian_window`), cached per device."
-    r = torch.arange(win_size, dtype=torch.float64) - win_size // 2
-    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
-    return (g / g.sum()).to(torch.float32).to(device)
-
-
 def _check(x, y, win_size, sigma):
     for nm, t in (('x', x), ('y', y)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
@@ -223,29 +214,29 @@ def _tile(rows, cols):
     return BH, min(MAX_BW, max(16, triton.next_power_of_2(cols)))
 
 
-def _device_ctx(t):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def ssim_triton_planes(x, y, data_range=1.0, win_size=11, sigma=1.5, k=(0.01, 0.03), save=False):
     """Per-plane SSIM, float32 (B*C,), of B x C x H x W tensors x, y (made contiguous here; no autograd).
     With `save`, returns `(values, coef, shift)`: the four float32 coefficient maps (B*C, 4, Ho, Wo) and the plane
     means (B*C, 2) that `ssim_triton_backward` takes."""
+    c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
+    return _planes(x, y, win_size, sigma, c1, c2, save)
+
+
+def _planes(x, y, win_size, sigma, c1, c2, save):
     _check(x, y, win_size, sigma)
     x, y = x.detach().contiguous(), y.detach().contiguous()
     B, C, H, W = x.shape
     P, Ho, Wo = B * C, H - win_size + 1, W - win_size + 1
-    c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
     shift = torch.stack([x.view(P, H * W).mean(1, dtype=torch.float32), y.view(P, H * W).mean(1, dtype=torch.float32)], 1).contiguous()
     if P == 0:
         e = x.new_zeros(0, dtype=torch.float32)
         return (e, x.new_zeros((0, 4, Ho, Wo), dtype=torch.float32), x.new_zeros((0, 2), dtype=torch.float32)) if save else e
-    g = _window(win_size, float(sigma), x.device)
+    g = cached_window(win_size, float(sigma), x.device)
     bh, BW = _tile(Ho, Wo)
     n_tw, n_th = triton.cdiv(Wo, BW), triton.cdiv(Ho, bh)
     part = torch.empty(P * n_th * n_tw, dtype=torch.float32, device=x.device)
     coef = torch.empty((P, 4, Ho, Wo) if save else (1,), dtype=torch.float32, device=x.device)
-    with _device_ctx(x):
+    with device_ctx(x):
         _ssim_fwd_kernel[(P * n_th * n_tw,)](x, y, shift, g, part, coef, H, W, Ho, Wo, n_tw, n_th, float(c1), float(c2),
                                              WIN=win_size, BH=bh, BW=BW, SAVE=save, num_warps=FWD_WARPS)
     vals = (part.view(P, -1).sum(1, dtype=torch.float64) / (Ho * Wo)).float()
@@ -260,42 +251,31 @@ def ssim_triton_backward(x, y, coef, shift, scale, win_size=11, sigma=1.5, need=
     B, C, H, W = x.shape
     P, Ho, Wo = B * C, H - win_size + 1, W - win_size + 1
     if coef.shape != (P, 4, Ho, Wo): raise ValueError(f"coef must have shape {(P, 4, Ho, Wo)}, got {tuple(coef.shape)}")
-    g = _window(win_size, float(sigma), x.device)
+    g = cached_window(win_size, float(sigma), x.device)
     dx = torch.empty_like(x) if need[0] else None
     dy = torch.empty_like(y) if need[1] else None
     if P == 0: return dx, dy
     bh, BW = _tile(H, W)
     n_tw, n_th = triton.cdiv(W, BW), triton.cdiv(H, bh)
     scale = scale.to(device=x.device, dtype=torch.float32).contiguous()
-    with _device_ctx(x):
+    with device_ctx(x):
         _ssim_bwd_kernel[(P * n_th * n_tw,)](x, y, shift, g, coef, scale, dx if need[0] else x, dy if need[1] else y,
                                              H, W, Ho, Wo, n_tw, n_th, WIN=win_size, BH=bh, BW=BW,
                                              NEED_DX=bool(need[0]), NEED_DY=bool(need[1]), num_warps=BWD_WARPS)
     return dx, dy
 
 
-class SSIMTriton(torch.autograd.Function):
-    "Per-image SSIM (B,) in x's dtype, with the Triton forward and hand-written backward."
-    @staticmethod
-    def forward(ctx, x, y, data_range, win_size, sigma, k):
-        B, C, H, W = x.shape
-        save = any(ctx.needs_input_grad[:2])
-        xc, yc = x.detach().contiguous(), y.detach().contiguous()
-        out = ssim_triton_planes(xc, yc, data_range, win_size, sigma, k, save=save)
-        if save:
-            vals, coef, shift = out
-            ctx.save_for_backward(xc, yc, coef, shift)
-        else: vals = out
-        ctx.win = (win_size, sigma)
-        return vals.view(B, C).double().mean(1).to(x.dtype)
+# ------------------------------------------------------------------------------------- the SSIM op table (ops.py)
+def forward(x, y, win_size, sigma, c1, c2, save):
+    "Per-plane SSIM (B*C,) float32 and, with `save`, the coefficient maps and plane means the backward reads."
+    if save: return _planes(x, y, win_size, sigma, c1, c2, True)
+    e = x.new_empty(0, dtype=torch.float32)
+    return _planes(x, y, win_size, sigma, c1, c2, False), e, e.clone()
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        xc, yc, coef, shift = ctx.saved_tensors
-        B, C, H, W = xc.shape
-        win_size, sigma = ctx.win
-        npix = (H - win_size + 1) * (W - win_size + 1)
-        scale = (grad.detach().float() / (C * npix)).repeat_interleave(C)
-        dx, dy = ssim_triton_backward(xc, yc, coef, shift, scale, win_size, sigma, need=ctx.needs_input_grad[:2])
-        return dx, dy, None, None, None, None
+
+def backward(x, y, coef, shift, gvals, win_size, sigma, c1, c2, need):
+    "(dx, dy) for the per-plane upstream gradient `gvals`; the forward is rerun when it saved nothing."
+    if coef.numel() == 0: _, coef, shift = _planes(x, y, win_size, sigma, c1, c2, True)
+    H, W = x.shape[-2:]
+    scale = gvals.detach().float() / ((H - win_size + 1) * (W - win_size + 1))
+    return ssim_triton_backward(x, y, coef, shift, scale, win_size, sigma, need=need)

@@ -9,15 +9,18 @@ Reductions are deterministic: a program loops over its part of the reduced axis 
 axis is split across programs (to fill the GPU), each program writes a partial to a small buffer and torch reduces the
 buffer. A max comes with the count of elements equal to it, so gradients split evenly among ties like torch.amax's.
 
-Works on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 was set before triton was imported.
+Works on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 was set before triton was imported (`INTERPRETED`
+records which mode this module was imported in).
 """
 import functools
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+from .._common import on_device as _on_device
 
-__all__ = ['channel_pool', 'spatial_pool', 'apply_gates', 'spatial_gate_grad', 'channel_gate_grad', 'input_grad']
+__all__ = ['INTERPRETED', 'channel_pool', 'spatial_pool', 'apply_gates', 'spatial_gate_grad', 'channel_gate_grad', 'input_grad']
 
 MIN_PROGRAMS = None  # programs a reduction aims to launch; None: 4 per SM on CUDA, 1 on CPU (the interpreter)
 TILE = 2048  # elements of one [BLOCK_C, BLOCK_P] tile
@@ -188,6 +191,9 @@ def _input_grad_kernel(g_ptr, x_ptr, a_ptr, s_ptr, dmean_ptr, dmax_ptr, smax_ptr
     tl.store(dx_ptr + b64 * sob + c[:, None] * soc + p[None, :] * sop, dx.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
+INTERPRETED = isinstance(_channel_pool_kernel, InterpretedFunction)
+
+
 # --------------------------------------------------------------------------------------------------------- launchers
 def _big(name, t, like=None):
     "Check a full-size tensor; return it (copied only if H and W cannot be walked as one axis) and (sb, sc, sp)."
@@ -250,16 +256,6 @@ def _max_parts(pm, pn):
     if pm.shape[0] == 1: return pm[0], pn[0]
     m = pm.amax(0)
     return m, torch.where(pm == m, pn, 0.).sum(0)
-
-
-def _on_device(fn):
-    "Launch on the device of the op's first tensor (Triton launches on the current CUDA device)."
-    @functools.wraps(fn)
-    def run(*args):
-        if args and isinstance(args[0], torch.Tensor) and args[0].is_cuda:
-            with torch.cuda.device(args[0].device): return fn(*args)
-        return fn(*args)
-    return run
 
 
 def _parts(splits, *shape, device):
