@@ -38,7 +38,7 @@ test-nbs: install
 test-py: install
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
 
-## make train-all: both splits on the real BTXRD release (data/BTXRD, see configs/xray.yaml)
+## make train-all: both splits on the real BTXRD release (data/BTXRD, see medrecipes/configs/xray.yaml)
 train-all: install
 	$(BIN)/medrecipes train-all xray
 
@@ -56,3 +56,19 @@ bench: install
 
 clean:
 	rm -rf build dist *.egg-info _proc _docs runs .pytest_cache
+
+## make gpu-wheels: download, on a machine with internet, the wheels a GPU machine without internet lacks (Python 3.12,
+## manylinux x86_64) into benchmarks/wheels/ (git-ignored; carry it to the GPU machine with the working tree)
+.PHONY: gpu-wheels gpu-check
+GPU_WHEELS ?= benchmarks/wheels
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 pytest
+	$(PYTHON) -m pip download --quiet --dest $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--no-deps pytorch-msssim fussim
+
+## make gpu-check: on a GPU machine (PyTorch, Triton, timm; no fastai needed): installs the carried wheels, runs the
+## CUDA kernel tests, benchmarks SSIM, CBAM and the SAR attention step, prints a table, writes CSV rows to $$OUT
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) benchmarks/gpu_check.py --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)

@@ -2,8 +2,8 @@
 plain-PyTorch reference kernels (SSIM in the loss, CBAM in every block).
 
 One step = forward, the recipe's loss (0.7 MSE + 0.3 (1 - SSIM)), backward, gradient clipping and an Adam step, on a
-fixed batch. The backend is switched with MEDRECIPES_BACKEND (unset: C++ on CPU / Triton on CUDA; `torch`: the
-reference); the two are timed in turn within every repeat and the medians reported. CPU: batch 16 of 1x128x128
+fixed batch. The backend is switched in-process with `medrecipes.kernels.use_backend` (the automatic choice: C++ on
+CPU / Triton on CUDA; `torch`: the reference); the two are timed in turn within every repeat and the medians reported. CPU: batch 16 of 1x128x128
 (base_channels 32); CUDA (when present): batch 32 of 1x256x256. Rows go to `benchmarks/results/sar_step.csv` with
 the machine, versions, date, thread count and allocator.
 
@@ -24,7 +24,8 @@ from ssim import machine, versions
 def run(device, bs, size, repeats, threads, out, base_channels=32):
     from medrecipes.models.sar import sar_model
     from medrecipes.sar import SarLoss
-    from medrecipes.kernels import ssim_backend
+    import contextlib
+    from medrecipes.kernels import ssim_backend, use_backend
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
     torch.manual_seed(0)
     model = sar_model('attention', base_channels=base_channels).to(device).train()
@@ -36,16 +37,13 @@ def run(device, bs, size, repeats, threads, out, base_channels=32):
         loss = loss_fn(model(x), x); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
     backends = {'fast': None, 'reference': 'torch'}
-    def use(b):
-        if b is None: os.environ.pop('MEDRECIPES_BACKEND', None)
-        else: os.environ['MEDRECIPES_BACKEND'] = b
+    def use(b): return contextlib.nullcontext() if b is None else use_backend(b)
     times = {k: [] for k in backends}
     for k, b in backends.items():
-        use(b); step(); step()   # warm-up
+        with use(b): step(); step()   # warm-up
     for _ in range(repeats):
         for k, b in backends.items():
-            use(b); sync(); t0 = time.perf_counter(); step(); sync(); times[k].append(time.perf_counter() - t0)
-    use(None)
+            with use(b): sync(); t0 = time.perf_counter(); step(); sync(); times[k].append(time.perf_counter() - t0)
     fast_name = ssim_backend(x)
     med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     row = dict(date=datetime.datetime.now().isoformat(timespec='seconds'), machine=machine(), **versions(), device=device,

@@ -47,6 +47,14 @@ def impls(device):
             from fused_ssim import fused_ssim
             out['fused_ssim'] = lambda x, y: fused_ssim(x, y)
         except Exception: pass
+        try:  # fussim: fused-ssim's kernels in prebuilt wheels; valid windows as the others
+            from fussim import fused_ssim as fussim_ssim
+            out['fussim'] = lambda x, y: fussim_ssim(x, y, padding='valid')
+        except Exception: pass
+        try:
+            from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+            out['torchmetrics'] = lambda x, y: tm_ssim(x, y, data_range=1.0)
+        except Exception: pass
     return out
 
 

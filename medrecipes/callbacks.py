@@ -1,4 +1,6 @@
-"""Weighted loss in training and plain loss in validation, per-class recall, a collapse warning, the training log and curves, best and final checkpoints.
+"""Weighted loss in training and plain loss in validation, per-class recall, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
+
+The callbacks every recipe shares: `FitOnlyCallback` (sits out `lr_find`, `validate` and `get_preds`), `EpochScalars` (one per-epoch collector feeding `TrainingLog`, `TensorBoardScalars`, `WandbTracker` and `TextLog`), `DivergenceGuard` (stops a run whose loss is not finite or explodes, raising `TrainingDiverged`), class-weighted training loss with an unweighted validation loss (`TrainValCrossEntropy` + `LossModeCallback`), per-class recall, mixed precision (`AutocastMixedPrecision`) and gradient accumulation (`EpochGradientAccumulation`).
 
 Docs: https://medrecipes.github.io/medrecipes/callbacks.html.md"""
 
@@ -6,21 +8,36 @@ Docs: https://medrecipes.github.io/medrecipes/callbacks.html.md"""
 
 # %% ../nbs/03_callbacks.ipynb #c002
 from __future__ import annotations
-import math, warnings, logging
+import math, warnings, logging, random, secrets, time
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
 import matplotlib
 import matplotlib.pyplot as plt
 from fastai.learner import Metric, Recorder
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelBatchException
+from fastai.callback.fp16 import MixedPrecision, AMPMode
+from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import TrackerCallback
-from .core import atomic_write, save_checkpoint
+from fastai.torch_core import find_bs
+from fastcore.foundation import L
+from .core import atomic_write, save_checkpoint, to_plain
 from .distributed import is_rank0, is_distributed, reduce_sum, world_size
 
 # %% auto #0
-__all__ = ['class_weights', 'TrainValCrossEntropy', 'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning',
-           'RecallCollapseCallback', 'plot_curves', 'TrainingLog', 'checkpoint_state', 'CheckpointCallback']
+__all__ = ['WANDB_MODES', 'PRECISIONS', 'CPU_AUTO_PRECISION', 'FitOnlyCallback', 'class_weights', 'TrainValCrossEntropy',
+           'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning', 'RecallCollapseCallback',
+           'EpochScalars', 'epoch_scalars', 'scalar_tags', 'plot_curves', 'TrainingLog', 'TensorBoardScalars',
+           'import_wandb', 'WandbTracker', 'TextLog', 'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native',
+           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'checkpoint_state',
+           'CheckpointCallback']
+
+# %% ../nbs/03_callbacks.ipynb #cb02
+class FitOnlyCallback(Callback):
+    "A callback that runs in `fit` only: not in `lr_find`, `get_preds` or `validate`."
+    fit_only = True
+    def before_fit(self): self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
 
 # %% ../nbs/03_callbacks.ipynb #c005
 def class_weights(labels, # training labels (the training split only)
@@ -77,12 +94,12 @@ def recall_metrics(classes:list) -> list:
 # %% ../nbs/03_callbacks.ipynb #c011
 class RecallCollapseWarning(UserWarning): "The recall of a watched class has been 0 for several epochs."
 
-class RecallCollapseCallback(Callback):
+class RecallCollapseCallback(FitOnlyCallback):
     "Warn when the validation recall of class `cls` is 0 for `patience` epochs or more."
-    order, fit_only = Recorder.order + 6, True
+    order = Recorder.order + 6
     def __init__(self, cls:str='Malignant', patience:int=2): self.cls, self.patience, self.streak = cls, patience, 0
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        super().before_fit()
         self.streak, self.collapsed = 0, []
     def after_epoch(self):
         name = f'recall_{self.cls.lower()}'
@@ -99,6 +116,48 @@ class RecallCollapseCallback(Callback):
     def resume_state(self): return dict(streak=self.streak, collapsed=list(self.collapsed))
     def load_resume_state(self, st): self.streak, self.collapsed = st['streak'], list(st['collapsed'])
 
+# %% ../nbs/03_callbacks.ipynb #cb04
+class EpochScalars(FitOnlyCallback):
+    "Each epoch's mean training loss, validation loss, metrics and learning rate, once, for every log and checkpoint."
+    order = Recorder.order + 1
+    def __init__(self): self.history, self.row = [], None
+    def before_fit(self):
+        super().before_fit()
+        if self.run: self.history, self.row = [], None   # a resumed fit restores `history` afterwards
+    def before_epoch(self): self.loss_sum, self.n = 0., 0
+    def after_batch(self):
+        if not self.training or not self.learn.yb: return
+        bs = find_bs(self.learn.yb); self.loss_sum += float(self.learn.loss.detach()) * bs; self.n += bs
+    def after_epoch(self):
+        names = [n for n in self.recorder.metric_names[1:] if n != 'time']
+        loss_sum, n = reduce_sum(self.loss_sum, self.n)   # over every rank's batches (a no-op in one process)
+        row = {'epoch': int(self.epoch), 'train_loss': loss_sum / n if n else float('nan')}
+        row.update({k: float(v) for k, v in zip(names, self.recorder.values[-1]) if k != 'train_loss'})
+        row['lr'] = float(np.asarray(self.opt.hypers[-1]['lr']).max())
+        self.row = row
+        self.history = [r for r in self.history if r['epoch'] < self.epoch] + [row]
+    def resume_state(self): return dict(history=[dict(r) for r in self.history])
+    def load_resume_state(self, st): self.history = [dict(r) for r in st['history']]
+
+def epoch_scalars(learn) -> EpochScalars:
+    "The learner's `EpochScalars` collector; one is added (and started) when it has none."
+    cb = next((c for c in learn.cbs if isinstance(c, EpochScalars)), None)
+    if cb is None:
+        cb = EpochScalars(); learn.add_cb(cb)
+        if getattr(learn, 'n_epoch', None) is not None: cb.before_fit()   # added while `before_fit` is running
+    return cb
+
+def scalar_tags(row:dict, # an `EpochScalars` row
+                classes:list|None=None, # class names: `recall_<class>` is tagged `recall/<Class>`
+               ) -> dict:
+    "The TensorBoard / W&B names of an epoch's scalars: `loss/train`, `loss/valid`, `<metric>/valid`, `lr`."
+    recall = {f'recall_{c.lower()}': f'recall/{c}' for c in (classes or [])}
+    out = {}
+    for k, v in row.items():
+        if k == 'epoch' or v is None: continue
+        out[{'train_loss': 'loss/train', 'valid_loss': 'loss/valid', 'lr': 'lr'}.get(k) or recall.get(k) or f'{k}/valid'] = float(v)
+    return out
+
 # %% ../nbs/03_callbacks.ipynb #c013
 def plot_curves(log:pd.DataFrame, # a training log
                 cols:list, # columns to plot against `epoch`
@@ -112,40 +171,248 @@ def plot_curves(log:pd.DataFrame, # a training log
     atomic_write(fname, lambda t: fig.savefig(t, format='png', dpi=100))
     plt.close(fig)
 
-class TrainingLog(Callback):
-    "Write `training_log.csv`, `loss_curve.png` and `recall_curve.png` to `path` after every epoch."
-    order, fit_only = Recorder.order + 5, True
-    def __init__(self, path:str|Path, classes:list, fname:str='training_log.csv', plot:bool=True):
-        self.path, self.classes, self.fname, self.plot = Path(path), list(classes), fname, plot
-        self.rows = []
-    @property
-    def columns(self):
-        return ['epoch', 'train_loss', 'val_loss', 'val_acc'] + [f'val_recall_{c.lower()}' for c in self.classes] + ['lr']
+_CSV_NAMES = {'valid_loss': 'val_loss', 'accuracy': 'val_acc'}
+
+class TrainingLog(FitOnlyCallback):
+    "Write `training_log.csv`, `loss_curve.png` (and `recall_curve.png` with per-class recalls) to `path` after every epoch."
+    order = Recorder.order + 2
+    def __init__(self, path:str|Path, # the folder to write to
+                 classes:list|None=None, # class names: the recall columns of a log with no row yet
+                 fname:str='training_log.csv', plot:bool=True):
+        self.path, self.classes, self.fname, self.plot = Path(path), list(classes or []), fname, plot
+        self.sc = None
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
-    def before_epoch(self): self.loss_sum, self.n = 0., 0
-    def after_batch(self):
-        if not self.training: return
-        bs = len(self.learn.yb[0]) if self.learn.yb else 1
-        self.loss_sum += float(self.learn.loss.detach()) * bs; self.n += bs
+        super().before_fit()
+        if self.run: self.sc = epoch_scalars(self.learn)
+    @staticmethod
+    def _csv_row(r:dict) -> dict:
+        out = {'epoch': r['epoch'], 'train_loss': r['train_loss']}
+        out.update({_CSV_NAMES.get(k, f'val_{k}'): v for k, v in r.items() if k not in ('epoch', 'train_loss', 'lr')})
+        out['lr'] = r['lr']
+        return out
+    @property
+    def rows(self) -> list: return [self._csv_row(r) for r in (self.sc.history if self.sc is not None else [])]
+    @property
+    def columns(self) -> list:
+        rows = self.rows
+        if rows: return list(rows[0])
+        return ['epoch', 'train_loss', 'val_loss', 'val_acc'] + [f'val_recall_{c.lower()}' for c in self.classes] + ['lr']
     def after_epoch(self):
-        names, vals = list(self.recorder.metric_names[1:]), self.recorder.values[-1]
-        get = lambda k: float(vals[names.index(k)]) if k in names else float('nan')
-        loss_sum, n = reduce_sum(self.loss_sum, self.n)   # over every rank's batches (a no-op in one process)
-        row = {'epoch': self.epoch, 'train_loss': loss_sum / max(n, 1), 'val_loss': get('valid_loss'),
-               'val_acc': get('accuracy'), **{f'val_recall_{c.lower()}': get(f'recall_{c.lower()}') for c in self.classes},
-               'lr': float(self.opt.hypers[-1]['lr'])}
-        self.rows = [r for r in self.rows if r['epoch'] < self.epoch] + [row]
         if is_rank0(): self.write()
-    def resume_state(self): return dict(rows=[dict(r) for r in self.rows])
-    def load_resume_state(self, st): self.rows = [dict(r) for r in st['rows']]
+    def load_resume_state(self, st): pass   # older checkpoints kept the rows here; the collector's history holds them now
     def write(self):
         log = pd.DataFrame(self.rows, columns=self.columns)
         atomic_write(self.path/self.fname, lambda t: log.to_csv(t, index=False))
         if self.plot and len(log):
             plot_curves(log, ['train_loss', 'val_loss'], self.path/'loss_curve.png', 'loss', 'Loss (train: weighted, valid: unweighted)')
-            plot_curves(log, [c for c in self.columns if c.startswith('val_recall_')], self.path/'recall_curve.png', 'recall', 'Validation recall per class')
+            if rc := [c for c in log.columns if c.startswith('val_recall_')]:
+                plot_curves(log, rc, self.path/'recall_curve.png', 'recall', 'Validation recall per class')
         return log
+
+class TensorBoardScalars(FitOnlyCallback):
+    "Each epoch's scalars to TensorBoard: losses, validation metrics and the learning rate."
+    order = Recorder.order + 3
+    def __init__(self, log_dir:str|Path, # the event files' folder
+                 classes:list|None=None): # class names, to tag recalls `recall/<class>`
+        self.log_dir, self.classes, self.writer, self.sc = Path(log_dir), list(classes or []), None, None
+    def before_fit(self):
+        super().before_fit()
+        if self.run: self.sc = epoch_scalars(self.learn)
+    def before_epoch(self):
+        if self.writer is None and is_rank0():   # at the first epoch, once a resume has set `first_epoch`
+            from torch.utils.tensorboard import SummaryWriter
+            first = getattr(self.learn, 'first_epoch', 0)   # resumed: drop the killed run's events from this epoch on
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=first if first else None)
+    def after_epoch(self):
+        if self.writer is None: return
+        for k, v in scalar_tags(self.sc.row, self.classes).items(): self.writer.add_scalar(k, v, self.epoch)
+        self.writer.flush()
+    def after_fit(self):
+        if self.writer is not None: self.writer.close(); self.writer = None
+
+@contextmanager
+def _rng_preserved():
+    "Leave Python's, NumPy's and PyTorch's random generators as they were (tracking must not change a run)."
+    st = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try: yield
+    finally: random.setstate(st[0]); np.random.set_state(st[1]); torch.set_rng_state(st[2])
+
+WANDB_MODES = ('offline', 'online', 'disabled')
+
+def import_wandb(option:str='tracking wandb=True'):
+    "The `wandb` module, or an error naming the option that asked for it."
+    try: import wandb
+    except ImportError as e:
+        raise ImportError(f"{option} needs the `wandb` package, which is not installed: `pip install wandb`, or turn the option off") from e
+    return wandb
+
+class WandbTracker(FitOnlyCallback):
+    "Log the run's config and per-epoch scalars to a Weights & Biases run (offline by default: no network needed)."
+    order = Recorder.order + 4
+    def __init__(self, out_dir:str|Path, # the run folder; W&B writes under `<out_dir>/wandb/`
+                 classes:list|None=None, # class names, to tag recalls `recall/<class>`
+                 project:str='medrecipes', mode:str='offline', config:dict|None=None, run_name:str|None=None):
+        if mode not in WANDB_MODES: raise ValueError(f"wandb mode must be one of {WANDB_MODES}, not {mode!r}")
+        self.out_dir, self.classes, self.project, self.mode, self.config, self.run_name = Path(out_dir), list(classes or []), project, mode, config, run_name
+        self.run_id, self.wb, self.rows, self.sc = None, None, [], None
+    def before_fit(self):
+        super().before_fit()
+        if not self.run: return
+        self.sc = epoch_scalars(self.learn)
+        if self.wb is None: self.rows, self.run_id = [], None   # a new fit is a new run (resume restores both)
+    def _start(self):
+        # started at the first epoch, after `ResumeCheckpoint` has restored the run id of an interrupted run
+        wandb = import_wandb()
+        if self.run_id is None: self.run_id = secrets.token_hex(4)   # not from `random`: the training RNGs stay untouched
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with _rng_preserved():
+            self.wb = wandb.init(project=self.project, dir=str(self.out_dir), mode=self.mode, id=self.run_id, resume='allow',
+                                 name=self.run_name, config=to_plain(self.config or {}), reinit='finish_previous',
+                                 settings=wandb.Settings(console='off', silent=True))
+            # a resumed run logs the epochs of the checkpoint again: a killed session's W&B file is usually empty
+            # (the W&B service had not flushed it), so the last session alone holds the whole history
+            for row in self.rows: self.wb.log(row, step=row['epoch'])
+    def before_epoch(self):
+        if self.wb is None and is_rank0(): self._start()   # one W&B run, by rank 0
+    def after_epoch(self):
+        row = {**scalar_tags(self.sc.row, self.classes), 'epoch': self.epoch}   # on every rank: the rows are part of the resume state
+        self.rows = [r for r in self.rows if r['epoch'] < self.epoch] + [row]
+        if self.wb is None: return
+        with _rng_preserved(): self.wb.log(row, step=self.epoch)
+    def after_fit(self):
+        if self.wb is not None:
+            with _rng_preserved(): self.wb.finish()
+            self.run_dir = Path(self.wb.dir).parent if self.wb.dir else None
+            self.wb = None
+    def resume_state(self): return dict(run_id=self.run_id, rows=[dict(r) for r in self.rows])
+    def load_resume_state(self, st): self.run_id, self.rows = st['run_id'], [dict(r) for r in st['rows']]
+
+class TextLog(FitOnlyCallback):
+    "Append one line per epoch (the epoch's scalars) to a `training.log` file."
+    order = Recorder.order + 5
+    def __init__(self, fname:str|Path): self.fname, self.sc = Path(fname), None
+    def before_fit(self):
+        super().before_fit()
+        self.started = False
+        if self.run: self.sc = epoch_scalars(self.learn)
+    def before_epoch(self):
+        if is_rank0() and not self.started:   # at the first epoch, once a resume has set `first_epoch`
+            self.fname.parent.mkdir(parents=True, exist_ok=True); self.started = True
+            first = getattr(self.learn, 'first_epoch', 0)
+            self._write(f"fit: epochs {first}-{self.n_epoch - 1} of {self.n_epoch}" + (" (resumed)" if first else ''))
+    def _write(self, msg):
+        with open(self.fname, 'a') as f: f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+    def after_epoch(self):
+        if not self.started: return
+        kv = ' '.join(f"{k}={v:.6g}" for k, v in self.sc.row.items() if k not in ('epoch', 'lr'))
+        self._write(f"epoch {self.epoch} {kv} lr={self.sc.row['lr']:.3g}")
+    def after_fit(self):
+        if self.started: self._write("fit ended")
+
+# %% ../nbs/03_callbacks.ipynb #cb08
+class TrainingDiverged(RuntimeError):
+    "The loss of a fit became non-finite or exploded; `reason` is the one-line message (fastai prefixes `args[0]`)."
+    def __init__(self, reason:str): super().__init__(reason); self.reason = reason
+
+def _finite(t) -> bool: return bool(torch.isfinite(t).all()) if isinstance(t, torch.Tensor) and t.is_floating_point() else True
+
+class DivergenceGuard(FitOnlyCallback):
+    "Stop the fit with `TrainingDiverged` when a training batch loss or the validation loss is non-finite or explodes."
+    order, run_valid = TrackerCallback.order - 2, False   # after the logs, before trackers (early stopping) and checkpoints
+    def __init__(self, max_ratio:float=1e4): # a loss above `max_ratio * max(first training loss, 1)` has exploded
+        self.max_ratio, self.ref = max_ratio, None
+    def before_fit(self):
+        super().before_fit()
+        self.ref = None   # a resumed fit restores it
+    def _bad(self, v:float) -> bool:
+        bad = not math.isfinite(v) or (self.ref is not None and abs(v) > self.max_ratio * max(abs(self.ref), 1.))
+        if is_distributed(): bad = reduce_sum(float(bad))[0] > 0   # every rank stops, or none
+        return bad
+    def _cause(self, inputs_finite:bool=True) -> str:
+        if not inputs_finite: return "the input batch holds inf or nan values: bad input data (check the files and the preprocessing)"
+        causes = []
+        amp = next((c for c in self.learn.cbs if isinstance(c, MixedPrecision)), None)
+        if amp is not None and amp.amp_mode == AMPMode.FP16: causes.append("an fp16 overflow (try precision 'bf16' or 'fp32')")
+        lr = float(np.asarray(self.opt.hypers[-1]['lr']).max())
+        causes.append(f"a learning rate too high (lr={lr:.3g} at this point; try a smaller one, or lr_find)")
+        causes.append("bad input data")
+        return "likely cause: " + ", or ".join(causes)
+    def after_loss(self):
+        if not len(self.learn.yb): return   # no targets, no loss
+        v = float(self.learn.loss.detach().float())
+        if not self._bad(v):
+            if self.ref is None and math.isfinite(v): self.ref = v
+            return
+        finite_in = all(_finite(x) for x in self.learn.xb)
+        raise TrainingDiverged(f"training diverged at epoch {self.epoch}, batch {self.iter}: the training loss is {v:.3g}"
+                               f"{'' if self.ref is None else f' (first training loss {self.ref:.3g})'}; {self._cause(finite_in)}")
+    def after_epoch(self):
+        names = list(self.recorder.metric_names[1:])
+        if 'valid_loss' not in names or not self.recorder.values: return
+        v = float(self.recorder.values[-1][names.index('valid_loss')])
+        if self._bad(v):
+            raise TrainingDiverged(f"training diverged at epoch {self.epoch} (validation): the validation loss is {v:.3g}"
+                                   f"{'' if self.ref is None else f' (first training loss {self.ref:.3g})'}; {self._cause()}")
+    def resume_state(self): return dict(ref=self.ref)
+    def load_resume_state(self, st): self.ref = st['ref']
+
+# %% ../nbs/03_callbacks.ipynb #cb11
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+CPU_AUTO_PRECISION = {True: 'bf16', False: 'fp32'}   # by `cpu_bf16_native()`; see benchmarks/results/folder_precision.csv
+
+def cpu_bf16_native() -> bool:
+    "Whether this CPU has native bfloat16 instructions (x86 `avx512_bf16` or `amx_bf16`; read from /proc/cpuinfo)."
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((l.split(':', 1)[1].split() for l in f if l.startswith('flags')), [])
+    except OSError: return False
+    return bool({'avx512_bf16', 'amx_bf16'} & set(flags))
+
+def resolve_precision(precision:str, # 'auto', 'fp32', 'bf16' or 'fp16'
+                      device, # the training device
+                      name:str='precision', # the option's name, for messages
+                     ) -> str:
+    "The precision a run uses on `device`: `precision` itself, or what `'auto'` means there."
+    if precision not in PRECISIONS: raise ValueError(f"{name} must be one of {PRECISIONS}, not {precision!r}")
+    dev = torch.device(device) if device is not None else torch.device('cpu')
+    if dev.type == 'cuda':
+        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if precision == 'auto': return 'bf16' if bf16_ok else 'fp16'
+        if precision == 'bf16' and not bf16_ok: raise ValueError(f"{name}='bf16': this GPU does not support bfloat16; use 'fp16' or 'auto'")
+        return precision
+    if dev.type == 'cpu':
+        if precision == 'auto': return CPU_AUTO_PRECISION[cpu_bf16_native()]
+        if precision == 'fp16':
+            warnings.warn(f"{name}='fp16' on a CPU: fp16 autocast is much slower than fp32 on most CPUs (measured over 20x); "
+                          "'bf16' or 'fp32' are the CPU choices")
+        return precision
+    return 'fp32' if precision == 'auto' else precision
+
+class AutocastMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision` on the device of the model (CUDA or CPU autocast), bf16 or fp16 with a gradient scaler."
+    def before_fit(self):
+        p = next(self.learn.model.parameters(), None)
+        dev = p.device.type if p is not None else 'cpu'
+        dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
+        self.kwargs['enabled'] = dtype == torch.float16      # bf16 has float32's range: no scaling
+        self.autocast = torch.autocast(dev, dtype=dtype)
+        self.learn.scaler, self.scales = torch.amp.GradScaler(dev, **self.kwargs), L()
+
+# %% ../nbs/03_callbacks.ipynb #cb14
+class EpochGradientAccumulation(GradientAccumulation):
+    "Accumulate gradients over `n_acc` items, always update at the last batch of an epoch, and scale a partial group right."
+    def before_epoch(self): self.count = 0
+    def before_step(self):
+        bs = find_bs(self.learn.yb)
+        self.learn.loss_grad *= self.n_acc / bs   # report the unscaled loss
+        self.count += bs
+        if self.count < self.n_acc and self.iter < self.n_iter - 1: raise CancelBatchException()   # skip step and zero_grad
+        n = reduce_sum(self.count)[0]   # the items of this group, over every rank
+        if n != self.n_acc * world_size():   # a partial (or larger) group: the gradient is sum / n_acc; make it sum / n
+            f = self.n_acc * world_size() / n
+            for p in self.learn.model.parameters():
+                if p.grad is not None: p.grad.mul_(f)
+        self.count = 0
 
 # %% ../nbs/03_callbacks.ipynb #c015
 def checkpoint_state(learn, **extra) -> dict:

@@ -23,7 +23,7 @@ from fastai.callback.tracker import EarlyStoppingCallback
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
 from .core import load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .data.images import ClassifierImage
-from .callbacks import class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics
+from .callbacks import class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard
 from .resume import ResumableLearner, ResumeCheckpoint
 from .distributed import is_rank0, load_checkpoint_dist
 
@@ -170,7 +170,7 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
     weight = class_weights(dls.train_labels(), vocab) if class_weighted else None
     run_dir = Path(run_dir)
     ck = ResumeCheckpoint(run_dir/'checkpoints'/'latest.pt', best=run_dir/'checkpoints'/'best.pt', monitor='valid_loss')
-    cb_list = [LossModeCallback(), *([EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
+    cb_list = [LossModeCallback(), DivergenceGuard(), *([EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
                *(cbs or []), ck]
     learn = learner_cls(dls, model, loss_func=TrainValCrossEntropy(weight), metrics=[accuracy, *recall_metrics(vocab), *(metrics or [])],
                         cbs=cb_list, path=run_dir, splitter=default_split, **kwargs)

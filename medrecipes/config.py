@@ -1,4 +1,6 @@
-"""Config groups (`model`, `data`, `trainer`, `callbacks`, `logging`) composed by Hydra, with command-line overrides of any key.
+"""One config system for Python and the command line: Hydra structured configs (dataclasses in a `ConfigStore`) hold every default; YAML groups in `medrecipes/configs/` are the user-editable choices.
+
+One config system: Hydra structured configs (`XrayConfig`, `SarConfig`, `FolderConfig`, a dataclass per group registered in a `ConfigStore`) hold every default once; the YAML files shipped in `medrecipes/configs/` set only what a choice changes; `resolve_config` turns a config object, a dict, a root config name or a YAML file plus overrides into the checked, nested config every `train_*` uses.
 
 Docs: https://medrecipes.github.io/medrecipes/config.html.md"""
 
@@ -6,52 +8,390 @@ Docs: https://medrecipes.github.io/medrecipes/config.html.md"""
 
 # %% ../nbs/16_config.ipynb #c002
 from __future__ import annotations
+import re, typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
-from omegaconf import OmegaConf
+from typing import Any, Optional
+from omegaconf import OmegaConf, DictConfig
+from .core import parse_overrides, to_plain
 
 # %% auto #0
-__all__ = ['CONFIG_GROUPS', 'FLAT_RENAMES', 'default_config_dir', 'compose_config', 'flatten_config']
+__all__ = ['RECIPE_CONFIGS', 'CONFIG_GROUPS', 'FLAT_RENAMES', 'FLAT_KEEP', 'LoggingConfig', 'XrayModel', 'XrayData',
+           'XrayTrainer', 'XrayCallbacks', 'XrayLogging', 'XrayConfig', 'SarModel', 'SarData', 'SarTrainer',
+           'SarCallbacks', 'SarLogging', 'SarConfig', 'FolderModel', 'FolderData', 'FolderTrainer', 'FolderCallbacks',
+           'FolderConfig', 'register_configs', 'recipe_defaults', 'default_config_dir', 'compose_config',
+           'ConfigKeyError', 'flat_keys', 'flatten_config', 'resolve_config']
 
 # %% ../nbs/16_config.ipynb #c005
+@dataclass
+class LoggingConfig:
+    "Trackers: `training_log.csv`, TensorBoard, Weights & Biases (`wandb`: true, false or 'auto')."
+    csv:bool=True
+    tensorboard:bool=True
+    wandb:Any=False
+    wandb_project:str='medrecipes'
+    wandb_mode:str='offline'   # offline | online | disabled
+
+# --- X-ray (BTXRD) ---
+@dataclass
+class XrayModel:
+    arch:str='efficientnet_b0'   # any timm model name
+    pretrained:bool=True          # ImageNet weights from timm (downloaded once)
+    drop_rate:float=0.2
+    weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
+
+@dataclass
+class XrayData:
+    path:str='data/BTXRD'         # images/ and dataset.xlsx of the public release
+    meta:Optional[str]=None       # metadata sheet, if not path/dataset.xlsx|csv
+    img_dir:Optional[str]=None    # image folder, if not path/images
+    split:str='stratified'        # stratified | center | a split CSV
+    valid_pct:float=0.15
+    test_pct:float=0.15
+    size:int=224
+    batch_size:int=32
+    num_workers:int=2
+    augment:bool=True
+
+@dataclass
+class XrayTrainer:
+    max_epochs:int=30
+    lr:float=1e-3
+    wd:float=0.01
+    schedule:str='one_cycle'      # one_cycle | flat
+    class_weighted:bool=True      # weighted loss in training, unweighted for validation
+    precision:str='fp32'          # auto | fp32 | bf16 | fp16
+    accumulate:int=1              # update the weights every this many batches
+    clip_grad:Optional[float]=None   # gradient clipping norm (null: off)
+    sync_bn:bool=False            # data-parallel runs: batch-norm statistics over the global batch
+    seed:int=42
+    out_dir:str='runs/xray'
+    device:str='auto'
+    progress:bool=True
+    resume:Any=False              # true / last: the run's latest checkpoint; or a checkpoint path
+
+@dataclass
+class XrayCallbacks:
+    patience:Optional[int]=5      # early stopping on the unweighted validation loss (null: off)
+    collapse_patience:int=2       # warn when Malignant recall is 0 this many epochs in a row
+
+@dataclass
+class XrayLogging(LoggingConfig):
+    tensorboard:bool=False
+
+@dataclass
+class XrayConfig:
+    "The X-ray recipe's config: every key and its default."
+    model:XrayModel=field(default_factory=XrayModel)
+    data:XrayData=field(default_factory=XrayData)
+    trainer:XrayTrainer=field(default_factory=XrayTrainer)
+    callbacks:XrayCallbacks=field(default_factory=XrayCallbacks)
+    logging:XrayLogging=field(default_factory=XrayLogging)
+
+# --- SAR codec ---
+@dataclass
+class SarModel:
+    variant:str='attention'       # baseline | resnet_lite | residual | attention
+    latent_channels:int=16        # 16 channels at 1/16 resolution: 16x fewer values than the input
+    base_channels:int=32
+
+@dataclass
+class SarData:
+    path:str='data/sar'           # train/ and valid/ (and optionally test/) images: .npy, .tif, .png
+    units:Optional[str]=None      # linear | db | null (metadata.json, else float pixels are linear intensity)
+    clip:Any=None                 # null: percentiles 1 and 99 of the training images; [lo, hi] dB; [percentile, p1, p2]
+    patch:int=256
+    batch_size:int=32
+    patches_per_image:int=8
+    num_workers:int=0
+
+@dataclass
+class SarTrainer:
+    max_epochs:int=100
+    lr:float=1e-4                 # Adam
+    schedule:str='plateau'        # plateau: ReduceLROnPlateau on the validation loss | one_cycle
+    plateau_factor:float=0.5
+    plateau_patience:int=10
+    clip_grad:Optional[float]=1.0 # gradient clipping norm (null: off)
+    mse_weight:float=0.7
+    ssim_weight:float=0.3
+    precision:str='fp32'          # auto | fp32 | bf16 | fp16
+    accumulate:int=1
+    sync_bn:bool=False
+    seed:int=42
+    out_dir:str='runs/sar'
+    device:str='auto'
+    progress:bool=True
+    resume:Any=False
+
+@dataclass
+class SarCallbacks:
+    patience:Optional[int]=20     # early stopping on the validation loss (null: off)
+    hist_every:int=10             # TensorBoard weight and gradient histograms every this many epochs
+
+@dataclass
+class SarLogging(LoggingConfig):
+    csv:bool=False                # the SAR recipe writes training.log and TensorBoard events
+
+@dataclass
+class SarConfig:
+    "The SAR recipe's config: every key and its default."
+    model:SarModel=field(default_factory=SarModel)
+    data:SarData=field(default_factory=SarData)
+    trainer:SarTrainer=field(default_factory=SarTrainer)
+    callbacks:SarCallbacks=field(default_factory=SarCallbacks)
+    logging:SarLogging=field(default_factory=SarLogging)
+
+# --- image folder ---
+@dataclass
+class FolderModel:
+    arch:str='resnet18'           # any timm model name
+    pretrained:bool=False         # ImageNet weights from timm: set true where the hub can be reached
+    drop_rate:float=0.0
+    weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
+
+@dataclass
+class FolderData:
+    path:str='data/images'        # train/<class>/*, valid/<class>/*, optionally test/<class>/*
+    train:str='train'
+    valid:str='valid'
+    test:Optional[str]='test'     # null: no test split
+    size:int=224
+    batch_size:int=64
+    num_workers:int=0
+    augment:bool=True             # rotation, zoom, lighting on training batches
+    flip:bool=False               # also random horizontal flips
+
+@dataclass
+class FolderTrainer:
+    max_epochs:int=10
+    lr:float=1e-3                 # peak learning rate (AdamW)
+    wd:float=0.01
+    schedule:str='one_cycle'      # one_cycle | flat
+    precision:str='auto'          # auto (bf16/fp16 on CUDA; bf16 on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16
+    clip_grad:Optional[float]=1.0 # gradient clipping norm; null or 0: off
+    accumulate:int=1
+    class_weighted:bool=True
+    seed:int=42
+    deterministic:bool=False
+    device:str='auto'
+    resume:Any=False
+    out_dir:str='runs/folder'
+    progress:bool=True
+    sync_bn:bool=False
+
+@dataclass
+class FolderCallbacks:
+    patience:Optional[int]=None   # early stopping on the validation loss (null: off)
+
+@dataclass
+class FolderConfig:
+    "The image-folder recipe's config: every key and its default."
+    model:FolderModel=field(default_factory=FolderModel)
+    data:FolderData=field(default_factory=FolderData)
+    trainer:FolderTrainer=field(default_factory=FolderTrainer)
+    callbacks:FolderCallbacks=field(default_factory=FolderCallbacks)
+    logging:LoggingConfig=field(default_factory=LoggingConfig)
+
+RECIPE_CONFIGS = {'xray': XrayConfig, 'sar': SarConfig, 'folder': FolderConfig}
 CONFIG_GROUPS = ('model', 'data', 'trainer', 'callbacks', 'logging')
-FLAT_RENAMES = {'data.path': 'data_path', 'data.batch_size': 'bs', 'trainer.max_epochs': 'epochs'}
 
+# %% ../nbs/16_config.ipynb #c010
+def register_configs():
+    "Register every recipe's schema in Hydra's `ConfigStore`: `<recipe>_schema` (the root) and `schema/<recipe>/<group>`."
+    from hydra.core.config_store import ConfigStore
+    cs = ConfigStore.instance()
+    for recipe, root in RECIPE_CONFIGS.items():
+        cs.store(name=f'{recipe}_schema', node=root)
+        for f in fields(root): cs.store(group=f'schema/{recipe}', name=f.name, node=f.default_factory, package=f.name)
+
+def recipe_defaults(recipe:str) -> dict:
+    "The nested defaults of `recipe` ('xray', 'sar' or 'folder'), from its dataclass."
+    return asdict(_schema(recipe)())
+
+def _schema(recipe):
+    if recipe not in RECIPE_CONFIGS: raise ValueError(f"recipe must be one of {tuple(RECIPE_CONFIGS)}, not {recipe!r}")
+    return RECIPE_CONFIGS[recipe]
+
+# %% ../nbs/16_config.ipynb #c013
 def default_config_dir() -> Path:
-    "`./configs` when it exists, else the `configs/` folder of the medrecipes checkout."
-    here = Path('configs')
-    if (here/'xray.yaml').is_file(): return here.resolve()
+    "The YAML configs shipped inside the package (`medrecipes/configs/`)."
     import medrecipes
-    return Path(medrecipes.__file__).resolve().parents[1]/'configs'
+    return Path(medrecipes.__file__).resolve().parent/'configs'
 
-def compose_config(name:str, # root config: `xray`, `sar`, `folder`, `xray_demo`...
-                   overrides=(), # Hydra overrides: `group=choice`, `group.key=value`, `+group.key=value`
-                   config_dir:str|Path|None=None, # folder of root configs and group folders (default: `default_config_dir()`)
-                  ) -> dict:
-    "Compose root config `name` with its groups and `overrides` into a plain nested dict."
+def _hydra_error(e, name, d) -> ValueError:
+    "A Hydra composition error as one readable line: the file, the unknown key and the known keys where Hydra names them."
+    msg = str(e)
+    m, fk, where = re.search(r"Key '([^']+)' not in '(\w+)'", msg), re.search(r"full_key: (\S+)", msg), re.search(r"In '([^']+)'", msg)
+    if m and fk:
+        cls = next((c for r in RECIPE_CONFIGS.values() for c in [r, *(f.default_factory for f in fields(r))] if c.__name__ == m[2]), None)
+        known = f"; known keys: {', '.join(f.name for f in fields(cls))}" if cls else ''
+        return ValueError(f"unknown config key {fk[1]!r} in {(where[1] if where else name) + '.yaml'} of {d}{known}")
+    return ValueError(f"config {name or ''!r} in {d}: {' '.join(msg.split())}")
+
+def _compose(name, overrides, d, extra_dir=None):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    d = Path(config_dir) if config_dir is not None else default_config_dir()
-    if not (d/f'{name}.yaml').is_file():
-        have = sorted(p.stem for p in d.glob('*.yaml')) if d.is_dir() else []
-        raise FileNotFoundError(f"no root config {name!r} in {d} (found: {', '.join(have) or 'none'})")
+    from omegaconf.errors import OmegaConfBaseException
+    register_configs()
+    pkg = default_config_dir()
+    more = [str(Path(p).resolve()) for p in (extra_dir, pkg) if p is not None and Path(p).resolve() != d.resolve()]
+    extra = [f"hydra.searchpath=[{','.join(repr('file://' + p) for p in more)}]"] if more else []   # searched after `d`
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(d.resolve()), version_base='1.3'):
-            cfg = compose(config_name=name, overrides=list(overrides))
-    except HydraException as e: raise ValueError(f"config {name!r} in {d}: {e}") from None
+            cfg = compose(config_name=name, overrides=[*overrides, *extra])
+    except (HydraException, OmegaConfBaseException) as e: raise _hydra_error(e, name, d) from None
     finally: GlobalHydra.instance().clear()
     return OmegaConf.to_container(cfg, resolve=True)
 
+def compose_config(name:str, # root config: `xray`, `sar`, `folder`, `xray_demo`...
+                   overrides=(), # Hydra overrides: `group=choice`, `group.key=value`
+                   config_dir:str|Path|None=None, # a folder of root configs and groups, searched before the package's
+                  ) -> dict:
+    "Compose root config `name` with its groups and `overrides` (Hydra's compose API) into a plain nested dict."
+    pkg = default_config_dir()
+    d = Path(config_dir) if config_dir is not None else pkg
+    if not d.is_dir(): raise FileNotFoundError(f"config folder {d} does not exist")
+    if not (d/f'{name}.yaml').is_file() and not (pkg/f'{name}.yaml').is_file():
+        have = sorted({p.stem for q in {d, pkg} for p in q.glob('*.yaml')})
+        raise FileNotFoundError(f"no root config {name!r} in {d} (found: {', '.join(have) or 'none'})")
+    if (d/f'{name}.yaml').is_file(): return _compose(name, overrides, d)
+    return _compose(name, overrides, pkg, extra_dir=d)   # the package's root, with the groups of `d` too
+
+# %% ../nbs/16_config.ipynb #c015
+FLAT_RENAMES = {'data.path': 'data_path', 'data.batch_size': 'bs', 'trainer.max_epochs': 'epochs'}
+FLAT_KEEP = ('logging',)   # groups that stay a nested dict in the flat form
+
+class ConfigKeyError(KeyError, ValueError):
+    "An unknown config key (a `KeyError` and a `ValueError`); the message names it and the known keys."
+    def __str__(self): return str(self.args[0]) if self.args else ''
+
+def flat_keys(recipe:str) -> dict:
+    "Flat key -> (group, key) of `recipe`: the keyword arguments `train_<recipe>(**kwargs)` takes."
+    out = {}
+    for g in fields(_schema(recipe)):
+        if g.name in FLAT_KEEP: continue
+        for f in fields(g.default_factory):
+            k = FLAT_RENAMES.get(f'{g.name}.{f.name}', f.name)
+            if k in out: raise ValueError(f"{recipe}: flat key {k!r} is both {'.'.join(out[k])} and {g.name}.{f.name}; add a FLAT_RENAMES entry")
+            out[k] = (g.name, f.name)
+    return out
+
 def flatten_config(cfg:dict, # a composed, nested config
                    renames:dict=FLAT_RENAMES, # `group.key` -> flat key, for keys whose names differ
+                   keep=FLAT_KEEP, # groups that stay nested
                   ) -> dict:
     "Map a nested recipe config onto the recipe's flat keys (a key set twice is an error)."
     flat, where = {}, {}
     for group, sec in cfg.items():
-        if not isinstance(sec, dict): flat[group] = sec; where[group] = group; continue
+        if not isinstance(sec, dict) or group in keep: flat[group] = sec; where[group] = group; continue
         for k, v in sec.items():
             dotted = f'{group}.{k}'; fk = renames.get(dotted, k)
             if fk in flat: raise ValueError(f"config keys {where[fk]} and {dotted} both set {fk!r}")
             flat[fk], where[fk] = v, dotted
     return flat
+
+_TYPE_WORDS = {bool: 'true or false', int: 'an int', float: 'a number', str: 'a string'}
+
+def _check_value(v, tp, name):
+    "`v` as a value of annotation `tp`: ints are numbers, numbers are strings; anything else that does not fit is an error."
+    if tp is Any or (isinstance(v, str) and v.startswith('${')): return v   # interpolations are checked once resolved
+    if typing.get_origin(tp) is typing.Union:
+        if v is None: return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None)); null = ' or null'
+    else: null = ''
+    ok = (isinstance(v, bool) if tp is bool else isinstance(v, int) and not isinstance(v, bool) if tp is int
+          else isinstance(v, (int, float)) and not isinstance(v, bool) if tp is float
+          else isinstance(v, (str, int, float)) and not isinstance(v, bool) if tp is str else True)
+    if not ok: raise ValueError(f"{name} must be {_TYPE_WORDS.get(tp, tp)}{null}, not {v!r}")
+    return float(v) if tp is float else str(v) if tp is str else v
+
+def _check_layer(layer:dict, cls, where:str, prefix='') -> dict:
+    "Check the keys and value types of one nested layer against dataclass `cls`."
+    hints, out = typing.get_type_hints(cls), {}
+    for k, v in layer.items():
+        name = f'{prefix}{k}'
+        if k not in hints:
+            raise ConfigKeyError(f"{where}: unknown config key {name!r}; known keys: {', '.join(f.name for f in fields(cls))}")
+        tp = hints[k]
+        if is_dataclass(tp):
+            if not isinstance(v, Mapping): raise ValueError(f"{where}: config section {name!r} must be a mapping, not {v!r}")
+            out[k] = _check_layer(v, tp, where, f'{name}.')
+        else:
+            try: out[k] = _check_value(v, tp, name)
+            except ValueError as e: raise ValueError(f"{where}: {e}") from None
+    return out
+
+def _nest(d, recipe, where) -> dict:
+    "A nested layer from a dict whose keys are groups (nested) and/or flat keys (`data_path`, `epochs`, `split`...)."
+    groups, flat, out, seen = [f.name for f in fields(_schema(recipe))], flat_keys(recipe), {}, {}
+    for k, v in d.items():
+        if k in groups:
+            if not isinstance(v, Mapping): raise ValueError(f"{where}: config section {k!r} must be a mapping, not {v!r}")
+            pairs = [(k, kk, vv, f'{k}.{kk}') for kk, vv in v.items()]
+        elif k in flat: pairs = [(*flat[k], v, k)]
+        else: raise ConfigKeyError(f"{where}: unknown config key {k!r}; known keys: {', '.join(groups)} (sections) and "
+                                   f"{', '.join(flat)} (flat)")
+        for g, kk, vv, name in pairs:
+            if (g, kk) in seen: raise ValueError(f"{where}: {seen[(g, kk)]} and {name} both set {g}.{kk}")
+            seen[(g, kk)] = name; out.setdefault(g, {})[kk] = vv
+    return _check_layer(out, _schema(recipe), where)
+
+def _check_added(o, key, recipe):
+    "Hydra's `+group.key=value` adds a key; a recipe's sections have a fixed set, so only a known key may be given."
+    cls, parts = _schema(recipe), key.split('.')
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if is_dataclass(cls) else {}
+        if part not in hints:
+            where = '.'.join(parts[:i]) or 'the config'
+            raise ConfigKeyError(f"overrides: {o!r} adds unknown config key {part!r} to {where}; known keys: {', '.join(hints) or 'none'}")
+        cls = hints[part]
+
+def _split_overrides(overrides, recipe):
+    "Hydra-style overrides -> (group choices, nested key=value dict); flat keys (`split=center`) are mapped to their groups."
+    if isinstance(overrides, str): overrides = [overrides]
+    groups, flat, choices, keys = [f.name for f in fields(_schema(recipe))], flat_keys(recipe), [], []
+    for o in overrides or ():
+        if not isinstance(o, str) or '=' not in o: raise ValueError(f"override {o!r} is not of the form group=choice or key=value")
+        k, v = o.split('=', 1); plus, k = k.startswith('+'), k.lstrip('+')
+        if not k: raise ValueError(f"override {o!r} has an empty key")
+        if plus and '.' in k: _check_added(o, k, recipe)
+        if k in groups: choices.append(f'{k}={v}')
+        elif k in flat: keys.append('{}.{}={}'.format(*flat[k], v))
+        else: keys.append(f'{k}={v}')
+    return choices, parse_overrides(keys)
+
+def resolve_config(recipe:str, # 'xray', 'sar' or 'folder'
+                   config=None, # a config object (dataclass or OmegaConf), a dict (nested or flat keys), a YAML file or a root config's name
+                   overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings, applied last
+                   config_dir:str|Path|None=None, # a config folder of one's own, searched before the package's
+                   **kwargs, # nested sections or flat keys, applied after `config`, before `overrides`
+                  ) -> dict:
+    "The recipe's full, checked, nested config: dataclass defaults, then `config`, then `kwargs`, then `overrides`."
+    schema = _schema(recipe)
+    choices, ov = _split_overrides(overrides, recipe)
+    layers = [OmegaConf.structured(schema)]
+    if isinstance(config, str) and Path(config).suffix not in ('.yaml', '.yml') and not Path(config).exists():   # a root config's name
+        layers.append(_nest(compose_config(config, choices, config_dir), recipe, f'config {config!r}')); choices = []
+    elif isinstance(config, (str, Path)):
+        p = Path(config)
+        if not p.is_file(): raise FileNotFoundError(f"config file {p} does not exist")
+        raw = OmegaConf.to_container(OmegaConf.load(p)) or {}
+        if not isinstance(raw, dict): raise ValueError(f"config file {p} must hold a mapping, not {type(raw).__name__}")
+        if 'defaults' in raw: raw, choices = compose_config(p.stem, choices, p.parent), []   # a root config: Hydra composes it
+        layers.append(_nest(raw, recipe, f'config file {p}'))
+    elif is_dataclass(config) and not isinstance(config, type): layers.append(_nest(asdict(config), recipe, 'config'))
+    elif isinstance(config, DictConfig): layers.append(_nest(OmegaConf.to_container(config, resolve=True), recipe, 'config'))
+    elif isinstance(config, Mapping): layers.append(_nest(to_plain(dict(config)), recipe, 'config'))
+    elif config is not None: raise TypeError(f"config must be a dataclass, a dict, an OmegaConf config or a YAML path, not {type(config).__name__}")
+    if choices:   # group files over a config that is not a root file
+        d = Path(config_dir) if config_dir is not None else default_config_dir()
+        layers.append(_nest(_compose(None, [f'+{c}' for c in choices], d), recipe, f"overrides {' '.join(choices)}"))
+    if kwargs: layers.append(_nest(to_plain(kwargs), recipe, 'arguments'))
+    if ov: layers.append(_nest(ov, recipe, 'overrides'))
+    try: cfg = OmegaConf.merge(*layers)
+    except Exception as e: raise ValueError(f"config of recipe {recipe!r}: {' '.join(str(e).split())}") from None
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -13,9 +13,8 @@ import torch.nn as nn
 from .core import load_checkpoint, atomic_write, to_plain
 
 # %% auto #0
-__all__ = ['DEFAULT_OPSET', 'ONNX_ATOL', 'CLASSIFIER_KEYS', 'SAR_KEYS', 'OnnxMismatchError', 'reference_kernels',
-           'checkpoint_kind', 'checkpoint_parts', 'export_module', 'check_onnx', 'float32_error', 'export_onnx',
-           'export_onnx_main']
+__all__ = ['DEFAULT_OPSET', 'ONNX_ATOL', 'CLASSIFIER_KEYS', 'SAR_KEYS', 'OnnxMismatchError', 'checkpoint_kind',
+           'checkpoint_parts', 'export_module', 'check_onnx', 'float32_error', 'export_onnx', 'export_onnx_main']
 
 # %% ../nbs/15_export.ipynb #c005
 DEFAULT_OPSET = 20      # torch.onnx's default for the dynamo exporter; ONNX Runtime >= 1.17 runs it
@@ -27,15 +26,7 @@ class OnnxMismatchError(RuntimeError):
     "ONNX Runtime's outputs differ from PyTorch's by more than the tolerance; `.result` holds what `export_onnx` measured."
     def __init__(self, msg, result=None): super().__init__(msg); self.result = result
 
-@contextlib.contextmanager
-def reference_kernels():
-    "Inside the block `medrecipes.kernels` (CBAM, SSIM) take their plain-PyTorch reference path (`MEDRECIPES_BACKEND=torch`)."
-    old = os.environ.get('MEDRECIPES_BACKEND')
-    os.environ['MEDRECIPES_BACKEND'] = 'torch'
-    try: yield
-    finally:
-        if old is None: os.environ.pop('MEDRECIPES_BACKEND', None)
-        else: os.environ['MEDRECIPES_BACKEND'] = old
+from .kernels import reference_kernels  # the plain-PyTorch kernels, in-process (no os.environ)
 
 # %% ../nbs/15_export.ipynb #c008
 def checkpoint_kind(ck:dict, path='checkpoint') -> str:

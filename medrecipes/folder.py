@@ -21,7 +21,9 @@ from fastai.torch_core import find_bs
 from fastcore.foundation import L
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
-from .callbacks import class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics
+from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics, PRECISIONS,
+                                   cpu_bf16_native, resolve_precision, AutocastMixedPrecision, EpochGradientAccumulation,
+                                   TensorBoardScalars, WANDB_MODES, import_wandb, WandbTracker, DivergenceGuard)
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .classify import ClassifierLearner, classifier_learner, data_fingerprint
 from .data.folder import FolderDataLoaders
@@ -31,161 +33,10 @@ from .distributed import init_distributed, distributed, is_rank0, reduce_sum, br
 _all_ = ['FolderDataLoaders']
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'CPU_AUTO_PRECISION', 'WANDB_MODES', 'TRACKING_DEFAULTS', 'FOLDER_DEFAULTS', 'SCHEDULES',
-           'cpu_bf16_native', 'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation',
-           'FolderTensorBoard', 'import_wandb', 'WandbTracker', 'resolve_tracking', 'folder_fingerprint',
-           'FolderLearner', 'folder_learner', 'folder_config', 'folder_dls_from_config', 'train_folder',
-           'FolderDataLoaders']
-
-# %% ../nbs/14_folder.ipynb #c005
-PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
-CPU_AUTO_PRECISION = {True: 'bf16', False: 'fp32'}   # by `cpu_bf16_native()`; see benchmarks/results/folder_precision.csv
-
-def cpu_bf16_native() -> bool:
-    "Whether this CPU has native bfloat16 instructions (x86 `avx512_bf16` or `amx_bf16`; read from /proc/cpuinfo)."
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = next((l.split(':', 1)[1].split() for l in f if l.startswith('flags')), [])
-    except OSError: return False
-    return bool({'avx512_bf16', 'amx_bf16'} & set(flags))
-
-def resolve_precision(precision:str, # 'auto', 'fp32', 'bf16' or 'fp16'
-                      device, # the training device
-                      name:str='precision', # the option's name, for messages
-                     ) -> str:
-    "The precision a run uses on `device`: `precision` itself, or what `'auto'` means there."
-    if precision not in PRECISIONS: raise ValueError(f"{name} must be one of {PRECISIONS}, not {precision!r}")
-    dev = torch.device(device) if device is not None else torch.device('cpu')
-    if dev.type == 'cuda':
-        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if precision == 'auto': return 'bf16' if bf16_ok else 'fp16'
-        if precision == 'bf16' and not bf16_ok: raise ValueError(f"{name}='bf16': this GPU does not support bfloat16; use 'fp16' or 'auto'")
-        return precision
-    if dev.type == 'cpu':
-        if precision == 'auto': return CPU_AUTO_PRECISION[cpu_bf16_native()]
-        if precision == 'fp16':
-            warnings.warn(f"{name}='fp16' on a CPU: fp16 autocast is much slower than fp32 on most CPUs (measured over 20x); "
-                          "'bf16' or 'fp32' are the CPU choices")
-        return precision
-    return 'fp32' if precision == 'auto' else precision
-
-class AutocastMixedPrecision(MixedPrecision):
-    "fastai's `MixedPrecision` on the device of the model (CUDA or CPU autocast), bf16 or fp16 with a gradient scaler."
-    def before_fit(self):
-        p = next(self.learn.model.parameters(), None)
-        dev = p.device.type if p is not None else 'cpu'
-        dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
-        self.kwargs['enabled'] = dtype == torch.float16      # bf16 has float32's range: no scaling
-        self.autocast = torch.autocast(dev, dtype=dtype)
-        self.learn.scaler, self.scales = torch.amp.GradScaler(dev, **self.kwargs), L()
-
-# %% ../nbs/14_folder.ipynb #c008
-class EpochGradientAccumulation(GradientAccumulation):
-    "Accumulate gradients over `n_acc` images, and always update at the last batch of an epoch."
-    def before_epoch(self): self.count = 0
-    def before_step(self):
-        bs = find_bs(self.learn.yb)
-        self.learn.loss_grad *= self.n_acc / bs   # report the unscaled loss
-        self.count += bs
-        if self.count < self.n_acc and self.iter < self.n_iter - 1: raise CancelBatchException()   # skip step and zero_grad
-        self.count = 0
+__all__ = ['TRACKING_DEFAULTS', 'FOLDER_DEFAULTS', 'SCHEDULES', 'resolve_tracking', 'folder_fingerprint', 'FolderLearner',
+           'folder_learner', 'folder_config', 'folder_dls_from_config', 'train_folder', 'FolderDataLoaders']
 
 # %% ../nbs/14_folder.ipynb #c010
-def _epoch_values(learn) -> dict:
-    "The recorder's values of the epoch that just ended, by name."
-    names, vals = [n for n in learn.recorder.metric_names[1:] if n != 'time'], learn.recorder.values[-1]
-    return {n: float(v) for n, v in zip(names, vals)}
-
-class _EpochTrainLoss(Callback):
-    "Mean training loss over the epoch's batches (weighted by batch size), as `TrainingLog` computes it."
-    def before_epoch(self): self._loss_sum, self._n = 0., 0
-    def after_batch(self):
-        if not self.training or not self.learn.yb: return
-        bs = find_bs(self.learn.yb); self._loss_sum += float(self.learn.loss.detach()) * bs; self._n += bs
-    def _scalars(self, classes) -> dict:
-        "The epoch's scalars; every rank must call it (the training loss is summed over every rank's batches)."
-        v = _epoch_values(self.learn)
-        loss_sum, n = reduce_sum(self._loss_sum, self._n)
-        out = {'loss/train': loss_sum / max(n, 1), 'loss/valid': v.get('valid_loss'), 'accuracy/valid': v.get('accuracy'),
-               **{f'recall/{c}': v.get(f'recall_{c.lower()}') for c in classes}, 'lr': float(self.opt.hypers[-1]['lr'])}
-        return {k: x for k, x in out.items() if x is not None}
-
-class FolderTensorBoard(_EpochTrainLoss):
-    "Scalars per epoch to TensorBoard: losses, validation accuracy, per-class recall and the learning rate."
-    order, fit_only = Recorder.order + 6, True   # before early stopping, which may end the fit in `after_epoch`
-    def __init__(self, log_dir:str|Path, classes:list): self.log_dir, self.classes, self.writer = Path(log_dir), list(classes), None
-    def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
-        if not self.run: return
-        if not is_rank0(): return   # every rank computes the scalars, rank 0 writes them
-        from torch.utils.tensorboard import SummaryWriter
-        first = getattr(self.learn, 'first_epoch', 0)
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=first if first else None)
-    def after_epoch(self):
-        scalars = self._scalars(self.classes)
-        if self.writer is None: return
-        for k, v in scalars.items(): self.writer.add_scalar(k, v, self.epoch)
-        self.writer.flush()
-    def after_fit(self):
-        if self.writer is not None: self.writer.close(); self.writer = None
-        self.run = True
-
-@contextmanager
-def _rng_preserved():
-    "Leave Python's, NumPy's and PyTorch's random generators as they were (tracking must not change a run)."
-    st = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try: yield
-    finally: random.setstate(st[0]); np.random.set_state(st[1]); torch.set_rng_state(st[2])
-
-WANDB_MODES = ('offline', 'online', 'disabled')
-
-def import_wandb(option:str='tracking wandb=True'):
-    "The `wandb` module, or an error naming the option that asked for it."
-    try: import wandb
-    except ImportError as e:
-        raise ImportError(f"{option} needs the `wandb` package, which is not installed: `pip install wandb`, or turn the option off") from e
-    return wandb
-
-class WandbTracker(_EpochTrainLoss):
-    "Log the run's config and per-epoch scalars to a Weights & Biases run (offline by default: no network needed)."
-    order, fit_only = Recorder.order + 7, True
-    def __init__(self, out_dir:str|Path, # the run folder; W&B writes under `<out_dir>/wandb/`
-                 classes:list, project:str='medrecipes', mode:str='offline', config:dict|None=None, run_name:str|None=None):
-        if mode not in WANDB_MODES: raise ValueError(f"wandb mode must be one of {WANDB_MODES}, not {mode!r}")
-        self.out_dir, self.classes, self.project, self.mode, self.config, self.run_name = Path(out_dir), list(classes), project, mode, config, run_name
-        self.run_id, self.wb, self.rows = None, None, []
-    def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
-        if self.run and self.wb is None: self.rows, self.run_id = [], None   # a new fit is a new run (resume restores both)
-    def _start(self):
-        # started at the first epoch, after `ResumeCheckpoint` has restored the run id of an interrupted run
-        wandb = import_wandb()
-        if self.run_id is None: self.run_id = secrets.token_hex(4)   # not from `random`: the training RNGs stay untouched
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with _rng_preserved():
-            self.wb = wandb.init(project=self.project, dir=str(self.out_dir), mode=self.mode, id=self.run_id, resume='allow',
-                                 name=self.run_name, config=to_plain(self.config or {}), reinit='finish_previous',
-                                 settings=wandb.Settings(console='off', silent=True))
-            # a resumed run logs the epochs of the checkpoint again: a killed session's W&B file is usually empty
-            # (the W&B service had not flushed it), so the last session alone holds the whole history
-            for row in self.rows: self.wb.log(row, step=row['epoch'])
-    def before_epoch(self):
-        super().before_epoch()
-        if self.wb is None and is_rank0(): self._start()   # one W&B run, by rank 0
-    def after_epoch(self):
-        row = {**self._scalars(self.classes), 'epoch': self.epoch}   # on every rank: the rows are part of the resume state
-        self.rows = [r for r in self.rows if r['epoch'] < self.epoch] + [row]
-        if self.wb is None: return
-        with _rng_preserved(): self.wb.log(row, step=self.epoch)
-    def after_fit(self):
-        if self.wb is not None:
-            with _rng_preserved(): self.wb.finish()
-            self.run_dir = Path(self.wb.dir).parent if self.wb.dir else None
-            self.wb = None
-        self.run = True
-    def resume_state(self): return dict(run_id=self.run_id, rows=[dict(r) for r in self.rows])
-    def load_resume_state(self, st): self.run_id, self.rows = st['run_id'], [dict(r) for r in st['rows']]
-
 TRACKING_DEFAULTS = dict(csv=True, tensorboard=True, wandb=False, wandb_project='medrecipes', wandb_mode='offline')
 
 def resolve_tracking(tracking:dict|None=None, # keys of `TRACKING_DEFAULTS`; missing keys take the default
@@ -257,7 +108,7 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
                *([EpochGradientAccumulation(accumulate * dls.train.bs)] if accumulate > 1 else []),
                *([GradientClip(clip_grad)] if clip_grad else []),
                *([TrainingLog(out_dir, vocab)] if tr['csv'] else []),
-               *([FolderTensorBoard(out_dir/'tensorboard', vocab)] if tr['tensorboard'] else []),
+               *([TensorBoardScalars(out_dir/'tensorboard', vocab)] if tr['tensorboard'] else []),
                *([WandbTracker(out_dir, vocab, tr['wandb_project'], tr['wandb_mode'], config)] if tr['wandb'] else []),
                *(cbs or [])]
     learn = classifier_learner(dls, out_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
@@ -268,27 +119,15 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
     return learn
 
 # %% ../nbs/14_folder.ipynb #c017
-FOLDER_DEFAULTS = dict(
-    model=dict(arch='resnet18', pretrained=False, drop_rate=0.0),
-    data=dict(path='data/digits', train='train', valid='valid', test='test', size=32, batch_size=64, num_workers=0,
-              augment=True, flip=False),
-    trainer=dict(max_epochs=10, lr=1e-3, wd=0.01, schedule='one_cycle', precision='auto', clip_grad=1.0, accumulate=1,
-                 class_weighted=True, seed=42, deterministic=False, device='auto', resume=False, out_dir='runs/folder',
-                 progress=True, sync_bn=False),
-    callbacks=dict(patience=None),
-    logging=dict(TRACKING_DEFAULTS),
-)
+from .config import recipe_defaults, resolve_config
+FOLDER_DEFAULTS = recipe_defaults('folder')   # every key, nested: derived from `medrecipes.config.FolderConfig`
 SCHEDULES = ('one_cycle', 'flat')
 
-def folder_config(cfg:dict|None=None, # nested dict (or OmegaConf config) over `FOLDER_DEFAULTS`
-                  overrides=(), # `section.key=value` strings, applied last
-                 ) -> dict:
-    "Resolve and check an image-folder config: `FOLDER_DEFAULTS`, then `cfg`, then `overrides`."
-    cfg = to_plain(cfg) if cfg is not None else {}
-    if not isinstance(cfg, dict): raise ValueError(f"the config must be a nested dict, not {type(cfg).__name__}")
-    for k, v in cfg.items():
-        if k in FOLDER_DEFAULTS and not isinstance(v, dict): raise ValueError(f"config section {k!r} must be a mapping, not {v!r}")
-    c = load_config(FOLDER_DEFAULTS, None, overrides, **cfg)
+def folder_config(cfg=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
+                  overrides=(), # `group=choice`, `section.key=value` or `flat_key=value` strings, applied last
+                  **kwargs) -> dict:
+    "Resolve and check an image-folder config: `FOLDER_DEFAULTS`, then `cfg`, then `kwargs`, then `overrides`."
+    c = resolve_config('folder', cfg, overrides, **kwargs)
     t, d = c['trainer'], c['data']
     if t['schedule'] not in SCHEDULES: raise ValueError(f"trainer.schedule must be one of {SCHEDULES}, not {t['schedule']!r}")
     if t['precision'] not in PRECISIONS: raise ValueError(f"trainer.precision must be one of {PRECISIONS}, not {t['precision']!r}")
@@ -311,12 +150,12 @@ def folder_dls_from_config(cfg:dict) -> FolderDataLoaders:
                                          bs=d['batch_size'], augment=dict(flip=d['flip']) if d['augment'] else False,
                                          num_workers=d['num_workers'], seed=t['seed'], device=default_device(t['device']))
 
-def train_folder(cfg:dict|None=None, # nested config: sections model, data, trainer, callbacks, logging
-                 overrides=(), # `section.key=value` strings
+def train_folder(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
+                 overrides=(), # `group=choice`, `section.key=value` or `flat_key=value` strings
                  cbs=None, # extra callbacks for the learner
-                ) -> dict:
+                 **kwargs) -> dict:
     "Train one image-folder classifier from a config, evaluate it on valid (and test); returns the summary (also `summary.json`)."
-    cfg = folder_config(cfg, overrides)
+    cfg = folder_config(config, overrides, **kwargs)
     m, d, t = cfg['model'], cfg['data'], cfg['trainer']
     init_distributed(t['device'])   # a no-op unless launched by torchrun / accelerate launch; before the loaders (picks the GPU)
     set_seed(t['seed'], deterministic=t['deterministic'])

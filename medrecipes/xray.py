@@ -84,21 +84,12 @@ def predict_xray(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
     return predict(ckpt, files, bs=bs, device=device, open_image=Radiograph.create)
 
 # %% ../nbs/04_xray.ipynb #c012
-XRAY_DEFAULTS = dict(
-    data_path='data/BTXRD', meta=None, img_dir=None,     # BTXRD folder; sheet and image folder if elsewhere
-    split='stratified', seed=42, valid_pct=0.15, test_pct=0.15,
-    size=224, bs=32, num_workers=2, augment=True,
-    arch='efficientnet_b0', pretrained=True, drop_rate=0.2,
-    epochs=30, lr=1e-3, wd=0.01, schedule='one_cycle',   # schedule: one_cycle or flat
-    class_weighted=True, patience=5, collapse_patience=2,
-    sync_bn=False,   # data-parallel runs: batch-norm statistics over the global batch (see medrecipes.distributed)
-    out_dir='runs/xray', device='auto', progress=True,
-    resume=False,   # true: continue from the run's latest checkpoint if there is one; or a checkpoint path
-)
+from .config import recipe_defaults, resolve_config, flatten_config
+XRAY_DEFAULTS = flatten_config(recipe_defaults('xray'))   # every key, flat: derived from `medrecipes.config.XrayConfig`
 
-def xray_config(config:str|Path|None=None, overrides=(), **kwargs) -> dict:
-    "Resolve an X-ray config: `XRAY_DEFAULTS`, then the YAML file, then `kwargs`, then `key=value` overrides."
-    cfg = load_config(XRAY_DEFAULTS, config, overrides, **kwargs)
+def xray_config(config=None, overrides=(), **kwargs) -> dict:
+    "Resolve an X-ray config (`medrecipes.config.resolve_config`: a config object, dict or YAML file, `kwargs`, overrides) into flat keys."
+    cfg = flatten_config(resolve_config('xray', config, overrides, **kwargs))
     if cfg['schedule'] not in ('one_cycle', 'flat'): raise ValueError(f"schedule must be 'one_cycle' or 'flat', not {cfg['schedule']!r}")
     if str(cfg['split']) not in SPLIT_KINDS and not Path(str(cfg['split'])).is_file():
         raise ValueError(f"split must be one of {SPLIT_KINDS} or an existing split CSV, not {cfg['split']!r}")
@@ -110,8 +101,8 @@ def xray_dls_from_config(cfg:dict) -> XrayDataLoaders:
                                       valid_pct=cfg['valid_pct'], test_pct=cfg['test_pct'], meta=cfg['meta'], img_dir=cfg['img_dir'],
                                       augment=cfg['augment'], num_workers=cfg['num_workers'], device=default_device(cfg['device']))
 
-def train_xray(config:str|Path|None=None, # YAML config file
-               overrides=(), # `key=value` strings
+def train_xray(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
+               overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings
                **kwargs) -> dict:
     "Train and evaluate one X-ray run; returns a summary."
     cfg = xray_config(config, overrides, **kwargs)

@@ -109,3 +109,120 @@ def test_resume_refuses_a_different_schedule_and_missing_files(tmp_path):
     with l3.no_bar(), l3.no_logging(): l3.fit(2)
     assert l3.recorder.values == learn.recorder.values
     for a, b in zip(l3.model.parameters(), learn.model.parameters()): assert torch.equal(a, b)
+
+
+# --- the resume contract: what a resume may change, the order of the writes, the loop after an early stop ---------------
+import warnings
+import torch.nn as nn
+from fastai.vision.all import Callback, DataLoaders, TfmdDL, accuracy, EarlyStoppingCallback
+from medrecipes.core import set_seed
+
+
+class Killed(BaseException): "A kill inside the process: nothing after it runs (fastai's after_fit neither)."
+
+
+def _plain_learner(out, meta=None, cbs=(), lr_data_seed=0):
+    from medrecipes.resume import ResumableLearner, ResumeCheckpoint
+    set_seed(0)
+    g = torch.Generator().manual_seed(lr_data_seed)
+    x = torch.randn(120, 6, generator=g); y = (x[:, 0] + 0.5 * x[:, 1] > 0.2).long()
+    ds = list(zip(x, y))
+    dls = DataLoaders(TfmdDL(ds[:96], bs=16, shuffle=True), TfmdDL(ds[96:], bs=24))
+    ck = ResumeCheckpoint(out/'latest.pt', best=out/'best.pt')
+    learn = ResumableLearner(dls, nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2)), loss_func=nn.CrossEntropyLoss(),
+                             metrics=accuracy, cbs=[ck, *cbs])
+    learn.ckpt_cb = ck
+    if meta is not None: learn.checkpoint_meta = meta
+    return learn
+
+
+def _fit(learn, n=3, lr=3e-3, **kw):
+    with learn.no_bar(), learn.no_logging(): learn.fit(n, lr, **kw)
+    return learn
+
+
+def _meta(**trainer):
+    return {'config': {'data': {'path': 'd', 'num_workers': 0}, 'trainer': {'lr': 3e-3, 'seed': 0, 'max_epochs': 3, 'progress': True, **trainer}},
+            'data_fingerprint': 'f00d'}
+
+
+def test_resume_refuses_a_changed_lr_seed_or_split_before_writing(tmp_path):
+    "Issue 12.1: a resume with another lr, seed or data split is refused at resume(), naming the keys; safe keys are logged."
+    _fit(_plain_learner(tmp_path, _meta()), n=2)
+    before = (tmp_path/'latest.pt').read_bytes()
+    for meta, msg in ((_meta(lr=0.5), r"differs in trainer\.lr \(trainer\.lr: checkpoint 0\.003, now 0\.5\)"),
+                      (_meta(seed=2), r"differs in trainer\.seed"),
+                      ({**_meta(), 'data_fingerprint': 'beef'}, r"data split differs \(data_fingerprint 'f00d', this run 'beef'\)")):
+        with pytest.raises(ValueError, match=msg): _plain_learner(tmp_path, meta).resume(tmp_path/'latest.pt')
+    assert (tmp_path/'latest.pt').read_bytes() == before
+    # progress bars and loader workers may change: warned about, resumed, and recorded in the next checkpoints
+    meta = _meta(progress=False); meta['config']['data']['num_workers'] = 2
+    with pytest.warns(UserWarning, match=r'data\.num_workers \(0 -> 2\), trainer\.progress \(True -> False\)'):
+        learn = _plain_learner(tmp_path, meta).resume(tmp_path/'latest.pt')
+    with pytest.raises(ValueError, match='fit of 2 epochs, but this fit has 3'): _fit(learn, n=3)   # the epoch count stays refused
+    learn = _plain_learner(tmp_path, meta)
+    with warnings.catch_warnings(): warnings.simplefilter('ignore'); learn.resume(tmp_path/'latest.pt')
+    _fit(learn, n=2)
+    (log,) = load_checkpoint(tmp_path/'latest.pt')['resume_log']
+    assert log['changed'] == {'data.num_workers': [0, 2], 'trainer.progress': [True, False]} and log['epoch'] == 1
+
+
+def _kill_after_first_write_of(monkeypatch, epoch):
+    "Make the first checkpoint write of `epoch` the last thing the run does."
+    import medrecipes.resume as R
+    orig = R.save_checkpoint
+    def save(path, **st):
+        orig(path, **st)
+        if st['loop']['epoch'] == epoch and not st['loop']['finished']: raise Killed(path)
+    monkeypatch.setattr(R, 'save_checkpoint', save)
+
+
+def test_kill_between_the_best_and_latest_writes(tmp_path, monkeypatch):
+    "Issue 12.2: killed between the two writes at the best epoch, the resumed run ends with the uninterrupted run's best.pt."
+    full = _fit(_plain_learner(tmp_path/'full'))
+    vl = [v[1] for v in full.recorder.values]
+    assert vl[2] < min(vl[:2]) and full.ckpt_cb.best_epoch == 2   # the premise: epoch 2 is the best
+    with monkeypatch.context() as m:
+        _kill_after_first_write_of(m, 2)
+        with pytest.raises(Killed): _fit(_plain_learner(tmp_path/'cut'))
+    resumed = _fit(_plain_learner(tmp_path/'cut').resume(tmp_path/'cut'/'latest.pt'))
+    assert resumed.recorder.values == full.recorder.values and resumed.ckpt_cb.best_epoch == full.ckpt_cb.best_epoch == 2
+    a, b = load_checkpoint(tmp_path/'full'/'best.pt'), load_checkpoint(tmp_path/'cut'/'best.pt')
+    assert a['loop']['epoch'] == b['loop']['epoch'] == b['best_epoch'] == 2 and a['best_value'] == b['best_value']
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
+    assert a['epoch'] == b['epoch'] == 2
+
+
+def test_checkpoints_hold_history_epoch_and_scheduler_state(tmp_path):
+    "The contract keys: history (one dict per epoch), epoch (last completed), scheduler_state_dict (one-cycle, plateau)."
+    from fastai.callback.tracker import ReduceLROnPlateau
+    learn = _plain_learner(tmp_path, cbs=[ReduceLROnPlateau(patience=1)])
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2)
+    for name in ('latest.pt', 'best.pt'):
+        ck = load_checkpoint(tmp_path/name)
+        assert ck['epoch'] == (2 if name == 'latest.pt' else ck['best_epoch'])
+        assert [h['epoch'] for h in ck['history']] == list(range(ck['epoch'] + 1))
+        assert set(ck['history'][0]) == {'epoch', 'train_loss', 'valid_loss', 'accuracy', 'lr'}
+        assert [h['valid_loss'] for h in ck['history']] == [v[1] for v in learn.recorder.values[:ck['epoch'] + 1]]
+        s = ck['scheduler_state_dict']
+        assert set(s) == {'ParamScheduler', 'ReduceLROnPlateau'} and len(s['ParamScheduler']['samples']['lr']) == 11
+    assert s['ParamScheduler']['pct_train'] == pytest.approx(1.0) and s['ReduceLROnPlateau']['patience'] == 1
+
+
+def test_first_epoch_is_reset_when_a_resumed_fit_stops_early(tmp_path):
+    "Issue 12.7: after a resumed fit early-stops, the next fit(n) runs n epochs from 0."
+    class Stop(Callback):
+        order = 100
+        def after_epoch(self):
+            if self.epoch == 1: raise Killed()
+    class Epochs(Callback):
+        def before_fit(self): self.seen = []
+        def before_epoch(self): self.seen.append(self.epoch)
+    with pytest.raises(Killed): _fit(_plain_learner(tmp_path, cbs=[EarlyStoppingCallback(patience=2), Stop()]), n=6, lr=0.)
+    ep = Epochs()
+    learn = _plain_learner(tmp_path, cbs=[EarlyStoppingCallback(patience=2), ep]).resume(tmp_path/'latest.pt')
+    _fit(learn, n=6, lr=0.)                      # lr 0: no improvement after epoch 0, early stop at epoch 2
+    assert ep.seen == [2] and learn.first_epoch == 0
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, EarlyStoppingCallback)])
+    _fit(learn, n=6, lr=1e-3)
+    assert ep.seen == list(range(6)) and len(learn.recorder.values) == 6

@@ -1,0 +1,116 @@
+"One config system: the dataclasses are the defaults of Python and of the YAML files; every form of config resolves the same."
+from dataclasses import asdict, fields
+from pathlib import Path
+import pytest, yaml
+from omegaconf import OmegaConf
+from medrecipes.config import *
+from medrecipes.core import save_config
+
+RECIPES = ('xray', 'sar', 'folder')
+
+
+def test_yaml_roots_and_python_defaults_agree():
+    "Each recipe's root config composes to exactly its dataclass defaults; the *_DEFAULTS dicts are derived from them."
+    from medrecipes.xray import XRAY_DEFAULTS
+    from medrecipes.sar import SAR_DEFAULTS
+    from medrecipes.folder import FOLDER_DEFAULTS
+    for r in RECIPES: assert compose_config(r) == recipe_defaults(r) == asdict(RECIPE_CONFIGS[r]()), r
+    assert XRAY_DEFAULTS == flatten_config(recipe_defaults('xray')) and SAR_DEFAULTS == flatten_config(recipe_defaults('sar'))
+    assert FOLDER_DEFAULTS == recipe_defaults('folder')
+    assert (XRAY_DEFAULTS['epochs'], XRAY_DEFAULTS['bs'], XRAY_DEFAULTS['data_path']) == (30, 32, 'data/BTXRD')
+    # the keys that used to disagree between folder.py and configs/: one value now, the dataclass's
+    f = compose_config('folder')
+    assert (f['model']['pretrained'], f['data']['size'], f['data']['path'], f['data']['num_workers']) == (False, 224, 'data/images', 0)
+    # no group file restates a default: every value in a non-demo group file differs from the dataclass (or is a choice's arch)
+    d = default_config_dir()
+    for p in d.glob('*/*.yaml'):
+        if 'demo' in p.stem: continue
+        vals = yaml.safe_load(p.read_text()) or {}
+        assert set(vals) <= {'arch', 'drop_rate', 'variant', 'csv', 'tensorboard', 'wandb'}, (p, vals)
+
+
+def test_demo_roots_resolve_for_their_recipe():
+    for r in RECIPES:
+        c = resolve_config(r, f'{r}_demo')
+        assert c['trainer']['out_dir'] == f'runs/{r}_demo' and set(c) == set(CONFIG_GROUPS)
+    assert resolve_config('sar', 'sar_demo')['model']['base_channels'] == 16
+
+
+def test_every_form_of_config_resolves_the_same(tmp_path):
+    "Dataclass, OmegaConf, nested dict, flat keywords, a root YAML file, a saved config.yaml and overrides agree."
+    want = recipe_defaults('xray')
+    want['data'].update(path=str(tmp_path), split='center', size=32)
+    want['trainer'].update(max_epochs=1)
+    dc = XrayConfig(); dc.data.path, dc.data.split, dc.data.size, dc.trainer.max_epochs = str(tmp_path), 'center', 32, 1
+    forms = [resolve_config('xray', dc), resolve_config('xray', OmegaConf.structured(dc)),
+             resolve_config('xray', {'data': {'path': tmp_path, 'split': 'center', 'size': 32}, 'trainer': {'max_epochs': 1}}),
+             resolve_config('xray', data_path=tmp_path, split='center', epochs=1, size=32),   # today's flat keywords
+             resolve_config('xray', default_config_dir()/'xray.yaml', [f'data.path={tmp_path}', 'split=center', 'epochs=1', 'data.size=32']),
+             resolve_config('xray', None, [f'data_path={tmp_path}', 'data.split=center', 'trainer.max_epochs=1', 'size=32'])]
+    save_config(flatten_config(forms[0]), tmp_path/'flat.yaml'); save_config(forms[0], tmp_path/'nested.yaml')
+    forms += [resolve_config('xray', tmp_path/'flat.yaml'), resolve_config('xray', tmp_path/'nested.yaml')]
+    for i, f in enumerate(forms): assert f == want, i
+
+
+def test_recipes_take_a_root_yaml_with_defaults(tmp_path):
+    "`train_xray('configs/xray.yaml')` used to fail with \"unknown config key 'defaults'\"; every recipe takes its root files now."
+    from medrecipes.xray import xray_config, train_xray
+    from medrecipes.sar import sar_config
+    from medrecipes.folder import folder_config
+    d = default_config_dir()
+    assert xray_config(d/'xray_demo.yaml', ['model=resnet50'])['arch'] == 'resnet50'
+    assert sar_config(d/'sar.yaml', ['model=sar_residual'])['variant'] == 'residual'
+    assert folder_config(d/'folder_demo.yaml', ['logging=csv'])['logging']['tensorboard'] is False
+    missing = tmp_path/'no_btxrd'
+    with pytest.raises(FileNotFoundError, match=str(missing)): train_xray(d/'xray.yaml', [f'data.path={missing}'])
+
+
+def test_unknown_keys_and_bad_values_are_named(tmp_path):
+    (tmp_path/'data').mkdir(); (tmp_path/'data'/'mine.yaml').write_text('defaults:\n  - btxrd\n  - _self_\nsplits: center\n')
+    with pytest.raises(ValueError, match=r"unknown config key 'data.splits' in data/mine.yaml .*known keys: path, meta, img_dir, split"):
+        resolve_config('xray', 'xray', ['data=mine'], config_dir=tmp_path)
+    (tmp_path/'run.yaml').write_text('trainer:\n  max_epoch: 3\n')
+    with pytest.raises(KeyError, match=r"run.yaml: unknown config key 'trainer.max_epoch'; known keys: max_epochs"):
+        resolve_config('sar', tmp_path/'run.yaml')
+    with pytest.raises(KeyError, match=r"unknown config key 'epoch'.*\(sections\).*epochs"): resolve_config('folder', epoch=3)
+    with pytest.raises(ValueError, match=r"data.batch_size must be an int, not 'many'"): resolve_config('sar', overrides=['data.batch_size=many'])
+    with pytest.raises(ValueError, match=r"Could not find 'model/sar_unet'"): resolve_config('sar', overrides=['model=sar_unet'])
+    with pytest.raises(ValueError, match=r"unknown config key 'model.arch'"): resolve_config('sar', overrides=['model=resnet50'])
+    with pytest.raises(TypeError, match='config must be'): resolve_config('xray', 3)
+
+
+def test_a_config_folder_of_ones_own(tmp_path):
+    "`--config-dir` / `config_dir=`: a root of one's own extends the package's, and its groups sit beside the package's."
+    (tmp_path/'model').mkdir()
+    (tmp_path/'model'/'tiny.yaml').write_text('arch: resnet10t\ndrop_rate: 0.1\n')
+    (tmp_path/'site.yaml').write_text('defaults:\n  - folder\n  - override model: tiny\n  - _self_\ndata:\n  path: /data/site\n')
+    c = resolve_config('folder', 'site', ['data.size=64'], config_dir=tmp_path)
+    assert (c['model']['arch'], c['model']['drop_rate'], c['data']['path'], c['data']['size']) == ('resnet10t', 0.1, '/data/site', 64)
+    assert resolve_config('folder', 'folder', ['model=tiny'], config_dir=tmp_path)['model']['arch'] == 'resnet10t'
+    assert resolve_config('folder', {'data': {'size': 32}}, ['model=tiny'], config_dir=tmp_path)['model']['arch'] == 'resnet10t'
+
+
+def test_training_keys_of_every_recipe():
+    "Mixed precision, accumulation, clipping and W&B are keys of every recipe, with defaults that keep today's behaviour."
+    today = {'xray': ('fp32', 1, None), 'sar': ('fp32', 1, 1.0), 'folder': ('auto', 1, 1.0)}
+    for r in RECIPES:
+        t = recipe_defaults(r)['trainer']
+        assert (t['precision'], t['accumulate'], t['clip_grad']) == today[r], r
+        assert recipe_defaults(r)['logging']['wandb'] is False
+        c = resolve_config(r, overrides=['trainer.precision=bf16', 'trainer.accumulate=4', 'trainer.clip_grad=0.5', 'logging=wandb'])
+        assert (c['trainer']['precision'], c['trainer']['accumulate'], c['trainer']['clip_grad'], c['logging']['wandb']) == ('bf16', 4, 0.5, True)
+    # the README's override keys, in every recipe
+    for r in RECIPES:
+        c = resolve_config(r, overrides=['data.path=p', 'trainer.max_epochs=2', 'trainer.lr=3e-4', 'trainer.out_dir=o',
+                                         'trainer.progress=false', 'data.batch_size=4'])
+        assert (c['data']['path'], c['trainer']['max_epochs'], c['trainer']['lr'], c['trainer']['out_dir'], c['trainer']['progress'],
+                c['data']['batch_size']) == ('p', 2, 3e-4, 'o', False, 4)
+
+
+def test_schemas_are_in_hydras_config_store():
+    from hydra.core.config_store import ConfigStore
+    register_configs()
+    repo = ConfigStore.instance().repo
+    for r in RECIPES:
+        assert f'{r}_schema.yaml' in repo
+        assert {f'{g}.yaml' for g in CONFIG_GROUPS} <= set(repo['schema'][r])
