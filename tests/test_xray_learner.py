@@ -52,7 +52,8 @@ def test_early_stopping_and_checkpoints(dls, tmp_path):
     assert learn.run_dir == tmp_path/'center_holdout' and sorted(p.name for p in ckpts.iterdir()) == ['best.pt', 'latest.pt']  # no temporary files
     best = torch.load(ckpts/'best.pt', weights_only=True)
     final = torch.load(ckpts/'latest.pt', weights_only=True)   # after the fit: the final state
-    assert best['loop']['epoch'] == 0 and best['best_epoch'] == 0 and final['loop']['epoch'] == 2 and final['loop']['finished']
+    assert best['epoch'] == best['best_epoch'] == 0 and final['epoch'] == 2 and final['loop']['finished']
+    assert [h['epoch'] for h in final['history']] == [0, 1, 2] and final['history'][0]['valid_loss'] == pytest.approx(log.val_loss[0])
     for ck in (best, final):
         assert ck['class_names'] == ['Normal', 'Benign', 'Malignant']
         assert ck['normalization'] == dls.normalization and ck['arch'] == 'efficientnet_b0' and ck['model_kwargs'] == {'drop_rate': 0.2}
