@@ -3,6 +3,7 @@
 Modules:
 
 - `medrecipes.callbacks`: Weighted loss in training and plain loss in validation, per-class recall, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
+- `medrecipes.classify`: `create_classifier`, `classifier_learner` and `ClassifierLearner`: what the X-ray and image-folder recipes share: a timm body with a fastai head (so `freeze`/`fine_tune` work), class-weighted training, `checkpoints/best.pt` and `latest.pt`, one `evaluate(split, which)`, one metrics writer, and `load_classifier` / `predict` for new images.
 - `medrecipes.cli`: `medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `synth btxrd|sar|digits`.
 - `medrecipes.config`: One config system for Python and the command line: Hydra structured configs (dataclasses in a `ConfigStore`) hold every default; YAML groups in `medrecipes/configs/` are the user-editable choices.
 - `medrecipes.core`: Seeding, devices, configs with command-line overrides, atomic files and checkpoints that load without pickled code.
@@ -11,6 +12,8 @@ Modules:
 - `medrecipes.data.sar`: Read single-band SAR images (`.npy`, GeoTIFF, PNG), check them, convert to dB, clip and scale to [0, 1] with parameters fitted on the training images only, and serve random training patches and fixed validation tiles as fastai `DataLoaders`.
 - `medrecipes.data.xray`: Read the BTXRD metadata sheet, check it, split it (stratified or by center) and build fastai `DataLoaders` for radiographs.
 - `medrecipes.distributed`: Every recipe trains with `DistributedDataParallel` when launched by `torchrun` or `accelerate launch`: sharded data, averaged gradients, metrics over the whole validation set, files written by rank 0, exact resume. One context manager; a no-op in a single process.
+- `medrecipes.export`: `export_onnx(checkpoint)`: a classifier checkpoint to one ONNX model, a SAR checkpoint to an encoder and a decoder model, each with a dynamic batch axis, validated by `onnx.checker` and checked against PyTorch with ONNX Runtime.
+- `medrecipes.folder`: `folder_learner` / `train_folder`: any timm classifier on a `train/<class>`, `valid/<class>` (and `test/<class>`) data set, with class weights, mixed precision, gradient clipping and accumulation, exact resume, confusion matrices and CSV / TensorBoard / Weights & Biases tracking.
 - `medrecipes.kernels.cbam.function`: CBAM's forward and backward as `torch.library` custom ops (`medrecipes::cbam_forward`, `medrecipes::cbam_backward`) with fake implementations and autograd: one differentiable op that drives any backend's six passes (the op table, `ops.py`) and does the small steps in PyTorch, and that `torch.compile` and `torch.export` trace without breaking the graph.
 - `medrecipes.kernels.cbam.ops`: The CBAM op table: the six passes over the feature map a fast backend implements, and the C++ backend.
 - `medrecipes.kernels.cbam.reference`: CBAM in plain PyTorch: the oracle of the whole module (`cbam_reference`, autograd, the path exporters trace) and of each of the six fused passes (`ReferenceCBAMOps`, from the formulas, accumulated in float64).
@@ -22,6 +25,7 @@ Modules:
 - `medrecipes.models.sar`: Four convolutional autoencoders with one interface: an encoder that compresses a 1×H×W image 16-fold into a latent map, a decoder that rebuilds it through a sigmoid.
 - `medrecipes.resume`: A run killed at any point continues from its last checkpoint and ends exactly as if it had never stopped.
 - `medrecipes.sar`: A 16x autoencoder codec for speckled radar images: loss 0.7 MSE + 0.3 (1 - SSIM), PSNR / SSIM / ENL ratio / EPI, TensorBoard, exact resume, a comparison of the four variants.
-- `medrecipes.synth`: A small, seeded, synthetic bone-tumour X-ray set written in the exact layout of the public BTXRD release"""
+- `medrecipes.synth`: A small, seeded, synthetic bone-tumour X-ray set written in the exact layout of the public BTXRD release
+- `medrecipes.xray`: `xray_learner`: EfficientNet-B0 on BTXRD radiographs with class-weighted training, per-class recall, a Malignant recall-collapse warning, early stopping, `best.pt`/`latest.pt` checkpoints and a held-out test evaluation, on the shared classifier core."""
 
 __version__ = "0.1.0"
