@@ -25,7 +25,9 @@ from fastai.callback.tracker import EarlyStoppingCallback
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
 from .core import load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .data.images import ClassifierImage
-from .callbacks import class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard
+from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard,
+                                  resolve_precision, AutocastMixedPrecision, EpochGradientAccumulation)
+from fastai.callback.training import GradientClip
 from .resume import ResumableLearner, ResumeCheckpoint
 from .distributed import is_rank0, load_checkpoint_dist
 
@@ -163,6 +165,9 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
                        patience:int|None=None, # early stopping patience in epochs (None: off)
                        config:dict|None=None, # the resolved config, stored in every checkpoint
                        data_fingerprint:str|None=None, # what the data split is (see `data_fingerprint`), stored in every checkpoint
+                       precision:str='fp32', # 'fp32', 'bf16', 'fp16' or 'auto' (`medrecipes.callbacks.resolve_precision`)
+                       accumulate:int=1, # update the weights every this many batches
+                       clip_grad:float|None=None, # gradient clipping norm (None or 0: off)
                        cbs=None, metrics=None, # extra callbacks and metrics
                        learner_cls=ClassifierLearner, # the `ClassifierLearner` subclass to build
                        **kwargs) -> ClassifierLearner:
@@ -172,11 +177,16 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
     weight = class_weights(dls.train_labels(), vocab) if class_weighted else None
     run_dir = Path(run_dir)
     ck = ResumeCheckpoint(run_dir/'checkpoints'/'latest.pt', best=run_dir/'checkpoints'/'best.pt', monitor='valid_loss')
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1: raise ValueError(f"accumulate must be an int >= 1, not {accumulate!r}")
+    prec = resolve_precision(precision, dls.device)
     cb_list = [LossModeCallback(), DivergenceGuard(), *([EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
+               *([AutocastMixedPrecision(prec)] if prec != 'fp32' else []),
+               *([EpochGradientAccumulation(accumulate * dls.train.bs)] if accumulate > 1 else []),
+               *([GradientClip(clip_grad)] if clip_grad else []),
                *(cbs or []), ck]
     learn = learner_cls(dls, model, loss_func=TrainValCrossEntropy(weight), metrics=[accuracy, *recall_metrics(vocab), *(metrics or [])],
                         cbs=cb_list, path=run_dir, splitter=default_split, **kwargs)
-    learn.run_dir, learn.ckpt_cb, learn.class_weights = run_dir, ck, weight
+    learn.run_dir, learn.ckpt_cb, learn.class_weights, learn.precision = run_dir, ck, weight, prec
     if config is None: config = dict(arch=arch, pretrained=pretrained, class_weighted=class_weighted, **model_kwargs)
     learn.checkpoint_meta = dict(arch=arch, class_names=vocab, normalization=dls.normalization, model_kwargs=model_kwargs,
                                  class_weights=None if weight is None else weight.tolist(), config=config,

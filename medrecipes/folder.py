@@ -100,23 +100,21 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
                    **kwargs) -> FolderLearner:
     "A fastai `Learner` for image-folder classification with the recipe's loss, metrics, precision, trackers and checkpoints."
     vocab = list(dls.vocab)
-    prec = resolve_precision(precision, dls.device)
+    prec = resolve_precision(precision, dls.device)   # checked here: the config below records it
     accumulate, clip_grad, patience = _check_int(accumulate, 'accumulate', 1), _check_clip(clip_grad, 'clip_grad'), _check_patience(patience, 'patience')
     tr = resolve_tracking(tracking)
     out_dir = Path(out_dir)
     if config is None: config = dict(arch=arch, pretrained=pretrained, drop_rate=drop_rate, size=dls.normalization['size'],
                                      precision=prec, clip_grad=clip_grad, accumulate=accumulate, class_weighted=class_weighted)
-    cb_list = [*([AutocastMixedPrecision(prec)] if prec != 'fp32' else []),
-               *([EpochGradientAccumulation(accumulate * dls.train.bs)] if accumulate > 1 else []),
-               *([GradientClip(clip_grad)] if clip_grad else []),
-               *([TrainingLog(out_dir, vocab)] if tr['csv'] else []),
+    cb_list = [*([TrainingLog(out_dir, vocab)] if tr['csv'] else []),
                *([TensorBoardScalars(out_dir/'tensorboard', vocab)] if tr['tensorboard'] else []),
                *([WandbTracker(out_dir, vocab, tr['wandb_project'], tr['wandb_mode'], config)] if tr['wandb'] else []),
                *(cbs or [])]
     learn = classifier_learner(dls, out_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
                                class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=folder_fingerprint(dls),
+                               precision=prec, accumulate=accumulate, clip_grad=clip_grad,
                                cbs=cb_list, metrics=metrics, learner_cls=FolderLearner, **kwargs)
-    learn.out_dir, learn.results_dir, learn.precision, learn.tracking = out_dir, out_dir, prec, tr
+    learn.out_dir, learn.results_dir, learn.tracking = out_dir, out_dir, tr
     learn.checkpoint_meta['split'] = 'folder'
     return learn
 

@@ -60,6 +60,9 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
                  config:dict|None=None, # the resolved config, stored in every checkpoint
                  drop_rate:float=0.2, # dropout before the classifier
                  weights:str|Path|None=None, # local pretrained weights for `arch` (see `create_classifier`)
+                 precision:str='fp32', # 'fp32', 'bf16', 'fp16' or 'auto' (`medrecipes.callbacks.resolve_precision`)
+                 accumulate:int=1, # update the weights every this many batches
+                 clip_grad:float|None=None, # gradient clipping norm (None or 0: off)
                  cbs=None, metrics=None, # extra callbacks and metrics
                  **kwargs) -> XrayLearner:
     "A fastai `Learner` for BTXRD classification."
@@ -68,6 +71,7 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
     learn = classifier_learner(dls, run_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
                                class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=xray_fingerprint(dls),
                                cbs=[TrainingLog(run_dir, list(dls.vocab)), RecallCollapseCallback('Malignant', collapse_patience), *(cbs or [])],
+                               precision=precision, accumulate=accumulate, clip_grad=clip_grad,
                                metrics=metrics, learner_cls=XrayLearner, **kwargs)
     learn.results_dir = run_dir   # the name earlier versions used
     learn.checkpoint_meta['split'] = tag
@@ -113,7 +117,8 @@ def train_xray(config=None, # a config object, a dict (nested or flat keys) or a
     dls = xray_dls_from_config(cfg)
     learn = xray_learner(dls, arch=cfg['arch'], pretrained=cfg['pretrained'], class_weighted=cfg['class_weighted'],
                          patience=cfg['patience'], collapse_patience=cfg['collapse_patience'], out_dir=cfg['out_dir'],
-                         config=cfg, drop_rate=cfg['drop_rate'], weights=cfg.get('weights'))
+                         config=cfg, drop_rate=cfg['drop_rate'], weights=cfg.get('weights'),
+                         precision=cfg.get('precision', 'fp32'), accumulate=cfg.get('accumulate', 1), clip_grad=cfg.get('clip_grad'))
     run = learn.run_dir
     prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
     if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checks config and split first

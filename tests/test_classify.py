@@ -169,3 +169,21 @@ def test_predict_takes_paths_pil_images_and_arrays(dls, tmp_path):
     with pytest.raises(ValueError, match=r'expected an H x W'): predict(ckpt, [np.zeros((2, 8, 8, 3), np.uint8)])
     with pytest.raises(TypeError, match='cannot read a int'): predict(ckpt, [3])
     with pytest.raises(KeyError, match="no 'arch'"): load_classifier({'model_state_dict': {}, 'class_names': [], 'normalization': {}})
+
+
+def test_precision_accumulation_and_clipping_for_both_classifiers(dls, btxrd, tmp_path):
+    from fastai.callback.training import GradientClip
+    from medrecipes.callbacks import AutocastMixedPrecision, EpochGradientAccumulation
+    from medrecipes.xray import XrayDataLoaders, xray_learner
+    kinds = lambda l: {type(c).__name__ for c in l.cbs}
+    plain = _learn(dls, tmp_path/'a')
+    assert not kinds(plain) & {'AutocastMixedPrecision', 'EpochGradientAccumulation', 'GradientClip'} and plain.precision == 'fp32'
+    learn = _learn(dls, tmp_path/'b', precision='bf16', accumulate=2, clip_grad=0.5)
+    assert {'AutocastMixedPrecision', 'EpochGradientAccumulation', 'GradientClip'} <= kinds(learn)
+    assert next(c for c in learn.cbs if isinstance(c, EpochGradientAccumulation)).n_acc == 2 * dls.train.bs
+    _fit(learn, 1, 1e-3)                                                    # runs, bf16 autocast on the CPU
+    with pytest.raises(ValueError, match='accumulate must be an int >= 1, not 0'): _learn(dls, tmp_path/'c', accumulate=0)
+    with pytest.raises(ValueError, match='precision must be one of'): _learn(dls, tmp_path/'c', precision='fp8')
+    xdls = XrayDataLoaders.from_btxrd(btxrd, split='center', size=32, bs=16, num_workers=0, seed=0)
+    x = xray_learner(xdls, arch='resnet10t', pretrained=False, out_dir=tmp_path/'x', precision='bf16', accumulate=3, clip_grad=1.)
+    assert {'AutocastMixedPrecision', 'EpochGradientAccumulation', 'GradientClip'} <= kinds(x) and x.precision == 'bf16'
