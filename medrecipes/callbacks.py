@@ -30,8 +30,8 @@ __all__ = ['WANDB_MODES', 'PRECISIONS', 'CPU_AUTO_PRECISION', 'FitOnlyCallback',
            'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning', 'RecallCollapseCallback',
            'EpochScalars', 'epoch_scalars', 'scalar_tags', 'plot_curves', 'TrainingLog', 'TensorBoardScalars',
            'import_wandb', 'WandbTracker', 'TextLog', 'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native',
-           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'checkpoint_state',
-           'CheckpointCallback']
+           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'training_callbacks',
+           'checkpoint_state', 'CheckpointCallback']
 
 # %% ../nbs/03_callbacks.ipynb #cb02
 class FitOnlyCallback(Callback):
@@ -413,6 +413,22 @@ class EpochGradientAccumulation(GradientAccumulation):
             for p in self.learn.model.parameters():
                 if p.grad is not None: p.grad.mul_(f)
         self.count = 0
+
+# %% ../nbs/03_callbacks.ipynb #cb17
+def training_callbacks(device, # the training device (what `'auto'` precision means depends on it)
+                       precision:str='fp32', # 'auto', 'fp32', 'bf16' or 'fp16' (see `resolve_precision`)
+                       accumulate:int=1, # update the weights every this many batches
+                       bs:int|None=None, # the training batch size (needed when `accumulate > 1`)
+                      ) -> list:
+    "The mixed-precision and gradient-accumulation callbacks that `precision` and `accumulate` ask for."
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"accumulate must be a whole number >= 1, not {accumulate!r}")
+    prec = resolve_precision(precision, device)
+    cbs = [AutocastMixedPrecision(prec)] if prec != 'fp32' else []
+    if accumulate > 1:
+        if not bs: raise ValueError("accumulate > 1 needs the training batch size `bs`")
+        cbs.append(EpochGradientAccumulation(accumulate * bs))
+    return cbs
 
 # %% ../nbs/03_callbacks.ipynb #c015
 def checkpoint_state(learn, **extra) -> dict:

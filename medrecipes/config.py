@@ -374,7 +374,7 @@ def resolve_config(recipe:str, # 'xray', 'sar' or 'folder'
     schema = _schema(recipe)
     choices, ov = _split_overrides(overrides, recipe)
     layers = [OmegaConf.structured(schema)]
-    if isinstance(config, str) and Path(config).suffix not in ('.yaml', '.yml') and not Path(config).exists():   # a root config's name
+    if isinstance(config, str) and Path(config).suffix not in ('.yaml', '.yml') and not Path(config).is_file():   # a root config's name (a folder of that name does not count)
         layers.append(_nest(compose_config(config, choices, config_dir), recipe, f'config {config!r}')); choices = []
     elif isinstance(config, (str, Path)):
         p = Path(config)

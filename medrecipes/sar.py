@@ -23,7 +23,7 @@ import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cy
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
-from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard
+from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard, training_callbacks, TrainingLog, WandbTracker, import_wandb
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state, _set_rng_state
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
@@ -153,16 +153,28 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 patience:int|None=20, # early stopping patience (None: off)
                 out_dir:str|Path='runs/sar', # checkpoints/, tensorboard/, training.log
                 hist_every:int=10, # weight and gradient histograms every this many epochs
+                precision:str='fp32', # 'auto', 'fp32', 'bf16' or 'fp16' (mixed precision, see `resolve_precision`)
+                accumulate:int=1, # update the weights every this many batches
+                tracking:dict|None=None, # `csv` (training_log.csv), `wandb`, `wandb_project`, `wandb_mode` (TensorBoard is always on)
                 config:dict|None=None, # the resolved config, stored in every checkpoint
                 cbs=None, **kwargs) -> SarLearner:
     "A fastai `Learner` for a SAR autoencoder with the recipe's loss, metrics, schedulers, logs and checkpoints."
     model = sar_model(variant, latent_channels, base_channels)
     out_dir = Path(out_dir)
     ck = ResumeCheckpoint(out_dir/'checkpoints'/'latest.pt', best=out_dir/'checkpoints'/'best.pt', monitor='valid_loss')
+    tr = dict(tracking or {})
+    if tr.get('wandb') is True: import_wandb('logging.wandb=true')
+    elif tr.get('wandb') == 'auto':
+        try: import wandb; tr['wandb'] = True
+        except ImportError: tr['wandb'] = False
     cb_list = [DivergenceGuard(), *( [GradientClip(clip_grad)] if clip_grad else []),
                *( [ReduceLROnPlateau(monitor='valid_loss', factor=1/plateau_factor, patience=plateau_patience)] if plateau else []),
                *( [EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
-               SarTensorBoard(out_dir/'tensorboard', hist_every=hist_every), TextLog(out_dir/'training.log'), ck, *(cbs or [])]
+               *training_callbacks(dls.device, precision, accumulate, dls.train.bs),
+               SarTensorBoard(out_dir/'tensorboard', hist_every=hist_every), TextLog(out_dir/'training.log'),
+               *([TrainingLog(out_dir)] if tr.get('csv') else []),
+               *([WandbTracker(out_dir, None, tr.get('wandb_project', 'medrecipes'), tr.get('wandb_mode', 'offline'), config)] if tr.get('wandb') else []),
+               ck, *(cbs or [])]
     learn = SarLearner(dls, model, loss_func=SarLoss(mse_weight, ssim_weight), opt_func=Adam, lr=lr, wd=0.,
                        metrics=sar_metrics(getattr(dls, 'preprocess', None)), cbs=cb_list, path=out_dir, **kwargs)
     learn.ckpt_cb, learn.out_dir = ck, out_dir
@@ -291,7 +303,8 @@ def train_sar(config:str|Path|None=None, # YAML config file
         learn = sar_learner(dls, variant=cfg['variant'], latent_channels=cfg['latent_channels'], base_channels=cfg['base_channels'],
                             mse_weight=cfg['mse_weight'], ssim_weight=cfg['ssim_weight'], lr=cfg['lr'], clip_grad=cfg['clip_grad'],
                             plateau=cfg['schedule'] == 'plateau', plateau_factor=cfg['plateau_factor'], plateau_patience=cfg['plateau_patience'],
-                            patience=cfg['patience'], out_dir=out, hist_every=cfg['hist_every'], config=run_cfg, cbs=cbs)
+                            patience=cfg['patience'], out_dir=out, hist_every=cfg['hist_every'], config=run_cfg, cbs=cbs,
+                            precision=cfg['precision'], accumulate=cfg['accumulate'], tracking=cfg.get('logging'))
         if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checked before anything is written
         if is_rank0(): save_config(run_cfg, out/'config.yaml')
         prev = _previous_figures(out/'summary.json')

@@ -114,3 +114,10 @@ def test_schemas_are_in_hydras_config_store():
     for r in RECIPES:
         assert f'{r}_schema.yaml' in repo
         assert {f'{g}.yaml' for g in CONFIG_GROUPS} <= set(repo['schema'][r])
+
+
+def test_a_folder_named_like_a_root_config_is_not_a_config_file(tmp_path, monkeypatch):
+    "`medrecipes train sar` run in a folder that holds a data folder called `sar` still means the root config `sar`."
+    from medrecipes.config import resolve_config, recipe_defaults
+    monkeypatch.chdir(tmp_path); (tmp_path/'sar').mkdir()
+    assert resolve_config('sar', 'sar')['data'] == recipe_defaults('sar')['data']

@@ -194,3 +194,22 @@ def test_peak_memory_does_not_depend_on_run_order(sar_data, tmp_path):
     first, again = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0.5 < first / again < 2, (first, again)                  # the same run, first in the process and second
     assert first > 0 and again > 0
+
+
+def test_precision_accumulation_csv_and_wandb_reach_the_sar_recipe(sar_data, tmp_path):
+    "`trainer.precision`, `trainer.accumulate` and the `logging` group work for SAR as for the classifiers."
+    pytest.importorskip('wandb')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        s = train_sar(data_path=sar_data, out_dir=tmp_path, variant='baseline', epochs=1, precision='bf16', accumulate=2,
+                      logging={'csv': True, 'wandb': True, 'wandb_mode': 'offline'}, **SMALL)
+    ck = load_checkpoint(tmp_path/'checkpoints'/'latest.pt')
+    assert ck['config']['precision'] == 'bf16' and ck['config']['accumulate'] == 2
+    log = pd.read_csv(tmp_path/'training_log.csv')
+    assert list(log.epoch) == [0] and np.isfinite(log.train_loss).all() and np.isfinite(log.val_loss).all()
+    assert any((tmp_path/'wandb').rglob('*.wandb')), 'no offline W&B run was written'
+    dls = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, patches_per_image=3, seed=0, device='cpu')
+    learn = sar_learner(dls, variant='baseline', base_channels=8, out_dir=tmp_path/'l', precision='bf16', accumulate=3)
+    names = {type(c).__name__: c for c in learn.cbs}
+    assert 'AutocastMixedPrecision' in names and names['EpochGradientAccumulation'].n_acc == 3 * 8
+    assert 'AutocastMixedPrecision' not in {type(c).__name__ for c in sar_learner(dls, base_channels=8, out_dir=tmp_path/'m').cbs}
