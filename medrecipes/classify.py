@@ -26,7 +26,7 @@ import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cy
 from .core import load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .data.images import ClassifierImage
 from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard,
-                                  resolve_precision, AutocastMixedPrecision, EpochGradientAccumulation)
+                                  resolve_precision, training_callbacks)
 from fastai.callback.training import GradientClip
 from .resume import ResumableLearner, ResumeCheckpoint
 from .distributed import is_rank0, load_checkpoint_dist
@@ -177,11 +177,9 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
     weight = class_weights(dls.train_labels(), vocab) if class_weighted else None
     run_dir = Path(run_dir)
     ck = ResumeCheckpoint(run_dir/'checkpoints'/'latest.pt', best=run_dir/'checkpoints'/'best.pt', monitor='valid_loss')
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1: raise ValueError(f"accumulate must be an int >= 1, not {accumulate!r}")
     prec = resolve_precision(precision, dls.device)
     cb_list = [LossModeCallback(), DivergenceGuard(), *([EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
-               *([AutocastMixedPrecision(prec)] if prec != 'fp32' else []),
-               *([EpochGradientAccumulation(accumulate * dls.train.bs)] if accumulate > 1 else []),
+               *training_callbacks(dls.device, prec, accumulate, dls.train.bs),
                *([GradientClip(clip_grad)] if clip_grad else []),
                *(cbs or []), ck]
     learn = learner_cls(dls, model, loss_func=TrainValCrossEntropy(weight), metrics=[accuracy, *recall_metrics(vocab), *(metrics or [])],

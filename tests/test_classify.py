@@ -182,7 +182,7 @@ def test_precision_accumulation_and_clipping_for_both_classifiers(dls, btxrd, tm
     assert {'AutocastMixedPrecision', 'EpochGradientAccumulation', 'GradientClip'} <= kinds(learn)
     assert next(c for c in learn.cbs if isinstance(c, EpochGradientAccumulation)).n_acc == 2 * dls.train.bs
     _fit(learn, 1, 1e-3)                                                    # runs, bf16 autocast on the CPU
-    with pytest.raises(ValueError, match='accumulate must be an int >= 1, not 0'): _learn(dls, tmp_path/'c', accumulate=0)
+    with pytest.raises(ValueError, match='accumulate must be a whole number >= 1, not 0'): _learn(dls, tmp_path/'c', accumulate=0)
     with pytest.raises(ValueError, match='precision must be one of'): _learn(dls, tmp_path/'c', precision='fp8')
     xdls = XrayDataLoaders.from_btxrd(btxrd, split='center', size=32, bs=16, num_workers=0, seed=0)
     x = xray_learner(xdls, arch='resnet10t', pretrained=False, out_dir=tmp_path/'x', precision='bf16', accumulate=3, clip_grad=1.)
