@@ -26,12 +26,12 @@ from .core import atomic_write, save_checkpoint, to_plain
 from .distributed import is_rank0, is_distributed, reduce_sum, world_size
 
 # %% auto #0
-__all__ = ['WANDB_MODES', 'PRECISIONS', 'CPU_AUTO_PRECISION', 'FitOnlyCallback', 'class_weights', 'TrainValCrossEntropy',
-           'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning', 'RecallCollapseCallback',
-           'EpochScalars', 'epoch_scalars', 'scalar_tags', 'plot_curves', 'TrainingLog', 'TensorBoardScalars',
-           'import_wandb', 'WandbTracker', 'TextLog', 'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native',
-           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'training_callbacks',
-           'checkpoint_state', 'CheckpointCallback']
+__all__ = ['WANDB_MODES', 'TRACKING_DEFAULTS', 'PRECISIONS', 'CPU_AUTO_PRECISION', 'FitOnlyCallback', 'class_weights',
+           'TrainValCrossEntropy', 'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning',
+           'RecallCollapseCallback', 'EpochScalars', 'epoch_scalars', 'scalar_tags', 'plot_curves', 'TrainingLog',
+           'TensorBoardScalars', 'import_wandb', 'WandbTracker', 'TextLog', 'resolve_tracking', 'tracker_callbacks',
+           'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native', 'resolve_precision', 'AutocastMixedPrecision',
+           'EpochGradientAccumulation', 'training_callbacks']
 
 # %% ../nbs/03_callbacks.ipynb #cb02
 class FitOnlyCallback(Callback):
@@ -309,6 +309,41 @@ class TextLog(FitOnlyCallback):
     def after_fit(self):
         if self.started: self._write("fit ended")
 
+# %% ../nbs/03_callbacks.ipynb #cb19
+TRACKING_DEFAULTS = dict(csv=True, tensorboard=True, wandb=False, wandb_project='medrecipes', wandb_mode='offline')
+
+def resolve_tracking(tracking:dict|None=None, # keys of `TRACKING_DEFAULTS`; missing keys take the default
+                     where:str='tracking') -> dict:
+    "Check a tracking dict and resolve `wandb='auto'` (on when the package is installed)."
+    t = dict(TRACKING_DEFAULTS)
+    for k, v in (tracking or {}).items():
+        if k not in t: raise KeyError(f"{where}: unknown option {k!r}; known: {', '.join(TRACKING_DEFAULTS)}")
+        t[k] = v
+    for k in ('csv', 'tensorboard'):
+        if not isinstance(t[k], bool): raise ValueError(f"{where}.{k} must be true or false, not {t[k]!r}")
+    if t['wandb'] not in (True, False, 'auto'): raise ValueError(f"{where}.wandb must be true, false or 'auto', not {t['wandb']!r}")
+    if t['wandb_mode'] not in WANDB_MODES: raise ValueError(f"{where}.wandb_mode must be one of {WANDB_MODES}, not {t['wandb_mode']!r}")
+    if t['wandb'] is True: import_wandb(f"{where}.wandb=true")
+    elif t['wandb'] == 'auto':
+        try: import wandb
+        except ImportError:
+            msg = f"{where}.wandb='auto': the `wandb` package is not installed, so Weights & Biases tracking is skipped"
+            warnings.warn(msg); t['wandb'] = False
+        else: t['wandb'] = True
+    return t
+
+def tracker_callbacks(run_dir:str|Path, # the run folder: training_log.csv, tensorboard/, wandb/
+                      tracking:dict|None=None, # keys of `TRACKING_DEFAULTS` (checked by `resolve_tracking`)
+                      classes:list|None=None, # class names, for the recall columns and tags
+                      config:dict|None=None, # the run's config, sent to W&B
+                      tensorboard:bool=True, # False where the recipe writes its own TensorBoard events (SAR)
+                     ) -> list:
+    "The CSV, TensorBoard and Weights & Biases callbacks a `logging` config asks for: one switchboard for every recipe."
+    t = resolve_tracking(tracking, 'logging'); run_dir = Path(run_dir)
+    return [*([TrainingLog(run_dir, classes)] if t['csv'] else []),
+            *([TensorBoardScalars(run_dir/'tensorboard', classes)] if t['tensorboard'] and tensorboard else []),
+            *([WandbTracker(run_dir, classes, t['wandb_project'], t['wandb_mode'], config)] if t['wandb'] else [])]
+
 # %% ../nbs/03_callbacks.ipynb #cb08
 class TrainingDiverged(RuntimeError):
     "The loss of a fit became non-finite or exploded; `reason` is the one-line message (fastai prefixes `args[0]`)."
@@ -429,37 +464,3 @@ def training_callbacks(device, # the training device (what `'auto'` precision me
         if not bs: raise ValueError("accumulate > 1 needs the training batch size `bs`")
         cbs.append(EpochGradientAccumulation(accumulate * bs))
     return cbs
-
-# %% ../nbs/03_callbacks.ipynb #c015
-def checkpoint_state(learn, **extra) -> dict:
-    "The contents of a checkpoint of `learn`: model and optimizer state plus `learn.checkpoint_meta` and `extra`."
-    model = learn.model.module if hasattr(learn.model, 'module') else learn.model
-    opt = learn.opt.state_dict() if learn.opt is not None else None
-    return dict(model_state_dict=model.state_dict(), optimizer_state_dict=opt, **getattr(learn, 'checkpoint_meta', {}), **extra)
-
-class CheckpointCallback(TrackerCallback):
-    "Save `best_<tag>.pt` when `monitor` improves and `final_<tag>.pt` when fitting ends."
-    order = TrackerCallback.order - 1
-    def __init__(self, path:str|Path, tag:str, monitor:str='valid_loss', comp=None, min_delta:float=0.):
-        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta)
-        self.path, self.tag = Path(path), tag
-        self.best_path, self.final_path = self.path/f'best_{tag}.pt', self.path/f'final_{tag}.pt'
-    def before_fit(self):
-        super().before_fit()
-        self.best_epoch = None; self.last_epoch = None; self.last_value = None
-    def after_epoch(self):
-        super().after_epoch()
-        self.last_epoch, self.last_value = self.epoch, float(self.recorder.values[-1][self.idx])
-        if self.new_best:
-            self.best_epoch = self.epoch
-            if is_rank0(): save_checkpoint(self.best_path, **checkpoint_state(self.learn, epoch=self.epoch, **{self.monitor: float(self.best)},
-                                                               best_value=float(self.best), best_epoch=self.epoch, monitor=self.monitor))
-    def resume_state(self):
-        return dict(best=float(self.best), best_epoch=self.best_epoch, last_epoch=self.last_epoch, last_value=self.last_value)
-    def load_resume_state(self, st):
-        self.best, self.best_epoch, self.last_epoch, self.last_value = st['best'], st['best_epoch'], st['last_epoch'], st['last_value']
-    def after_fit(self):
-        if self.run and self.last_epoch is not None and is_rank0():
-            save_checkpoint(self.final_path, **checkpoint_state(self.learn, epoch=self.last_epoch, **{self.monitor: self.last_value},
-                                                                best_value=float(self.best), best_epoch=self.best_epoch, monitor=self.monitor))
-        super().after_fit()

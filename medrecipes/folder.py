@@ -25,7 +25,8 @@ import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cy
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics, PRECISIONS,
                                    cpu_bf16_native, resolve_precision, AutocastMixedPrecision, EpochGradientAccumulation,
-                                   TensorBoardScalars, WANDB_MODES, import_wandb, WandbTracker, DivergenceGuard)
+                                   TensorBoardScalars, WANDB_MODES, import_wandb, WandbTracker, DivergenceGuard,
+                                   TRACKING_DEFAULTS, resolve_tracking, tracker_callbacks)
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .classify import ClassifierLearner, classifier_learner, data_fingerprint
 from .data.folder import FolderDataLoaders
@@ -35,31 +36,8 @@ from .distributed import init_distributed, distributed, is_rank0, reduce_sum, br
 _all_ = ['FolderDataLoaders']
 
 # %% auto #0
-__all__ = ['TRACKING_DEFAULTS', 'FOLDER_DEFAULTS', 'SCHEDULES', 'resolve_tracking', 'folder_fingerprint', 'FolderLearner',
-           'folder_learner', 'folder_config', 'folder_dls_from_config', 'train_folder', 'FolderDataLoaders']
-
-# %% ../nbs/14_folder.ipynb #c010
-TRACKING_DEFAULTS = dict(csv=True, tensorboard=True, wandb=False, wandb_project='medrecipes', wandb_mode='offline')
-
-def resolve_tracking(tracking:dict|None=None, # keys of `TRACKING_DEFAULTS`; missing keys take the default
-                     where:str='tracking') -> dict:
-    "Check a tracking dict and resolve `wandb='auto'` (on when the package is installed)."
-    t = dict(TRACKING_DEFAULTS)
-    for k, v in (tracking or {}).items():
-        if k not in t: raise KeyError(f"{where}: unknown option {k!r}; known: {', '.join(TRACKING_DEFAULTS)}")
-        t[k] = v
-    for k in ('csv', 'tensorboard'):
-        if not isinstance(t[k], bool): raise ValueError(f"{where}.{k} must be true or false, not {t[k]!r}")
-    if t['wandb'] not in (True, False, 'auto'): raise ValueError(f"{where}.wandb must be true, false or 'auto', not {t['wandb']!r}")
-    if t['wandb_mode'] not in WANDB_MODES: raise ValueError(f"{where}.wandb_mode must be one of {WANDB_MODES}, not {t['wandb_mode']!r}")
-    if t['wandb'] is True: import_wandb(f"{where}.wandb=true")
-    elif t['wandb'] == 'auto':
-        try: import wandb
-        except ImportError:
-            msg = f"{where}.wandb='auto': the `wandb` package is not installed, so Weights & Biases tracking is skipped"
-            logging.getLogger('medrecipes').warning(msg); warnings.warn(msg); t['wandb'] = False
-        else: t['wandb'] = True
-    return t
+__all__ = ['FOLDER_DEFAULTS', 'SCHEDULES', 'folder_fingerprint', 'FolderLearner', 'folder_learner', 'folder_config',
+           'folder_dls_from_config', 'train_folder', 'FolderDataLoaders']
 
 # %% ../nbs/14_folder.ipynb #c013
 def folder_fingerprint(dls:FolderDataLoaders) -> str:
@@ -106,9 +84,7 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
     out_dir = Path(out_dir)
     if config is None: config = dict(arch=arch, pretrained=pretrained, drop_rate=drop_rate, size=dls.normalization['size'],
                                      precision=prec, clip_grad=clip_grad, accumulate=accumulate, class_weighted=class_weighted)
-    cb_list = [*([TrainingLog(out_dir, vocab)] if tr['csv'] else []),
-               *([TensorBoardScalars(out_dir/'tensorboard', vocab)] if tr['tensorboard'] else []),
-               *([WandbTracker(out_dir, vocab, tr['wandb_project'], tr['wandb_mode'], config)] if tr['wandb'] else []),
+    cb_list = [*tracker_callbacks(out_dir, tr, vocab, config),
                *(cbs or [])]
     learn = classifier_learner(dls, out_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
                                class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=folder_fingerprint(dls),

@@ -23,7 +23,7 @@ import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cy
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
-from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard, training_callbacks, TrainingLog, WandbTracker, import_wandb
+from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard, training_callbacks, tracker_callbacks
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state, _set_rng_state
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
@@ -162,18 +162,12 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
     model = sar_model(variant, latent_channels, base_channels)
     out_dir = Path(out_dir)
     ck = ResumeCheckpoint(out_dir/'checkpoints'/'latest.pt', best=out_dir/'checkpoints'/'best.pt', monitor='valid_loss')
-    tr = dict(tracking or {})
-    if tr.get('wandb') is True: import_wandb('logging.wandb=true')
-    elif tr.get('wandb') == 'auto':
-        try: import wandb; tr['wandb'] = True
-        except ImportError: tr['wandb'] = False
     cb_list = [DivergenceGuard(), *( [GradientClip(clip_grad)] if clip_grad else []),
                *( [ReduceLROnPlateau(monitor='valid_loss', factor=1/plateau_factor, patience=plateau_patience)] if plateau else []),
                *( [EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
                *training_callbacks(dls.device, precision, accumulate, dls.train.bs),
                SarTensorBoard(out_dir/'tensorboard', hist_every=hist_every), TextLog(out_dir/'training.log'),
-               *([TrainingLog(out_dir)] if tr.get('csv') else []),
-               *([WandbTracker(out_dir, None, tr.get('wandb_project', 'medrecipes'), tr.get('wandb_mode', 'offline'), config)] if tr.get('wandb') else []),
+               *tracker_callbacks(out_dir, {'csv': False, **(tracking or {})}, None, config, tensorboard=False),   # SarTensorBoard writes the events
                ck, *(cbs or [])]
     learn = SarLearner(dls, model, loss_func=SarLoss(mse_weight, ssim_weight), opt_func=Adam, lr=lr, wd=0.,
                        metrics=sar_metrics(getattr(dls, 'preprocess', None)), cbs=cb_list, path=out_dir, **kwargs)

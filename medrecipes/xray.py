@@ -63,6 +63,7 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
                  precision:str='fp32', # 'fp32', 'bf16', 'fp16' or 'auto' (`medrecipes.callbacks.resolve_precision`)
                  accumulate:int=1, # update the weights every this many batches
                  clip_grad:float|None=None, # gradient clipping norm (None or 0: off)
+                 tracking:dict|None=None, # the `logging` group: `tensorboard`, `wandb`, ... (training_log.csv is always written)
                  cbs=None, metrics=None, # extra callbacks and metrics
                  **kwargs) -> XrayLearner:
     "A fastai `Learner` for BTXRD classification."
@@ -70,7 +71,8 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
     run_dir = Path(out_dir)/RUN_DIRS.get(tag, tag)
     learn = classifier_learner(dls, run_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
                                class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=xray_fingerprint(dls),
-                               cbs=[TrainingLog(run_dir, list(dls.vocab)), RecallCollapseCallback('Malignant', collapse_patience), *(cbs or [])],
+                               cbs=[*tracker_callbacks(run_dir, {'tensorboard': False, **(tracking or {}), 'csv': True}, list(dls.vocab), config),
+                                    RecallCollapseCallback('Malignant', collapse_patience), *(cbs or [])],
                                precision=precision, accumulate=accumulate, clip_grad=clip_grad,
                                metrics=metrics, learner_cls=XrayLearner, **kwargs)
     learn.results_dir = run_dir   # the name earlier versions used
@@ -118,7 +120,8 @@ def train_xray(config=None, # a config object, a dict (nested or flat keys) or a
     learn = xray_learner(dls, arch=cfg['arch'], pretrained=cfg['pretrained'], class_weighted=cfg['class_weighted'],
                          patience=cfg['patience'], collapse_patience=cfg['collapse_patience'], out_dir=cfg['out_dir'],
                          config=cfg, drop_rate=cfg['drop_rate'], weights=cfg.get('weights'),
-                         precision=cfg.get('precision', 'fp32'), accumulate=cfg.get('accumulate', 1), clip_grad=cfg.get('clip_grad'))
+                         precision=cfg.get('precision', 'fp32'), accumulate=cfg.get('accumulate', 1), clip_grad=cfg.get('clip_grad'),
+                         tracking=cfg.get('logging'))
     run = learn.run_dir
     prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
     if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checks config and split first

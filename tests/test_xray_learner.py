@@ -161,3 +161,21 @@ def test_train_xray_checks_a_resume_before_writing_and_a_noop_resume_keeps_train
         monkeypatch.setattr(XrayLearner, 'resume', refuse)
         with pytest.raises(ValueError, match='resume refused'): train_xray(**{**kw, 'seed': 7}, resume=True)
         assert {f: (run/f).read_bytes() for f in before} == before
+
+
+def test_tensorboard_and_wandb_reach_the_xray_recipe(dls, tmp_path):
+    "The `logging` group works for X-ray as for the other recipes; training_log.csv is always written."
+    pytest.importorskip('wandb')
+    learn = xray_learner(dls, arch='resnet10t', pretrained=False, out_dir=tmp_path, tracking={'tensorboard': True, 'wandb': True})
+    names = [type(c).__name__ for c in learn.cbs]
+    assert {'TrainingLog', 'TensorBoardScalars', 'WandbTracker'} <= set(names)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    run = tmp_path/'center_holdout'
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run/'tensorboard')).Reload()
+    assert [e.step for e in ea.Scalars('loss/valid')] == [0]
+    assert any((run/'wandb').rglob('*.wandb')) and len(pd.read_csv(run/'training_log.csv')) == 1
+    plain = xray_learner(dls, arch='resnet10t', pretrained=False, out_dir=tmp_path/'p', tracking={'csv': False})
+    assert [type(c).__name__ for c in plain.cbs].count('TrainingLog') == 1 and 'WandbTracker' not in [type(c).__name__ for c in plain.cbs]
