@@ -65,14 +65,25 @@ def _one_line_error(r, *words):
     for w in words: assert w in lines[0], (w, lines[0])
 
 
-def test_user_errors_print_one_line_and_exit_2(digits, tmp_path):
+def _main(capsys, *args):
+    "`medrecipes.cli.main(args)` in this process, as a completed process (returncode, stdout, stderr)."
+    from types import SimpleNamespace
+    from medrecipes.cli import main
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
+def test_user_errors_print_one_line_and_exit_2(digits, tmp_path, capsys):
     missing = tmp_path/'no_such_folder'
     _one_line_error(medrecipes('train', 'folder', *_tiny_folder(missing, tmp_path/'a')), str(missing))
-    _one_line_error(medrecipes('train', 'folder', *_tiny_folder(digits, tmp_path/'b'), 'trainer.lr=fast'), 'trainer.lr must be a number', "'fast'")
-    _one_line_error(medrecipes('train', 'folder', *_tiny_folder(digits, tmp_path/'c'), 'trainer.epochs=3'),
+    # config mistakes fail before anything is imported or trained: the same entry point, in this process
+    _one_line_error(_main(capsys, 'train', 'folder', *_tiny_folder(digits, tmp_path/'b'), 'trainer.lr=fast'), 'trainer.lr must be a number', "'fast'")
+    _one_line_error(_main(capsys, 'train', 'folder', *_tiny_folder(digits, tmp_path/'c'), 'trainer.epochs=3'),
                     "unknown config key 'trainer.epochs'", 'max_epochs')
-    _one_line_error(medrecipes('train', 'xray', 'model=resnet99'), "Could not find 'model/resnet99'", 'resnet50')
-    _one_line_error(medrecipes('train', 'sar', '--config-name', 'nope'), "no root config 'nope'", 'sar_demo')
+    _one_line_error(_main(capsys, 'train', 'xray', 'model=resnet99'), "Could not find 'model/resnet99'", 'resnet50')
+    _one_line_error(_main(capsys, 'train', 'sar', '--config-name', 'nope'), "no root config 'nope'", 'sar_demo')
     sar = tmp_path/'sar'
     assert medrecipes('synth', 'sar', sar, '--n', 2, '--n-valid', 1, '--size', 32).returncode == 0
     _one_line_error(medrecipes('train', 'sar', f'data.path={sar}', 'data.patch=64', f'trainer.out_dir={tmp_path/"s"}',
