@@ -1,4 +1,5 @@
-"""What the kernel tests share: one tolerance table and one relative-error helper.
+"""What several test files share: the kernel tests' one tolerance table and relative-error helper, and the image files
+that the image-reading tests of both classifier recipes write.
 
 `TOL[op][dtype]` is `(value, grad)`: the largest absolute error of a value (SSIM per image, the CBAM output) and the
 largest relative RMS error (`rel_err`) of a gradient, for inputs of `dtype` compared with the reference evaluated in
@@ -22,3 +23,22 @@ def rel_err(a:torch.Tensor, b:torch.Tensor) -> float:
     "Relative RMS error of `a` against the reference `b`, in float64 (on the CPU)."
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def ramp16_png(fn, w=64, h=48):
+    "A 16-bit grayscale PNG (mode I;16) holding a horizontal ramp over 0..65535."
+    import numpy as np
+    from PIL import Image
+    a = np.tile(np.linspace(0, 65535, w).round().astype(np.uint16), (h, 1))
+    Image.fromarray(a).save(fn)
+    with Image.open(fn) as im: assert im.mode == 'I;16'
+    return fn
+
+
+def exif6_jpeg(fn, w=40, h=24):
+    "A landscape JPEG with a white block in its stored top-left corner and EXIF Orientation 6 (display rotated 90° clockwise)."
+    from PIL import Image
+    im = Image.new('L', (w, h), 0); im.paste(255, (0, 0, 8, 8))
+    ex = Image.Exif(); ex[0x0112] = 6
+    im.save(fn, exif=ex.tobytes(), quality=95)
+    return fn

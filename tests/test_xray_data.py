@@ -112,22 +112,7 @@ def test_truncated_image_error_names_the_file(btxrd_copy):
 
 # --- how radiographs are read (issue 12.5, issue 11.4) and the split's independence of row order (issue 12, "Also")
 
-def _ramp16(fn, w=64, h=48):
-    "A 16-bit grayscale PNG (mode I;16) holding a horizontal ramp over 0..65535."
-    a = np.tile(np.linspace(0, 65535, w).round().astype(np.uint16), (h, 1))
-    from PIL import Image
-    Image.fromarray(a).save(fn)
-    with Image.open(fn) as im: assert im.mode == 'I;16'
-    return fn
-
-
-def _exif6(fn, w=40, h=24):
-    "A landscape JPEG with a white block in its stored top-left corner and EXIF Orientation 6 (display rotated 90° clockwise)."
-    from PIL import Image
-    im = Image.new('L', (w, h), 0); im.paste(255, (0, 0, 8, 8))
-    ex = Image.Exif(); ex[0x0112] = 6
-    im.save(fn, exif=ex.tobytes(), quality=95)
-    return fn
+from _utils import ramp16_png as _ramp16, exif6_jpeg as _exif6
 
 
 def test_16bit_radiograph_keeps_its_ramp(tmp_path):
