@@ -45,7 +45,9 @@ def _parser():
     s.add_argument('--n-valid', type=int, default=16, help='sar: validation images')
     s.add_argument('--n-test', type=int, default=0, help='sar: test images')
     s.add_argument('--size', type=int, default=None, help='image side in pixels (sar: 256)')
-    s.add_argument('--looks', type=float, default=1, help='sar: number of looks of the speckle')
+    s.add_argument('--looks', type=float, default=None, help='sar: number of looks of the speckle (default: 4.4 realistic, 1 single-look)')
+    s.add_argument('--mode', choices=('realistic', 'single-look'), default='realistic',
+                   help='sar: Sentinel-1-like scenes (correlated 4.4-look speckle, texture, urban clusters) or single-look Gamma speckle')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--force', action='store_true', help='write even if dest already holds a data set')
     return p
@@ -78,8 +80,9 @@ def _synth(args):
         if (dest/'metadata.json').exists() and not args.force:
             print(f"{dest} already holds a data set; use --force to write it again"); return 0
         n = args.n or 64
-        make_sar(dest, n_train=n, n_valid=args.n_valid, n_test=args.n_test, size=args.size or 256, looks=args.looks, seed=args.seed)
-        print(f"wrote {n}+{args.n_valid}+{args.n_test} SAR images to {dest}"); return 0
+        make_sar(dest, n_train=n, n_valid=args.n_valid, n_test=args.n_test, size=args.size or 256, looks=args.looks, seed=args.seed,
+                 mode=args.mode)
+        print(f"wrote {n}+{args.n_valid}+{args.n_test} {args.mode} SAR images to {dest}"); return 0
     from medrecipes.synth import make_digits
     if (dest/'train').exists() and not args.force:
         print(f"{dest} already holds a data set; use --force to write it again"); return 0

@@ -31,7 +31,7 @@ def test_generator_is_byte_identical_per_seed(tmp_path):
     a, b = make_sar(tmp_path / 'a', seed=4, **kw), make_sar(tmp_path / 'b', seed=4, **kw)
     c = make_sar(tmp_path / 'c', seed=5, **kw)
     da, db, dc = digests(a), digests(b), digests(c)
-    assert da == db and len(da) == 3 + 2 + 1 + 6 + 1
+    assert da == db and len(da) == 3 + 2 + 1 + 6 + 6 + 1   # images, clean, homogeneous masks, metadata
     assert all(da[k] != dc[k] for k in da if k.endswith('.npy'))
     meta = json.loads((a / 'metadata.json').read_text())
     assert meta['units'] == 'linear' and meta['looks'] == 3 and meta['size'] == [64, 64]

@@ -50,6 +50,12 @@ def _read_pil(fn, ext):
         if ext == '.png' and im.mode not in ('L', 'I', 'I;16', 'I;16B'): raise ValueError(f"{fn}: PNG mode {im.mode!r}; expected 8-bit or 16-bit gray")
         return np.asarray(im)
 
+def _read_tifffile(fn):
+    with tifffile.TiffFile(fn) as tf:
+        if not len(tf.pages): raise ValueError("no image page in the TIFF file")
+        if len(tf.pages) > 1: raise ValueError(f"{fn}: holds {len(tf.pages)} pages; expected a single-band image")
+        return tf.asarray()
+
 def read_sar_image(fn:str|Path, # a `.npy`, `.tif`/`.tiff` or `.png` file
                   ) -> np.ndarray:
     "Read a single-band SAR image as a 2-D array of the file's own dtype; errors name the file."
@@ -58,7 +64,7 @@ def read_sar_image(fn:str|Path, # a `.npy`, `.tif`/`.tiff` or `.png` file
     if not fn.is_file(): raise FileNotFoundError(f"SAR image {fn} does not exist")
     try:
         if ext == '.npy': a = np.load(fn, allow_pickle=False)
-        elif ext != '.png' and tifffile is not None: a = tifffile.imread(fn)
+        elif ext != '.png' and tifffile is not None: a = _read_tifffile(fn)
         else: a = _read_pil(fn, ext)
     except ValueError as e:
         if str(e).startswith(str(fn)): raise
