@@ -5,6 +5,7 @@ Modules:
 - `medrecipes.callbacks`: Weighted loss in training and plain loss in validation, per-class recall, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
 - `medrecipes.classify`: `create_classifier`, `classifier_learner` and `ClassifierLearner`: what the X-ray and image-folder recipes share: a timm body with a fastai head (so `freeze`/`fine_tune` work), class-weighted training, `checkpoints/best.pt` and `latest.pt`, one `evaluate(split, which)`, one metrics writer, and `load_classifier` / `predict` for new images.
 - `medrecipes.cli`: `medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `synth btxrd|sar|digits`.
+- `medrecipes.codec`: A real bitrate: the quantised latent of a SAR autoencoder entropy-coded into a checked file, and the learned codec beside JPEG2000 at the same bits per pixel.
 - `medrecipes.config`: One config system for Python and the command line: Hydra structured configs (dataclasses in a `ConfigStore`) hold every default; YAML groups in `medrecipes/configs/` are the user-editable choices.
 - `medrecipes.core`: Seeding, devices, configs with command-line overrides, atomic files and checkpoints that load without pickled code.
 - `medrecipes.data.folder`: `FolderDataLoaders.from_folder`: any classification set laid out as `train/<class>/*`, `valid/<class>/*` and optionally `test/<class>/*`, checked before training starts.

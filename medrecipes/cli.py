@@ -126,7 +126,10 @@ def _run(args) -> int:
         elif args.recipe == 'sar':
             from medrecipes.sar import train_sar, compare_sar
             if args.command == 'train': say(json.dumps(train_sar(cfg), indent=2, default=str))
-            else: table(compare_sar(cfg))
+            else:
+                df = compare_sar(cfg); table(df)
+                for line in df.attrs.get('targets', []): say(line)
+                if 'rd' in df.attrs: say(f"rate-distortion sweep: {Path(cfg['trainer']['out_dir'])/'rd'/'rd.png'}")
         else:
             from medrecipes.xray import train_xray, train_all_xray
             if args.command == 'train': say(json.dumps(train_xray(cfg), indent=2, default=str))

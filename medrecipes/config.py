@@ -95,6 +95,8 @@ class SarModel:
     variant:str='attention'       # baseline | resnet_lite | residual | attention
     latent_channels:int=16        # 16 channels at 1/16 resolution: 16x fewer values than the input
     base_channels:int=32
+    quant_bits:int=8              # uniform quantisation of the latent, bits per value (0: a float latent, no bitrate)
+    quant_proxy:str='ste'         # the quantiser in training: ste (straight-through) | noise (additive uniform)
 
 @dataclass
 class SarData:
@@ -124,6 +126,9 @@ class SarTrainer:
     device:str='auto'
     progress:bool=True
     resume:Any=False
+    codec_images:int=8            # test (else valid) images coded into real files for the bitrate and JPEG2000 beside it (0: off)
+    sweep_latent_channels:Any=None  # compare: a rate-distortion sweep over these latent channels, e.g. [4, 8, 16] (null: off)
+    sweep_quant_bits:Any=None     # ... times these quantisation bits, e.g. [4, 8]; rd.csv and rd.png in out_dir/rd
 
 @dataclass
 class SarCallbacks:
