@@ -50,6 +50,12 @@ def _parser():
                    help='sar: Sentinel-1-like scenes (correlated 4.4-look speckle, texture, urban clusters) or single-look Gamma speckle')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--force', action='store_true', help='write even if dest already holds a data set')
+    k = sub.add_parser('codec', help='SAR codec files: compress an image with a checkpoint, or decompress a file')
+    k.add_argument('action', choices=('compress', 'decompress'))
+    k.add_argument('checkpoint', help='a SAR checkpoint (best.pt) trained with quant_bits > 0')
+    k.add_argument('input', help='compress: an image (.npy/.tif/.png) in the run\'s units; decompress: a .mrsar file')
+    k.add_argument('output', help='compress: the .mrsar file to write; decompress: the .npy to write')
+    k.add_argument('--out', choices=('linear', 'db', 'scaled'), default='linear', help='decompress: units of the image written')
     return p
 
 def parse_args(argv=None):
@@ -89,6 +95,15 @@ def _synth(args):
     kw = {k: v for k, v in (('splits', args.n and (args.n,) * 3), ('size', args.size)) if v is not None}
     make_digits(dest, seed=args.seed, **kw); print(f"wrote a digits data set to {dest}"); return 0
 
+def _codec(args):
+    from medrecipes.codec import compress, decompress
+    if args.action == 'compress':
+        info = compress(args.checkpoint, args.input, args.output)
+        print(f"wrote {args.output}: {info['bytes']} bytes, {info['bpp']:.4f} bits per pixel ({info['payload_bpp']:.4f} in the coded stream)"); return 0
+    import numpy as np
+    img = decompress(args.input, args.checkpoint, out=args.out)
+    np.save(args.output, img); print(f"wrote {args.output}: {img.shape[0]}x{img.shape[1]} {args.out}"); return 0
+
 def _quiet_logging(verbose:bool):
     "medrecipes' own messages at INFO; every other library's only from WARNING up, unless `verbose`."
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
@@ -106,6 +121,7 @@ def user_errors() -> tuple:
 
 def _run(args) -> int:
     if args.command == 'synth': return _synth(args)
+    if args.command == 'codec': return _codec(args)
     if args.command == 'export-onnx':
         from medrecipes.export import export_onnx_main
         return export_onnx_main(args.args)
