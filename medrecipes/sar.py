@@ -133,7 +133,7 @@ class SarLearner(ResumableLearner):
         with self.no_bar(): preds, _ = self.get_preds(dl=dl)
         rec = dl.dataset.stitch(preds)[0]
         pre = self.dls.preprocess
-        dec = np.asarray(pre.decode_linear(rec) if self.dls.units == 'linear' else pre.decode_db(rec), dtype=np.float32)
+        dec = np.asarray(pre.decode_units(rec), dtype=np.float32)
         res = (dec, SarImage(torch.from_numpy(rec)[None]))
         return (SarImage(torch.from_numpy(dl.dataset.images[0])[None]),) + res if with_input else res
 
@@ -305,7 +305,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
     device = default_device(cfg['device'])
     while True:
         set_seed(cfg['seed'])
-        dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']),
+        dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']), calibration_db=cfg['calibration_db'],
                                          patches_per_image=cfg['patches_per_image'], seed=cfg['seed'], num_workers=cfg['num_workers'], device=device)
         run_cfg = {**cfg, 'bs': bs}
         learn = sar_learner(dls, variant=cfg['variant'], latent_channels=cfg['latent_channels'], base_channels=cfg['base_channels'],
