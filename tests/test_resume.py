@@ -3,6 +3,7 @@ import json, os, signal, subprocess, sys, textwrap
 from pathlib import Path
 import pandas as pd, pytest, torch
 from medrecipes.core import load_checkpoint
+import _procs as procs
 
 CHILD = textwrap.dedent(r'''
     import os, sys, json, signal, random, warnings
@@ -48,8 +49,8 @@ CHILD = textwrap.dedent(r'''
 def _run(tmp_path, *args):
     script = tmp_path/'child.py'
     if not script.exists(): script.write_text(CHILD)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONHASHSEED': '0'}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    return procs.run([script, *args], env=env, timeout=600)   # a real process, forked from the pytest process's zygote
 
 
 def _same_run(a:Path, b:Path):

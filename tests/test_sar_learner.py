@@ -6,6 +6,7 @@ from medrecipes.core import load_checkpoint
 from medrecipes.synth import make_sar
 from medrecipes.data.sar import SarDataLoaders, SarPreprocess
 from medrecipes.sar import sar_learner, train_sar, compare_sar, reconstruct_sar, load_sar_model, SarTensorBoard
+import _procs as procs
 
 SMALL = dict(patch=32, bs=8, patches_per_image=3, base_channels=8, progress=False, device='cpu')
 
@@ -85,7 +86,7 @@ CHILD = textwrap.dedent(r'''
 def _child(tmp_path, *args):
     script = tmp_path/'child.py'; script.write_text(CHILD)
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return procs.run([script, *args], env=env, timeout=600)   # a real process, forked from the tests' zygote
 
 
 def test_sar_run_killed_mid_epoch_resumes_bitwise(sar_data, tmp_path):
