@@ -128,10 +128,9 @@ def test_bad_config_values_are_refused(sar_data, tmp_path):
 
 @pytest.mark.slow
 def test_compare_cli_writes_the_table(sar_data, tmp_path):
-    exe = Path(sys.executable).parent/'medrecipes'
-    r = subprocess.run([str(exe), 'compare', 'sar', f'data.path={sar_data}', f'trainer.out_dir={tmp_path}', 'data.patch=32', 'data.batch_size=8',
+    r = procs.run(['-m', 'medrecipes.cli', 'compare', 'sar', f'data.path={sar_data}', f'trainer.out_dir={tmp_path}', 'data.patch=32', 'data.batch_size=8',
                         'data.patches_per_image=2', 'model.base_channels=8', 'trainer.max_epochs=1', 'trainer.progress=false', 'trainer.device=cpu'],
-                       capture_output=True, text=True, timeout=900)
+                  timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     df = pd.read_csv(tmp_path/'comparison.csv')
     assert list(df.variant) == ['baseline', 'resnet_lite', 'residual', 'attention']
