@@ -209,3 +209,20 @@ def run_ranks(nproc, argv, env=None, cwd=None, timeout=900, port=None):
     bad = [r.returncode for r in res if r.returncode != 0]
     return SimpleNamespace(returncode=bad[0] if bad else 0, stdout=''.join(r.stdout for r in res),
                            stderr=''.join(r.stderr for r in res), ranks=res)
+
+
+def kill_callbacks(mode:str) -> list:
+    """The callbacks of a training child started with `mode`: for `kill:EPOCH:BATCH[:RANK]` one fastai callback that
+    kills its process with SIGKILL after training batch BATCH of epoch EPOCH (on rank RANK only, in a data-parallel run),
+    without any clean-up, as a killed job dies; for any other mode none."""
+    if not mode.startswith('kill'): return []
+    from fastai.callback.core import Callback
+    at = tuple(int(v) for v in mode.split(':')[1:])
+    epoch, batch, rank = at if len(at) == 3 else (*at, None)
+
+    class Kill(Callback):
+        order = 0
+        def after_batch(self):
+            if self.training and (self.epoch, self.iter) == (epoch, batch) and rank in (None, int(os.environ.get('RANK', 0))):
+                os.kill(os.getpid(), signal.SIGKILL)
+    return [Kill()]

@@ -36,13 +36,6 @@ CHILD = textwrap.dedent(r'''
     import torch
     from fastai.callback.core import Callback
 
-    class Kill(Callback):
-        "Die without any clean-up, as a killed job does: rank `rank`, in training batch `batch` of epoch `epoch`."
-        order = 0
-        def __init__(self, epoch, batch, rank): self.at, self.rank = (epoch, batch), rank
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == self.at and RANK == self.rank: os.kill(os.getpid(), signal.SIGKILL)
-
     class F64(Callback):
         "Model, inputs and losses in float64."
         order = -20
@@ -51,7 +44,8 @@ CHILD = textwrap.dedent(r'''
             if hasattr(self.learn, 'recorder'): self.recorder.smooth_loss.val = self.recorder.smooth_loss.val.double()
         def before_batch(self): self.learn.xb = tuple(x.double() for x in self.xb)
 
-    cbs = [Kill(*map(int, mode.split(':')[1:]))] if mode.startswith('kill') else []
+    from _procs import kill_callbacks
+    cbs = kill_callbacks(mode)   # kill:EPOCH:BATCH[:RANK]: SIGKILL there
     if recipe == 'xray':
         # fastai's Resize pads training images at a random offset (Python's `random`, per rank in a data-parallel
         # run); centred, the two runs see the same pixels

@@ -330,14 +330,8 @@ CHILD = textwrap.dedent(r'''
     data, out, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]   # mode: full | kill:<epoch>:<batch> | resume
     warnings.simplefilter('ignore')
 
-    class Kill(Callback):
-        "Die without any clean-up, as a killed job does."
-        order = 0
-        def __init__(self, epoch, batch): self.at = (epoch, batch)
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == self.at: os.kill(os.getpid(), signal.SIGKILL)
-
-    cbs = [Kill(*map(int, mode.split(':')[1:]))] if mode.startswith('kill') else []
+    from _procs import kill_callbacks
+    cbs = kill_callbacks(mode)   # kill:EPOCH:BATCH[:RANK]: SIGKILL there
     cfg = {'model': {'arch': 'resnet10t'}, 'data': {'path': data, 'size': 28, 'batch_size': 6},
            'trainer': {'max_epochs': 3, 'lr': 2e-3, 'precision': 'auto', 'accumulate': 2, 'seed': 5, 'out_dir': str(out),
                        'progress': False, 'resume': 'last' if mode == 'resume' else False},

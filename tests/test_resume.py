@@ -16,14 +16,8 @@ CHILD = textwrap.dedent(r'''
     recipe, out, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]   # mode: full | kill:<epoch>:<batch> | resume
     warnings.simplefilter('ignore')
 
-    class Kill(Callback):
-        "Die without any clean-up, as a killed job does."
-        order = 0
-        def __init__(self, epoch, batch): self.at = (epoch, batch)
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == self.at: os.kill(os.getpid(), signal.SIGKILL)
-
-    cbs = [Kill(*map(int, mode.split(':')[1:]))] if mode.startswith('kill') else []
+    from _procs import kill_callbacks
+    cbs = kill_callbacks(mode)   # kill:EPOCH:BATCH[:RANK]: SIGKILL there
     if recipe == 'generic':
         set_seed(0)
         x = torch.randn(120, 6); y = (x[:, 0] > 0.3).long() + (x[:, 1] > 1).long()

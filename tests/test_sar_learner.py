@@ -75,11 +75,9 @@ CHILD = textwrap.dedent(r'''
     from medrecipes.sar import train_sar
     data, out, mode = sys.argv[1:4]
     warnings.simplefilter('ignore')
-    class Kill(Callback):
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == (2, 1): os.kill(os.getpid(), signal.SIGKILL)
+    from _procs import kill_callbacks
     train_sar(data_path=data, out_dir=out, epochs=4, variant='attention', patch=32, bs=8, patches_per_image=3, base_channels=8,
-              progress=False, device='cpu', hist_every=1, resume=(mode == 'resume'), cbs=[Kill()] if mode == 'kill' else None)
+              progress=False, device='cpu', hist_every=1, resume=(mode == 'resume'), cbs=kill_callbacks(mode))
 ''')
 
 
@@ -92,7 +90,7 @@ def _child(tmp_path, *args):
 def test_sar_run_killed_mid_epoch_resumes_bitwise(sar_data, tmp_path):
     full, cut = tmp_path/'full', tmp_path/'cut'
     r = _child(tmp_path, sar_data, full, 'full'); assert r.returncode == 0, r.stderr[-3000:]
-    r = _child(tmp_path, sar_data, cut, 'kill'); assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    r = _child(tmp_path, sar_data, cut, 'kill:2:1'); assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert load_checkpoint(cut/'checkpoints'/'latest.pt')['loop']['epoch'] == 1
     r = _child(tmp_path, sar_data, cut, 'resume'); assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_checkpoint(full/'checkpoints'/'latest.pt'), load_checkpoint(cut/'checkpoints'/'latest.pt')
