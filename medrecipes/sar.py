@@ -286,8 +286,8 @@ def _previous_figures(fn:Path) -> dict:
 
 def _codec_summary(learn, data:Path, n:int, out:Path) -> dict:
     "Bits per pixel of real codec files and the metrics beside JPEG2000 at that bitrate, on the first `n` test (else valid) images; codec.csv"
-    from .codec import compare_codecs
-    from .data.sar import sar_files
+    from medrecipes.codec import compare_codecs
+    from medrecipes.data.sar import sar_files
     split = 'test' if (data/'test').is_dir() else 'valid'
     df = compare_codecs(learn, sar_files(data/split)[:n])
     atomic_write(out/'codec.csv', lambda t: df.to_csv(t, index=False))
