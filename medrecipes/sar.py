@@ -33,8 +33,8 @@ _all_ = ['SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIAN
 # %% auto #0
 __all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SarLoss', 'SarTensorBoard', 'SarLearner',
            'sar_metrics', 'sar_learner', 'load_sar_model', 'reconstruct_sar', 'sar_config', 'next_batch_size',
-           'train_sar', 'sar_targets', 'compare_sar', 'rd_sweep', 'SarDataLoaders', 'SarPreprocess', 'SarImage',
-           'sar_model', 'SAR_VARIANTS']
+           'train_sar', 'sar_targets', 'compare_sar', 'rd_sweep', 'plot_rd', 'SarDataLoaders', 'SarPreprocess',
+           'SarImage', 'sar_model', 'SAR_VARIANTS']
 
 # %% ../nbs/12_sar.ipynb #c005
 class SarLoss(nn.Module):
@@ -423,13 +423,19 @@ def rd_sweep(config=None, overrides=(), variants=('residual', 'attention'),
     df = pd.DataFrame(rows)
     if is_rank0():
         atomic_write(out/'rd.csv', lambda t: df.to_csv(t, index=False))
-        import matplotlib; matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for v, g in df.groupby('variant'):
-            g = g.sort_values('bpp'); ax.plot(g.bpp, g.psnr_db, 'o-', label=v)
-        j = df.sort_values('jpeg2000_bpp'); ax.plot(j.jpeg2000_bpp, j.jpeg2000_psnr_db, 's--k', label='JPEG2000')
-        ax.set_xlabel('bits per pixel (real files)'); ax.set_ylabel('PSNR (dB scale, [0, 1])'); ax.set_xscale('log'); ax.grid(alpha=.3); ax.legend()
-        ax.set_title('rate-distortion: ' + ', '.join(f'{k}={v}' for k, v in (('C_lat', list(latent_channels)), ('bits', list(quant_bits)))))
-        fig.tight_layout(); atomic_write(out/'rd.png', lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)
+        plot_rd(df, out/'rd.png')
     return df
+
+def plot_rd(df:pd.DataFrame, # `rd_sweep`'s table (or its rd.csv)
+            path:str|Path): # the PNG to write
+    "PSNR against the measured bits per pixel for every variant, and JPEG2000 at the same rates"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v, g in df.groupby('variant'):
+        g = g.sort_values('bpp'); ax.plot(g.bpp, g.psnr_db, 'o-', label=v)
+        for r in g.itertuples(): ax.annotate(f'{r.latent_channels}x{r.quant_bits}b', (r.bpp, r.psnr_db), fontsize=7, xytext=(3, -9), textcoords='offset points')
+    j = df.sort_values('jpeg2000_bpp'); ax.plot(j.jpeg2000_bpp, j.jpeg2000_psnr_db, 's--k', label='JPEG2000')
+    ax.set_xlabel('bits per pixel (coded stream, measured)'); ax.set_ylabel('PSNR (dB scale, [0, 1])'); ax.set_xscale('log'); ax.grid(alpha=.3); ax.legend()
+    ax.set_title('rate-distortion: latent channels x quantisation bits')
+    fig.tight_layout(); atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)
