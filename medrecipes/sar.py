@@ -290,7 +290,7 @@ def _codec_summary(learn, data:Path, n:int, out:Path) -> dict:
     from medrecipes.data.sar import sar_files
     split = 'test' if (data/'test').is_dir() else 'valid'
     df = compare_codecs(learn, sar_files(data/split)[:n])
-    atomic_write(out/'codec.csv', lambda t: df.to_csv(t, index=False))
+    if is_rank0(): atomic_write(out/'codec.csv', lambda t: df.to_csv(t, index=False))
     means = df.drop(columns=['image']).groupby(df.codec.str.split(' ').str[0]).mean(numeric_only=True)
     return {f'{c}_{k}': float(v) for c, row in means.iterrows() for k, v in row.items()} | {'codec_split': split}
 
@@ -352,7 +352,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
         test_dir = Path(cfg['data_path'])/'test'
         if test_dir.is_dir():
             summary.update({f'test_{k}': v for k, v in learn.evaluate(dls.tiles_dl(test_dir), which='best').items()})
-    if is_rank0() and cfg['quant_bits'] and cfg['codec_images']:   # the best weights are loaded: code real files
+    if cfg['quant_bits'] and cfg['codec_images']:   # the best weights are loaded: code real files (every rank: the same summary)
         summary.update(_codec_summary(learn, Path(cfg['data_path']), int(cfg['codec_images']), out))
     if is_rank0(): atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2))
     return summary
