@@ -18,7 +18,8 @@ from PIL import Image, ImageFilter
 __all__ = ['BTXRD_CLASSES', 'SITE_COLUMNS', 'BENIGN_SUBTYPES', 'MALIGNANT_SUBTYPES', 'SUBTYPE_COLUMNS', 'LIMB_COLUMNS',
            'VIEW_COLUMNS', 'BTXRD_COLUMNS', 'SITE_LIMB', 'BTXRD_RELEASE_COUNTS', 'BTXRD_SUBTYPE_COUNTS',
            'SAR_TERRAIN_DB', 'SAR_SPLITS', 'DIGIT_SPLITS', 'DIGIT_STROKES', 'btxrd_counts', 'btxrd_metadata',
-           'draw_radiograph', 'make_btxrd', 'sar_speckle', 'make_sar_scene', 'make_sar', 'draw_digit', 'make_digits']
+           'draw_radiograph', 'write_dicom', 'make_btxrd', 'sar_speckle', 'make_sar_scene', 'make_sar', 'draw_digit',
+           'make_digits']
 
 # %% ../nbs/01_synth.ipynb #c006
 BTXRD_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -380,33 +381,109 @@ def _write_xlsx(df, path):
             zout.writestr(zi, data)
     Path(path).write_bytes(out.getvalue())
 
+# %% ../nbs/01_synth.ipynb #c032d
+def write_dicom(fn, # the .dcm file to write
+                pixels:np.ndarray, # H x W uint8/uint16/int16 (monochrome) or H x W x 3 uint8 (RGB)
+                photometric:str|None=None, # default MONOCHROME2 (2-D) or RGB (3-D); MONOCHROME1 stores white as low
+                bits_stored:int|None=None, # e.g. 12 for a 12-bit detector in 16-bit words; default: the dtype's bits
+                window:tuple|None=None, # (center, width) written as WindowCenter/WindowWidth
+                rescale:tuple|None=None, # (slope, intercept) written as RescaleSlope/RescaleIntercept
+                compress:str|None=None, # None: explicit VR little endian; 'jpeg': JPEG baseline (8-bit only), 'rle': RLE lossless
+                quality:int=90, # JPEG quality
+               ) -> Path:
+    "Write `pixels` as a minimal single-frame DICOM image (secondary capture), for tests and generated data sets."
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, generate_uid, SecondaryCaptureImageStorage
+    a = np.asarray(pixels)
+    if a.dtype not in (np.uint8, np.uint16, np.int16) or a.ndim not in (2, 3) or (a.ndim == 3 and (a.shape[-1] != 3 or a.dtype != np.uint8)):
+        raise ValueError(f"pixels must be H x W uint8/uint16/int16 or H x W x 3 uint8, got {a.shape} {a.dtype}")
+    fn = Path(fn)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset(); ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = 'OT', 'SYNTH'
+    ds.Rows, ds.Columns = a.shape[:2]
+    ds.SamplesPerPixel = 3 if a.ndim == 3 else 1
+    ds.PhotometricInterpretation = photometric or ('RGB' if a.ndim == 3 else 'MONOCHROME2')
+    if a.ndim == 3: ds.PlanarConfiguration = 0
+    ds.BitsAllocated = a.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(a.dtype == np.int16)
+    if window is not None: ds.WindowCenter, ds.WindowWidth = [float(v) for v in window]
+    if rescale is not None: ds.RescaleSlope, ds.RescaleIntercept = [float(v) for v in rescale]
+    if compress == 'jpeg':
+        if a.dtype != np.uint8: raise ValueError("compress='jpeg' needs uint8 pixels")
+        from pydicom.encaps import encapsulate
+        buf = io.BytesIO(); Image.fromarray(a).save(buf, format='JPEG', quality=quality)
+        ds.PixelData = encapsulate([buf.getvalue()])
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        if a.ndim == 3: ds.PhotometricInterpretation = 'YBR_FULL_422'
+        ds['PixelData'].VR = 'OB'; ds['PixelData'].is_undefined_length = True
+        ds.LossyImageCompression = '01'
+    else:
+        ds.PixelData = np.ascontiguousarray(a).tobytes()
+        if compress == 'rle': ds.compress(RLELossless)
+        elif compress is not None: raise ValueError(f"compress must be None, 'jpeg' or 'rle', not {compress!r}")
+    fn.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(fn, enforce_file_format=True)
+    return fn
+
 # %% ../nbs/01_synth.ipynb #c033
+def _planted_copy(im:Image.Image, k:int, rng) -> Image.Image:
+    "A near-duplicate of `im`: resized to 70-95% and, every other copy, brightened slightly (re-encoded by the caller)."
+    f = rng.uniform(.70, .95)
+    out = im.resize((max(32, round(im.width * f)), max(32, round(im.height * f))), Image.BILINEAR)
+    return out.point(lambda v: min(255, v + 6)) if k % 2 else out
+
 def make_btxrd(dest, # folder to write; created if missing
                n:int=400, # number of images
                seed:int=0, # random seed: the same seed gives byte-identical files
                size_range=(192, 320), # image width and height are each drawn from [lo, hi] pixels
                quality:int=90, # JPEG quality
+               dicom:bool=False, # write 12-bit DICOM files (`IMG000001.dcm`, MONOCHROME2 with a window) instead of JPEGs
+               duplicates:int=0, # the last `duplicates` images are resized, re-encoded copies of the first ones (listed in duplicates.csv)
               ) -> Path:
     "Write `n` synthetic radiographs and their table to `dest` in the BTXRD layout"
     n = _check_int(n, 'n', 3)
     lo, hi = _check_size_range(size_range)
     quality = _check_int(quality, 'quality', 1)
     if quality > 100: raise ValueError(f"`quality` must be <= 100, got {quality}")
+    duplicates = _check_int(duplicates, 'duplicates', 0)
+    if duplicates > n // 2: raise ValueError(f"`duplicates` must be at most n // 2 = {n // 2}, got {duplicates}")
     meta_rng, img_rng = _rngs(seed)
     df = _metadata(n, meta_rng)
+    if dicom: df['image_id'] = df.image_id.str.replace(r'\.jpe?g$', '.dcm', regex=True)
+    src = list(range(n - duplicates, n))           # rows that become copies, of rows 0, 1, ...
+    for k, i in enumerate(src):                     # a copy carries its original's metadata (label, site, center...)
+        iid = df.image_id.iat[i]; df.iloc[i] = df.iloc[k]; df.iat[i, df.columns.get_loc('image_id')] = iid
     dest = Path(dest)
     (dest / 'images').mkdir(parents=True, exist_ok=True)
     sub = df[SUBTYPE_COLUMNS].to_numpy()
     site = df[SITE_COLUMNS].to_numpy().argmax(1)
+    ims = {}
     for i, r in enumerate(img_rng.spawn(n)):
-        label = 'Malignant' if df.malignant.iat[i] else 'Benign' if df.benign.iat[i] else 'Normal'
-        subtype = SUBTYPE_COLUMNS[sub[i].argmax()] if sub[i].any() else None
-        w, h = (int(v) for v in r.integers(lo, hi + 1, size=2))
-        n_bones = 2 if r.random() < (0.75 if SITE_COLUMNS[site[i]] in _PAIRED else 0.15) else 1
-        im = _radiograph(label, subtype, w, h, r, n_bones)
-        im.save(dest / 'images' / df.image_id.iat[i], format='JPEG', quality=quality)
+        if i >= n - duplicates:
+            k = i - (n - duplicates); im = _planted_copy(ims[k], k, r)
+        else:
+            label = 'Malignant' if df.malignant.iat[i] else 'Benign' if df.benign.iat[i] else 'Normal'
+            subtype = SUBTYPE_COLUMNS[sub[i].argmax()] if sub[i].any() else None
+            w, h = (int(v) for v in r.integers(lo, hi + 1, size=2))
+            n_bones = 2 if r.random() < (0.75 if SITE_COLUMNS[site[i]] in _PAIRED else 0.15) else 1
+            im = _radiograph(label, subtype, w, h, r, n_bones)
+            if i < duplicates: ims[i] = im
+        fn = dest / 'images' / df.image_id.iat[i]
+        if dicom:   # 12 bits of a detector: grey * 16, displayed through a window over the whole range
+            write_dicom(fn, np.asarray(im.convert('L'), dtype=np.uint16) * 16, bits_stored=12, window=(2047.5, 4096))
+        else: im.save(fn, format='JPEG', quality=max(1, quality - 7 * (i >= n - duplicates)))
     df.to_csv(dest / 'dataset.csv', index=False, lineterminator='\n')
     _write_xlsx(df, dest / 'dataset.xlsx')
+    if duplicates:
+        pd.DataFrame({'image_id': df.image_id.iloc[src].values, 'duplicate_of': df.image_id.iloc[:duplicates].values}).to_csv(
+            dest / 'duplicates.csv', index=False, lineterminator='\n')
     return dest
 
 # %% ../nbs/01_synth.ipynb #c042

@@ -8,7 +8,7 @@ Docs: https://medrecipes.github.io/medrecipes/data.images.html.md"""
 
 # %% ../../nbs/02a_data.images.ipynb #c002
 from __future__ import annotations
-import io
+import io, math
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image, ImageOps
@@ -16,8 +16,9 @@ from fastcore.basics import merge
 from fastai.vision.core import PILImage, TensorImage
 
 # %% auto #0
-__all__ = ['RGB_MODES', 'WIDE_MODES', 'IMAGE_MODES', 'describe_source', 'to_uint8', 'read_image', 'ClassifierImage',
-           'image_problem']
+__all__ = ['RGB_MODES', 'WIDE_MODES', 'IMAGE_MODES', 'JPEG_SCALES', 'DICOM_SUFFIXES', 'TIFF_SUFFIXES', 'DICOM_PHOTOMETRIC',
+           'describe_source', 'to_uint8', 'draft_scale', 'is_dicom', 'read_image', 'read_dicom', 'ClassifierImage',
+           'image_problem', 'fit_image', 'read_stored']
 
 # %% ../../nbs/02a_data.images.ipynb #c005
 RGB_MODES = frozenset({'1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LA', 'PA', 'RGBa'})  # PIL converts these to RGB
@@ -60,20 +61,67 @@ def to_uint8(a, # integer or float array, any shape (the channels of a colour im
 
 # %% ../../nbs/02a_data.images.ipynb #c008
 _ORIENTATION = 0x0112  # the EXIF tag
+JPEG_SCALES = (8, 4, 2, 1)   # the DCT scalings a JPEG decoder offers (PIL `Image.draft`)
 
 def _upright(im:Image.Image) -> Image.Image:
     "`im` turned as its EXIF orientation says, or `im` itself when it needs no turn (no copy)."
     return ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) in range(2, 9) else im
 
-def _open(src, what:str) -> Image.Image:
+def draft_scale(w:int, h:int, # the image's size
+                min_side:int, # the longer side must stay at least this long
+               ) -> int:
+    "The largest JPEG DCT reduction (8, 4, 2 or 1) that keeps the longer side of a `w` x `h` image >= `min_side`."
+    return next((s for s in JPEG_SCALES if math.ceil(max(w, h) / s) >= min_side), 1)
+
+def _draft(f:Image.Image, min_side:int|None):
+    "Ask PIL's JPEG decoder for the smallest DCT scale whose longer side is still >= `min_side` (no-op for other formats)."
+    if not min_side or f.format != 'JPEG' or f.mode not in ('RGB', 'L'): return
+    w, h = f.size
+    s = draft_scale(w, h, min_side)
+    if s > 1: f.draft(f.mode, (max(1, w // s), max(1, h // s)))   # PIL picks the largest s with w // (w//s) >= s: exactly s
+
+DICOM_SUFFIXES = ('.dcm', '.dicom')
+TIFF_SUFFIXES = ('.tif', '.tiff')
+
+def is_dicom(fn:str|Path) -> bool:
+    "Whether `fn` is a DICOM file: a `.dcm`/`.dicom` suffix, or the `DICM` magic at byte 128."
+    if Path(fn).suffix.lower() in DICOM_SUFFIXES: return True
+    try:
+        with open(fn, 'rb') as f: return f.read(132)[128:] == b'DICM'
+    except OSError: return False
+
+def _open(src, what:str, draft:int|None=None) -> Image.Image:
     "Decode a file or its bytes, upright, as a plain `Image` no longer tied to the file."
+    if isinstance(src, (str, Path)) and is_dicom(src): return Image.fromarray(read_dicom(src))
     try:
         with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as f:
-            f.load()
-            im = _upright(f)
-            return f._new(f.im) if im is f else im    # `_new` shares the decoded pixels: no copy (as fastai's `load_image`)
+            if f.format == 'TIFF' and f.mode not in WIDE_MODES and _tiff_bits(f) > 8: wide = True   # PIL keeps 8 of them
+            else:
+                wide = False
+                _draft(f, draft)
+            if not wide:
+                f.load()
+                im = _upright(f)
+                return f._new(f.im) if im is f else im    # `_new` shares the decoded pixels: no copy (as fastai's `load_image`)
+        return _open_tiff(src, what, None)
     except FileNotFoundError: raise FileNotFoundError(f"image file {what} does not exist") from None
-    except Exception as e: raise ValueError(f"cannot decode image {what}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        if isinstance(src, (str, Path)) and Path(src).suffix.lower() in TIFF_SUFFIXES: return _open_tiff(src, what, e)
+        raise ValueError(f"cannot decode image {what}: {type(e).__name__}: {e}") from e
+
+def _tiff_bits(f:Image.Image) -> int:
+    bits = f.tag_v2.get(258, 8)     # BitsPerSample
+    return max(bits) if isinstance(bits, tuple) else int(bits)
+
+def _open_tiff(fn, what:str, err:Exception|None) -> Image.Image:
+    "The TIFFs PIL cannot read (16-bit RGB, multi-sample, float RGB) through `tifffile`; 8-bit or windowed by `to_uint8`."
+    try:
+        import tifffile
+        a = np.squeeze(tifffile.imread(io.BytesIO(fn) if isinstance(fn, bytes) else fn))
+    except Exception as e:
+        pil = f"{type(err).__name__}: {err}; " if err is not None else ''
+        raise ValueError(f"cannot decode image {what}: {pil}tifffile: {type(e).__name__}: {e}") from e
+    return _from_array(a, what, None)
 
 def _from_array(a:np.ndarray, what:str, window) -> Image.Image:
     if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
@@ -81,9 +129,10 @@ def _from_array(a:np.ndarray, what:str, window) -> Image.Image:
         raise ValueError(f"{what}: expected an H x W or H x W x 1/3/4 array (gray, RGB or RGBA)")
     return Image.fromarray(np.ascontiguousarray(to_uint8(a, window, what)))
 
-def read_image(src, # a file (`str`, `Path` or its `bytes`), a PIL image, an H x W (x 1/3/4) array, or a fastai `TensorImage`
+def read_image(src, # a file (`str`, `Path` or its `bytes`; JPEG, PNG, TIFF, DICOM...), a PIL image, an H x W (x 1/3/4) array, or a fastai `TensorImage`
                mode:str='RGB', # 'RGB' (gray replicated to three channels) or 'L'
                window:tuple|None=None, # for 16-bit, 32-bit and float images: see `to_uint8`
+               draft:int|None=None, # JPEG files: decode at the smallest DCT scale whose longer side is still >= `draft` pixels
               ) -> Image.Image:
     "Read `src` as an upright 8-bit `mode` image; errors name the source and what was expected."
     if mode not in ('RGB', 'L'): raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
@@ -92,13 +141,69 @@ def read_image(src, # a file (`str`, `Path` or its `bytes`), a PIL image, an H x
     if isinstance(src, torch.Tensor): src = src.detach().cpu().numpy()
     if isinstance(src, np.ndarray): im = _from_array(src, what, window)
     elif isinstance(src, Image.Image): im = _upright(src)
-    elif isinstance(src, (str, Path, bytes)): im = _open(src, what)
+    elif isinstance(src, (str, Path, bytes)): im = _open(src, what, draft)
     else: raise TypeError(f"cannot read {what} as an image: expected a file path (str or pathlib.Path), bytes, a PIL image "
                           f"or an H x W (x 1/3/4) numpy array")
     if im.mode in WIDE_MODES: im = Image.fromarray(to_uint8(np.asarray(im), window, what))
     elif im.mode not in RGB_MODES: raise ValueError(f"{what}: image mode {im.mode!r} is not supported: {_EXPECTED}")
     if im.mode != mode: im = im.convert(mode)
     return im.copy() if im is src else im        # never hand back (and retype) the caller's own image
+
+# %% ../../nbs/02a_data.images.ipynb #d002
+DICOM_PHOTOMETRIC = ('MONOCHROME1', 'MONOCHROME2', 'RGB', 'YBR_FULL', 'YBR_FULL_422', 'YBR_ICT', 'YBR_RCT')
+
+def _window(a:np.ndarray, center:float, width:float, function:str='LINEAR') -> np.ndarray:
+    "DICOM's VOI window (PS3.3 C.11.2.1.2) onto 0..1."
+    if function == 'LINEAR_EXACT': y = (a - center) / max(width, 1e-12) + .5
+    elif function == 'SIGMOID': y = 1 / (1 + np.exp(-4 * (a - center) / max(width, 1e-12)))
+    else: y = (a - (center - .5)) / max(width - 1, 1e-12) + .5
+    return np.clip(y, 0, 1)
+
+def _robust_uint8(a:np.ndarray, what:str) -> np.ndarray:
+    sub = a[::4, ::4] if a.size > 1 << 20 else a       # percentiles of a subsample: 16x cheaper on a large radiograph
+    lo, hi = (float(v) for v in np.percentile(sub, (0.5, 99.5)))
+    if hi <= lo: return to_uint8(a, None, what)
+    return (np.clip((a.astype(np.float32) - lo) * (255. / (hi - lo)), 0, 255) + .5).astype(np.uint8)
+
+def _first(v): return float(v[0] if isinstance(v, (list, tuple)) or hasattr(v, '__len__') and not isinstance(v, str) else v)
+
+def read_dicom(fn:str|Path) -> np.ndarray:
+    "The pixels of the DICOM file `fn` as displayed: uint8, H x W (monochrome) or H x W x 3 (colour)."
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    try: ds = pydicom.dcmread(fn)
+    except FileNotFoundError: raise FileNotFoundError(f"image file {fn} does not exist") from None
+    except Exception as e: raise ValueError(f"cannot read DICOM file {fn}: {type(e).__name__}: {e}") from e
+    if not any(k in ds for k in ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')):
+        raise ValueError(f"DICOM file {fn} has no pixel data (element PixelData (7FE0,0010) is missing): expected an image")
+    pi = str(ds.get('PhotometricInterpretation', '')).strip()
+    if pi not in DICOM_PHOTOMETRIC:
+        raise ValueError(f"DICOM file {fn}: photometric interpretation {pi!r} is not supported: expected one of {', '.join(DICOM_PHOTOMETRIC)}")
+    if int(ds.get('NumberOfFrames', 1) or 1) > 1:
+        raise ValueError(f"DICOM file {fn} holds {int(ds.NumberOfFrames)} frames: expected a single image")
+    ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
+    if ts is not None and ts.is_compressed:
+        from pydicom.pixels import get_decoder
+        try: dec = get_decoder(ts)
+        except Exception: dec = None
+        if dec is None or not dec.is_available:
+            need = '; '.join(dec.missing_dependencies) if dec is not None else 'no pydicom decoder exists for it'
+            raise RuntimeError(f"DICOM file {fn}: pixel data compressed as {ts.name} ({ts}) and no decoder for it is installed "
+                               f"(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg; pydicom says: {need})")
+    try: a = ds.pixel_array
+    except Exception as e: raise ValueError(f"cannot decode the pixel data of DICOM file {fn} ({ts.name if ts else 'unknown transfer syntax'}): "
+                                            f"{type(e).__name__}: {e}") from e
+    if not pi.startswith('MONOCHROME'):
+        if a.ndim != 3 or a.shape[-1] != 3: raise ValueError(f"DICOM file {fn}: {pi} pixel data of shape {a.shape}: expected H x W x 3")
+        return to_uint8(a, None, str(fn)) if a.dtype != np.uint8 else a
+    if a.ndim != 2: raise ValueError(f"DICOM file {fn}: monochrome pixel data of shape {a.shape}: expected H x W")
+    a = apply_modality_lut(a, ds)
+    if 'VOILUTSequence' in ds: y = to_uint8(apply_voi_lut(a, ds, index=0, prefer_lut=True), None, str(fn))
+    elif 'WindowCenter' in ds and 'WindowWidth' in ds:
+        fun = str(ds.get('VOILUTFunction', 'LINEAR')).strip() or 'LINEAR'
+        y = (_window(a.astype(np.float64), _first(ds.WindowCenter), _first(ds.WindowWidth), fun) * 255 + .5).astype(np.uint8)
+    else: y = _robust_uint8(a, str(fn))
+    return 255 - y if pi == 'MONOCHROME1' else y
 
 # %% ../../nbs/02a_data.images.ipynb #c016
 class ClassifierImage(PILImage):
@@ -108,10 +213,51 @@ class ClassifierImage(PILImage):
         "Read `fn` (a file, bytes, a PIL image or an array) with `read_image`."
         return cls(read_image(fn, **merge(cls._open_args, kwargs)))
 
+def _dicom_problem(fn) -> str|None:
+    import pydicom
+    try: ds = pydicom.dcmread(fn, defer_size=1024)          # the header, and where the pixels are: not the pixels
+    except Exception as e: return type(e).__name__
+    if not any(k in ds for k in ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')): return "DICOM without pixel data"
+    pi = str(ds.get('PhotometricInterpretation', '')).strip()
+    if pi not in DICOM_PHOTOMETRIC: return f"DICOM photometric interpretation {pi!r} not supported: expected one of {', '.join(DICOM_PHOTOMETRIC)}"
+    if int(ds.get('NumberOfFrames', 1) or 1) > 1: return f"DICOM with {int(ds.NumberOfFrames)} frames: expected a single image"
+    return None
+
 def image_problem(fn:str|Path) -> str|None:
     "Why `read_image` cannot read the file `fn`, judged from its header alone (cheap); None if it can."
+    if not Path(fn).is_file(): return 'FileNotFoundError'
+    if is_dicom(fn): return _dicom_problem(fn)
     try:
         with Image.open(fn) as im: mode = im.mode
-    except Exception as e: return type(e).__name__
+    except Exception as e:
+        if Path(fn).suffix.lower() in TIFF_SUFFIXES:
+            try:
+                import tifffile
+                with tifffile.TiffFile(fn) as t: page = t.pages[0]; shape, dt = page.shape, page.dtype
+                if dt.kind in 'uif' and (len(shape) == 2 or shape[-1] in (1, 3, 4)): return None
+                return f"TIFF of shape {shape} and dtype {dt}: expected H x W (x 1/3/4) integer or float pixels"
+            except Exception: pass
+        return type(e).__name__
     if mode not in IMAGE_MODES: return f"mode {mode!r} not supported: {_EXPECTED}"
     return None
+
+# %% ../../nbs/02a_data.images.ipynb #s002
+def fit_image(im:Image.Image, stored:int) -> Image.Image:
+    "Shrink `im` to fit inside `stored` x `stored` (aspect kept; bilinear, antialiased as PIL does); never enlarged."
+    w, h = im.size
+    if max(w, h) <= stored: return im
+    f = stored / max(w, h)
+    return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
+
+def read_stored(src, # anything `read_image` reads
+                stored:int, # the stored image fits inside `stored` x `stored`
+                draft:int|None=None, # JPEG: decode at the smallest DCT scale whose longer side is still >= `draft` (None: in full)
+                min_side:int=0, # an image whose longer side is shorter is an error naming it
+                window:tuple|None=None, # for 16-bit, 32-bit and float images: see `to_uint8`
+               ) -> Image.Image:
+    "Read `src` as RGB (`read_image`), decoded at draft scale, checked for size and shrunk to fit `stored`."
+    im = read_image(src, 'RGB', window, draft)
+    if min_side and max(im.size) < min_side:
+        raise ValueError(f"image {describe_source(src)} is {im.size[0]} x {im.size[1]} pixels, too small for the stored size "
+                         f"{stored}: expected the longer side to be at least {min_side} pixels (lower `min_image_size` to accept it)")
+    return fit_image(im, stored)
