@@ -16,6 +16,7 @@ from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock
                                aug_transforms, Normalize, imagenet_stats)
 from ..core import default_device
 from .images import ClassifierImage, image_problem
+from .cache import stored_images
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'scan_class_folders', 'check_image_files', 'FolderImage', 'folder_augmentations',
@@ -85,6 +86,12 @@ class FolderDataLoaders(DataLoaders):
                     device=None, # where batches go; None: CUDA when available
                     stats=imagenet_stats, # (mean, std) of the model's pretraining
                     verify_images:bool=True, # open every image header first, so a broken file fails now and by name
+                    cache:bool=False, # decode every image once into a memory-mapped cache (`medrecipes.data.cache`)
+                    cache_dir:str|Path|None=None, # where the cache lives (default: `path/.medrecipes-cache`)
+                    cache_size:int|None=None, # images are stored fit inside this square (default: 2 x `size`)
+                    draft:bool=True, # JPEG draft decoding (DCT scaling) down to >= 2 x `size` (see `read_stored`)
+                    min_image_size:int|None=None, # a smaller image (longer side) is an error; default: a quarter of the stored size
+                    progress:bool=True, # a progress bar while the cache is built
                     **kwargs):
         "Build train/valid `DataLoaders` from class folders; the test split, if any, is `dls.test_dl()`."
         path = Path(path)
@@ -102,10 +109,13 @@ class FolderDataLoaders(DataLoaders):
         files = {s: [f for c in sorted(sc) for f in sc[c]] for s, sc in scans.items()}
         if verify_images:
             for s, fs in files.items(): check_image_files(fs, f'{s} image')
+        reader = stored_images([f for fs in files.values() for f in fs], size, path, cache=cache, cache_dir=cache_dir,
+                               cache_size=cache_size, draft=draft, min_image_size=min_image_size, name=path.name or 'images',
+                               progress=progress)
         mean, std = [float(v) for v in stats[0]], [float(v) for v in stats[1]]
         augs = [] if augment is False else folder_augmentations(**(augment if isinstance(augment, dict) else {}))
         n_tr, n_va = len(files['train']), len(files['valid'])
-        dblock = DataBlock(blocks=(ImageBlock(FolderImage), CategoryBlock(vocab=vocab, sort=False)), get_y=parent_label,
+        dblock = DataBlock(blocks=(ImageBlock(FolderImage), CategoryBlock(vocab=vocab, sort=False)), get_x=reader, get_y=parent_label,
                            splitter=IndexSplitter(list(range(n_tr, n_tr + n_va))),
                            item_tfms=Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros),
                            batch_tfms=augs + [Normalize.from_stats(mean, std)])
@@ -114,6 +124,7 @@ class FolderDataLoaders(DataLoaders):
         dls = cls(*base.loaders, path=path, device=base.device)   # `from_dblock` returns a plain `DataLoaders`
         if seed is not None: dls.train.rng = random.Random(seed)
         dls.files, dls.split_folders = files, {s: path/n for s, n in names.items() if s in files}
+        dls.stored, dls.preprocessing = reader, reader.signature()   # the first stage (and its cache) and what it does
         dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB'}
         return dls
 

@@ -16,9 +16,9 @@ from fastcore.basics import merge
 from fastai.vision.core import PILImage, TensorImage
 
 # %% auto #0
-__all__ = ['RGB_MODES', 'WIDE_MODES', 'IMAGE_MODES', 'JPEG_SCALES', 'DICOM_SUFFIXES', 'TIFF_SUFFIXES', 'DICOM_PHOTOMETRIC',
-           'describe_source', 'to_uint8', 'draft_scale', 'is_dicom', 'read_image', 'read_dicom', 'ClassifierImage',
-           'image_problem', 'fit_image', 'read_stored']
+__all__ = ['RGB_MODES', 'WIDE_MODES', 'IMAGE_MODES', 'JPEG_SCALES', 'DRAFT_MIN_SOURCE', 'DICOM_SUFFIXES', 'TIFF_SUFFIXES',
+           'DICOM_PHOTOMETRIC', 'describe_source', 'to_uint8', 'draft_scale', 'is_dicom', 'read_image', 'read_dicom',
+           'ClassifierImage', 'image_problem', 'fit_image', 'read_stored']
 
 # %% ../../nbs/02a_data.images.ipynb #c005
 RGB_MODES = frozenset({'1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LA', 'PA', 'RGBa'})  # PIL converts these to RGB
@@ -62,6 +62,7 @@ def to_uint8(a, # integer or float array, any shape (the channels of a colour im
 # %% ../../nbs/02a_data.images.ipynb #c008
 _ORIENTATION = 0x0112  # the EXIF tag
 JPEG_SCALES = (8, 4, 2, 1)   # the DCT scalings a JPEG decoder offers (PIL `Image.draft`)
+DRAFT_MIN_SOURCE = 1024      # smaller JPEGs decode in a few ms in full: draft decoding is kept for those it pays off on
 
 def _upright(im:Image.Image) -> Image.Image:
     "`im` turned as its EXIF orientation says, or `im` itself when it needs no turn (no copy)."
@@ -77,6 +78,7 @@ def _draft(f:Image.Image, min_side:int|None):
     "Ask PIL's JPEG decoder for the smallest DCT scale whose longer side is still >= `min_side` (no-op for other formats)."
     if not min_side or f.format != 'JPEG' or f.mode not in ('RGB', 'L'): return
     w, h = f.size
+    if max(w, h) < DRAFT_MIN_SOURCE: return
     s = draft_scale(w, h, min_side)
     if s > 1: f.draft(f.mode, (max(1, w // s), max(1, h // s)))   # PIL picks the largest s with w // (w//s) >= s: exactly s
 

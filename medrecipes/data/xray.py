@@ -15,6 +15,7 @@ from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock
                                ResizeMethod, PadMode, aug_transforms, Normalize, imagenet_stats, delegates)
 from ..core import atomic_write
 from .images import ClassifierImage, image_problem
+from .cache import stored_images
 
 # %% auto #0
 __all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'find_metadata', 'read_btxrd_metadata', 'check_images',
@@ -183,12 +184,21 @@ class XrayDataLoaders(DataLoaders):
                    stats=imagenet_stats, # (mean, std) of the model's pretraining
                    verify_images:bool=True, # open every image header first (see `check_images`)
                    drop_last:bool=False, # fastai drops the last partial training batch by default; we keep every image
+                   cache:bool=True, # decode every image once into a memory-mapped cache (`medrecipes.data.cache`)
+                   cache_dir:str|Path|None=None, # where the cache lives (default: `path/.medrecipes-cache`)
+                   cache_size:int|None=None, # images are stored fit inside this square (default: 2 x `size`)
+                   draft:bool=True, # JPEG draft decoding (DCT scaling) down to >= 2 x `size` (see `read_stored`)
+                   min_image_size:int|None=None, # a smaller image (longer side) is an error; default: a quarter of the stored size
+                   progress:bool=True, # a progress bar while the cache is built
                    **kwargs):
         "Build train/valid `DataLoaders` from a BTXRD folder; the test split is kept in `dls.split_df`."
         path = Path(path)
         df = read_btxrd_metadata(meta or path)
         img_dir = Path(img_dir) if img_dir is not None else path/'images'
         if verify_images: check_images(df, img_dir)
+        reader = stored_images([img_dir/i for i in df.image_id], size, path, cache=cache, cache_dir=cache_dir, cache_size=cache_size,
+                               draft=draft, min_image_size=min_image_size, col='image_id', pref=img_dir, name=path.name or 'btxrd',
+                               progress=progress)
         if str(split) in SPLIT_KINDS: split_df, split_name = make_split(df, split, seed, valid_pct, test_pct), split
         else: split_df, split_name = load_split(split, df), Path(split).stem
         check_split(split_df, df)
@@ -198,12 +208,13 @@ class XrayDataLoaders(DataLoaders):
         mean, std = [float(v) for v in stats[0]], [float(v) for v in stats[1]]
         tfms = (xray_augmentations(size) if augment else []) + [Normalize.from_stats(mean, std)]
         dblock = DataBlock(blocks=(ImageBlock(Radiograph), CategoryBlock(vocab=XRAY_CLASSES, sort=False)),
-                           get_x=ColReader('image_id', pref=img_dir), get_y=ColReader('label'),
+                           get_x=reader, get_y=ColReader('label'),
                            splitter=ColSplitter('is_valid'),
                            item_tfms=Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), batch_tfms=tfms)
         base = cls.from_dblock(dblock, trval, path=path, bs=bs, drop_last=drop_last, **kwargs)
         dls = cls(*base.loaders, path=path, device=base.device)  # `from_dblock` returns a plain `DataLoaders`
         dls.split_df, dls.split_name, dls.items_df, dls.img_dir = split_df, split_name, items, img_dir
+        dls.stored, dls.preprocessing = reader, reader.signature()   # the first stage (and its cache) and what it does
         dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB'}
         return dls
 
