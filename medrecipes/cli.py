@@ -48,6 +48,8 @@ def _parser():
     s.add_argument('--looks', type=float, default=1, help='sar: number of looks of the speckle')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--force', action='store_true', help='write even if dest already holds a data set')
+    s.add_argument('--dicom', action='store_true', help='btxrd: write 12-bit DICOM files (.dcm) instead of JPEGs')
+    s.add_argument('--duplicates', type=int, default=0, help='btxrd: plant this many near-duplicate images (listed in duplicates.csv)')
     return p
 
 def parse_args(argv=None):
@@ -72,7 +74,8 @@ def _synth(args):
         from medrecipes.synth import make_btxrd
         if (dest/'dataset.csv').exists() and not args.force:
             print(f"{dest} already holds a data set; use --force to write it again"); return 0
-        n = args.n or 400; make_btxrd(dest, n=n, seed=args.seed); print(f"wrote {n} images to {dest}"); return 0
+        n = args.n or 400; make_btxrd(dest, n=n, seed=args.seed, dicom=args.dicom, duplicates=args.duplicates)
+        print(f"wrote {n} images to {dest}"); return 0
     if args.kind == 'sar':
         from medrecipes.synth import make_sar
         if (dest/'metadata.json').exists() and not args.force:

@@ -53,6 +53,11 @@ class XrayData:
     batch_size:int=32
     num_workers:int=2
     augment:bool=True
+    cache:bool=True               # decode every image once into a memory-mapped uint8 cache (medrecipes.data.cache)
+    cache_dir:Optional[str]=None  # where the cache lives (null: <path>/.medrecipes-cache)
+    cache_size:Optional[int]=None # images are stored fit inside this square (null: 2 x size)
+    draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size
+    min_image_size:Optional[int]=None   # a smaller image (longer side) is an error (null: a quarter of the stored size)
 
 @dataclass
 class XrayTrainer:
@@ -162,6 +167,11 @@ class FolderData:
     num_workers:int=0
     augment:bool=True             # rotation, zoom, lighting on training batches
     flip:bool=False               # also random horizontal flips
+    cache:bool=False              # decode every image once into a memory-mapped uint8 cache (medrecipes.data.cache)
+    cache_dir:Optional[str]=None  # where the cache lives (null: <path>/.medrecipes-cache)
+    cache_size:Optional[int]=None # images are stored fit inside this square (null: 2 x size)
+    draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size
+    min_image_size:Optional[int]=None   # a smaller image (longer side) is an error (null: a quarter of the stored size)
 
 @dataclass
 class FolderTrainer:

@@ -107,7 +107,9 @@ def xray_dls_from_config(cfg:dict) -> XrayDataLoaders:
     "The `XrayDataLoaders` a config describes."
     return XrayDataLoaders.from_btxrd(cfg['data_path'], split=cfg['split'], seed=cfg['seed'], size=cfg['size'], bs=cfg['bs'],
                                       valid_pct=cfg['valid_pct'], test_pct=cfg['test_pct'], meta=cfg['meta'], img_dir=cfg['img_dir'],
-                                      augment=cfg['augment'], num_workers=cfg['num_workers'], device=default_device(cfg['device']))
+                                      augment=cfg['augment'], num_workers=cfg['num_workers'], device=default_device(cfg['device']),
+                                      cache=cfg['cache'], cache_dir=cfg['cache_dir'], cache_size=cfg['cache_size'], draft=cfg['draft'],
+                                      min_image_size=cfg['min_image_size'], progress=cfg['progress'])
 
 def train_xray(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
                overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings
