@@ -58,6 +58,7 @@ class XrayData:
     cache_size:Optional[int]=None # images are stored fit inside this square (null: 2 x size)
     draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size
     min_image_size:Optional[int]=None   # a smaller image (longer side) is an error (null: a quarter of the stored size)
+    dup_distance:Optional[int]=4  # near-duplicates (perceptual hashes <= 4 of 64 bits apart) share a split (null: no check)
 
 @dataclass
 class XrayTrainer:

@@ -109,7 +109,7 @@ def xray_dls_from_config(cfg:dict) -> XrayDataLoaders:
                                       valid_pct=cfg['valid_pct'], test_pct=cfg['test_pct'], meta=cfg['meta'], img_dir=cfg['img_dir'],
                                       augment=cfg['augment'], num_workers=cfg['num_workers'], device=default_device(cfg['device']),
                                       cache=cfg['cache'], cache_dir=cfg['cache_dir'], cache_size=cfg['cache_size'], draft=cfg['draft'],
-                                      min_image_size=cfg['min_image_size'], progress=cfg['progress'])
+                                      min_image_size=cfg['min_image_size'], dup_distance=cfg['dup_distance'], progress=cfg['progress'])
 
 def train_xray(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
                overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings
@@ -127,7 +127,10 @@ def train_xray(config=None, # a config object, a dict (nested or flat keys) or a
     run = learn.run_dir
     prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
     if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checks config and split first
-    if is_rank0(): save_config(cfg, run/'config.yaml'); save_split(dls.split_df, run/'split.csv')
+    if is_rank0():
+        save_config(cfg, run/'config.yaml'); save_split(dls.split_df, run/'split.csv')
+        leaks = getattr(dls, 'leak_report', None)   # near-duplicates across the splits of a split loaded from a file
+        if leaks is not None and len(leaks): atomic_write(run/'leak_report.csv', lambda t: leaks.to_csv(t, index=False))
     fit = learn.fit_one_cycle if cfg['schedule'] == 'one_cycle' else learn.fit
     with distributed(learn, sync_bn=cfg['sync_bn']):
         t0 = time.time()

@@ -8,6 +8,7 @@ Docs: https://medrecipes.github.io/medrecipes/data.xray.html.md"""
 
 # %% ../../nbs/02_data.xray.ipynb #c002
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from sklearn.model_selection import train_test_split
@@ -18,9 +19,9 @@ from .images import ClassifierImage, image_problem
 from .cache import stored_images
 
 # %% auto #0
-__all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'find_metadata', 'read_btxrd_metadata', 'check_images',
-           'make_split', 'check_split', 'save_split', 'load_split', 'Radiograph', 'xray_augmentations',
-           'XrayDataLoaders']
+__all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'DUP_DISTANCE', 'find_metadata', 'read_btxrd_metadata',
+           'check_images', 'make_split', 'check_split', 'save_split', 'load_split', 'near_duplicate_pairs',
+           'near_duplicate_groups', 'leak_report', 'Radiograph', 'xray_augmentations', 'XrayDataLoaders']
 
 # %% ../../nbs/02_data.xray.ipynb #c005
 XRAY_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -108,26 +109,33 @@ def make_split(df:pd.DataFrame, # checked metadata with a `label` column
                seed:int=42, # random seed of the split
                valid_pct:float=0.15, # fraction of all images for validation (stratified); the same train:valid ratio for `center`
                test_pct:float=0.15, # fraction of all images for test (stratified only)
+               groups=None, # near-duplicate group of each row of `df` (`near_duplicate_groups`): a group stays in one split
               ) -> pd.DataFrame:
-    "Assign every image to train, valid or test."
+    "Assign every image to train, valid or test; the images of one near-duplicate group to the same one."
     if kind not in SPLIT_KINDS: raise ValueError(f"split kind must be one of {SPLIT_KINDS}, not {kind!r}")
     if not (0 < valid_pct < 1 and 0 <= test_pct < 1 and valid_pct + test_pct < 1):
         raise ValueError(f"valid_pct={valid_pct} and test_pct={test_pct} must be fractions summing to less than 1")
     out = df[['image_id', 'label', 'center']].copy()
     out['split'] = 'train'
+    if groups is not None:
+        if len(groups) != len(df): raise ValueError(f"groups must give one group per row of the metadata ({len(df)}), got {len(groups)}")
+        out['group'] = np.asarray(groups, dtype=object)
     ids = out.index.values[np.argsort(out.image_id.astype(str).values, kind='stable')]   # by image id, not by sheet row
+    grp = out.group if groups is not None else out.image_id
+    reps = ids[~grp[ids].duplicated().values]        # one image per group (its first by id) is drawn; the group follows it
     if kind == 'stratified':
-        rest, test = _strat(ids, out.label[ids].values, test_pct, seed, 'test') if test_pct > 0 else (ids, [])
+        rest, test = _strat(reps, out.label[reps].values, test_pct, seed, 'test') if test_pct > 0 else (reps, [])
         _, valid = _strat(rest, out.label[rest].values, valid_pct/(1-test_pct), seed, 'valid')
     else:
         unknown = ~out.center.isin([1, 2, 3])
         if unknown.any(): raise ValueError(f"center split: column 'center' must be 1, 2 or 3; bad values in {_rows(df, unknown)}")
-        c1 = ids[out.center[ids].values == 1]
-        test = out.index[out.center != 1].values
+        outside = set(grp[out.center != 1])          # a group with any image from centers 2-3 is test, whole
+        c1 = reps[(out.center[reps].values == 1) & ~grp[reps].isin(outside).values]
+        test = [i for i in reps if grp[i] in outside]
         if len(c1) == 0: raise ValueError("center split: no images from center 1 to train on")
         _, valid = _strat(c1, out.label[c1].values, valid_pct/(1-test_pct), seed, 'center-1 valid')
-    out.loc[valid, 'split'] = 'valid'
-    out.loc[test, 'split'] = 'test'
+    out.loc[grp.isin(set(grp[valid])), 'split'] = 'valid'
+    out.loc[grp.isin(set(grp[test])), 'split'] = 'test'
     return out
 
 def check_split(split:pd.DataFrame, df:pd.DataFrame|None=None, # the split table, and the metadata it must cover
@@ -158,6 +166,43 @@ def save_split(split:pd.DataFrame, path:str|Path) -> Path:
 def load_split(path:str|Path, df:pd.DataFrame|None=None) -> pd.DataFrame:
     "Load and check a split CSV written by `save_split`."
     return check_split(pd.read_csv(path), df, where=str(path))
+
+# %% ../../nbs/02_data.xray.ipynb #c012d
+DUP_DISTANCE = 4   # largest Hamming distance (of 64 bits) between the perceptual hashes of near-duplicates
+
+def _hash_bits(hashes) -> np.ndarray: return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+
+def near_duplicate_pairs(hashes:list, # 16-hex-digit perceptual hashes (`medrecipes.data.cache.perceptual_hash`)
+                         max_distance:int=DUP_DISTANCE, chunk:int=512) -> list:
+    "Every pair (i, j, distance), i < j, whose hashes differ in at most `max_distance` bits."
+    h, out = _hash_bits(hashes), []
+    for s in range(0, len(h), chunk):
+        d = np.bitwise_count(h[s:s + chunk, None] ^ h[None, :])
+        for i, j in zip(*np.nonzero(d <= max_distance)):
+            if s + i < j: out.append((int(s + i), int(j), int(d[i, j])))
+    return out
+
+def near_duplicate_groups(ids:list, hashes:list, max_distance:int=DUP_DISTANCE) -> list:
+    "The group of each image: the smallest image id among the images linked to it by near-duplicate pairs (itself if none)."
+    parent = list(range(len(ids)))
+    def find(i):
+        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
+        return i
+    for i, j, _ in near_duplicate_pairs(hashes, max_distance): parent[find(i)] = find(j)
+    roots = [find(i) for i in range(len(ids))]
+    first = {}
+    for i, r in enumerate(roots): first[r] = min(first.get(r, str(ids[i])), str(ids[i]))
+    return [first[r] for r in roots]
+
+def leak_report(split:pd.DataFrame, # a split table (`image_id`, `split`)
+                ids:list, hashes:list, # every image's id and perceptual hash
+                max_distance:int=DUP_DISTANCE) -> pd.DataFrame:
+    "Near-duplicate pairs whose images sit in different splits: one row per pair, with both splits and the hash distance."
+    where = dict(zip(split.image_id.astype(str), split.split))
+    rows = [(str(ids[i]), where.get(str(ids[i])), str(ids[j]), where.get(str(ids[j])), d)
+            for i, j, d in near_duplicate_pairs(hashes, max_distance)]
+    df = pd.DataFrame(rows, columns=['image_id', 'split', 'duplicate_id', 'duplicate_split', 'distance'])
+    return df[df.split != df.duplicate_split].reset_index(drop=True)
 
 # %% ../../nbs/02_data.xray.ipynb #c014
 class Radiograph(ClassifierImage):
@@ -190,6 +235,7 @@ class XrayDataLoaders(DataLoaders):
                    draft:bool=True, # JPEG draft decoding (DCT scaling) down to >= 2 x `size` (see `read_stored`)
                    min_image_size:int|None=None, # a smaller image (longer side) is an error; default: a quarter of the stored size
                    progress:bool=True, # a progress bar while the cache is built
+                   dup_distance:int|None=DUP_DISTANCE, # near-duplicates (hash distance <= this) share a split; None: no check
                    **kwargs):
         "Build train/valid `DataLoaders` from a BTXRD folder; the test split is kept in `dls.split_df`."
         path = Path(path)
@@ -199,8 +245,18 @@ class XrayDataLoaders(DataLoaders):
         reader = stored_images([img_dir/i for i in df.image_id], size, path, cache=cache, cache_dir=cache_dir, cache_size=cache_size,
                                draft=draft, min_image_size=min_image_size, col='image_id', pref=img_dir, name=path.name or 'btxrd',
                                progress=progress)
-        if str(split) in SPLIT_KINDS: split_df, split_name = make_split(df, split, seed, valid_pct, test_pct), split
-        else: split_df, split_name = load_split(split, df), Path(split).stem
+        hashes = groups = leaks = None
+        if dup_distance is not None:
+            hashes = reader.hashes([img_dir/i for i in df.image_id])
+            groups = near_duplicate_groups(list(df.image_id), hashes, dup_distance)
+        if str(split) in SPLIT_KINDS: split_df, split_name = make_split(df, split, seed, valid_pct, test_pct, groups=groups), split
+        else:
+            split_df, split_name = load_split(split, df), Path(split).stem
+            if hashes is not None:
+                leaks = leak_report(split_df, list(df.image_id), hashes, dup_distance)
+                if len(leaks): warnings.warn(f"split {split}: {len(leaks)} pair(s) of near-duplicate images sit in different splits, e.g. "
+                                             + ', '.join(f"{r.image_id} ({r.split}) ~ {r.duplicate_id} ({r.duplicate_split})" for r in leaks.head(3).itertuples())
+                                             + ": the reported figures are inflated; the pairs are in dls.leak_report", stacklevel=2)
         check_split(split_df, df)
         items = df.merge(split_df[['image_id', 'split']], on='image_id', validate='one_to_one')
         trval = items[items.split != 'test'].reset_index(drop=True)
@@ -215,6 +271,7 @@ class XrayDataLoaders(DataLoaders):
         dls = cls(*base.loaders, path=path, device=base.device)  # `from_dblock` returns a plain `DataLoaders`
         dls.split_df, dls.split_name, dls.items_df, dls.img_dir = split_df, split_name, items, img_dir
         dls.stored, dls.preprocessing = reader, reader.signature()   # the first stage (and its cache) and what it does
+        dls.hashes, dls.leak_report = None if hashes is None else dict(zip(df.image_id, hashes)), leaks
         dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB'}
         return dls
 
