@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/folder_precision.py
 	$(BIN)/python benchmarks/ddp_scaling.py
 	$(BIN)/python benchmarks/xray_throughput.py
+	$(BIN)/python benchmarks/xray_data.py
 
 clean:
 	rm -rf build dist *.egg-info _proc _docs runs .pytest_cache

@@ -187,9 +187,18 @@ class StoredImages(Transform):
         return read_stored(o, self.stored, self.draft, self.min_side, self.window)
     def _cached(self, o) -> int|None:
         "The cache index of file `o` if the cache holds it as it is now (one `stat`: a file changed since is decoded again)."
+        if self.cache is None and getattr(self, '_cache_path', None):   # unpickled (an exported learner): reopen it if it is there
+            try: self.cache = ImageCache(self._cache_path)
+            except Exception: pass
+            self._cache_path = None
         if self.cache is None or not isinstance(o, (str, Path)) or (i := self.cache.lookup(o)) is None: return None
         try: return i if tuple(file_stamp(o)) == self.cache.stamps[i] else None
         except OSError: return None
+    def __getstate__(self):
+        "Pickled (`learn.export`, spawned workers) without the cache's index: only its folder, reopened on first use."
+        d = dict(self.__dict__)
+        d['_cache_path'], d['cache'] = (str(self.cache.path) if self.cache is not None else None), None
+        return d
     def hashes(self, items) -> list:
         "The perceptual hash of each item: from the cache, or computed here."
         out = []

@@ -172,12 +172,17 @@ DUP_DISTANCE = 4   # largest Hamming distance (of 64 bits) between the perceptua
 
 def _hash_bits(hashes) -> np.ndarray: return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
 
+def _popcount(x:np.ndarray) -> np.ndarray:
+    "Set bits of each uint64 (`np.bitwise_count` on numpy >= 2)."
+    if hasattr(np, 'bitwise_count'): return np.bitwise_count(x)
+    return np.unpackbits(np.ascontiguousarray(x).view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+
 def near_duplicate_pairs(hashes:list, # 16-hex-digit perceptual hashes (`medrecipes.data.cache.perceptual_hash`)
                          max_distance:int=DUP_DISTANCE, chunk:int=512) -> list:
     "Every pair (i, j, distance), i < j, whose hashes differ in at most `max_distance` bits."
     h, out = _hash_bits(hashes), []
     for s in range(0, len(h), chunk):
-        d = np.bitwise_count(h[s:s + chunk, None] ^ h[None, :])
+        d = _popcount(h[s:s + chunk, None] ^ h[None, :])
         for i, j in zip(*np.nonzero(d <= max_distance)):
             if s + i < j: out.append((int(s + i), int(j), int(d[i, j])))
     return out
