@@ -10,6 +10,8 @@ the real release's larger images) go through `XrayDataLoaders.from_btxrd` at 224
 - `cache warm`: an epoch read from the memory-mapped cache;
 - `monai PersistentDataset` (when monai is installed): MONAI's own decode-once cache doing the same decode and resize,
   cold and warm;
+- `items only`: the item stage alone (read, letterbox, to tensor) with the full decode and the warm cache: what
+  loader workers do when the batch transforms run on a GPU;
 - one end-to-end training epoch of EfficientNet-B0 at 224 px (random init; fastai `Learner.fit`) without and with the
   (warm) cache.
 
@@ -74,8 +76,10 @@ def main():
                           python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__,
                           timm=timm.__version__, pillow=PIL.__version__, n_images=a.n, size=a.size, bs=a.bs)
     def row(what, n, secs, threads, note=''):
+        ld = load()
+        busy = ld and float(ld.split()[0]) > 0.5 * (os.cpu_count() or 1)
         r = dict(base, what=what, threads=threads, images=n, seconds=round(secs, 2), images_per_s=round(n / secs, 1),
-                 load=load(), note=note)
+                 load=ld, note=note + ('; machine shared with other jobs (see load)' if busy else ''))
         rows.append(r); print(f"{what:34s} {n:4d} images {secs:7.2f} s {n / secs:7.1f} img/s  (load {r['load']})", flush=True)
 
     torch.set_num_threads(a.threads)
@@ -92,6 +96,12 @@ def main():
     row('pipeline: cache cold (build + epoch)', n_tr, build + cold, a.threads,
         f'build over all {a.n} images (train, valid, test) {build:.1f} s + first epoch {cold:.1f} s')
     row('pipeline: cache warm', n_tr, min(epoch(cached.train), epoch(cached.train)), a.threads, 'best of 2 epochs')
+    # the item stage alone (read, letterbox, to tensor): what loader workers do when the batch transforms run on a GPU
+    items = lambda ds: [ds[i] for i in range(len(ds))]
+    t0 = time.perf_counter(); items(full.train_ds); row('items only: full decode', n_tr, time.perf_counter() - t0, a.threads,
+                                                        'no batch transforms (on a GPU they run on the device)')
+    t0 = time.perf_counter(); items(cached.train_ds); row('items only: cache warm', n_tr, time.perf_counter() - t0, a.threads,
+                                                          'no batch transforms (on a GPU they run on the device)')
     try:
         import monai
         ids = list(cached.train.items.image_id)
