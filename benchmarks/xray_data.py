@@ -99,11 +99,11 @@ def main():
         f'build over all {a.n} images (train, valid, test) {build:.1f} s + first epoch {cold:.1f} s')
     row('pipeline: cache warm', n_tr, min(epoch(cached.train), epoch(cached.train)), a.threads, 'best of 2 epochs')
     # the item stage alone (read, letterbox, to tensor): what loader workers do when the batch transforms run on a GPU
-    items = lambda ds: [ds[i] for i in range(len(ds))]
+    items = lambda dl: [dl.do_item(i) for i in range(len(dl.dataset))]   # fastai: create_item + after_item (Resize, ToTensor)
     def timed(f):
         t0 = time.perf_counter(); f(); return time.perf_counter() - t0
-    for what, ds in (('items only: full decode', full.train_ds), ('items only: cache warm', cached.train_ds)):
-        row(what, n_tr, min(timed(lambda: items(ds)) for _ in range(2)), a.threads,
+    for what, dl in (('items only: full decode', full.train), ('items only: cache warm', cached.train)):
+        row(what, n_tr, min(timed(lambda: items(dl)) for _ in range(2)), a.threads,
             'no batch transforms (on a GPU they run on the device); best of 2 passes')
     try:
         import monai

@@ -131,3 +131,29 @@ def test_dicom_data_set_through_the_xray_loaders(tmp_path):
     for rj, rd in zip(dj.items_df.itertuples(), dd.items_df.itertuples()):
         a = np.asarray(dj.stored(pd.Series(rj._asdict())), np.float32); b = np.asarray(dd.stored(pd.Series(rd._asdict())), np.float32)
         assert a.shape == b.shape and np.abs(a - b).mean() < 2.5                                       # lossless 12 bits vs JPEG q90
+
+
+def _build_counting(files, d, log):
+    "Child process: build (slowly) and log every time it actually decodes the data set."
+    orig_r, orig_w = C.read_stored, C._write
+    C.read_stored = lambda *a, **k: (time.sleep(.1), orig_r(*a, **k))[1]
+    C._write = lambda *a, **k: (open(log, 'a').write(f'{os.getpid()}\n'), orig_w(*a, **k))[1]
+    build_cache(files, d, stored=64, progress=False)
+
+
+def test_concurrent_builds_wait_on_the_lock_and_ddp_ranks_wait_for_rank0(tmp_path, monkeypatch):
+    files = _jpegs(tmp_path/'img', [(160, 120)] * 6)
+    ctx = mp.get_context('fork')
+    ps = [ctx.Process(target=_build_counting, args=(files, tmp_path/'c', tmp_path/'log')) for _ in range(2)]
+    for p in ps: p.start()
+    for p in ps: p.join(30)
+    assert [p.exitcode for p in ps] == [0, 0]
+    assert len((tmp_path/'log').read_text().split()) == 1                      # one process built, the other waited and opened it
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False)
+    # DDP: a rank other than 0 takes rank 0's word (broadcast) and opens what rank 0 built; rank 0's error raises everywhere
+    monkeypatch.setattr(C, 'is_distributed', lambda: True); monkeypatch.setattr(C, 'is_rank0', lambda: False)
+    monkeypatch.setattr(C, 'broadcast_object', lambda obj, src=0: 'ok')
+    assert build_cache(files, tmp_path/'c', stored=64, progress=False).path == c.path
+    monkeypatch.setattr(C, 'broadcast_object', lambda obj, src=0: ('error', f'ValueError: cannot decode image {files[0]}'))
+    with pytest.raises(RuntimeError, match=f'failed on rank 0: ValueError: cannot decode image {files[0]}'):
+        build_cache(files, tmp_path/'c', stored=64, progress=False)
