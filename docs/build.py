@@ -28,22 +28,34 @@ def notebooks() -> list:
 
 
 def _directives(src:str) -> tuple:
-    "(directive names, source without the directive lines) of a cell."
-    names, keep = set(), []
+    "(`{directive: value}`, source without the directive lines) of a cell."
+    names, keep = {}, []
     for line in src.splitlines(keepends=True):
         m = _DIRECTIVE.match(line)
-        if m: names.add(m.group(1))
+        if m: names[m.group(1).rstrip(':')] = m.group(2).strip(' :').lower()
         else: keep.append(line)
     return names, ''.join(keep).strip('\n')
 
 
+def _drop_rule(o:dict) -> dict:
+    "nbdev's `show_doc` Markdown opens with a `---` rule, which docutils allows only between sections: drop it."
+    md = o.get('data', {}).get('text/markdown')
+    if md is None: return o
+    txt = ''.join(md)
+    return {**o, 'data': {**o['data'], 'text/markdown': re.sub(r'^\s*---\s*\n', '', txt)}}
+
+
 def process_notebook(nb:dict) -> dict:
-    "A notebook as the site shows it: hidden cells out, directive lines out, outputs kept."
+    """A notebook as the site shows it: hidden cells out, directive lines out, outputs kept; nbdev's `#| echo: false`
+    shows only a cell's output, `#| output: false` only its source (myst-nb's `remove-input` / `remove-output` tags)."""
     cells = []
     for c in nb['cells']:
         names, src = _directives(''.join(c['source']))
-        if names & _SKIP or (c['cell_type'] == 'code' and not src and not c.get('outputs')): continue
-        cells.append({**c, 'source': src})
+        if set(names) & _SKIP or (c['cell_type'] == 'code' and not src and not c.get('outputs')): continue
+        tags = [t for k, t in (('echo', 'remove-input'), ('output', 'remove-output')) if names.get(k) == 'false']
+        md = {**c.get('metadata', {}), 'tags': c.get('metadata', {}).get('tags', []) + tags} if tags else c.get('metadata', {})
+        outs = [_drop_rule(o) for o in c.get('outputs', [])] if c['cell_type'] == 'code' else None
+        cells.append({**c, 'source': src, 'metadata': md, **({'outputs': outs} if outs is not None else {})})
     return {**nb, 'cells': cells}
 
 

@@ -15,7 +15,7 @@ copyright = 'medrecipes developers'
 extensions = ['myst_nb', 'sphinx.ext.autodoc', 'sphinx.ext.viewcode']
 source_suffix = {'.rst': 'restructuredtext', '.ipynb': 'myst-nb'}
 root_doc = 'index'
-exclude_patterns = ['.doctrees', '**/.ipynb_checkpoints']
+exclude_patterns = ['.doctrees', 'jupyter_execute', 'screenshots', '**/.ipynb_checkpoints']
 
 # myst-nb writes notebook outputs (images) to `<outdir>/../jupyter_execute`; keep them under _proc/ instead
 # (an absolute path wins in its `Path.joinpath`), so a build leaves nothing beside _docs/
