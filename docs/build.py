@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NBS, PROC = ROOT/'nbs', ROOT/'_proc'
 PKG = 'medrecipes'
 _DIRECTIVE = re.compile(r'^\s*#\|\s*([\w-]+)(.*)$')
+_DOCS_LINE = re.compile(r'^Docs: `_docs/(\S+)\.html`.*API reference: `_docs/api/(\S+)\.html`')
 _SKIP = {'hide', 'default_exp', 'exporti', 'hide_input_and_output'}
 
 
@@ -54,6 +55,8 @@ def process_notebook(nb:dict) -> dict:
         if set(names) & _SKIP or (c['cell_type'] == 'code' and not src and not c.get('outputs')): continue
         tags = [t for k, t in (('echo', 'remove-input'), ('output', 'remove-output')) if names.get(k) == 'false']
         md = {**c.get('metadata', {}), 'tags': c.get('metadata', {}).get('tags', []) + tags} if tags else c.get('metadata', {})
+        if c['cell_type'] == 'markdown' and (m := _DOCS_LINE.match(src)):   # the module docstring's link to this page
+            src = f'API reference: {{doc}}`{m.group(2)} <api/{m.group(2)}>`'
         outs = [_drop_rule(o) for o in c.get('outputs', [])] if c['cell_type'] == 'code' else None
         cells.append({**c, 'source': src, 'metadata': md, **({'outputs': outs} if outs is not None else {})})
     return {**nb, 'cells': cells}

@@ -42,3 +42,15 @@ html_theme = 'furo'
 html_title = f'medrecipes {release}'
 html_show_sourcelink = False
 html_copy_source = False
+
+
+def _docs_link(app, what, name, obj, options, lines):
+    "A module docstring's `Docs: _docs/PAGE.html ...` line becomes a link to that page of this site."
+    import re
+    for i, line in enumerate(lines):
+        m = re.match(r'^Docs: `_docs/(\S+)\.html`', line)
+        if what == 'module' and m: lines[i] = f'Docs: :doc:`/{m.group(1)}`'
+
+
+def setup(app):
+    app.connect('autodoc-process-docstring', _docs_link)
