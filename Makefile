@@ -36,7 +36,7 @@ test-nbs: install
 	$(BIN)/nbdev-test --n-workers 2
 
 test-py: install
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal tests
 
 ## make train-all: both splits on the real BTXRD release (data/BTXRD, see medrecipes/configs/xray.yaml)
 train-all: install
