@@ -1,10 +1,10 @@
 """README.md is generated from nbs/index.ipynb (docs/readme.py): the two must agree, section by section."""
-import json, sys
+import importlib.util, json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT/'docs'))
-import readme
+_spec = importlib.util.spec_from_file_location('medrecipes_docs_readme', ROOT/'docs'/'readme.py')
+readme = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(readme)
 
 
 def test_readme_is_generated_from_the_index_notebook():

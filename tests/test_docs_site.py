@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT/'docs'))
-import build as docs_build
+import importlib.util
+_spec = importlib.util.spec_from_file_location('medrecipes_docs_build', ROOT/'docs'/'build.py')
+docs_build = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(docs_build)   # not `build`: a PyPI package has that name
 
 CHROMIUM = next((p for p in (os.environ.get('CHROMIUM'), '/usr/bin/chromium', shutil.which('chromium'),
                              shutil.which('chromium-browser')) if p and Path(p).exists()), None)
