@@ -7,7 +7,7 @@ STAMP := $(VENV)/.medrecipes-installed
 # pytest workers: the e2e tests train real models, so use every core
 PYTEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-nbs test-py train-all export check-sync bench clean
+.PHONY: install demo test test-nbs test-py train-all export check-sync bench clean docs docs-outputs readme
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,20 @@ train-all: install
 ## make export: regenerate medrecipes/ from the notebooks
 export: install
 	$(BIN)/nbdev-export
+
+## make docs: the documentation site in _docs/ (Sphinx + myst-nb: the notebooks with their saved outputs, the API
+## reference from the docstrings); nothing is executed
+docs: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python docs/build.py _docs
+
+## make docs-outputs NBS="nbs/04_xray.ipynb ...": run notebooks (their `#| slow` cells included) and save the outputs
+## the site shows
+docs-outputs: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python docs/run_notebooks.py $(NBS)
+
+## make readme: README.md from nbs/index.ipynb (the site's home page)
+readme:
+	$(PYTHON) docs/readme.py
 
 bench: install
 	$(BIN)/python benchmarks/ssim.py
