@@ -24,9 +24,10 @@ try: import tifffile
 except ImportError: tifffile = None
 
 # %% auto #0
-__all__ = ['SAR_EXTENSIONS', 'SAR_UNITS', 'read_sar_image', 'pixel_kind', 'check_sar_image', 'SarPreprocess', 'SarImage',
-           'tile_origins', 'SarPatches', 'TileStitcher', 'SarTiles', 'SarPatchDL', 'sar_files', 'read_sar_metadata',
-           'sar_fingerprint', 'SarDataLoaders', 'show_batch', 'show_results']
+__all__ = ['SAR_EXTENSIONS', 'SAR_UNITS', 'read_sar_image', 'pixel_kind', 'SarScene', 'scene_nbytes', 'windowed_files',
+           'check_sar_image', 'check_sar_scene', 'SarPreprocess', 'EncodedScene', 'SarImage', 'tile_origins',
+           'SarPatches', 'TileStitcher', 'SarTiles', 'SarPatchDL', 'sar_files', 'read_sar_metadata', 'sar_fingerprint',
+           'SarDataLoaders', 'show_batch', 'show_results']
 
 # %% ../../nbs/07_data.sar.ipynb #c005
 SAR_EXTENSIONS = ('.npy', '.tif', '.tiff', '.png')
@@ -76,6 +77,108 @@ def pixel_kind(a:np.ndarray) -> str:
     "'dn' for integer pixels (digital numbers), 'float' for floating-point pixels"
     return 'dn' if a.dtype.kind in 'ui' else 'float'
 
+# %% ../../nbs/07_data.sar.ipynb #c005w
+_WINDOWED_EXTENSIONS = ('.npy', '.tif', '.tiff')
+
+def _fake(shape, dtype):
+    "A zero-stride array of `shape` and `dtype` (no memory), for checks on a file's header"
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+class SarScene:
+    "A single-band `.npy` or TIFF image read by windows: memory-mapped where stored contiguously, else only the tiles or strips a window touches"
+    def __init__(self, fn:str|Path):
+        fn = Path(fn); ext = fn.suffix.lower()
+        if ext not in _WINDOWED_EXTENSIONS: raise ValueError(f"{fn}: windowed reading needs a {', '.join(_WINDOWED_EXTENSIONS)} file, got {fn.suffix!r}")
+        if not fn.is_file(): raise FileNotFoundError(f"SAR image {fn} does not exist")
+        self.fn, self._mm, self._tf = fn, None, None
+        try:
+            if ext == '.npy': a = np.load(fn, mmap_mode='r', allow_pickle=False); shape, dtype = a.shape, a.dtype
+            else:
+                if tifffile is None: raise ValueError("reading TIFF scenes by windows needs the tifffile package")
+                with tifffile.TiffFile(fn) as tf:
+                    if len(tf.pages) != 1: raise ValueError(f"{fn}: holds {len(tf.pages)} pages; expected a single-band image")
+                    p = tf.pages[0]
+                    if p.dtype is None: raise ValueError(f"unsupported TIFF sample format ({p.bitspersample}-bit)")
+                    shape, dtype = p.shape, p.dtype
+        except ValueError as e:
+            if str(e).startswith(str(fn)): raise
+            raise ValueError(f"cannot read {fn}: {e}") from e
+        except Exception as e: raise ValueError(f"cannot read {fn}: {type(e).__name__}: {e}") from e
+        self.shape, self.dtype = _one_band(_fake(shape, dtype), fn).shape, np.dtype(dtype)
+        self.ndim, self.size = 2, int(np.prod(self.shape))
+
+    def __getstate__(self): return {**self.__dict__, '_mm': None, '_tf': None}   # file handles reopen in each process
+    def close(self):
+        if self._tf is not None: self._tf.close()
+        self._mm = self._tf = None
+    def __del__(self):
+        try: self.close()
+        except Exception: pass
+
+    def _open(self):
+        if self._mm is not None or self._tf is not None: return
+        if self.fn.suffix.lower() == '.npy': self._mm = _one_band(np.load(self.fn, mmap_mode='r', allow_pickle=False), self.fn); return
+        tf = tifffile.TiffFile(self.fn)
+        if tf.pages[0].is_memmappable:
+            tf.close(); self._mm = _one_band(tifffile.memmap(self.fn, mode='r'), self.fn)
+        else: self._tf = tf
+
+    def read(self, y0:int, y1:int, x0:int, x1:int) -> np.ndarray:
+        "Rows `y0:y1` and columns `x0:x1`, in the file's own dtype (a new array)"
+        H, W = self.shape
+        if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W): raise IndexError(f"{self.fn}: window [{y0}:{y1}, {x0}:{x1}] outside the {H}x{W} image")
+        self._open()
+        if self._mm is not None: return np.array(self._mm[y0:y1, x0:x1])
+        p, fh = self._tf.pages[0], self._tf.filehandle
+        th, tw = (p.tilelength, p.tilewidth) if p.is_tiled else (min(p.rowsperstrip, H), W)
+        nx, out = -(-W // tw), np.zeros((y1 - y0, x1 - x0), self.dtype)
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                k = ty * nx + tx
+                if not p.databytecounts[k]: continue                      # an empty segment reads as zeros
+                fh.seek(p.dataoffsets[k]); seg = p.decode(fh.read(p.databytecounts[k]), k)[0]
+                seg = seg.reshape(seg.shape[-3], seg.shape[-2])
+                sy, sx = ty * th, tx * tw
+                a0, a1, b0, b1 = max(y0, sy), min(y1, sy + seg.shape[0]), max(x0, sx), min(x1, sx + seg.shape[1])
+                out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = seg[a0 - sy:a1 - sy, b0 - sx:b1 - sx]
+        return out
+
+    def strips(self, max_bytes:int=2**24):
+        "`(first row, rows)` blocks of whole rows, each at most about `max_bytes` as float32"
+        H, W = self.shape
+        n = max(1, min(H, max_bytes // (4 * W)))
+        for y in range(0, H, n): yield y, self.read(y, min(H, y + n), 0, W)
+
+    def sample(self, n:int, rng:np.random.Generator, block:int=64) -> np.ndarray:
+        "`n` pixels (file dtype) from `rng`-drawn `block`-square windows; every pixel when `n` >= the image size"
+        if n >= self.size: return np.concatenate([a.reshape(-1) for _, a in self.strips()])
+        H, W = self.shape; bh, bw = min(block, H), min(block, W)
+        k = -(-n // (bh * bw))
+        ys, xs = rng.integers(0, H - bh + 1, k), rng.integers(0, W - bw + 1, k)
+        return np.concatenate([self.read(y, y + bh, x, x + bw).reshape(-1) for y, x in zip(ys, xs)])[:n]
+
+    def __repr__(self): return f"SarScene({str(self.fn)!r}, {self.shape[0]}x{self.shape[1]} {self.dtype})"
+
+def scene_nbytes(fn:str|Path) -> int:
+    "Bytes the image in `fn` takes read whole as float32, from the file's header (0 when the header cannot be read: reading it whole reports why)"
+    fn = Path(fn)
+    try:
+        if fn.suffix.lower() == '.png':
+            with Image.open(fn) as im: return 4 * im.size[0] * im.size[1]
+        return 4 * SarScene(fn).size
+    except Exception: return 0
+
+def windowed_files(files, max_memory_mb:float|None) -> set:
+    "The `.npy`/TIFF files of `files` to read by windows: the largest first, until the rest fit in `max_memory_mb` as float32 (None: none)"
+    if max_memory_mb is None: return set()
+    size = {Path(f): scene_nbytes(f) for f in files}
+    total, out = sum(size.values()), set()
+    for f in sorted((f for f in size if f.suffix.lower() in _WINDOWED_EXTENSIONS), key=lambda f: (-size[f], str(f))):
+        if total <= max_memory_mb * 2**20: break
+        out.add(f); total -= size[f]
+    return out
+
+
 # %% ../../nbs/07_data.sar.ipynb #c008
 def check_sar_image(a:np.ndarray, # an image read by `read_sar_image`
                     fn:str|Path, # its file, named in errors
@@ -99,6 +202,33 @@ def check_sar_image(a:np.ndarray, # an image read by `read_sar_image`
         raise ValueError(f"{fn}: negative values (min {lo:g}) cannot be {'linear intensity' if units == 'linear' else 'amplitude'}; "
                          f"if the file holds dB, use units='db'")
     return x
+
+# %% ../../nbs/07_data.sar.ipynb #c008w
+def check_sar_scene(s:SarScene, # a scene read by windows
+                    units:str='linear', # 'linear', 'db' or 'amplitude'
+                    patch:int|None=None, # the smallest allowed height and width
+                    max_bytes:int=2**24, # float32 bytes read at a time
+                   ) -> SarScene:
+    "`check_sar_image` for a `SarScene`, read strip by strip: the same checks and errors, never the whole image in memory"
+    fn, (H, W) = s.fn, s.shape
+    if patch is not None and (H < patch or W < patch):
+        raise ValueError(f"{fn}: the image ({H}x{W} pixels) is smaller than the {patch}x{patch} patch")
+    lo = hi = None
+    for y, a in s.strips(max_bytes):
+        if a.dtype.kind == 'f':
+            bad = ~np.isfinite(a)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise ValueError(f"{fn}: pixel(s) are NaN or infinite (the first at row {y + r}, column {c}); fill or mask no-data pixels first")
+            if not np.isfinite(a.astype(np.float32)).all(): raise ValueError(f"{fn}: values beyond the float32 range (max |value| {np.abs(a).max():g})")
+        l, h = np.float32(a.min()), np.float32(a.max())
+        lo, hi = (l, h) if lo is None else (min(lo, l), max(hi, h))
+    if lo == hi: raise ValueError(f"{fn}: every pixel has the same value ({lo:g}); an all-constant image holds nothing to learn")
+    if units in ('linear', 'amplitude') and lo < 0:
+        raise ValueError(f"{fn}: negative values (min {lo:g}) cannot be {'linear intensity' if units == 'linear' else 'amplitude'}; "
+                         f"if the file holds dB, use units='db'")
+    return s
+
 
 # %% ../../nbs/07_data.sar.ipynb #c011
 def _parse_clip(clip):
@@ -153,15 +283,17 @@ class SarPreprocess:
         return (db + np.float32(c)).astype(np.float32) if c else db
 
     def fit(self, images) -> "SarPreprocess":
-        "Fit the percentile clip range on `images` (training images in `units`); a fixed range needs no fitting"
-        images = [np.asarray(a) for a in images]
+        "Fit the percentile clip range on `images` (training images in `units`: arrays, or `SarScene`s sampled by windows); a fixed range needs no fitting"
+        images = [a if isinstance(a, SarScene) else np.asarray(a) for a in images]   # a SarScene is sampled by windows
         if not images: raise ValueError("SarPreprocess.fit needs at least one image")
         if self.clip == 'fixed': return self
         total, rng, parts = sum(a.size for a in images), np.random.default_rng(0), []
         for a in images:
-            flat = a.reshape(-1)
-            if total > self.max_fit_pixels:
-                flat = flat[rng.integers(0, flat.size, max(1, round(self.max_fit_pixels * flat.size / total)))]
+            n = max(1, round(self.max_fit_pixels * a.size / total)) if total > self.max_fit_pixels else a.size
+            if isinstance(a, SarScene): flat = a.sample(n, rng)
+            else:
+                flat = a.reshape(-1)
+                if total > self.max_fit_pixels: flat = flat[rng.integers(0, flat.size, n)]
             parts.append(self.to_db(flat))
         v = np.concatenate(parts).astype(np.float64)
         if not np.isfinite(v).all(): raise ValueError("SarPreprocess.fit: the images hold NaN or infinite values")
@@ -229,6 +361,23 @@ class SarPreprocess:
         rng = f"[{self.lo:.3f}, {self.hi:.3f}] dB" if self.fitted else 'not fitted'
         how = f"percentiles {self.p_lo:g}-{self.p_hi:g}" if self.clip == 'percentile' else 'fixed'
         return f"SarPreprocess(units={self.units!r}, clip {rng} ({how}), floor={self.floor:g})"
+
+# %% ../../nbs/07_data.sar.ipynb #c011w
+class EncodedScene:
+    "A `SarScene` encoded by a fitted `SarPreprocess`, read on access: `e[y0:y1, x0:x1]` is the encoded window (float32), bitwise that window of the encoded whole image"
+    def __init__(self, scene:SarScene, pre:SarPreprocess):
+        self.scene, self.pre, self.shape, self.ndim = scene, pre, scene.shape, 2
+    def __getitem__(self, idx):
+        if not (isinstance(idx, tuple) and len(idx) == 2 and all(isinstance(s, slice) and s.step in (None, 1) for s in idx)):
+            raise IndexError(f"EncodedScene takes a window [y0:y1, x0:x1], got {idx!r}")
+        (y0, y1, _), (x0, x1, _) = idx[0].indices(self.shape[0]), idx[1].indices(self.shape[1])
+        return self.pre.encode(self.scene.read(y0, y1, x0, x1).astype(np.float32))
+    def __array__(self, dtype=None, copy=None):
+        "The whole encoded image (read by windows, held whole: for metrics on one validation image)"
+        a = self[:, :]
+        return a if dtype is None else a.astype(dtype)
+    def __repr__(self): return f"EncodedScene({self.scene!r})"
+
 
 # %% ../../nbs/07_data.sar.ipynb #c016
 class SarImage(TensorImageBW):
@@ -333,11 +482,11 @@ def read_sar_metadata(path:str|Path) -> dict:
     if 'units' in meta and meta['units'] not in SAR_UNITS: raise ValueError(f"{fn}: units must be one of {SAR_UNITS}, got {meta['units']!r}")
     return meta
 
-def _read_all(files, what, kinds):
-    "Read `files`, checking that they all hold the same kind of pixel as the ones already in `kinds` (file -> kind)"
+def _read_all(files, what, kinds, windowed=()):
+    "Read `files` (those in `windowed` opened as `SarScene`s), checking that they all hold the same kind of pixel as the ones already in `kinds` (file -> kind)"
     out = []
     for f in files:
-        a = read_sar_image(f); k = pixel_kind(a)
+        a = SarScene(f) if Path(f) in windowed else read_sar_image(f); k = pixel_kind(a)
         if kinds and k != next(iter(kinds.values())):
             f0, k0 = next(iter(kinds.items()))
             desc = {'dn': 'integer digital numbers', 'float': 'float values'}
@@ -345,6 +494,17 @@ def _read_all(files, what, kinds):
                              f"a data set must hold one kind of pixel in one unit: convert the images first")
         kinds.setdefault(f, k); out.append(a)
     return out
+
+def _check_budget(mb):
+    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, (int, float, np.integer, np.floating)) or not mb > 0):
+        raise ValueError(f"`max_memory_mb` (data.max_memory_mb) must be a positive number of MiB or None, got {mb!r}")
+
+def _check(a, fn, units, patch, max_memory_mb):
+    "`check_sar_image` for an array, `check_sar_scene` (strips of at most a quarter of the budget) for a `SarScene`"
+    if not isinstance(a, SarScene): return check_sar_image(a, fn, units, patch)
+    return check_sar_scene(a, units, patch, max(2**16, int((max_memory_mb or 64) * 2**20 / 4)))
+
+def _encode(pre, a): return EncodedScene(a, pre) if isinstance(a, SarScene) else pre.encode(a)
 
 def sar_fingerprint(path:str|Path, train_files, valid_files) -> str:
     "A short hash of which images are in train and valid (their paths relative to the data set `path`, sorted)"
@@ -379,6 +539,7 @@ class SarDataLoaders(DataLoaders):
                     val_bs:int|None=None, # validation batch size (default `bs`)
                     floor:float=1e-10, # smallest linear intensity before the log
                     max_fit_pixels:int=2**22, # pixels sampled to fit the percentiles
+                    max_memory_mb:float|None=4096, # images held whole as float32 up to this total; beyond it the largest .npy/TIFF scenes are read by windows (None: all whole)
                     shuffle:bool=True, # shuffle training patches
                     num_workers:int=0, # loader processes (0: in the main process)
                     device=None, # where batches go; None: CUDA when available
@@ -388,16 +549,18 @@ class SarDataLoaders(DataLoaders):
         if not path.is_dir(): raise FileNotFoundError(f"SAR data set folder {path} does not exist")
         for n, v, lo in (('patch', patch, 8), ('bs', bs, 1), ('patches_per_image', patches_per_image, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"`{n}` must be an int >= {lo}, got {v!r}")
+        _check_budget(max_memory_mb)
         meta = read_sar_metadata(path)
         kinds = {}
         tr_files, va_files = sar_files(path/train), sar_files(path/valid)
-        tr, va = _read_all(tr_files, 'train', kinds), _read_all(va_files, 'valid', kinds)
+        win = windowed_files(tr_files + va_files, max_memory_mb)
+        tr, va = _read_all(tr_files, 'train', kinds, win), _read_all(va_files, 'valid', kinds, win)
         kind = next(iter(kinds.values()))
         units = _resolve_units(units, meta, kind, path)
-        tr = [check_sar_image(a, f, units, patch) for a, f in zip(tr, tr_files)]
-        va = [check_sar_image(a, f, units, patch) for a, f in zip(va, va_files)]
+        tr = [_check(a, f, units, patch, max_memory_mb) for a, f in zip(tr, tr_files)]
+        va = [_check(a, f, units, patch, max_memory_mb) for a, f in zip(va, va_files)]
         pre = SarPreprocess(units, clip, floor, max_fit_pixels, calibration_db).fit(tr)      # training images only
-        tr, va = [pre.encode(a) for a in tr], [pre.encode(a) for a in va]
+        tr, va = [_encode(pre, a) for a in tr], [_encode(pre, a) for a in va]
         trn = SarPatchDL(SarPatches(tr, patch, patches_per_image, tr_files, seed=0 if seed is None else seed), bs=bs,
                          shuffle=shuffle, drop_last=False, num_workers=num_workers, **kwargs)
         if seed is not None: trn.rng = random.Random(seed)
@@ -406,10 +569,11 @@ class SarDataLoaders(DataLoaders):
         dls = cls(trn, val, path=path, device=default_device(device))
         dls.preprocess, dls.units, dls.patch, dls.pixel_kind, dls.metadata = pre, units, int(patch), kind, meta
         dls.train_files, dls.valid_files = tr_files, va_files
+        dls.max_memory_mb, dls.windowed_files = max_memory_mb, sorted(win)
         dls.data_fingerprint = sar_fingerprint(path, tr_files, va_files)
         return dls
 
-    _keep = ('preprocess', 'units', 'patch', 'pixel_kind', 'metadata')
+    _keep = ('preprocess', 'units', 'patch', 'pixel_kind', 'metadata', 'max_memory_mb')
     def new_empty(self):
         "The loaders without images (what `Learner.export` saves), keeping the fitted preprocessing"
         res = super().new_empty()
@@ -420,21 +584,22 @@ class SarDataLoaders(DataLoaders):
     def _read_items(self, items):
         "Arrays (training units) of `items`: files, or arrays, each checked; and their names for errors"
         kinds, imgs, names = {Path('training images'): self.pixel_kind}, [], []
+        win = windowed_files([Path(it) for it in items if isinstance(it, (str, Path))], getattr(self, 'max_memory_mb', None))
         for k, it in enumerate(items):
-            if isinstance(it, (str, Path)): a, name = _read_all([Path(it)], 'test', kinds)[0], Path(it)
+            if isinstance(it, (str, Path)): a, name = _read_all([Path(it)], 'test', kinds, win)[0], Path(it)
             else:
                 name = f"array {k}"
                 a = _one_band(np.asarray(it.detach().cpu() if isinstance(it, torch.Tensor) else it), name)
                 if pixel_kind(a) != self.pixel_kind:
                     raise ValueError(f"mixed units: {name} holds {a.dtype} values but the training images hold "
                                      f"{'integer digital numbers' if self.pixel_kind == 'dn' else 'float values'}")
-            imgs.append(self.preprocess.encode(check_sar_image(a, name, self.units, self.patch))); names.append(name)
+            imgs.append(_encode(self.preprocess, _check(a, name, self.units, self.patch, getattr(self, 'max_memory_mb', None)))); names.append(name)
         return imgs, names
 
     def tiles_dl(self, source, # a folder of images, or a list of files or arrays (e.g. the test split)
                  bs:int|None=None, # batch size (default: the validation loader's)
                  **kwargs) -> DataLoader:
-        "Fixed tiles of new images, checked and encoded with the fitted preprocessing (for a test split or inference)"
+        "Fixed tiles of new images, checked and encoded with the fitted preprocessing (for a test split or inference); files beyond `max_memory_mb` are read by windows, tile by tile"
         files = sar_files(source) if isinstance(source, (str, Path)) else list(source)
         if not files: raise ValueError("tiles_dl: no files given")
         imgs, names = self._read_items(files)
