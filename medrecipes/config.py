@@ -109,6 +109,7 @@ class SarData:
     path:str='data/sar'           # train/ and valid/ (and optionally test/) images: .npy, .tif, .png
     units:Optional[str]=None      # linear | db | amplitude (intensity = DN^2) | null (metadata.json, else float pixels are linear intensity)
     calibration_db:float=0.0      # added to every dB value, e.g. -10 log10(K) for sigma0 = DN^2 / K
+    max_memory_mb:Optional[float]=4096  # images held whole as float32 up to this total (MiB); beyond it the largest .npy/TIFF scenes are read by windows (null: all whole)
     clip:Any=None                 # null: percentiles 1 and 99 of the training images; [lo, hi] dB; [percentile, p1, p2]
     patch:int=256
     batch_size:int=32

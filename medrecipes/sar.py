@@ -305,7 +305,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
     device = default_device(cfg['device'])
     while True:
         set_seed(cfg['seed'])
-        dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']), calibration_db=cfg['calibration_db'],
+        dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']), calibration_db=cfg['calibration_db'], max_memory_mb=cfg['max_memory_mb'],
                                          patches_per_image=cfg['patches_per_image'], seed=cfg['seed'], num_workers=cfg['num_workers'], device=device)
         run_cfg = {**cfg, 'bs': bs}
         learn = sar_learner(dls, variant=cfg['variant'], latent_channels=cfg['latent_channels'], base_channels=cfg['base_channels'],
