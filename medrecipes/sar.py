@@ -135,7 +135,7 @@ class SarLearner(ResumableLearner):
         pre = self.dls.preprocess
         dec = np.asarray(pre.decode_units(rec), dtype=np.float32)
         res = (dec, SarImage(torch.from_numpy(rec)[None]))
-        return (SarImage(torch.from_numpy(dl.dataset.images[0])[None]),) + res if with_input else res
+        return (SarImage(torch.from_numpy(np.asarray(dl.dataset.images[0]))[None]),) + res if with_input else res
 
 def sar_metrics(preprocess:SarPreprocess|None=None) -> list:
     "PSNR and SSIM on the [0, 1] values, the ENL ratio in linear intensity (decoded with `preprocess`), EPI."

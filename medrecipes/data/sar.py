@@ -1,6 +1,6 @@
 """Read single-band SAR images (`.npy`, GeoTIFF, PNG), check them, convert to dB, clip and scale to [0, 1] with parameters fitted on the training images only, and serve random training patches and fixed validation tiles as fastai `DataLoaders`.
 
-SAR images to fastai `DataLoaders`: `read_sar_image` reads single-band `.npy`, GeoTIFF and PNG; `SarPreprocess` converts to dB, clips to percentiles fitted on the training images and scales to [0, 1] (its parameters travel with every checkpoint); `SarDataLoaders.from_folder` serves random training patches and validation tiles covering every pixel as `SarImage` items, which `show_batch` and `show_results` draw.
+SAR images to fastai `DataLoaders`: `read_sar_image` reads single-band `.npy`, GeoTIFF and PNG; `SarPreprocess` converts to dB, clips to percentiles fitted on the training images and scales to [0, 1] (its parameters travel with every checkpoint); `SarDataLoaders.from_folder` serves random training patches and validation tiles covering every pixel as `SarImage` items, which `show_batch` and `show_results` draw. Scenes beyond the `max_memory_mb` budget are read by windows (`SarScene`, through tifffile) and encoded when a patch or tile is asked for (`EncodedScene`).
 
 Docs: `_docs/data.sar.html` in this repository, built by `make docs` (API reference: `_docs/api/medrecipes.data.sar.html`)."""
 
@@ -8,7 +8,7 @@ Docs: `_docs/data.sar.html` in this repository, built by `make docs` (API refere
 
 # %% ../../nbs/07_data.sar.ipynb #c002
 from __future__ import annotations
-import hashlib, json, random
+import hashlib, json, os, random
 from pathlib import Path
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ class SarScene:
         fn = Path(fn); ext = fn.suffix.lower()
         if ext not in _WINDOWED_EXTENSIONS: raise ValueError(f"{fn}: windowed reading needs a {', '.join(_WINDOWED_EXTENSIONS)} file, got {fn.suffix!r}")
         if not fn.is_file(): raise FileNotFoundError(f"SAR image {fn} does not exist")
-        self.fn, self._mm, self._tf = fn, None, None
+        self.fn, self._mm, self._tf, self._pid = fn, None, None, None
         try:
             if ext == '.npy': a = np.load(fn, mmap_mode='r', allow_pickle=False); shape, dtype = a.shape, a.dtype
             else:
@@ -116,7 +116,10 @@ class SarScene:
         except Exception: pass
 
     def _open(self):
+        if self._pid != os.getpid() and self._tf is not None: self._tf.close()   # a forked loader process opens its own file handle
+        if self._pid != os.getpid(): self._mm = self._tf = None
         if self._mm is not None or self._tf is not None: return
+        self._pid = os.getpid()
         if self.fn.suffix.lower() == '.npy': self._mm = _one_band(np.load(self.fn, mmap_mode='r', allow_pickle=False), self.fn); return
         tf = tifffile.TiffFile(self.fn)
         if tf.pages[0].is_memmappable:
