@@ -27,14 +27,14 @@ from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard,
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state, _set_rng_state
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
-from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS
-_all_ = ['SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
+from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS, load_sar_model
+_all_ = ['load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
 
 # %% auto #0
 __all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SarLoss', 'SarTensorBoard', 'SarLearner',
-           'sar_metrics', 'sar_learner', 'load_sar_model', 'reconstruct_sar', 'sar_config', 'next_batch_size',
-           'train_sar', 'sar_targets', 'compare_sar', 'rd_sweep', 'plot_rd', 'SarDataLoaders', 'SarPreprocess',
-           'SarImage', 'sar_model', 'SAR_VARIANTS']
+           'sar_metrics', 'sar_learner', 'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar', 'sar_targets',
+           'compare_sar', 'rd_sweep', 'plot_rd', 'load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage',
+           'sar_model', 'SAR_VARIANTS']
 
 # %% ../nbs/12_sar.ipynb #c005
 class SarLoss(nn.Module):
@@ -182,15 +182,6 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
     return learn
 
 # %% ../nbs/12_sar.ipynb #c014
-def load_sar_model(ckpt:str|Path, device='cpu'):
-    "The autoencoder and the fitted `SarPreprocess` stored in a SAR checkpoint."
-    ck = load_checkpoint(ckpt)
-    for k in ('model_state_dict', 'model_config', 'preprocessing_params'):
-        if k not in ck or ck[k] is None: raise ValueError(f"{ckpt} is not a SAR checkpoint: it has no {k!r}")
-    model = sar_model(**{'quant_bits': None, **ck['model_config']})   # a checkpoint without the key predates quantisation
-    model.load_state_dict(ck['model_state_dict'])
-    return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocessing_params']), ck.get('patch')
-
 @torch.no_grad()
 def reconstruct_sar(ckpt:str|Path, # a SAR checkpoint (best.pt or latest.pt)
                     image:np.ndarray, # one image in the units the run was trained on (linear intensity or dB)

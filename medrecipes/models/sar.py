@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'ConvBnRelu', 'LiteBlock', 'PreActBlock', 'default_cbam', 'SarEncoder', 'SarDecoder',
-           'LatentQuantizer', 'SarAutoencoder', 'sar_model', 'count_parameters', 'compression_ratio']
+           'LatentQuantizer', 'SarAutoencoder', 'sar_model', 'count_parameters', 'compression_ratio', 'load_sar_model']
 
 # %% ../../nbs/08_models.sar.ipynb #c005
 SAR_VARIANTS = ('baseline', 'resnet_lite', 'residual', 'attention')
@@ -171,3 +171,16 @@ def compression_ratio(model:nn.Module, # a model with an `encoder`
     try: z = model.encoder(torch.zeros(shape, device=p.device, dtype=p.dtype))
     finally: model.train(was)
     return (shape[1] * shape[2] * shape[3]) / (z.shape[1] * z.shape[2] * z.shape[3])
+
+# %% ../../nbs/08_models.sar.ipynb #c0load
+def load_sar_model(ckpt, # a SAR checkpoint (best.pt or latest.pt) of `medrecipes.sar`
+                   device='cpu'):
+    "The autoencoder, the fitted `SarPreprocess` and the patch size stored in a SAR checkpoint (loaded with `weights_only=True`)."
+    from medrecipes.core import load_checkpoint
+    from medrecipes.data.sar import SarPreprocess
+    ck = load_checkpoint(ckpt)
+    for k in ('model_state_dict', 'model_config', 'preprocessing_params'):
+        if k not in ck or ck[k] is None: raise ValueError(f"{ckpt} is not a SAR checkpoint: it has no {k!r}")
+    model = sar_model(**{'quant_bits': None, **ck['model_config']})   # a checkpoint without the key predates quantisation
+    model.load_state_dict(ck['model_state_dict'])
+    return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocessing_params']), ck.get('patch')
