@@ -17,8 +17,9 @@ from PIL import Image, ImageFilter
 # %% auto #0
 __all__ = ['BTXRD_CLASSES', 'SITE_COLUMNS', 'BENIGN_SUBTYPES', 'MALIGNANT_SUBTYPES', 'SUBTYPE_COLUMNS', 'LIMB_COLUMNS',
            'VIEW_COLUMNS', 'BTXRD_COLUMNS', 'SITE_LIMB', 'BTXRD_RELEASE_COUNTS', 'BTXRD_SUBTYPE_COUNTS',
-           'SAR_TERRAIN_DB', 'SAR_SPLITS', 'DIGIT_SPLITS', 'DIGIT_STROKES', 'btxrd_counts', 'btxrd_metadata',
-           'draw_radiograph', 'make_btxrd', 'sar_speckle', 'make_sar_scene', 'make_sar', 'draw_digit', 'make_digits']
+           'LESION_THRESHOLD', 'LESION_COLUMNS', 'SAR_TERRAIN_DB', 'SAR_SPLITS', 'DIGIT_SPLITS', 'DIGIT_STROKES',
+           'btxrd_counts', 'btxrd_metadata', 'draw_radiograph', 'make_btxrd', 'sar_speckle', 'make_sar_scene',
+           'make_sar', 'draw_digit', 'make_digits']
 
 # %% ../nbs/01_synth.ipynb #c006
 BTXRD_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -256,8 +257,15 @@ def _pick_subtype(rng, label):
     w = np.array([BTXRD_SUBTYPE_COUNTS[s] for s in subs], float)
     return subs[rng.choice(len(subs), p=w / w.sum())]
 
-def _radiograph(label, subtype, W, H, rng, n_bones):
-    "Draw one image: scene, exposure and noise from `rng`, the lesion from a stream of its own (same seed, same scene)"
+LESION_THRESHOLD = 8   # gray levels: a pixel the lesion changed by more than this is inside its box
+
+def _box(changed):
+    "(x0, y0, x1, y1) of the True pixels of `changed` (x1, y1 exclusive), or None"
+    ys, xs = np.nonzero(changed)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else None
+
+def _radiograph(label, subtype, W, H, rng, n_bones, box=None):
+    "Draw one image: scene, exposure and noise from `rng`, the lesion from a stream of its own (same seed, same scene); the lesion's box is appended to `box`"
     lrng = np.random.default_rng(int(rng.integers(2**63)))
     S = min(W, H)
     xx, yy = np.arange(W, dtype=np.float32)[None], np.arange(H, dtype=np.float32)[:, None]   # broadcast as a grid
@@ -293,6 +301,7 @@ def _radiograph(label, subtype, W, H, rng, n_bones):
         img[y0:y0 + m, x0:x0 + m] = rng.uniform(225, 250)
         k = max(1, m // 5)
         img[y0 + k:y0 + m - k, x0 + k:x0 + 2 * k] = img[y0 + m - 2 * k:y0 + m - k, x0 + k:x0 + m - k] = 30
+    before = img.copy() if label != 'Normal' and box is not None else None
     if label != 'Normal':
         if subtype is None: subtype = _pick_subtype(lrng, label)
         D = lrng.uniform(0.20, 0.35) * S
@@ -318,6 +327,7 @@ def _radiograph(label, subtype, W, H, rng, n_bones):
         else:
             o = lrng.uniform(-0.25, 0.25) * hw
             _lucent(img, xx, yy, S, lrng, lx + nx * o, ly + ny * o, la, hw, D, subtype == 'giant cell tumor' or lrng.random() < 0.2)
+    if box is not None: box.append(None if before is None else _box(np.abs(img - before) > LESION_THRESHOLD))
     # exposure, blur and noise
     gamma = rng.uniform(0.85, 1.15)
     im = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
@@ -363,7 +373,7 @@ def _write_xlsx(df, path):
     ws = wb.active
     ws.title = 'Sheet1'
     ws.append(list(df.columns))
-    for row in df.astype(object).values.tolist(): ws.append(row)
+    for row in df.astype(object).where(df.notna(), None).values.tolist(): ws.append(row)   # empty cells stay empty
     wb.properties.creator = 'medrecipes'
     wb.properties.created = wb.properties.modified = _FIXED_TIME
     buf = io.BytesIO()
@@ -381,6 +391,8 @@ def _write_xlsx(df, path):
     Path(path).write_bytes(out.getvalue())
 
 # %% ../nbs/01_synth.ipynb #c033
+LESION_COLUMNS = ['lesion_x0', 'lesion_y0', 'lesion_x1', 'lesion_y1']   # after the release's 37 columns
+
 def make_btxrd(dest, # folder to write; created if missing
                n:int=400, # number of images
                seed:int=0, # random seed: the same seed gives byte-identical files
@@ -396,15 +408,16 @@ def make_btxrd(dest, # folder to write; created if missing
     df = _metadata(n, meta_rng)
     dest = Path(dest)
     (dest / 'images').mkdir(parents=True, exist_ok=True)
-    sub = df[SUBTYPE_COLUMNS].to_numpy()
+    sub, boxes = df[SUBTYPE_COLUMNS].to_numpy(), []
     site = df[SITE_COLUMNS].to_numpy().argmax(1)
     for i, r in enumerate(img_rng.spawn(n)):
         label = 'Malignant' if df.malignant.iat[i] else 'Benign' if df.benign.iat[i] else 'Normal'
         subtype = SUBTYPE_COLUMNS[sub[i].argmax()] if sub[i].any() else None
         w, h = (int(v) for v in r.integers(lo, hi + 1, size=2))
         n_bones = 2 if r.random() < (0.75 if SITE_COLUMNS[site[i]] in _PAIRED else 0.15) else 1
-        im = _radiograph(label, subtype, w, h, r, n_bones)
+        im = _radiograph(label, subtype, w, h, r, n_bones, boxes)
         im.save(dest / 'images' / df.image_id.iat[i], format='JPEG', quality=quality)
+    df[LESION_COLUMNS] = pd.DataFrame([b or [None] * 4 for b in boxes], index=df.index, dtype='Int64')   # empty for Normal
     df.to_csv(dest / 'dataset.csv', index=False, lineterminator='\n')
     _write_xlsx(df, dest / 'dataset.xlsx')
     return dest
