@@ -351,7 +351,8 @@ def draw_radiograph(label:str='Normal', # one of `BTXRD_CLASSES`
                     seed=0, # int seed or a `numpy.random.Generator`
                     subtype:str|None=None, # a `SUBTYPE_COLUMNS` name of `label`'s class; drawn with the release's frequencies if None
                     n_bones:int=1, # number of bone shafts, 1 or 2
-                   ) -> Image.Image:
+                    return_box:bool=False, # also return the lesion's box (x0, y0, x1, y1), None for Normal (see `make_btxrd`)
+                   ) -> Image.Image|tuple:
     "A grayscale ('L') radiograph-like image of a long bone, with a lesion of class `label`"
     if label not in BTXRD_CLASSES: raise ValueError(f"`label` must be one of {BTXRD_CLASSES}, got {label!r}")
     try: w, h = (_check_size_range((v, v))[0] for v in size)
@@ -361,7 +362,9 @@ def draw_radiograph(label:str='Normal', # one of `BTXRD_CLASSES`
     subs = {'Normal': [], 'Benign': BENIGN_SUBTYPES, 'Malignant': MALIGNANT_SUBTYPES}[label]
     if subtype is not None and subtype not in subs:
         raise ValueError(f"`subtype` must be one of {subs} for label {label!r}, got {subtype!r}")
-    return _radiograph(label, subtype, w, h, rng, n_bones)
+    box = [] if return_box else None
+    im = _radiograph(label, subtype, w, h, rng, n_bones, box)
+    return (im, box[0]) if return_box else im
 
 # %% ../nbs/01_synth.ipynb #c032
 _FIXED_TIME = datetime.datetime(2024, 1, 1)

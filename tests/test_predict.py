@@ -152,3 +152,16 @@ def test_dicom_and_png_give_the_same_class(ckpt, tmp_path):
     df = r['predictions']
     assert df.prediction[0] == df.prediction[1]
     np.testing.assert_allclose(df.probability[0], df.probability[1], atol=1e-3)
+
+
+def test_command_writes_cam_overlays(ckpt, images, tmp_path):
+    "The installed entry point end to end (the one test that starts an interpreter): predictions, overlays, exit status."
+    env = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONPATH': str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'predict', str(ckpt), str(images/'sub'), str(images/'a.png'),
+                        '--cam', '--out', str(tmp_path/'o'), '--bs', '2'], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(tmp_path/'o'/'predictions.csv')
+    assert len(df) == 3 and 'cam' in df and len(pd.read_csv(tmp_path/'o'/'errors.csv')) == 0
+    for f in df.cam:
+        with Image.open(f) as im: assert im.format == 'PNG' and im.size[0] > 100
+    assert '3 input(s) classified' in r.stdout and str(tmp_path/'o'/'predictions.csv') in r.stdout
