@@ -165,3 +165,35 @@ def test_command_writes_cam_overlays(ckpt, images, tmp_path):
     for f in df.cam:
         with Image.open(f) as im: assert im.format == 'PNG' and im.size[0] > 100
     assert '3 input(s) classified' in r.stdout and str(tmp_path/'o'/'predictions.csv') in r.stdout
+
+
+def test_temperature_scaling_lowers_the_validation_nll(tmp_path):
+    "After a fit the checkpoints hold a temperature fitted on the validation split; it lowers that split's NLL."
+    from medrecipes.synth import make_digits
+    from medrecipes.data.folder import FolderDataLoaders
+    from medrecipes.classify import classifier_learner, load_classifier, preprocess
+    src = make_digits(tmp_path/'d', splits=(6, 4, 3), size=28, seed=0, classes=(0, 1, 7))
+    dls = FolderDataLoaders.from_folder(src, size=28, bs=6, seed=0, device='cpu', augment={'flip': True})
+    learn = classifier_learner(dls, tmp_path/'run', 'resnet10t', pretrained=False)
+    with warnings.catch_warnings(), learn.no_bar(), learn.no_logging():
+        warnings.simplefilter('ignore')
+        learn.fit_one_cycle(2, 3e-3)
+        res = learn.evaluate('test', 'best')
+    for name in ('best.pt', 'latest.pt'):
+        ck = load_checkpoint(tmp_path/'run'/'checkpoints'/name)
+        assert ck['tta_flips'] == ['h'] and ck['temperature'] != 1
+        # the NLL recomputed here from the checkpoint's own weights on the validation images
+        model, _ = load_classifier(ck)
+        files = dls.files['valid']
+        y = torch.tensor([dls.vocab.o2i[Path(f).parent.name] for f in files])
+        with torch.no_grad(): z = model(torch.stack([preprocess(f, ck['normalization']) for f in files]))
+        nll = lambda t: float(torch.nn.functional.cross_entropy(z / t, y))
+        assert nll(ck['temperature']) < nll(1.), (name, ck['temperature'])
+        np.testing.assert_allclose([ck['calibration']['before']['nll'], ck['calibration']['after']['nll']],
+                                   [nll(1.), nll(ck['temperature'])], rtol=1e-4)
+    # the test metrics: calibration before/after with the best checkpoint's temperature, TTA over the training's flip
+    m = json.loads((tmp_path/'run'/'test_metrics.json').read_text())
+    assert m['calibration']['temperature'] == load_checkpoint(tmp_path/'run'/'checkpoints'/'best.pt')['temperature']
+    assert {'nll', 'ece', 'brier'} <= set(m['calibration']['before']) and {'nll', 'ece', 'brier'} <= set(m['calibration']['after'])
+    assert m['tta']['flips'] == ['h'] and 0 <= m['tta']['accuracy'] <= 1 and res['tta']['nll'] == m['tta']['nll']
+    with Image.open(tmp_path/'run'/'test_reliability.png') as im: assert im.format == 'PNG'
