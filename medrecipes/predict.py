@@ -17,8 +17,8 @@ from .core import load_checkpoint, default_device, atomic_write, atomic_write_te
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'collect_inputs', 'file_sha256',
            'cam_target_layer', 'grad_cam', 'cam_on_image', 'save_cam_overlay', 'cam_box_mass', 'predict_images',
-           'write_latent', 'read_latent', 'sar_encode', 'sar_decode', 'compress_sar', 'reconstruct_sar_files',
-           'predict_checkpoint', 'predict_main']
+           'cam_grid', 'write_latent', 'read_latent', 'sar_encode', 'sar_decode', 'compress_sar',
+           'reconstruct_sar_files', 'predict_checkpoint', 'predict_main']
 
 # %% ../nbs/18_predict.ipynb #c005
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.dcm', '.dicom')   # what a folder is searched for
@@ -191,6 +191,46 @@ def predict_images(ckpt:str|Path, # a classifier checkpoint (best.pt or latest.p
         written = [_write_csv(df, out/'predictions.csv'), _write_csv(err, out/'errors.csv'), *written]
     return dict(predictions=df, errors=err, files=written, temperature=ck.get('temperature') if calibrated else None,
                 tta_flips=(ck.get('tta_flips') or []) if tta else [], cam_layer=cam_layer if cam else None)
+
+# %% ../nbs/18_predict.ipynb #c019
+def cam_grid(ckpt, # a classifier checkpoint (path or loaded), or `(model, checkpoint)` as `load_classifier` returns
+             items:list, # image paths or PIL images
+             labels:list, # their true class names
+             n:int=4, # overlays per row: the first row correct predictions, the second wrong ones
+             layer:str|None=None, # the module Grad-CAM reads (default `cam_target_layer`)
+             calibrated:bool=True, device=None,
+             fname:str|Path|None=None, # also save the figure here (PNG)
+            ):
+    "A figure of Grad-CAM overlays: `n` correct and `n` wrong predictions (most confident first), class, probability and truth in each title."
+    import matplotlib.pyplot as plt
+    from medrecipes.classify import load_classifier, predict, preprocess
+    from medrecipes.data.images import read_image
+    dev = default_device(device)
+    model, ck = ckpt if isinstance(ckpt, tuple) else load_classifier(ckpt, dev)
+    classes = list(ck['class_names'])
+    bad = [l for l in labels if l not in classes]
+    if bad: raise ValueError(f"labels {sorted(set(map(str, bad)))} are not among the checkpoint's classes {classes}")
+    if len(labels) != len(items): raise ValueError(f"{len(items)} items but {len(labels)} labels")
+    ims = [read_image(o) for o in items]
+    probs = predict((model, ck), ims, device=dev, calibrated=calibrated)
+    pred, y = probs.argmax(1), np.array([classes.index(l) for l in labels])
+    conf = probs.max(1)
+    rows = [[i for i in np.argsort(-conf) if (pred[i] == y[i]) == ok][:n] for ok in (True, False)]
+    fig, axs = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
+    for r, (idx, what) in enumerate(zip(rows, ('correct', 'wrong'))):
+        maps = grad_cam(model, torch.stack([preprocess(ims[i], ck['normalization']) for i in idx]).to(dev), pred[idx], layer) if idx else []
+        for c in range(n):
+            ax = axs[r, c]; ax.axis('off')
+            if c >= len(idx):
+                if c == 0: ax.text(0.5, 0.5, f'no {what} predictions', ha='center', va='center')
+                continue
+            i = idx[c]; a = np.asarray(ims[i])
+            ax.imshow(a.mean(-1) if a.ndim == 3 else a, cmap='gray')
+            ax.imshow(cam_on_image(maps[c], ims[i].size), cmap='jet', alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(f"{classes[pred[i]]} {probs[i, pred[i]]:.2f}\n(true: {labels[i]})", fontsize=9, color='k' if r == 0 else 'tab:red')
+    fig.tight_layout()
+    if fname is not None: atomic_write(fname, lambda t: fig.savefig(t, format='png', dpi=100))
+    return fig
 
 # %% ../nbs/18_predict.ipynb #c013
 CODEC_MAGIC, CODEC_VERSION, CODEC_EXT = b'MRSARLAT', 1, '.sarlat'
