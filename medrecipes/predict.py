@@ -8,11 +8,11 @@ Docs: https://medrecipes.github.io/medrecipes/predict.html.md"""
 
 # %% ../nbs/18_predict.ipynb #c002
 from __future__ import annotations
-import csv, glob, hashlib, json, struct, sys, warnings, zlib
+import glob, hashlib, json, struct, sys, zlib
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
-from .core import load_checkpoint, default_device, atomic_write, atomic_write_text
+from .core import load_checkpoint, default_device, atomic_write
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'collect_inputs', 'file_sha256',
