@@ -139,13 +139,15 @@ def test_dicom_and_png_give_the_same_class(ckpt, tmp_path):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid, SecondaryCaptureImageStorage
     from medrecipes.synth import draw_radiograph
-    im = draw_radiograph('Malignant', (48, 40), seed=3)
-    im.save(tmp_path/'x.png')
+    a = np.asarray(draw_radiograph('Malignant', (48, 40), seed=3)).copy()
+    a[0, 0], a[0, 1] = 0, 255           # the full 8-bit range: a reader that windows min..max changes nothing
+    im = Image.fromarray(a); im.save(tmp_path/'x.png')
     meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset(); ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, 'DX'
     ds.set_pixel_data(np.asarray(im), 'MONOCHROME2', 8)
+    ds.WindowCenter, ds.WindowWidth = 128, 256    # the display window of 8-bit data: 0..255 shown as they are
     ds.save_as(tmp_path/'x.dcm', enforce_file_format=True)
     r = predict_images(ckpt, [tmp_path/'x.dcm', tmp_path/'x.png'], None, progress=False)
     assert len(r['errors']) == 0, r['errors']
