@@ -38,8 +38,8 @@ from .distributed import is_rank0, load_checkpoint_dist
 __all__ = ['FLIP_DIMS', 'create_classifier', 'classification_metrics', 'negative_log_likelihood', 'brier_score',
            'reliability_bins', 'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report',
            'plot_reliability', 'train_flips', 'tta_probs', 'FlipInput', 'plot_confusion_matrix',
-           'save_classification_results', 'data_fingerprint', 'ClassifierLearner', 'dl_logits', 'TemperatureScaling',
-           'classifier_learner', 'load_classifier', 'preprocess', 'predict']
+           'save_classification_results', 'data_fingerprint', 'ClassifierLearner', 'recorder_kept',
+           'TemperatureScaling', 'classifier_learner', 'load_classifier', 'preprocess', 'predict']
 
 # %% ../nbs/03b_classify.ipynb #c005
 def _hub_error(arch, e) -> RuntimeError:
@@ -289,13 +289,19 @@ class ClassifierLearner(ResumableLearner):
         if save and is_rank0() and self.run_dir is not None: save_classification_results(res, self.run_dir, split)
         return res
 
-@torch.no_grad()
-def dl_logits(model:nn.Module, dl) -> tuple:
-    "Logits (float32, CPU) and targets of every batch of `dl`, in eval mode, with no callback events (the recorder stays as it is)."
-    was = model.training; model.eval()
-    try: out = [(model(b[0]).as_subclass(torch.Tensor).float().cpu(), b[1].as_subclass(torch.Tensor).long().cpu()) for b in dl]
-    finally: model.train(was)
-    return (torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])) if out else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
+from contextlib import contextmanager
+
+_RECORDED = ('values', 'lrs', 'iters', 'losses', 'log', 'metric_names')
+
+@contextmanager
+def recorder_kept(learn):
+    "Inside, `get_preds` leaves the recorder as the fit left it (its `before_fit` would start new lists, its `after_epoch` add a row)."
+    rec = learn.recorder
+    kept, fr = {k: getattr(rec, k) for k in _RECORDED if hasattr(rec, k)}, getattr(learn, 'final_record', None)
+    try: yield
+    finally:
+        for k, v in kept.items(): setattr(rec, k, v)
+        if fr is not None: learn.final_record = fr
 
 class TemperatureScaling(FitOnlyCallback):
     "After a fit: for each checkpoint (`best.pt`, `latest.pt`) fit a temperature on the validation split and store it in that file."
@@ -309,7 +315,7 @@ class TemperatureScaling(FitOnlyCallback):
             for fn in dict.fromkeys(f for f in (ck.best, ck.fname) if f is not None and Path(f).is_file()):
                 st = load_checkpoint_dist(fn)
                 model.load_state_dict(st['model_state_dict'])
-                logits, targs = dl_logits(model, learn.dls.valid)   # not `get_preds`: its epoch events would add a row to the recorder
+                with recorder_kept(learn): logits, targs = learn.split_logits(learn.dls.valid)
                 if not len(targs): return
                 t = fit_temperature(logits, targs)
                 rep = calibration_report(logits, targs, t); rep['split'] = 'valid'
