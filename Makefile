@@ -7,7 +7,7 @@ STAMP := $(VENV)/.medrecipes-installed
 # pytest workers: the e2e tests train real models, so use every core
 PYTEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-nbs test-py train-all export check-sync bench clean
+.PHONY: install demo test test-nbs test-py train-all export check-sync bench clean docs docs-outputs readme
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ test-nbs: install
 	$(BIN)/nbdev-test --n-workers 2
 
 test-py: install
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal tests
 
 ## make train-all: both splits on the real BTXRD release (data/BTXRD, see medrecipes/configs/xray.yaml)
 train-all: install
@@ -48,6 +48,20 @@ train-all: install
 export: install
 	$(BIN)/nbdev-export
 
+## make docs: the documentation site in _docs/ (Sphinx + myst-nb: the notebooks with their saved outputs, the API
+## reference from the docstrings); nothing is executed
+docs: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python docs/build.py _docs
+
+## make docs-outputs NBS="nbs/04_xray.ipynb ...": run notebooks (their `#| slow` cells included) and save the outputs
+## the site shows
+docs-outputs: install
+	PYTHONPATH=$(CURDIR) $(BIN)/python docs/run_notebooks.py $(NBS)
+
+## make readme: README.md from nbs/index.ipynb (the site's home page)
+readme:
+	$(PYTHON) docs/readme.py
+
 bench: install
 	$(BIN)/python benchmarks/ssim.py
 	$(BIN)/python benchmarks/cbam.py
@@ -55,6 +69,7 @@ bench: install
 	$(BIN)/python benchmarks/folder_precision.py
 	$(BIN)/python benchmarks/ddp_scaling.py
 	$(BIN)/python benchmarks/xray_throughput.py
+	$(BIN)/python benchmarks/xray_data.py
 
 clean:
 	rm -rf build dist *.egg-info _proc _docs runs .pytest_cache

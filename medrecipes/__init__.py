@@ -7,6 +7,7 @@ Modules:
 - `medrecipes.cli`: `medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `predict`, `synth btxrd|sar|digits`.
 - `medrecipes.config`: One config system for Python and the command line: Hydra structured configs (dataclasses in a `ConfigStore`) hold every default; YAML groups in `medrecipes/configs/` are the user-editable choices.
 - `medrecipes.core`: Seeding, devices, configs with command-line overrides, atomic files and checkpoints that load without pickled code.
+- `medrecipes.data.cache`: The classifier loaders' stored images, decoded once into a memory-mapped uint8 file per data set and stored size: invalidated by the source files, the stored size and the preprocessing, written atomically, built by one rank under DDP.
 - `medrecipes.data.folder`: `FolderDataLoaders.from_folder`: any classification set laid out as `train/<class>/*`, `valid/<class>/*` and optionally `test/<class>/*`, checked before training starts.
 - `medrecipes.data.images`: One reader for the classifier recipes' images: files, `Path`s, bytes, PIL images and arrays, turned upright by their EXIF orientation, with 16-bit, 32-bit and float images windowed to 8 bits instead of saturated.
 - `medrecipes.data.sar`: Read single-band SAR images (`.npy`, GeoTIFF, PNG), check them, convert to dB, clip and scale to [0, 1] with parameters fitted on the training images only, and serve random training patches and fixed validation tiles as fastai `DataLoaders`.

@@ -6,6 +6,7 @@ largest relative RMS error (`rel_err`) of a gradient, for inputs of `dtype` comp
 float64 (float32 for the half types) on the same rounded inputs. `cbam_pass` is one fused pass's x-sized output
 (relative RMS, the value and gradient alike).
 """
+import contextlib, os
 from collections import namedtuple
 import torch
 
@@ -17,6 +18,18 @@ TOL = {
              torch.float16: Tol(2e-3, 5e-3), torch.bfloat16: Tol(1.6e-2, 4e-2)},
     'cbam_pass': {torch.float32: Tol(1e-5, 1e-5), torch.float16: Tol(1e-3, 1e-3), torch.bfloat16: Tol(8e-3, 8e-3)},
 }
+
+
+@contextlib.contextmanager
+def env_vars(**kw):
+    "Set environment variables for the duration of a `with` block, then restore (or remove) them."
+    old = {k: os.environ.get(k) for k in kw}
+    os.environ.update(kw)
+    try: yield
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k)
+            else: os.environ[k] = v
 
 
 def rel_err(a:torch.Tensor, b:torch.Tensor) -> float:

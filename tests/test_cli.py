@@ -1,7 +1,9 @@
-"The `medrecipes` command as a user runs it: a real process, on tiny generated data."
+"""The `medrecipes` command as a user runs it: a real process, on tiny generated data (forked from the tests' zygote,
+tests/_procs.py; the installed command's own start-up is tested by tests/test_wheel.py)."""
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest
+import _procs as procs
 
 ROOT = Path(__file__).parents[1]
 
@@ -14,8 +16,7 @@ def _env():
 
 def medrecipes(*args, cwd=None, timeout=600):
     "Run `python -m medrecipes.cli ARGS` in `cwd`; the completed process."
-    return subprocess.run([sys.executable, '-m', 'medrecipes.cli', *map(str, args)], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return procs.run(['-m', 'medrecipes.cli', *args], env=_env(), cwd=cwd, timeout=timeout)   # forked from the tests' zygote
 
 
 def _tiny_folder(digits, out):

@@ -10,6 +10,7 @@ fused SSIM kernel (C++) computes in float32: there agreement within 1e-4 (relati
 import json, os, signal, socket, subprocess, sys, textwrap
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
+import _procs as procs
 
 CHILD = textwrap.dedent(r'''
     import os, sys, json, signal, warnings
@@ -35,13 +36,6 @@ CHILD = textwrap.dedent(r'''
     import torch
     from fastai.callback.core import Callback
 
-    class Kill(Callback):
-        "Die without any clean-up, as a killed job does: rank `rank`, in training batch `batch` of epoch `epoch`."
-        order = 0
-        def __init__(self, epoch, batch, rank): self.at, self.rank = (epoch, batch), rank
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == self.at and RANK == self.rank: os.kill(os.getpid(), signal.SIGKILL)
-
     class F64(Callback):
         "Model, inputs and losses in float64."
         order = -20
@@ -50,7 +44,8 @@ CHILD = textwrap.dedent(r'''
             if hasattr(self.learn, 'recorder'): self.recorder.smooth_loss.val = self.recorder.smooth_loss.val.double()
         def before_batch(self): self.learn.xb = tuple(x.double() for x in self.xb)
 
-    cbs = [Kill(*map(int, mode.split(':')[1:]))] if mode.startswith('kill') else []
+    from _procs import kill_callbacks
+    cbs = kill_callbacks(mode)   # kill:EPOCH:BATCH[:RANK]: SIGKILL there
     if recipe == 'xray':
         # fastai's Resize pads training images at a random offset (Python's `random`, per rank in a data-parallel
         # run); centred, the two runs see the same pixels
@@ -88,20 +83,19 @@ def _free_port():
 
 def _env():
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
-    return {**env, 'OMP_NUM_THREADS': '1', 'PYTHONHASHSEED': '0'}
+    return {**env, 'OMP_NUM_THREADS': '1'}
 
 
-def _torchrun(nproc, *args):
-    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_addr', '127.0.0.1',
-            '--master_port', str(_free_port()), *map(str, args)]
+def _spawn(nproc, args, cwd=None):
+    "`torchrun --nproc_per_node nproc args` (nproc > 1) or `python args`: real processes forked from the tests' zygote."
+    if nproc > 1: return procs.run_ranks(nproc, args, env=_env(), cwd=cwd, timeout=900, port=_free_port())
+    return procs.run(args, env=_env(), cwd=cwd, timeout=900)
 
 
 def _launch(root:Path, recipe, out, data, mode, bs, nproc):
     script = root/'child.py'
     if not script.exists(): script.write_text(CHILD)
-    args = [script, recipe, out, data, mode, bs]
-    cmd = _torchrun(nproc, *args) if nproc > 1 else [sys.executable, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+    return _spawn(nproc, [script, recipe, out, data, mode, bs])
 
 
 def _ok(r):
@@ -212,12 +206,11 @@ def test_killed_distributed_run_resumes_exactly(root, data, recipe):
     assert ck['loop']['epoch'] == 0 and not ck['loop']['finished'] and len(ck['rng_ranks']) == 2
     if recipe == 'xray': r = _launch(root, recipe, cut, data[recipe], 'resume', 8, 2)
     else:   # the SAR run resumes through the command line, as a user would relaunch it
-        r = subprocess.run(_torchrun(2, '-m', 'medrecipes.cli', 'train', 'sar', 'model=sar_baseline', f"data.path={data['sar']}",
+        r = _spawn(2, ['-m', 'medrecipes.cli', 'train', 'sar', 'model=sar_baseline', f"data.path={data['sar']}",
                                      'data.patch=32', 'data.batch_size=8', 'data.patches_per_image=4', 'model.base_channels=8',
                                      'trainer.max_epochs=3', 'trainer.progress=false', 'trainer.device=cpu', 'trainer.seed=0',
                                      f'trainer.out_dir={cut}', 'trainer.sync_bn=true', 'callbacks.hist_every=1', 'callbacks.patience=1',
-                                     '--resume'),
-                           capture_output=True, text=True, env=_env(), timeout=900, cwd=root)
+                                     '--resume'], cwd=root)
     _ok(r)
     a, b = _ck(full, recipe), _ck(cut, recipe)
     assert b['loop']['finished'] and b['recorder']['values'] == a['recorder']['values']
@@ -258,9 +251,7 @@ FOLDER_EVAL_TOL = dict(rtol=1e-6, atol=1e-9)
 def _launch_folder(root:Path, out, data, mode, bs, nproc):
     script = root/'child_folder.py'
     if not script.exists(): script.write_text(FOLDER_CHILD)
-    args = [script, 'folder', out, data, mode, bs]
-    cmd = _torchrun(nproc, *args) if nproc > 1 else [sys.executable, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+    return _spawn(nproc, [script, 'folder', out, data, mode, bs])
 
 
 @pytest.fixture(scope='module')

@@ -8,6 +8,7 @@ ort = pytest.importorskip('onnxruntime')
 from medrecipes.core import load_checkpoint, save_checkpoint
 from medrecipes.export import export_onnx, export_onnx_main, OnnxMismatchError, ONNX_ATOL
 import medrecipes.export as export_mod
+import _procs as procs
 
 LINE = re.compile(r"^wrote (\S+) \(max \|onnx - torch\| = ([0-9.e+-]+) over (\d+) inputs\)$")
 
@@ -136,25 +137,12 @@ def test_sar_attention_encoder_and_decoder(sar_ckpts, tmp_path):
     _check_sar_files(ckpt, enc, dec)
 
 
-def _installed_command():
-    "The `medrecipes` console script if it routes `export-onnx` (the CLI is wired separately), else None."
-    exe = shutil.which('medrecipes') or str(Path(sys.executable).parent/'medrecipes')
-    try: h = subprocess.run([exe, 'export-onnx', '--help'], capture_output=True, text=True, timeout=120)
-    except OSError: return None
-    return exe if h.returncode == 0 and 'CHECKPOINT' in h.stdout else None
-
-
-def test_command_on_a_recipe_sar_checkpoint(sar_ckpts, tmp_path, capsys):
-    "`medrecipes export-onnx` in a subprocess (export_onnx_main in-process while the console script does not route it)."
+def test_command_on_a_recipe_sar_checkpoint(sar_ckpts, tmp_path):
+    "`medrecipes export-onnx` as a process (forked from the tests' zygote, tests/_procs.py)."
     ckpt = sar_ckpts['baseline']
-    if (exe := _installed_command()) is not None:
-        p = subprocess.run([exe, 'export-onnx', str(ckpt), '--out', str(tmp_path)], capture_output=True, text=True,
-                           timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-        assert p.returncode == 0, p.stderr
-        out = p.stdout
-    else:
-        assert export_onnx_main([str(ckpt), '--out', str(tmp_path)]) == 0
-        out = capsys.readouterr().out
+    p = procs.run(['-m', 'medrecipes.cli', 'export-onnx', ckpt, '--out', tmp_path], env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
     lines = out.splitlines()
     assert len(lines) == 2, out
     for line, part in zip(lines, ('encoder', 'decoder')):

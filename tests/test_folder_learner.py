@@ -11,6 +11,7 @@ from medrecipes.folder import (folder_learner, train_folder, folder_config, reso
                                EpochGradientAccumulation, WandbTracker, FOLDER_DEFAULTS, cpu_bf16_native)
 from medrecipes.classify import predict, load_classifier
 from medrecipes.xray import predict_xray, xray_learner
+import _procs as procs
 
 XRAY_META_KEYS = {'arch', 'class_names', 'normalization', 'model_kwargs', 'split', 'class_weights', 'config', 'data_fingerprint',
                   'tta_flips'}
@@ -330,14 +331,8 @@ CHILD = textwrap.dedent(r'''
     data, out, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]   # mode: full | kill:<epoch>:<batch> | resume
     warnings.simplefilter('ignore')
 
-    class Kill(Callback):
-        "Die without any clean-up, as a killed job does."
-        order = 0
-        def __init__(self, epoch, batch): self.at = (epoch, batch)
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == self.at: os.kill(os.getpid(), signal.SIGKILL)
-
-    cbs = [Kill(*map(int, mode.split(':')[1:]))] if mode.startswith('kill') else []
+    from _procs import kill_callbacks
+    cbs = kill_callbacks(mode)   # kill:EPOCH:BATCH[:RANK]: SIGKILL there
     cfg = {'model': {'arch': 'resnet10t'}, 'data': {'path': data, 'size': 28, 'batch_size': 6},
            'trainer': {'max_epochs': 3, 'lr': 2e-3, 'precision': 'auto', 'accumulate': 2, 'seed': 5, 'out_dir': str(out),
                        'progress': False, 'resume': 'last' if mode == 'resume' else False},
@@ -354,7 +349,7 @@ def _run(tmp_path, *args):
     # WANDB_SERVICE: a W&B run in this pytest process (another test) leaves its service address in the environment; a
     # child inheriting it would share that service, which still holds the killed child's run id ("run ID is in use")
     for k in ('WANDB_API_KEY', 'WANDB_MODE', 'WANDB_SERVICE'): env.pop(k, None)
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return procs.run([script, *args], env=env, timeout=600)   # a real process, forked from the tests' zygote
 
 
 def test_killed_mid_epoch_resumes_exactly(digits, tmp_path):

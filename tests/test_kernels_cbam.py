@@ -10,7 +10,7 @@ group of checks, prints the failures, exits 0 (all pass), 1 (failures) or 77 (gr
 """
 import contextlib, hashlib, os, subprocess, sys
 import pytest, torch
-from _utils import TOL, rel_err
+from _utils import TOL, rel_err, env_vars as _env
 try: from medrecipes import _cpu
 except ImportError: _cpu = None  # not built (e.g. on a GPU machine running `pytest -m cuda`)
 
@@ -570,17 +570,6 @@ def check_module(device):
             e = _rel(got.float(), want)
             if not e < 1e-4: bad.append(f'{tag}: {what} relative RMS error {e:.2e} >= 1e-4')
     return bad
-
-
-@contextlib.contextmanager
-def _env(**kw):
-    old = {k: os.environ.get(k) for k in kw}
-    os.environ.update(kw)
-    try: yield
-    finally:
-        for k, v in old.items():
-            if v is None: os.environ.pop(k)
-            else: os.environ[k] = v
 
 
 def check_compile():

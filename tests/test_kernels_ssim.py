@@ -12,7 +12,7 @@ import numpy as np
 import pytest, torch
 import torch.nn.functional as F
 import pytorch_msssim
-from _utils import TOL, rel_err
+from _utils import TOL, rel_err, env_vars as _env
 try: from medrecipes import _cpu
 except ImportError: _cpu = None  # not built (e.g. on a GPU machine running `pytest -m cuda`)
 
@@ -494,17 +494,6 @@ GROUPS = ['shapes', 'edges']
 TRITON_SHAPES = [(2, 1, 32, 32), (1, 3, 23, 37), (1, 1, 11, 11), (2, 5, 16, 40)]
 VAL_TOL, GRAD_TOL = TOL['ssim'][torch.float32]  # max abs error of SSIM values, relative RMS error of gradients
 HALF_TOL = {dt: TOL['ssim'][dt] for dt in (torch.float16, torch.bfloat16)}  # (value, gradient) for half inputs
-
-
-@contextlib.contextmanager
-def _env(**kw):
-    old = {k: os.environ.get(k) for k in kw}
-    os.environ.update(kw)
-    try: yield
-    finally:
-        for k, v in old.items():
-            if v is None: os.environ.pop(k)
-            else: os.environ[k] = v
 
 
 def _pair(shape, device, seed, independent=False, scale=1.0):

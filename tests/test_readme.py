@@ -7,6 +7,7 @@ no longer covers fails here instead of silently running the full-size block), an
 import os, re, subprocess, sys, textwrap
 from pathlib import Path
 import pytest
+import _procs as procs
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT/'README.md').read_text()
@@ -61,5 +62,5 @@ def test_readme_python_block_runs(line, code, data_root, tmp_path):
     script = work/'snippet.py'
     script.write_text("import matplotlib; matplotlib.use('Agg')\n" + _shrunk(code))
     env = {**os.environ, 'MPLBACKEND': 'Agg'}
-    r = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    r = procs.run([script], env=env, cwd=work, timeout=600)   # `python snippet.py`, forked from the tests' zygote
     assert r.returncode == 0, f"README.md:{line} failed:\n{textwrap.indent(_shrunk(code), '  ')}\n--- stderr\n{r.stderr[-4000:]}"

@@ -3,6 +3,7 @@ import json, os, signal, subprocess, sys, textwrap
 from pathlib import Path
 import pandas as pd, pytest, torch
 from medrecipes.core import load_checkpoint
+import _procs as procs
 
 CHILD = textwrap.dedent(r'''
     import os, sys, json, signal, random, warnings
@@ -15,14 +16,8 @@ CHILD = textwrap.dedent(r'''
     recipe, out, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]   # mode: full | kill:<epoch>:<batch> | resume
     warnings.simplefilter('ignore')
 
-    class Kill(Callback):
-        "Die without any clean-up, as a killed job does."
-        order = 0
-        def __init__(self, epoch, batch): self.at = (epoch, batch)
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == self.at: os.kill(os.getpid(), signal.SIGKILL)
-
-    cbs = [Kill(*map(int, mode.split(':')[1:]))] if mode.startswith('kill') else []
+    from _procs import kill_callbacks
+    cbs = kill_callbacks(mode)   # kill:EPOCH:BATCH[:RANK]: SIGKILL there
     if recipe == 'generic':
         set_seed(0)
         x = torch.randn(120, 6); y = (x[:, 0] > 0.3).long() + (x[:, 1] > 1).long()
@@ -48,8 +43,8 @@ CHILD = textwrap.dedent(r'''
 def _run(tmp_path, *args):
     script = tmp_path/'child.py'
     if not script.exists(): script.write_text(CHILD)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONHASHSEED': '0'}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    return procs.run([script, *args], env=env, timeout=600)   # a real process, forked from the pytest process's zygote
 
 
 def _same_run(a:Path, b:Path):

@@ -6,6 +6,7 @@ from medrecipes.core import load_checkpoint
 from medrecipes.synth import make_sar
 from medrecipes.data.sar import SarDataLoaders, SarPreprocess
 from medrecipes.sar import sar_learner, train_sar, compare_sar, reconstruct_sar, load_sar_model, SarTensorBoard
+import _procs as procs
 
 SMALL = dict(patch=32, bs=8, patches_per_image=3, base_channels=8, progress=False, device='cpu')
 
@@ -74,24 +75,22 @@ CHILD = textwrap.dedent(r'''
     from medrecipes.sar import train_sar
     data, out, mode = sys.argv[1:4]
     warnings.simplefilter('ignore')
-    class Kill(Callback):
-        def after_batch(self):
-            if self.training and (self.epoch, self.iter) == (2, 1): os.kill(os.getpid(), signal.SIGKILL)
+    from _procs import kill_callbacks
     train_sar(data_path=data, out_dir=out, epochs=4, variant='attention', patch=32, bs=8, patches_per_image=3, base_channels=8,
-              progress=False, device='cpu', hist_every=1, resume=(mode == 'resume'), cbs=[Kill()] if mode == 'kill' else None)
+              progress=False, device='cpu', hist_every=1, resume=(mode == 'resume'), cbs=kill_callbacks(mode))
 ''')
 
 
 def _child(tmp_path, *args):
     script = tmp_path/'child.py'; script.write_text(CHILD)
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return procs.run([script, *args], env=env, timeout=600)   # a real process, forked from the tests' zygote
 
 
 def test_sar_run_killed_mid_epoch_resumes_bitwise(sar_data, tmp_path):
     full, cut = tmp_path/'full', tmp_path/'cut'
     r = _child(tmp_path, sar_data, full, 'full'); assert r.returncode == 0, r.stderr[-3000:]
-    r = _child(tmp_path, sar_data, cut, 'kill'); assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    r = _child(tmp_path, sar_data, cut, 'kill:2:1'); assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert load_checkpoint(cut/'checkpoints'/'latest.pt')['loop']['epoch'] == 1
     r = _child(tmp_path, sar_data, cut, 'resume'); assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_checkpoint(full/'checkpoints'/'latest.pt'), load_checkpoint(cut/'checkpoints'/'latest.pt')
@@ -127,10 +126,9 @@ def test_bad_config_values_are_refused(sar_data, tmp_path):
 
 @pytest.mark.slow
 def test_compare_cli_writes_the_table(sar_data, tmp_path):
-    exe = Path(sys.executable).parent/'medrecipes'
-    r = subprocess.run([str(exe), 'compare', 'sar', f'data.path={sar_data}', f'trainer.out_dir={tmp_path}', 'data.patch=32', 'data.batch_size=8',
+    r = procs.run(['-m', 'medrecipes.cli', 'compare', 'sar', f'data.path={sar_data}', f'trainer.out_dir={tmp_path}', 'data.patch=32', 'data.batch_size=8',
                         'data.patches_per_image=2', 'model.base_channels=8', 'trainer.max_epochs=1', 'trainer.progress=false', 'trainer.device=cpu'],
-                       capture_output=True, text=True, timeout=900)
+                  timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     df = pd.read_csv(tmp_path/'comparison.csv')
     assert list(df.variant) == ['baseline', 'resnet_lite', 'residual', 'attention']

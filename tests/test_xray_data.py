@@ -154,3 +154,32 @@ def test_stratified_split_ignores_row_order(btxrd):
         b = make_split(shuffled, kind, seed=11).set_index('image_id').split
         pd.testing.assert_series_equal(a.sort_index(), b.sort_index(), obj=kind)
         assert make_split(shuffled, kind, seed=11).image_id.tolist() == shuffled.image_id.tolist()   # rows keep the sheet's order
+
+
+# --- split integrity: near-duplicates (issue 14.4)
+
+def test_planted_near_duplicates_share_a_split_and_leaks_are_reported(tmp_path):
+    from medrecipes.synth import make_btxrd
+    src = make_btxrd(tmp_path/'b', n=40, seed=2, duplicates=6)
+    dup = pd.read_csv(src/'duplicates.csv')
+    df = pd.read_csv(src/'dataset.csv')
+    df.loc[df.image_id == dup.image_id[0], 'center'] = 2          # a copy from another hospital than its original
+    df.to_csv(tmp_path/'meta.csv', index=False)
+    kw = dict(meta=tmp_path/'meta.csv', img_dir=src/'images', size=32, bs=8, num_workers=0, device='cpu', progress=False)
+    for kind in SPLIT_KINDS:
+        dls = XrayDataLoaders.from_btxrd(src, split=kind, **kw)
+        s = dls.split_df.set_index('image_id')
+        for a, b in zip(dup.image_id, dup.duplicate_of):
+            assert s.split[a] == s.split[b] and s.group[a] == s.group[b] == min(a, b), (kind, a, b)
+        assert s.group.nunique() == len(s) - len(dup)                 # the planted pairs, and no other group
+    assert s.split[dup.duplicate_of[0]] == 'test'                     # center-holdout: the pair's center-1 original is test too
+    save_split(dls.split_df, tmp_path/'split.csv')
+    assert 'group' in pd.read_csv(tmp_path/'split.csv').columns
+    bad = dls.split_df.copy()                                         # a split from elsewhere that separates one pair
+    a, b = dup.image_id[1], dup.duplicate_of[1]
+    bad.loc[bad.image_id == a, 'split'] = 'train'; bad.loc[bad.image_id == b, 'split'] = 'test'
+    bad.drop(columns='group').to_csv(tmp_path/'bad.csv', index=False)
+    with pytest.warns(UserWarning, match='1 pair\\(s\\) of near-duplicate images sit in different splits'):
+        dls2 = XrayDataLoaders.from_btxrd(src, split=tmp_path/'bad.csv', cache=False, **kw)
+    assert dls2.leak_report[['image_id', 'duplicate_id']].values.tolist() in ([[a, b]], [[b, a]])
+    assert set(dls2.leak_report.split) | set(dls2.leak_report.duplicate_split) == {'train', 'test'}

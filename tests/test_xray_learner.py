@@ -6,6 +6,7 @@ from PIL import Image
 from medrecipes.xray import *
 from medrecipes.xray import xray_fingerprint
 from medrecipes.callbacks import RecallCollapseWarning, class_weights
+import _procs as procs
 
 
 @pytest.fixture
@@ -116,9 +117,9 @@ def _check_run(res, split_tag, btxrd):
 
 @pytest.mark.slow
 def test_cli_train_all_end_to_end(btxrd, tmp_path):
-    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train-all', 'xray', '--config-name', 'xray_demo',
-                        f'data.path={btxrd}', f'trainer.out_dir={tmp_path/"run"}', 'data.size=64', 'trainer.max_epochs=2',
-                        'trainer.lr=2e-3', 'callbacks.patience=3'], capture_output=True, text=True, timeout=900)
+    r = procs.run(['-m', 'medrecipes.cli', 'train-all', 'xray', '--config-name', 'xray_demo',
+                   f'data.path={btxrd}', f'trainer.out_dir={tmp_path/"run"}', 'data.size=64', 'trainer.max_epochs=2',
+                   'trainer.lr=2e-3', 'callbacks.patience=3'], timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'valid_loss' in r.stdout + r.stderr          # the progress table
     out = tmp_path/'run'
@@ -129,8 +130,7 @@ def test_cli_train_all_end_to_end(btxrd, tmp_path):
 
 
 def test_cli_bad_overrides_are_refused(btxrd, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'train', 'xray', f'data.path={btxrd}', *a],
-                                    capture_output=True, text=True)
+    run = lambda *a: procs.run(['-m', 'medrecipes.cli', 'train', 'xray', f'data.path={btxrd}', *a])
     r = run('trainer.epochs=2')
     assert r.returncode == 2 and "unknown config key 'trainer.epochs'; known keys: max_epochs" in r.stderr
     r = run('model=nonet')

@@ -1,0 +1,138 @@
+"""The X-ray data pipeline on radiographs at BTXRD's real size: full decode, JPEG draft decode, decode-once cache.
+
+Generated BTXRD-format radiographs of 1500-3600 px a side (`make_btxrd(..., size_range=(1500, 3600))`, the range of
+the real release's larger images) go through `XrayDataLoaders.from_btxrd` at 224 px with the training augmentations on:
+
+- `full decode`: every image decoded in full and letterboxed to the input every epoch (the pipeline before the cache:
+  `cache=False, draft=False`, no stored size);
+- `draft decode`: JPEG draft decoding (DCT scaling to >= 2x the input) and the stored size, no cache;
+- `cache cold`: the first epoch with a new cache: building it (decode, shrink, hash, write) plus the epoch;
+- `cache warm`: an epoch read from the memory-mapped cache;
+- `monai PersistentDataset` (when monai is installed): MONAI's own decode-once cache doing the same decode and resize,
+  cold and warm;
+- `items only`: the item stage alone (read, letterbox, to tensor) with the full decode and the warm cache: what
+  loader workers do when the batch transforms run on a GPU;
+- one end-to-end training epoch of EfficientNet-B0 at 224 px (random init; fastai `Learner.fit`) without and with the
+  (warm) cache.
+
+The loader rows run in the main process (`num_workers=0`) with `--threads` torch threads, so their images/s is per
+loader core when `--threads 1`. The machine's load average is recorded with every row: on a shared machine other
+processes take CPU time, and the absolute figures drop with them. Rows are appended to
+`benchmarks/results/xray_data.csv`.
+
+    python benchmarks/xray_data.py [--n 60] [--size 224] [--bs 16] [--threads 1] [--train-threads 2] [--no-train]
+"""
+import argparse, csv, datetime, os, platform, shutil, sys, tempfile, time
+from pathlib import Path
+import numpy as np, torch
+
+from _common import machine
+
+
+def load() -> str:
+    "The 1-, 5- and 15-minute load averages of the machine (/proc/loadavg)."
+    try: return ' '.join(open('/proc/loadavg').read().split()[:3])
+    except OSError: return ''
+
+
+def epoch(dl) -> float:
+    "Seconds to iterate `dl` once (decode, item and batch transforms on the CPU)."
+    t0 = time.perf_counter()
+    for _ in dl: pass
+    return time.perf_counter() - t0
+
+
+def monai_rows(src, items, size, tmp):
+    "MONAI's PersistentDataset + DataLoader, the same decode and letterbox to `size`: (cold s, warm s) for one pass."
+    from monai.data import PersistentDataset, DataLoader
+    from monai.transforms import Compose, LoadImaged, EnsureChannelFirstd, Resized, SpatialPadd, ScaleIntensityd, RandAffined
+    keys = ['img']
+    tf = Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys), Resized(keys, spatial_size=size, size_mode='longest'),
+                  SpatialPadd(keys, (size, size)), ScaleIntensityd(keys),
+                  RandAffined(keys, prob=.75, rotate_range=.17, scale_range=.1, padding_mode='zeros')])
+    ds = PersistentDataset([{'img': str(src/'images'/i)} for i in items], tf, cache_dir=tmp/'monai', weights_only=False)   # its own files
+    dl = DataLoader(ds, batch_size=16, num_workers=0, shuffle=True)
+    return epoch(dl), epoch(dl)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--n', type=int, default=60); ap.add_argument('--size', type=int, default=224)
+    ap.add_argument('--bs', type=int, default=16); ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--train-threads', type=int, default=2); ap.add_argument('--no-train', action='store_true')
+    ap.add_argument('--data', default=None, help='reuse a generated data set (written there if missing)')
+    ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'xray_data.csv'))
+    a = ap.parse_args()
+    import fastai, timm, PIL
+    from medrecipes.synth import make_btxrd
+    from medrecipes.data.xray import XrayDataLoaders
+    tmp = Path(tempfile.mkdtemp())
+    src = Path(a.data) if a.data else tmp/'btxrd'
+    if not (src/'dataset.csv').exists():
+        t0 = time.perf_counter(); make_btxrd(src, n=a.n, seed=0, size_range=(1500, 3600))
+        print(f"generated {a.n} radiographs in {time.perf_counter() - t0:.0f} s", flush=True)
+    common = dict(split='stratified', size=a.size, bs=a.bs, num_workers=0, device='cpu', progress=False)
+    rows, base = [], dict(date=datetime.datetime.now().isoformat(timespec='seconds'), machine=machine(),
+                          python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__,
+                          timm=timm.__version__, pillow=PIL.__version__, n_images=a.n, size=a.size, bs=a.bs)
+    def row(what, n, secs, threads, note=''):
+        ld = load()
+        busy = ld and float(ld.split()[0]) > 0.5 * (os.cpu_count() or 1)
+        r = dict(base, what=what, threads=threads, images=n, seconds=round(secs, 2), images_per_s=round(n / secs, 1),
+                 load=ld, note=note + ('; machine shared with other jobs (see load)' if busy else ''))
+        rows.append(r); print(f"{what:34s} {n:4d} images {secs:7.2f} s {n / secs:7.1f} img/s  (load {r['load']})", flush=True)
+
+    torch.set_num_threads(a.threads)
+    full = XrayDataLoaders.from_btxrd(src, cache=False, draft=False, cache_size=100000, min_image_size=0, **common)
+    n_tr = len(full.train_ds)
+    row('pipeline: full decode', n_tr, min(epoch(full.train), epoch(full.train)), a.threads,
+        'decode in full + Resize every epoch (before the cache); best of 2 epochs')
+    dr = XrayDataLoaders.from_btxrd(src, cache=False, draft=True, **common)
+    row('pipeline: draft decode', n_tr, min(epoch(dr.train), epoch(dr.train)), a.threads,
+        f'JPEG draft >= {2 * a.size} px, stored {2 * a.size} px, no cache; best of 2 epochs')
+    cdir = tmp/'cache'
+    t0 = time.perf_counter()
+    cached = XrayDataLoaders.from_btxrd(src, cache=True, cache_dir=cdir, **common)
+    build = time.perf_counter() - t0
+    cold = epoch(cached.train)
+    row('pipeline: cache cold (build + epoch)', n_tr, build + cold, a.threads,
+        f'build over all {a.n} images (train, valid, test) {build:.1f} s + first epoch {cold:.1f} s')
+    row('pipeline: cache warm', n_tr, min(epoch(cached.train), epoch(cached.train)), a.threads, 'best of 2 epochs')
+    # the item stage alone (read, letterbox, to tensor): what loader workers do when the batch transforms run on a GPU
+    items = lambda dl: [dl.do_item(i) for i in range(len(dl.dataset))]   # fastai: create_item + after_item (Resize, ToTensor)
+    def timed(f):
+        t0 = time.perf_counter(); f(); return time.perf_counter() - t0
+    for what, dl in (('items only: full decode', full.train), ('items only: cache warm', cached.train)):
+        row(what, n_tr, min(timed(lambda: items(dl)) for _ in range(2)), a.threads,
+            'no batch transforms (on a GPU they run on the device); best of 2 passes')
+    try:
+        import monai
+        ids = list(cached.train.items.image_id)
+        mc, mw = monai_rows(src, ids, a.size, tmp)
+        row('pipeline: monai PersistentDataset cold', n_tr, mc, a.threads, f'monai {monai.__version__}: LoadImage, resize, pad, scale, RandAffine')
+        row('pipeline: monai PersistentDataset warm', n_tr, mw, a.threads, f'monai {monai.__version__}')
+    except ImportError: print('monai is not installed: no PersistentDataset row')
+
+    if not a.no_train:
+        from fastai.learner import Learner
+        from fastai.losses import CrossEntropyLossFlat
+        torch.set_num_threads(a.train_threads)
+        for what, dls in (('epoch efficientnet_b0: full decode', full), ('epoch efficientnet_b0: cache warm', cached)):
+            torch.manual_seed(0)
+            learn = Learner(dls, timm.create_model('efficientnet_b0', pretrained=False, num_classes=3), loss_func=CrossEntropyLossFlat())
+            with learn.no_bar(), learn.no_logging():
+                learn.fit(1, 1e-3)                                   # warm-up: first-call allocations
+                t0 = time.perf_counter(); learn.fit(1, 1e-3); secs = time.perf_counter() - t0
+            row(what, n_tr, secs, a.train_threads, f'train {n_tr} + valid {len(dls.valid_ds)} images, second epoch timed; images = train')
+    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.exists()
+    with open(out, 'a', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new: w.writeheader()
+        w.writerows(rows)
+    print(f"appended {len(rows)} rows to {out}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()

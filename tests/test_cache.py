@@ -1,0 +1,159 @@
+"The decode-once image cache (medrecipes.data.cache): a pure speed-up, invalidated when it must be, never read half-written."
+import os, signal, time, multiprocessing as mp
+import numpy as np, pandas as pd, pytest, torch
+from pathlib import Path
+from PIL import Image
+from medrecipes.data import cache as C
+from medrecipes.data.cache import build_cache, ImageCache, StoredImages
+from medrecipes.data.images import read_stored
+
+
+def _jpegs(d, sizes, seed=0):
+    "Smooth random JPEGs of the given (w, h) sizes (large ones decode with draft scaling)."
+    d.mkdir(parents=True, exist_ok=True)
+    rng, out = np.random.default_rng(seed), []
+    for i, (w, h) in enumerate(sizes):
+        a = (rng.random((max(2, h // 16), max(2, w // 16))) * 255).astype(np.uint8)
+        Image.fromarray(a).resize((w, h), Image.BICUBIC).convert('RGB').save(d/f'im{i:02d}.jpg', quality=90)
+        out.append(d/f'im{i:02d}.jpg')
+    return out
+
+
+def test_invalidation_by_file_size_and_preprocessing(tmp_path):
+    files = _jpegs(tmp_path/'img', [(200, 150), (120, 180), (90, 90)])
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False)
+    for i, f in enumerate(files): assert np.array_equal(c.array(c.lookup(f)), np.asarray(read_stored(f, 64)))
+    t0 = c.manifest['created']; stamps = c.manifest['stamps']
+    assert build_cache(files, tmp_path/'c', stored=64, progress=False).manifest['stamps'] == stamps      # reused as it is
+    st = os.stat(files[0]); os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))          # touched
+    c2 = build_cache(files, tmp_path/'c', stored=64, progress=False)
+    assert c2.path == c.path and c2.manifest['stamps'][0] != stamps[0]
+    Image.new('RGB', (200, 150), (200, 10, 10)).save(files[1])                                      # modified: new pixels served
+    r = StoredImages(64, cache=c2)
+    assert np.array_equal(np.asarray(r(files[1])), np.asarray(read_stored(files[1], 64)))           # a stale entry is never served
+    c3 = build_cache(files, tmp_path/'c', stored=64, progress=False)
+    assert np.array_equal(c3.array(1), np.asarray(read_stored(files[1], 64)))
+    assert build_cache(files, tmp_path/'c', stored=48, progress=False).array(0).shape[1] == 48        # another stored size
+    C.CACHE_VERSION += 1                                                                            # another preprocessing
+    try: assert C._stale(c3.path, [str(f) for f in files], C.preprocessing_signature(64, None)).startswith('preprocessing changed')
+    finally: C.CACHE_VERSION -= 1
+    assert C._stale(c3.path, [str(f) for f in files[:2]], c3.manifest['signature']) == 'the list of images changed'
+
+
+def _slow_build(files, d):
+    "Child process: a build that takes long enough to be killed in the middle."
+    orig = C.read_stored
+    C.read_stored = lambda *a, **k: (time.sleep(.15), orig(*a, **k))[1]
+    build_cache(files, d, stored=64, progress=False)
+
+
+def test_killed_build_is_never_read(tmp_path):
+    files = _jpegs(tmp_path/'img', [(160, 120)] * 12)
+    p = mp.get_context('fork').Process(target=_slow_build, args=(files, tmp_path/'c')); p.start()
+    deadline = time.time() + 20
+    while time.time() < deadline and not any((t/'pixels.u8').is_file() and (t/'pixels.u8').stat().st_size > 0
+                                             for t in (tmp_path/'c').glob('*.tmp-*')): time.sleep(.02)
+    os.kill(p.pid, signal.SIGKILL); p.join()
+    tmps = list((tmp_path/'c').glob('*.tmp-*'))
+    assert len(tmps) == 1 and not (tmps[0]/'manifest.json').exists()                               # killed half-way
+    final = tmps[0].with_name(tmps[0].name.split('.tmp-')[0])
+    assert not final.exists()
+    with pytest.raises(FileNotFoundError): ImageCache(final)                                        # nothing to read
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False)                                  # the next build starts over
+    assert c.path == final and not list((tmp_path/'c').glob('*.tmp-*')) and len(c) == 12
+    # a finished cache whose pixel file was cut short is stale too, and is rebuilt
+    with open(final/'pixels.u8', 'r+b') as f: f.truncate(100)
+    assert C._stale(final, [str(f) for f in files], c.manifest['signature']) == 'pixels.u8 is incomplete'
+    with pytest.raises(ValueError, match='pixels.u8 holds 100 bytes'): ImageCache(final)
+    assert np.array_equal(build_cache(files, tmp_path/'c', stored=64, progress=False).array(11), np.asarray(read_stored(files[11], 64)))
+
+
+def test_bad_files_fail_the_build_by_name(tmp_path):
+    files = _jpegs(tmp_path/'img', [(160, 120), (160, 120), (40, 30)])
+    files[1].write_bytes(files[1].read_bytes()[:300])                                              # truncated
+    with pytest.raises(ValueError, match=f'cannot decode image {files[1]}'): build_cache(files, tmp_path/'c', stored=64, progress=False)
+    with pytest.raises(ValueError, match=f'image {files[2]} is 40 x 30 pixels, too small for the stored size 256'):
+        build_cache([files[0], files[2]], tmp_path/'c', stored=256, min_side=64, progress=False)
+    assert not list((tmp_path/'c').glob('*/manifest.json'))                                       # nothing finished, nothing left
+    assert not list((tmp_path/'c').glob('*.tmp-*'))
+
+
+def _fit_one_epoch(path, **kw):
+    "Train a tiny classifier 1 epoch from seed 0; returns (weights, recorder values)."
+    import timm
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from medrecipes.core import set_seed
+    from medrecipes.data.xray import XrayDataLoaders
+    set_seed(0)
+    dls = XrayDataLoaders.from_btxrd(path, size=32, bs=16, num_workers=0, device='cpu', progress=False, **kw)
+    set_seed(0)
+    learn = Learner(dls, timm.create_model('resnet10t', pretrained=False, num_classes=3), loss_func=CrossEntropyLossFlat())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    return dls, torch.cat([p.detach().flatten() for p in learn.model.parameters()]), learn.recorder.values[-1]
+
+
+def test_one_epoch_is_the_same_with_and_without_the_cache(btxrd_copy):
+    meta = btxrd_copy/'subset.csv'; pd.read_csv(btxrd_copy/'dataset.csv').iloc[:48].to_csv(meta, index=False)   # 48 images: fast
+    dls, w1, v1 = _fit_one_epoch(btxrd_copy, cache=True, meta=meta)
+    assert dls.stored.cache is not None and len(dls.stored.cache) == 48
+    _, w0, v0 = _fit_one_epoch(btxrd_copy, cache=False, meta=meta)
+    assert torch.equal(w1, w0) and v1 == v0                                                          # bitwise: the same pixels
+    assert (btxrd_copy/'.medrecipes-cache').is_dir()
+
+
+def test_draft_decoding_changes_pixels_within_tolerance(tmp_path):
+    "Draft (DCT-scaled) decoding of large JPEGs: stored pixels within 3 grey levels on average, the epoch's loss within 5%."
+    from medrecipes.synth import make_btxrd
+    src = make_btxrd(tmp_path/'b', n=12, seed=0)
+    sizes = [Image.open(src/'images'/f).size for f in sorted(os.listdir(src/'images'))]
+    big = [(w * 5, h * 5) for w, h in sizes]                                                         # 960-1600 px: draft applies
+    for f, s in zip(sorted(os.listdir(src/'images')), big):
+        Image.open(src/'images'/f).resize(s, Image.BICUBIC).save(src/'images'/f, quality=90)
+    for f in sorted(os.listdir(src/'images'))[:6]:
+        a = np.asarray(read_stored(src/'images'/f, 64, 64), np.float32); b = np.asarray(read_stored(src/'images'/f, 64), np.float32)
+        if max(Image.open(src/'images'/f).size) >= 1024: assert not np.array_equal(a, b)          # the pixels do change
+        assert a.shape == b.shape and np.abs(a - b).mean() < 3
+    _, wd, vd = _fit_one_epoch(src, cache=True, draft=True, split='stratified', test_pct=0.25, valid_pct=0.25)
+    _, wf, vf = _fit_one_epoch(src, cache=True, draft=False, split='stratified', test_pct=0.25, valid_pct=0.25)
+    assert abs(vd[0] - vf[0]) / vf[0] < 0.05 and abs(vd[1] - vf[1]) / vf[1] < 0.05                 # train and valid loss
+
+
+def test_dicom_data_set_through_the_xray_loaders(tmp_path):
+    "`make_btxrd(dicom=True)` writes 12-bit DICOMs of the same pictures: the loaders read them, windowed, like the JPEGs."
+    from medrecipes.synth import make_btxrd
+    from medrecipes.data.xray import XrayDataLoaders
+    j, d = make_btxrd(tmp_path/'j', n=12, seed=3), make_btxrd(tmp_path/'d', n=12, seed=3, dicom=True)
+    kw = dict(size=32, bs=4, num_workers=0, device='cpu', progress=False, split='stratified', valid_pct=.25, test_pct=.25)
+    dj, dd = XrayDataLoaders.from_btxrd(j, **kw), XrayDataLoaders.from_btxrd(d, **kw)
+    assert dd.items_df.image_id.str.endswith('.dcm').all() and len(dd.stored.cache) == 12
+    assert dd.one_batch()[0].shape == (4, 3, 32, 32)
+    for rj, rd in zip(dj.items_df.itertuples(), dd.items_df.itertuples()):
+        a = np.asarray(dj.stored(pd.Series(rj._asdict())), np.float32); b = np.asarray(dd.stored(pd.Series(rd._asdict())), np.float32)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 2.5                                       # lossless 12 bits vs JPEG q90
+
+
+def _build_counting(files, d, log):
+    "Child process: build (slowly) and log every time it actually decodes the data set."
+    orig_r, orig_w = C.read_stored, C._write
+    C.read_stored = lambda *a, **k: (time.sleep(.1), orig_r(*a, **k))[1]
+    C._write = lambda *a, **k: (open(log, 'a').write(f'{os.getpid()}\n'), orig_w(*a, **k))[1]
+    build_cache(files, d, stored=64, progress=False)
+
+
+def test_concurrent_builds_wait_on_the_lock_and_ddp_ranks_wait_for_rank0(tmp_path, monkeypatch):
+    files = _jpegs(tmp_path/'img', [(160, 120)] * 6)
+    ctx = mp.get_context('fork')
+    ps = [ctx.Process(target=_build_counting, args=(files, tmp_path/'c', tmp_path/'log')) for _ in range(2)]
+    for p in ps: p.start()
+    for p in ps: p.join(30)
+    assert [p.exitcode for p in ps] == [0, 0]
+    assert len((tmp_path/'log').read_text().split()) == 1                      # one process built, the other waited and opened it
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False)
+    # DDP: a rank other than 0 takes rank 0's word (broadcast) and opens what rank 0 built; rank 0's error raises everywhere
+    monkeypatch.setattr(C, 'is_distributed', lambda: True); monkeypatch.setattr(C, 'is_rank0', lambda: False)
+    monkeypatch.setattr(C, 'broadcast_object', lambda obj, src=0: 'ok')
+    assert build_cache(files, tmp_path/'c', stored=64, progress=False).path == c.path
+    monkeypatch.setattr(C, 'broadcast_object', lambda obj, src=0: ('error', f'ValueError: cannot decode image {files[0]}'))
+    with pytest.raises(RuntimeError, match=f'failed on rank 0: ValueError: cannot decode image {files[0]}'):
+        build_cache(files, tmp_path/'c', stored=64, progress=False)
