@@ -133,7 +133,6 @@ def test_sar_compress_and_reconstruct(tmp_path):
     assert 'another checkpoint' in e.error[0]
 
 
-@pytest.mark.skip(reason="needs DICOM reading")
 def test_dicom_and_png_give_the_same_class(ckpt, tmp_path):
     pydicom = pytest.importorskip('pydicom')
     from pydicom.dataset import Dataset, FileMetaDataset
