@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 600 --seed 0
 	$(BIN)/medrecipes train-all xray --config-name xray_demo
-	$(BIN)/medrecipes synth sar data/sar_demo --n 32 --n-valid 8 --n-test 4 --size 128 --seed 0
+	$(BIN)/medrecipes synth sar data/sar_demo --n 32 --n-valid 8 --n-test 4 --size 128 --seed 0 --mode realistic
 	$(BIN)/medrecipes compare sar --config-name sar_demo trainer.progress=false
 	$(BIN)/medrecipes synth digits data/digits_demo --seed 0
 	$(BIN)/medrecipes train folder --config-name folder_demo trainer.progress=false

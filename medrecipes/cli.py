@@ -59,11 +59,19 @@ def _parser():
     s.add_argument('--n-valid', type=int, default=16, help='sar: validation images')
     s.add_argument('--n-test', type=int, default=0, help='sar: test images')
     s.add_argument('--size', type=int, default=None, help='image side in pixels (sar: 256)')
-    s.add_argument('--looks', type=float, default=1, help='sar: number of looks of the speckle')
+    s.add_argument('--looks', type=float, default=None, help='sar: number of looks of the speckle (default: 4.4 realistic, 1 single-look)')
+    s.add_argument('--mode', choices=('realistic', 'single-look'), default='realistic',
+                   help='sar: Sentinel-1-like scenes (correlated 4.4-look speckle, texture, urban clusters) or single-look Gamma speckle')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--force', action='store_true', help='write even if dest already holds a data set')
     s.add_argument('--dicom', action='store_true', help='btxrd: write 12-bit DICOM files (.dcm) instead of JPEGs')
     s.add_argument('--duplicates', type=int, default=0, help='btxrd: plant this many near-duplicate images (listed in duplicates.csv)')
+    k = sub.add_parser('codec', help='SAR codec files: compress an image with a checkpoint, or decompress a file')
+    k.add_argument('action', choices=('compress', 'decompress'))
+    k.add_argument('checkpoint', help='a SAR checkpoint (best.pt) trained with quant_bits > 0')
+    k.add_argument('input', help='compress: an image (.npy/.tif/.png) in the run\'s units; decompress: a .mrsar file')
+    k.add_argument('output', help='compress: the .mrsar file to write; decompress: the .npy to write')
+    k.add_argument('--out', choices=('linear', 'db', 'scaled'), default='linear', help='decompress: units of the image written')
     return p
 
 def parse_args(argv=None):
@@ -95,13 +103,23 @@ def _synth(args):
         if (dest/'metadata.json').exists() and not args.force:
             print(f"{dest} already holds a data set; use --force to write it again"); return 0
         n = args.n or 64
-        make_sar(dest, n_train=n, n_valid=args.n_valid, n_test=args.n_test, size=args.size or 256, looks=args.looks, seed=args.seed)
-        print(f"wrote {n}+{args.n_valid}+{args.n_test} SAR images to {dest}"); return 0
+        make_sar(dest, n_train=n, n_valid=args.n_valid, n_test=args.n_test, size=args.size or 256, looks=args.looks, seed=args.seed,
+                 mode=args.mode)
+        print(f"wrote {n}+{args.n_valid}+{args.n_test} {args.mode} SAR images to {dest}"); return 0
     from medrecipes.synth import make_digits
     if (dest/'train').exists() and not args.force:
         print(f"{dest} already holds a data set; use --force to write it again"); return 0
     kw = {k: v for k, v in (('splits', args.n and (args.n,) * 3), ('size', args.size)) if v is not None}
     make_digits(dest, seed=args.seed, **kw); print(f"wrote a digits data set to {dest}"); return 0
+
+def _codec(args):
+    from medrecipes.codec import compress, decompress
+    if args.action == 'compress':
+        info = compress(args.checkpoint, args.input, args.output)
+        print(f"wrote {args.output}: {info['bytes']} bytes, {info['bpp']:.4f} bits per pixel ({info['payload_bpp']:.4f} in the coded stream)"); return 0
+    import numpy as np
+    img = decompress(args.input, args.checkpoint, out=args.out)
+    np.save(args.output, img); print(f"wrote {args.output}: {img.shape[0]}x{img.shape[1]} {args.out}"); return 0
 
 def _quiet_logging(verbose:bool):
     "medrecipes' own messages at INFO; every other library's only from WARNING up, unless `verbose`."
@@ -120,6 +138,7 @@ def user_errors() -> tuple:
 
 def _run(args) -> int:
     if args.command == 'synth': return _synth(args)
+    if args.command == 'codec': return _codec(args)
     if args.command == 'predict':
         if args.bs < 1: raise ValueError(f"--bs must be a positive number of images, not {args.bs}")
         from medrecipes.predict import predict_main
@@ -144,7 +163,10 @@ def _run(args) -> int:
         elif args.recipe == 'sar':
             from medrecipes.sar import train_sar, compare_sar
             if args.command == 'train': say(json.dumps(train_sar(cfg), indent=2, default=str))
-            else: table(compare_sar(cfg))
+            else:
+                df = compare_sar(cfg); table(df)
+                for line in df.attrs.get('targets', []): say(line)
+                if 'rd' in df.attrs: say(f"rate-distortion sweep: {Path(cfg['trainer']['out_dir'])/'rd'/'rd.png'}")
         else:
             from medrecipes.xray import train_xray, train_all_xray
             if args.command == 'train': say(json.dumps(train_xray(cfg), indent=2, default=str))

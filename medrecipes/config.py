@@ -102,11 +102,14 @@ class SarModel:
     variant:str='attention'       # baseline | resnet_lite | residual | attention
     latent_channels:int=16        # 16 channels at 1/16 resolution: 16x fewer values than the input
     base_channels:int=32
+    quant_bits:int=8              # uniform quantisation of the latent, bits per value (0: a float latent, no bitrate)
+    quant_proxy:str='ste'         # the quantiser in training: ste (straight-through) | noise (additive uniform)
 
 @dataclass
 class SarData:
     path:str='data/sar'           # train/ and valid/ (and optionally test/) images: .npy, .tif, .png
-    units:Optional[str]=None      # linear | db | null (metadata.json, else float pixels are linear intensity)
+    units:Optional[str]=None      # linear | db | amplitude (intensity = DN^2) | null (metadata.json, else float pixels are linear intensity)
+    calibration_db:float=0.0      # added to every dB value, e.g. -10 log10(K) for sigma0 = DN^2 / K
     clip:Any=None                 # null: percentiles 1 and 99 of the training images; [lo, hi] dB; [percentile, p1, p2]
     patch:int=256
     batch_size:int=32
@@ -131,6 +134,9 @@ class SarTrainer:
     device:str='auto'
     progress:bool=True
     resume:Any=False
+    codec_images:int=8            # test (else valid) images coded into real files for the bitrate and JPEG2000 beside it (0: off)
+    sweep_latent_channels:Any=None  # compare: a rate-distortion sweep over these latent channels, e.g. [4, 8, 16] (null: off)
+    sweep_quant_bits:Any=None     # ... times these quantisation bits, e.g. [4, 8]; rd.csv and rd.png in out_dir/rd
 
 @dataclass
 class SarCallbacks:

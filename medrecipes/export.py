@@ -76,10 +76,12 @@ def _sar_parts(ck, path):
     if patch is None: raise ValueError(f"{path}: no patch size: expected 'patch' (or config['patch']) in the SAR checkpoint")
     patch = int(patch)
     if patch % SAR_DOWNSAMPLE: raise ValueError(f"{path}: patch {patch} is not a multiple of {SAR_DOWNSAMPLE}")
-    model = _load_state(sar_model(**cfg), ck, path)
+    model = _load_state(sar_model(**{'quant_bits': None, **cfg}), ck, path)   # without the key: a float latent (older checkpoints)
     c_in, c_lat, p = model.in_channels, model.latent_channels, patch // SAR_DOWNSAMPLE
     base = dict(model_config=_json(cfg), preprocess=_json(ck['preprocessing_params']), patch=str(patch), downsample=str(SAR_DOWNSAMPLE))
-    return [dict(suffix='.encoder', module=model.encoder, input_name='image', output_name='latent', shape=(c_in, patch, patch),
+    # a quantised codec's encoder ends in its quantiser: the file gives the rounded latent the decoder takes (codes / (2^bits - 1))
+    enc = nn.Sequential(model.encoder, model.quantizer) if getattr(model, 'quant_bits', None) else model.encoder
+    return [dict(suffix='.encoder', module=enc, input_name='image', output_name='latent', shape=(c_in, patch, patch),
                  dist='uniform', meta=dict(kind='sar_encoder', **base)),
             dict(suffix='.decoder', module=model.decoder, input_name='latent', output_name='reconstruction', shape=(c_lat, p, p),
                  dist='normal', meta=dict(kind='sar_decoder', **base))]

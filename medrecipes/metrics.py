@@ -38,10 +38,24 @@ def _blocks(x, w):
     x = x[..., :H // w * w, :W // w * w].double()
     return x.unfold(2, w, w).unfold(3, w, w).reshape(B, -1, w * w)   # B x blocks x pixels
 
+def _checkerboard(w):
+    "Flat index masks of the two checkerboard halves of a `w x w` block: (selection pixels, estimation pixels)"
+    i = torch.arange(w)
+    even = ((i[:, None] + i[None]) % 2 == 0).reshape(-1)
+    return even, ~even
+
+def _local_means(b, w):
+    "Means of the selection pixels of each block's 4 x 4 grid of sub-blocks (side `w // 4`; 1 pixel below a window of 4): B x blocks x cells"
+    s = max(1, w // 4); g = w // s
+    sel = _checkerboard(w)[0].view(w, w)[:g * s, :g * s].to(b.dtype)
+    cells = lambda a: a.unflatten(-1, (g, s)).unflatten(-3, (g, s)).sum((-1, -3)).flatten(-2)
+    b = b.unflatten(-1, (w, w))[..., :g * s, :g * s]
+    return cells(b * sel) / cells(sel).clamp_min(1)
+
 def homogeneous_blocks(orig:torch.Tensor, window:int=16, frac:float=0.25) -> torch.Tensor:
-    "Boolean mask (B x blocks) of the `frac` most homogeneous `window`-blocks of each image of `orig`."
+    "Boolean mask (B x blocks) of the `frac` most homogeneous `window`-blocks of each image of `orig`, judged on one checkerboard half."
     if not 0 < frac <= 1: raise ValueError(f"frac must be in (0, 1], not {frac}")
-    b = _blocks(orig, window)
+    b = _local_means(_blocks(orig, window), window)
     m, sd = b.mean(-1).abs(), b.std(-1, unbiased=False)
     cv = torch.where(m > 0, sd / m.clamp_min(torch.finfo(m.dtype).tiny), torch.where(sd > 0, torch.inf, 0.))
     k = max(1, int(round(frac * cv.shape[1])))
@@ -49,9 +63,11 @@ def homogeneous_blocks(orig:torch.Tensor, window:int=16, frac:float=0.25) -> tor
     return torch.zeros_like(cv, dtype=torch.bool).scatter_(1, idx, True)
 
 def enl_sums(img:torch.Tensor, mask:torch.Tensor, window:int=16) -> tuple:
-    "`(sum of mean^2, sum of var)` of the blocks of `img` selected by `mask`, per image (float64): the pooled ENL statistics."
-    b = _blocks(img, window)
-    return (b.mean(-1) ** 2 * mask).sum(1), (b.var(-1, unbiased=False) * mask).sum(1)
+    "`(sum of unbiased mean^2, sum of unbiased var)` over the other checkerboard half of the blocks `mask` selects, per image (float64)."
+    b = _blocks(img, window)[..., _checkerboard(window)[1]]
+    n = b.shape[-1]
+    var = b.var(-1, unbiased=True) if n > 1 else torch.zeros_like(b[..., 0])
+    return ((b.mean(-1) ** 2 - var / n) * mask).sum(1), (var * mask).sum(1)
 
 def _flat(num, den): return den <= 1e-12 * num   # no variance left (relative to the mean): infinite ENL
 
@@ -60,7 +76,7 @@ def enl_from_sums(num:torch.Tensor, den:torch.Tensor) -> torch.Tensor:
     return torch.where(_flat(num, den), torch.inf, num / torch.where(_flat(num, den), 1., den))
 
 def enl(img:torch.Tensor, mask:torch.Tensor, window:int=16) -> torch.Tensor:
-    "Pooled ENL (`sum(mean^2)/sum(var)`) of the blocks of `img` selected by `mask`, one value per image; `inf` if they are flat."
+    "Pooled, unbiased ENL (`sum(mean^2 - var/n)/sum(var)`) of the blocks of `img` selected by `mask`, one value per image; `inf` if they are flat."
     return enl_from_sums(*enl_sums(img, mask, window)).float()
 
 def ratio_from_sums(pn, pd, tn, td) -> torch.Tensor:

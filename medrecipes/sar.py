@@ -31,9 +31,10 @@ from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARI
 _all_ = ['SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
 
 # %% auto #0
-__all__ = ['SAR_DEFAULTS', 'SarLoss', 'SarTensorBoard', 'SarLearner', 'sar_metrics', 'sar_learner', 'load_sar_model',
-           'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar', 'compare_sar', 'SarDataLoaders',
-           'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']
+__all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SarLoss', 'SarTensorBoard', 'SarLearner',
+           'sar_metrics', 'sar_learner', 'load_sar_model', 'reconstruct_sar', 'sar_config', 'next_batch_size',
+           'train_sar', 'sar_targets', 'compare_sar', 'rd_sweep', 'plot_rd', 'SarDataLoaders', 'SarPreprocess',
+           'SarImage', 'sar_model', 'SAR_VARIANTS']
 
 # %% ../nbs/12_sar.ipynb #c005
 class SarLoss(nn.Module):
@@ -132,7 +133,7 @@ class SarLearner(ResumableLearner):
         with self.no_bar(): preds, _ = self.get_preds(dl=dl)
         rec = dl.dataset.stitch(preds)[0]
         pre = self.dls.preprocess
-        dec = np.asarray(pre.decode_linear(rec) if self.dls.units == 'linear' else pre.decode_db(rec), dtype=np.float32)
+        dec = np.asarray(pre.decode_units(rec), dtype=np.float32)
         res = (dec, SarImage(torch.from_numpy(rec)[None]))
         return (SarImage(torch.from_numpy(dl.dataset.images[0])[None]),) + res if with_input else res
 
@@ -145,6 +146,8 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 variant:str='attention', # baseline, resnet_lite, residual or attention
                 latent_channels:int=16, # latent channels (16: 16x compression)
                 base_channels:int=32, # network width
+                quant_bits:int|None=8, # bits per latent value (0/None: a float latent)
+                quant_proxy:str='ste', # the quantiser in training: 'ste' or 'noise'
                 mse_weight:float=0.7, ssim_weight:float=0.3, # the loss
                 lr:float=1e-4, # Adam's learning rate
                 clip_grad:float|None=1.0, # gradient clipping norm (None: off)
@@ -159,7 +162,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 config:dict|None=None, # the resolved config, stored in every checkpoint
                 cbs=None, **kwargs) -> SarLearner:
     "A fastai `Learner` for a SAR autoencoder with the recipe's loss, metrics, schedulers, logs and checkpoints."
-    model = sar_model(variant, latent_channels, base_channels)
+    model = sar_model(variant, latent_channels, base_channels, quant_bits=quant_bits, quant_proxy=quant_proxy)
     out_dir = Path(out_dir)
     ck = ResumeCheckpoint(out_dir/'checkpoints'/'latest.pt', best=out_dir/'checkpoints'/'best.pt', monitor='valid_loss')
     cb_list = [DivergenceGuard(), *( [GradientClip(clip_grad)] if clip_grad else []),
@@ -184,7 +187,8 @@ def load_sar_model(ckpt:str|Path, device='cpu'):
     ck = load_checkpoint(ckpt)
     for k in ('model_state_dict', 'model_config', 'preprocessing_params'):
         if k not in ck or ck[k] is None: raise ValueError(f"{ckpt} is not a SAR checkpoint: it has no {k!r}")
-    model = sar_model(**ck['model_config']); model.load_state_dict(ck['model_state_dict'])
+    model = sar_model(**{'quant_bits': None, **ck['model_config']})   # a checkpoint without the key predates quantisation
+    model.load_state_dict(ck['model_state_dict'])
     return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocessing_params']), ck.get('patch')
 
 @torch.no_grad()
@@ -280,6 +284,16 @@ def _previous_figures(fn:Path) -> dict:
     except (OSError, ValueError): prev = {}
     return {k: prev.get(k) if isinstance(prev, dict) else None for k in _KEPT}
 
+def _codec_summary(learn, data:Path, n:int, out:Path) -> dict:
+    "Bits per pixel of real codec files and the metrics beside JPEG2000 at that bitrate, on the first `n` test (else valid) images; codec.csv"
+    from medrecipes.codec import compare_codecs
+    from medrecipes.data.sar import sar_files
+    split = 'test' if (data/'test').is_dir() else 'valid'
+    df = compare_codecs(learn, sar_files(data/split)[:n])
+    if is_rank0(): atomic_write(out/'codec.csv', lambda t: df.to_csv(t, index=False))
+    means = df.drop(columns=['image']).groupby(df.codec.str.split(' ').str[0]).mean(numeric_only=True)
+    return {f'{c}_{k}': float(v) for c, row in means.iterrows() for k, v in row.items()} | {'codec_split': split}
+
 def train_sar(config:str|Path|None=None, # YAML config file
               overrides=(), # `key=value` strings
               cbs=None, # extra callbacks for the learner
@@ -291,10 +305,11 @@ def train_sar(config:str|Path|None=None, # YAML config file
     device = default_device(cfg['device'])
     while True:
         set_seed(cfg['seed'])
-        dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']),
+        dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']), calibration_db=cfg['calibration_db'],
                                          patches_per_image=cfg['patches_per_image'], seed=cfg['seed'], num_workers=cfg['num_workers'], device=device)
         run_cfg = {**cfg, 'bs': bs}
         learn = sar_learner(dls, variant=cfg['variant'], latent_channels=cfg['latent_channels'], base_channels=cfg['base_channels'],
+                            quant_bits=cfg['quant_bits'], quant_proxy=cfg['quant_proxy'],
                             mse_weight=cfg['mse_weight'], ssim_weight=cfg['ssim_weight'], lr=cfg['lr'], clip_grad=cfg['clip_grad'],
                             plateau=cfg['schedule'] == 'plateau', plateau_factor=cfg['plateau_factor'], plateau_patience=cfg['plateau_patience'],
                             patience=cfg['patience'], out_dir=out, hist_every=cfg['hist_every'], config=run_cfg, cbs=cbs,
@@ -337,6 +352,8 @@ def train_sar(config:str|Path|None=None, # YAML config file
         test_dir = Path(cfg['data_path'])/'test'
         if test_dir.is_dir():
             summary.update({f'test_{k}': v for k, v in learn.evaluate(dls.tiles_dl(test_dir), which='best').items()})
+    if cfg['quant_bits'] and cfg['codec_images']:   # the best weights are loaded: code real files (every rank: the same summary)
+        summary.update(_codec_summary(learn, Path(cfg['data_path']), int(cfg['codec_images']), out))
     if is_rank0(): atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2))
     return summary
 
@@ -347,20 +364,78 @@ def _md_table(df:pd.DataFrame) -> str:
     lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join(lines) + '\n'
 
+ENL_RATIO_TARGET = (0.7, 1.3)   # the speckle statistics a codec should keep
+ATTENTION_GAIN_TARGET_DB = 0.5  # PSNR the attention variant should gain over the residual one
+
+def sar_targets(df:pd.DataFrame) -> list:
+    "The recipe's targets checked on a comparison table: lines of text (ENL ratio per variant, attention over residual)"
+    lo, hi = ENL_RATIO_TARGET
+    lines = [f"{r.variant}: ENL ratio {r.enl_ratio:.3f} {'within' if lo <= r.enl_ratio <= hi else 'OUTSIDE'} {lo}-{hi}" for r in df.itertuples()]
+    if {'attention', 'residual'} <= set(df.variant):
+        g = float(df.loc[df.variant == 'attention', 'psnr'].iloc[0] - df.loc[df.variant == 'residual', 'psnr'].iloc[0])
+        lines.append(f"attention - residual: {g:+.3f} dB PSNR; target >= {ATTENTION_GAIN_TARGET_DB} dB "
+                     f"{'met' if g >= ATTENTION_GAIN_TARGET_DB else 'NOT met'}")
+    return lines
+
 def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> pd.DataFrame:
-    "Train and evaluate each SAR variant with the same data, seed and config; write comparison.csv and comparison.md."
+    "Train and evaluate each SAR variant with the same data, seed and config; write comparison.csv and comparison.md (table and targets)."
     base = sar_config(config, overrides, **kwargs)
     out = Path(base['out_dir']); rows = []
     for v in variants:
         s = train_sar(config, [*overrides, f'variant={v}', f"out_dir={out/v}"], **kwargs)
         split = 'test' if 'test_psnr' in s else 'valid'
         rows.append(dict(variant=v, params=s['params'], psnr=s[f'{split}_psnr'], ssim=s[f'{split}_ssim'], enl_ratio=s[f'{split}_enl_ratio'],
-                         epi=s[f'{split}_epi'], epochs=s['epochs_run'], sec_per_epoch=s['seconds_per_epoch'], peak_memory_mb=s['peak_memory_mb'],
+                         epi=s[f'{split}_epi'], bpp=s.get('learned_bpp'), jpeg2000_psnr=s.get('jpeg2000_psnr_db'),
+                         epochs=s['epochs_run'], sec_per_epoch=s['seconds_per_epoch'], peak_memory_mb=s['peak_memory_mb'],
                          bs=s['bs_used'], evaluated_on=split))
     df = pd.DataFrame(rows)
+    lo, hi = ENL_RATIO_TARGET
+    df.insert(5, 'enl_ratio_ok', df.enl_ratio.between(lo, hi))
     if 'baseline' in set(df.variant):
         df.insert(6, 'psnr_gain_db', df.psnr - float(df.loc[df.variant == 'baseline', 'psnr'].iloc[0]))
+    if 'residual' in set(df.variant):
+        df.insert(7, 'gain_over_residual_db', df.psnr - float(df.loc[df.variant == 'residual', 'psnr'].iloc[0]))
+    if df.bpp.isna().all(): df = df.drop(columns=['bpp', 'jpeg2000_psnr'])
+    df.attrs['targets'] = sar_targets(df)
     if is_rank0():
         atomic_write(out/'comparison.csv', lambda t: df.to_csv(t, index=False))
-        atomic_write_text(out/'comparison.md', _md_table(df))
+        atomic_write_text(out/'comparison.md', _md_table(df) + '\nTargets:\n' + ''.join(f'- {l}\n' for l in df.attrs['targets']))
+    if base.get('sweep_latent_channels') and base.get('sweep_quant_bits'):
+        df.attrs['rd'] = rd_sweep(config, overrides, variants, base['sweep_latent_channels'], base['sweep_quant_bits'], **kwargs)
     return df
+
+def rd_sweep(config=None, overrides=(), variants=('residual', 'attention'),
+             latent_channels=(4, 8, 16), # latent channels to train
+             quant_bits=(4, 8), # quantisation bits to train
+             **kwargs) -> pd.DataFrame:
+    "Train every variant x latent channels x bits; PSNR against real-file bpp with JPEG2000 at the same rates: rd.csv, rd.png in out_dir/rd"
+    base = sar_config(config, overrides, **kwargs)
+    out = Path(base['out_dir'])/'rd'; rows = []
+    for v in variants:
+        for c in latent_channels:
+            for b in quant_bits:
+                o = [*overrides, f'variant={v}', f'latent_channels={int(c)}', f'quant_bits={int(b)}', f"out_dir={out/f'{v}_c{int(c)}_b{int(b)}'}",
+                     'sweep_latent_channels=null', 'sweep_quant_bits=null']
+                s = train_sar(config, o, **kwargs)
+                rows.append(dict(variant=v, latent_channels=int(c), quant_bits=int(b), bpp=s['learned_bpp'], psnr_db=s['learned_psnr_db'],
+                                 ssim_db=s['learned_ssim_db'], enl_ratio=s['learned_enl_ratio'], jpeg2000_bpp=s['jpeg2000_bpp'],
+                                 jpeg2000_psnr_db=s['jpeg2000_psnr_db'], jpeg2000_ssim_db=s['jpeg2000_ssim_db'], jpeg2000_enl_ratio=s['jpeg2000_enl_ratio']))
+    df = pd.DataFrame(rows)
+    if is_rank0():
+        atomic_write(out/'rd.csv', lambda t: df.to_csv(t, index=False))
+        plot_rd(df, out/'rd.png')
+    return df
+
+def plot_rd(df:pd.DataFrame, # `rd_sweep`'s table (or its rd.csv)
+            path:str|Path): # the PNG to write
+    "PSNR against the measured bits per pixel for every variant, and JPEG2000 at the same rates"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v, g in df.groupby('variant'):
+        g = g.sort_values('bpp'); ax.plot(g.bpp, g.psnr_db, 'o-', label=v)
+        for r in g.itertuples(): ax.annotate(f'{r.latent_channels}x{r.quant_bits}b', (r.bpp, r.psnr_db), fontsize=7, xytext=(3, -9), textcoords='offset points')
+    j = df.sort_values('jpeg2000_bpp'); ax.plot(j.jpeg2000_bpp, j.jpeg2000_psnr_db, 's--k', label='JPEG2000')
+    ax.set_xlabel('bits per pixel (coded stream, measured)'); ax.set_ylabel('PSNR (dB scale, [0, 1])'); ax.set_xscale('log'); ax.grid(alpha=.3); ax.legend()
+    ax.set_title('rate-distortion: latent channels x quantisation bits')
+    fig.tight_layout(); atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)

@@ -17,9 +17,10 @@ from PIL import Image, ImageFilter
 # %% auto #0
 __all__ = ['BTXRD_CLASSES', 'SITE_COLUMNS', 'BENIGN_SUBTYPES', 'MALIGNANT_SUBTYPES', 'SUBTYPE_COLUMNS', 'LIMB_COLUMNS',
            'VIEW_COLUMNS', 'BTXRD_COLUMNS', 'SITE_LIMB', 'BTXRD_RELEASE_COUNTS', 'BTXRD_SUBTYPE_COUNTS',
-           'LESION_THRESHOLD', 'LESION_COLUMNS', 'SAR_TERRAIN_DB', 'SAR_SPLITS', 'DIGIT_SPLITS', 'DIGIT_STROKES',
-           'btxrd_counts', 'btxrd_metadata', 'draw_radiograph', 'write_dicom', 'make_btxrd', 'sar_speckle',
-           'make_sar_scene', 'make_sar', 'draw_digit', 'make_digits']
+           'LESION_THRESHOLD', 'LESION_COLUMNS', 'SAR_TERRAIN_DB', 'SAR_REALISTIC', 'SAR_MODES', 'SAR_SPLITS',
+           'DIGIT_SPLITS', 'DIGIT_STROKES', 'btxrd_counts', 'btxrd_metadata', 'draw_radiograph', 'write_dicom',
+           'make_btxrd', 'sar_speckle', 'look_correlation', 'irf_kernel', 'correlated_speckle', 'make_sar_scene',
+           'make_sar', 'draw_digit', 'make_digits']
 
 # %% ../nbs/01_synth.ipynb #c006
 BTXRD_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -606,17 +607,123 @@ def _sar_reflectivity(h, w, rng):
     return refl, points
 
 # %% ../nbs/01_synth.ipynb #c046
+from scipy import ndimage, special
+
+# the realistic mode's defaults: Sentinel-1 IW GRDH-like statistics (see the table above)
+SAR_REALISTIC = dict(enl=4.4, n_looks=5, resolution_px=1.3, texture_cell_px=3.0, homogeneous_frac=0.45,
+                     texture_order=(1.5, 12.0), urban_order=(0.6, 2.0), nesz_db=-24.0, margin_px=4)
+
+def look_correlation(enl:float, # the equivalent number of looks wanted
+                     n_looks:int, # the number of looks averaged
+                    ) -> float:
+    "The correlation `r` of adjacent looks (look i and j correlate as `r**|i-j|`) that makes their average have `enl` looks"
+    if not 1 < enl <= n_looks and not enl == n_looks == 1: raise ValueError(f"`enl` must be in (1, n_looks={n_looks}], got {enl!r}")
+    d = np.arange(n_looks)
+    f = lambda r: n_looks ** 2 / np.sum(r ** (2 * np.abs(d[:, None] - d[None]))) - enl
+    lo, hi = 0.0, 1.0 - 1e-12
+    if f(lo) <= 0: return 0.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+def irf_kernel(resolution_px:float=1.3, # mainlobe width (first null of the sinc) in pixels
+              ) -> np.ndarray:
+    "A 1-D Hamming-weighted sinc impulse response sampled at the pixel spacing, normalised to unit energy"
+    half = int(np.ceil(3 * resolution_px))
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    h = np.sinc(x / resolution_px) * (0.54 + 0.46 * np.cos(np.pi * x / (half + 1)))
+    return h / np.sqrt((h ** 2).sum())
+
+def correlated_speckle(shape, # (height, width)
+                       enl:float=4.4, # equivalent number of looks of the result
+                       n_looks:int=5, # looks averaged (partially correlated so that their average has `enl` looks)
+                       resolution_px:float=1.3, # impulse-response mainlobe width in pixels: the speckle's correlation length
+                       rng=0, # int seed or a `numpy.random.Generator`
+                      ) -> np.ndarray:
+    "Multi-look intensity speckle (mean 1, ENL `enl`, float32) spatially correlated by the system's impulse response"
+    rng = _as_rng(rng); h, w = shape
+    r = look_correlation(enl, n_looks)
+    d = np.arange(n_looks)
+    A = np.linalg.cholesky(r ** np.abs(d[:, None] - d[None]))       # mixes independent looks into correlated ones
+    k = irf_kernel(resolution_px)
+    out = np.zeros((h, w), np.float64)
+    u = [(rng.standard_normal((h, w)) + 1j * rng.standard_normal((h, w))) / np.sqrt(2) for _ in range(n_looks)]
+    for i in range(n_looks):
+        v = sum(A[i, j] * u[j] for j in range(i + 1))                # unit-variance circular Gaussian look
+        for ax in (0, 1):                                           # the impulse response (wrap: stationary, unit variance)
+            v = ndimage.convolve1d(v.real, k, axis=ax, mode='wrap') + 1j * ndimage.convolve1d(v.imag, k, axis=ax, mode='wrap')
+        out += np.abs(v) ** 2
+    return (out / n_looks).astype(np.float32)
+
+def _realistic_reflectivity(h, w, rng, p):
+    "Clean reflectivity (textured, urban clusters, nesz floor), the point-target intensity and the homogeneous mask"
+    S, A = min(h, w), h * w / 256**2
+    refl, points = _sar_reflectivity(h, w, rng)
+    base = refl.astype(np.float64); base[points] = np.median(base)   # point targets come back through the IRF below
+    levels, lab = np.unique(base, return_inverse=True); lab = lab.reshape(h, w)
+    # urban clusters: bright, strongly textured blocks full of strong scatterers on a street grid
+    urban = np.zeros((h, w), bool)
+    yy, xx = np.mgrid[:h, :w]
+    amp = np.zeros((h, w))
+    for _ in range(int(rng.binomial(max(1, round(2 * A)), 0.6))):
+        cx, cy, rx, ry = float(rng.uniform(0, w)), float(rng.uniform(0, h)), S * float(rng.uniform(0.05, 0.14)), S * float(rng.uniform(0.05, 0.14))
+        m = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        urban |= m
+        step = int(rng.integers(4, 8))
+        grid = m & (((xx - int(cx)) % step == 0) | ((yy - int(cy)) % step == 0)) & (rng.random((h, w)) < 0.35)
+        amp[grid] = np.sqrt(10.0 ** (rng.uniform(5, 22, grid.sum()) / 10))
+    # isolated strong scatterers (ships, pylons): where the single-look layout put its point targets
+    amp[points] = np.sqrt(10.0 ** (rng.uniform(10, 28, points.sum()) / 10))
+    # texture: each distributed region homogeneous (with probability `homogeneous_frac`) or Gamma-textured
+    order = np.where(rng.random(len(levels)) < p['homogeneous_frac'], np.inf, rng.uniform(*p['texture_order'], len(levels)))
+    nu = order[lab]
+    nu[urban] = float(rng.uniform(*p['urban_order']))
+    base[urban] = 10.0 ** (rng.uniform(-4, 2) / 10)
+    tex = np.ones((h, w))
+    t = np.isfinite(nu)
+    if t.any():
+        g = ndimage.gaussian_filter(rng.standard_normal((h, w)), p['texture_cell_px'], mode='wrap'); g /= g.std()
+        tex[t] = special.gammaincinv(nu[t], np.clip(special.ndtr(g[t]), 1e-12, 1 - 1e-12)) / nu[t]   # Gamma(nu) marginals
+    clean = base * tex + 10.0 ** (p['nesz_db'] / 10)
+    # point and urban scatterers: deterministic, random sign, spread by the 2-D impulse response (coherent sum, peak = amp)
+    kp = irf_kernel(p['resolution_px']); kp = kp / kp.max()
+    amp *= rng.choice([-1., 1.], size=(h, w))
+    point_int = ndimage.convolve1d(ndimage.convolve1d(amp, kp, 0, mode='constant'), kp, 1, mode='constant') ** 2
+    # homogeneous: untextured, non-urban regions at least `margin_px` from any other level, where scatterers add < 0.1%
+    m = 2 * p['margin_px'] + 1
+    same = (ndimage.maximum_filter(lab, m) == lab) & (ndimage.minimum_filter(lab, m) == lab)
+    homog = same & ~t & ~urban & (point_int < 1e-3 * clean)
+    return clean, point_int, homog
+
+def _check_mode(mode):
+    if mode not in SAR_MODES: raise ValueError(f"`mode` must be one of {', '.join(SAR_MODES)}, got {mode!r}")
+    return mode
+
+SAR_MODES = ('single-look', 'realistic')
+
 def make_sar_scene(size=256, # side of a square image, or (height, width)
-                   looks=1, # number of looks L of the speckle (any positive number)
+                   looks=None, # number of looks L (any positive number); default 1 ('single-look') or 4.4 ('realistic')
                    rng=0, # int seed or a `numpy.random.Generator`
                    return_clean:bool=False, # also return the clean reflectivity
+                   mode:str='single-look', # 'single-look' (uncorrelated Gamma speckle, piecewise-constant scene) or 'realistic'
+                   return_info:bool=False, # return `(image, info)`: info holds `clean`, `homogeneous` (bool mask) and `enl`
                   ):
-    "A synthetic SAR intensity image (linear, float32): homogeneous regions, lines and point targets, times speckle"
-    h, w = _sar_size(size)
-    looks, rng = _check_looks(looks), _as_rng(rng)
-    clean, points = _sar_reflectivity(h, w, rng)
-    img = clean * sar_speckle((h, w), looks, rng)
-    img[points] = clean[points]                           # deterministic scatterers: no speckle
+    "A synthetic SAR intensity image (linear, float32): regions, lines and point targets times speckle (see the two modes above)"
+    h, w = _sar_size(size); mode = _check_mode(mode)
+    looks, rng = _check_looks(looks if looks is not None else (1 if mode == 'single-look' else SAR_REALISTIC['enl'])), _as_rng(rng)
+    if mode == 'single-look':
+        clean, points = _sar_reflectivity(h, w, rng)
+        img = clean * sar_speckle((h, w), looks, rng)
+        img[points] = clean[points]                           # deterministic scatterers: no speckle
+        homog = (ndimage.maximum_filter(clean, 3) == clean) & (ndimage.minimum_filter(clean, 3) == clean) & ~ndimage.maximum_filter(points, 3)
+    else:
+        p = SAR_REALISTIC
+        clean, point_int, homog = _realistic_reflectivity(h, w, rng, p)
+        n = max(p['n_looks'], math.ceil(looks))
+        img = (clean * correlated_speckle((h, w), looks, n, p['resolution_px'], rng) + point_int).astype(np.float32)
+        clean = (clean + point_int).astype(np.float32)
+    if return_info: return img, dict(clean=clean, homogeneous=homog, enl=looks)
     return (img, clean) if return_clean else img
 
 # %% ../nbs/01_synth.ipynb #c051
@@ -627,19 +734,22 @@ def make_sar(dest, # folder to write; created if missing
              n_valid:int=16, # number of validation images
              n_test:int=0, # number of test images (no `test/` folder when 0)
              size=256, # side of the square images, or (height, width)
-             looks=1, # number of looks L of the speckle
+             looks=None, # number of looks L of the speckle (default: 1 single-look, 4.4 realistic)
              seed:int=0, # random seed: the same arguments give byte-identical files
-             save_clean:bool=False, # also write the clean reflectivity to `clean/<split>/`
+             save_clean:bool=False, # also write the clean reflectivity to `clean/<split>/` and the homogeneous masks to `homogeneous/<split>/`
+             mode:str='single-look', # 'single-look' or 'realistic' (see `make_sar_scene`)
             ) -> Path:
     "Write a synthetic SAR data set of linear-intensity `.npy` images in `train/`, `valid/` (and `test/`) folders"
     counts = {'train': _check_int(n_train, 'n_train', 1), 'valid': _check_int(n_valid, 'n_valid', 1),
               'test': _check_int(n_test, 'n_test', 0)}
     h, w = _sar_size(size)
-    looks, seed = _check_looks(looks), _check_int(seed, 'seed', 0)
+    mode = _check_mode(mode)
+    looks, seed = _check_looks(looks if looks is not None else (1 if mode == 'single-look' else SAR_REALISTIC['enl'])), _check_int(seed, 'seed', 0)
     if not isinstance(save_clean, bool): raise ValueError(f"`save_clean` must be True or False, got {save_clean!r}")
     dest = Path(dest)
     names = {s: [f'scene_{i:05d}.npy' for i in range(n)] for s, n in counts.items()}
-    folders = {s: dest / s for s in SAR_SPLITS} | ({f'clean/{s}': dest / 'clean' / s for s in SAR_SPLITS} if save_clean else {})
+    extra = ('clean', 'homogeneous') if save_clean else ()
+    folders = {s: dest / s for s in SAR_SPLITS} | {f'{e}/{s}': dest / e / s for e in extra for s in SAR_SPLITS}
     for key, folder in folders.items():        # never mix in images of an earlier, different call
         stale = sorted(p.name for p in folder.glob('*.npy') if p.name not in names[key.split('/')[-1]]) if folder.is_dir() else []
         if stale: raise FileExistsError(f"{folder} holds images this call would not write ({', '.join(stale[:3])}"
@@ -648,14 +758,14 @@ def make_sar(dest, # folder to write; created if missing
     for split in SAR_SPLITS:
         if not counts[split]: continue
         (dest / split).mkdir(parents=True, exist_ok=True)
-        if save_clean: (dest / 'clean' / split).mkdir(parents=True, exist_ok=True)
+        for e in extra: (dest / e / split).mkdir(parents=True, exist_ok=True)
         for name, r in zip(names[split], streams[split].spawn(counts[split])):
-            img, clean = make_sar_scene((h, w), looks, r, return_clean=True)
+            img, info = make_sar_scene((h, w), looks, r, mode=mode, return_info=True)
             np.save(dest / split / name, img)
-            if save_clean: np.save(dest / 'clean' / split / name, clean)
+            if save_clean: np.save(dest / 'clean' / split / name, info['clean']); np.save(dest / 'homogeneous' / split / name, info['homogeneous'])
     meta = {'generator': 'medrecipes.synth.make_sar', 'quantity': 'intensity', 'units': 'linear', 'dtype': 'float32',
             'looks': looks, 'size': [h, w], 'seed': seed, 'splits': counts, 'clean': save_clean,
-            'point_targets': 'unspeckled'}
+            'point_targets': 'unspeckled', 'mode': mode} | ({'model': {k: list(v) if isinstance(v, tuple) else v for k, v in SAR_REALISTIC.items()}} if mode == 'realistic' else {})
     (dest / 'metadata.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
     return dest
 

@@ -119,7 +119,7 @@ def _check_sar_files(ckpt, enc, dec):
     g = torch.Generator().manual_seed(3)
     for b in (1, 3):
         x = torch.rand(b, 1, 32, 32, generator=g)
-        with torch.no_grad(): z_ref, y_ref = model.encoder(x).numpy(), model(x).numpy()
+        with torch.no_grad(): z_ref, y_ref = model.quantizer(model.encoder(x)).numpy(), model(x).numpy()   # the 8-bit latent
         z = _ort(enc, x.numpy())
         np.testing.assert_allclose(z, z_ref, rtol=0, atol=ONNX_ATOL)
         np.testing.assert_allclose(_ort(dec, z), y_ref, rtol=0, atol=ONNX_ATOL)

@@ -31,7 +31,7 @@ def test_generator_is_byte_identical_per_seed(tmp_path):
     a, b = make_sar(tmp_path / 'a', seed=4, **kw), make_sar(tmp_path / 'b', seed=4, **kw)
     c = make_sar(tmp_path / 'c', seed=5, **kw)
     da, db, dc = digests(a), digests(b), digests(c)
-    assert da == db and len(da) == 3 + 2 + 1 + 6 + 1
+    assert da == db and len(da) == 3 + 2 + 1 + 6 + 6 + 1   # images, clean, homogeneous masks, metadata
     assert all(da[k] != dc[k] for k in da if k.endswith('.npy'))
     meta = json.loads((a / 'metadata.json').read_text())
     assert meta['units'] == 'linear' and meta['looks'] == 3 and meta['size'] == [64, 64]
@@ -299,7 +299,7 @@ def test_mixed_units(sar_copy):
     np.save(sar_copy / 'test' / 'int.npy', np.arange(80 * 112, dtype=np.int32).reshape(80, 112))
     with pytest.raises(ValueError, match=r"mixed units: .*int\.npy \(test\) holds integer digital numbers .* but training images hold"):
         dls.tiles_dl(sar_copy / 'test')
-    meta = json.loads((sar_copy / 'metadata.json').read_text()); meta['units'] = 'amplitude'
+    meta = json.loads((sar_copy / 'metadata.json').read_text()); meta['units'] = 'sigma0'
     (sar_copy / 'metadata.json').write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"metadata\.json: units must be one of"): loaders(sar_copy)
 
@@ -352,3 +352,31 @@ def test_checkpoint_params_carry_vmin_vmax(sar, tmp_path):
     torch.save({'preprocessing_params': pp}, tmp_path / 'c.pt')
     assert SarPreprocess.from_dict(torch.load(tmp_path / 'c.pt', weights_only=True)['preprocessing_params']) == pre
     with pytest.raises(ValueError, match='vmin/vmax'): SarPreprocess.from_dict({**pp, 'vmin': pp['vmin'] - 1})
+
+
+def test_amplitude_units_and_calibration(tmp_path):
+    "issue 16.6: amplitude DNs are squared into intensity (dB = 20 log10 DN), a calibration constant shifts the dB, old parameters load"
+    from medrecipes.data.sar import SarPreprocess, SarDataLoaders
+    A = np.array([[1., 10., 100.], [1000., 3., 0.]], np.float32)
+    amp, lin = SarPreprocess('amplitude', clip=(-10., 70.)), SarPreprocess('linear', clip=(-10., 70.))
+    np.testing.assert_allclose(amp.to_db(A), lin.to_db(A ** 2), atol=1e-4)
+    np.testing.assert_allclose(amp.to_db(A)[0, :3], [0., 20., 40.], atol=1e-5)
+    x = amp.encode(A)
+    np.testing.assert_allclose(amp.decode_linear(x)[0, 1:], [100., 1e4], rtol=1e-4)            # intensity = DN^2
+    np.testing.assert_allclose(amp.decode_units(x)[0, 1:], [10., 100.], rtol=1e-4)             # back in DN
+    cal = SarPreprocess('amplitude', clip=(-10., 70.), calibration_db=-30.)
+    np.testing.assert_allclose(cal.to_db(A), amp.to_db(A) - 30, atol=1e-4)
+    np.testing.assert_allclose(cal.decode_units(cal.encode(A))[0, 1:], [10., 100.], rtol=1e-4)
+    old = {k: v for k, v in lin.checkpoint_params().items() if k != 'calibration_db'}           # a checkpoint from before
+    assert SarPreprocess.from_dict(old) == lin and SarPreprocess.from_dict(cal.checkpoint_params()) == cal
+    with pytest.raises(ValueError, match='calibration_db'): SarPreprocess('amplitude', calibration_db=float('nan'))
+    # a uint16 amplitude data set fits the same dB clip as its intensity twin
+    src = make_sar(tmp_path / 'lin', n_train=3, n_valid=1, size=64, seed=1)
+    for s in ('train', 'valid'):
+        (tmp_path / 'amp' / s).mkdir(parents=True)
+        for f in (src / s).glob('*.npy'):
+            np.save(tmp_path / 'amp' / s / f.name, np.clip(np.round(np.sqrt(np.load(f)) * 1e4), 0, 65535).astype(np.uint16))
+    d = SarDataLoaders.from_folder(tmp_path / 'amp', patch=32, bs=4, units='amplitude', calibration_db=-80., device='cpu')
+    ref = SarDataLoaders.from_folder(src, patch=32, bs=4, device='cpu')
+    assert d.units == 'amplitude' and abs(d.preprocess.lo - ref.preprocess.lo) < 0.5 and abs(d.preprocess.hi - ref.preprocess.hi) < 0.5
+    with pytest.raises(ValueError, match='cannot be amplitude'): check_sar_image(np.array([[-1., 2.]], np.float32), 'x.npy', 'amplitude')

@@ -134,9 +134,14 @@ def test_compare_cli_writes_the_table(sar_data, tmp_path):
     assert list(df.variant) == ['baseline', 'resnet_lite', 'residual', 'attention']
     assert df.psnr_gain_db.iloc[0] == 0 and (df.params > 0).all() and df.evaluated_on.eq('test').all()
     assert np.isclose(df.psnr_gain_db, df.psnr - df.psnr.iloc[0]).all()
+    # issue 16: the targets per variant (ENL ratio in 0.7-1.3, attention >= 0.5 dB over residual) and a real bitrate
+    assert (df.enl_ratio_ok == df.enl_ratio.between(0.7, 1.3)).all()
+    assert np.isclose(df.gain_over_residual_db, df.psnr - df.psnr.iloc[2]).all() and (df.bpp > 0).all() and (df.jpeg2000_psnr > 0).all()
     md = (tmp_path/'comparison.md').read_text().splitlines()
-    assert md[0].startswith('| variant | params | psnr |') and len(md) == 6
-    for v in df.variant: assert (tmp_path/v/'checkpoints'/'best.pt').is_file()
+    assert md[0].startswith('| variant | params | psnr |') and md[6:8] == ['', 'Targets:'] and len(md) == 13
+    assert md[-1].startswith('- attention - residual: ') and ('NOT met' in md[-1]) == (df.gain_over_residual_db.iloc[3] < 0.5)
+    assert md[-1][2:] in r.stdout and all(f'{v}: ENL ratio' in r.stdout for v in df.variant)
+    for v in df.variant: assert (tmp_path/v/'checkpoints'/'best.pt').is_file() and (tmp_path/v/'codec.csv').is_file()
 
 
 def test_best_checkpoint_rebuilds_the_model_from_its_own_keys(sar_data, tmp_path):

@@ -46,9 +46,11 @@ def test_encoder_and_decoder_alone(variant, cbam):
     with torch.no_grad():
         z = m.encoder(x)
         assert z.shape == (3, 16, 4, 6) and x.numel() / z.numel() == 16
-        y = m.decoder(z)
+        y = m.decoder(m.quantizer(z))                                                # the 8-bit latent in between
         assert y.shape == x.shape
-        torch.testing.assert_close(y, m(x)); torch.testing.assert_close(m.compress(x), z); torch.testing.assert_close(m.decompress(z), y)
+        q = m.compress(x)
+        assert q.dtype == torch.int32 and 0 <= q.min() and q.max() <= 255 and torch.equal(q, torch.round(torch.sigmoid(z) * 255).int())
+        torch.testing.assert_close(y, m(x)); torch.testing.assert_close(m.decompress(q), y)
         assert m.decoder(torch.randn(1, 16, 2, 3)).shape == (1, 1, 32, 48)           # any latent size decodes
 
 
@@ -73,7 +75,7 @@ def test_parameter_counts():
 
 def test_config_rebuilds_the_model():
     m = sar_model('residual', latent_channels=8, base_channels=16)
-    assert m.config == dict(variant='residual', latent_channels=8, base_channels=16, in_channels=1)
+    assert m.config == dict(variant='residual', latent_channels=8, base_channels=16, in_channels=1, quant_bits=8, quant_proxy='ste')
     m2 = sar_model(**m.config)
     m2.load_state_dict(m.state_dict())                                               # same architecture, key for key
     m.eval(); m2.eval(); x = torch.rand(1, 1, 32, 32)
@@ -97,7 +99,7 @@ def test_errors():
     with pytest.raises(ValueError, match="unknown SAR autoencoder variant 'unet'; choose one of baseline, resnet_lite, residual, attention"):
         sar_model('unet')
     for kw, name in [(dict(latent_channels=0), 'latent_channels'), (dict(base_channels=15), 'base_channels'),
-                     (dict(in_channels=1.0), 'in_channels')]:
+                     (dict(in_channels=1.0), 'in_channels'), (dict(quant_bits=17), 'quant_bits'), (dict(quant_proxy='round'), 'quant_proxy')]:
         with pytest.raises(ValueError, match=f'`{name}`'): sar_model('baseline', **kw)
     m = sar_model('baseline')
     with pytest.raises(ValueError, match=r'multiples of 16 .* got \(40, 64\)'): m(torch.rand(1, 1, 40, 64))

@@ -30,7 +30,7 @@ __all__ = ['SAR_EXTENSIONS', 'SAR_UNITS', 'read_sar_image', 'pixel_kind', 'check
 
 # %% ../../nbs/07_data.sar.ipynb #c005
 SAR_EXTENSIONS = ('.npy', '.tif', '.tiff', '.png')
-SAR_UNITS = ('linear', 'db')
+SAR_UNITS = ('linear', 'db', 'amplitude')
 
 def _one_band(a, fn):
     "`a` as a 2-D array, squeezing a single band axis in front or at the back"
@@ -50,6 +50,12 @@ def _read_pil(fn, ext):
         if ext == '.png' and im.mode not in ('L', 'I', 'I;16', 'I;16B'): raise ValueError(f"{fn}: PNG mode {im.mode!r}; expected 8-bit or 16-bit gray")
         return np.asarray(im)
 
+def _read_tifffile(fn):
+    with tifffile.TiffFile(fn) as tf:
+        if not len(tf.pages): raise ValueError("no image page in the TIFF file")
+        if len(tf.pages) > 1: raise ValueError(f"{fn}: holds {len(tf.pages)} pages; expected a single-band image")
+        return tf.asarray()
+
 def read_sar_image(fn:str|Path, # a `.npy`, `.tif`/`.tiff` or `.png` file
                   ) -> np.ndarray:
     "Read a single-band SAR image as a 2-D array of the file's own dtype; errors name the file."
@@ -58,7 +64,7 @@ def read_sar_image(fn:str|Path, # a `.npy`, `.tif`/`.tiff` or `.png` file
     if not fn.is_file(): raise FileNotFoundError(f"SAR image {fn} does not exist")
     try:
         if ext == '.npy': a = np.load(fn, allow_pickle=False)
-        elif ext != '.png' and tifffile is not None: a = tifffile.imread(fn)
+        elif ext != '.png' and tifffile is not None: a = _read_tifffile(fn)
         else: a = _read_pil(fn, ext)
     except ValueError as e:
         if str(e).startswith(str(fn)): raise
@@ -73,7 +79,7 @@ def pixel_kind(a:np.ndarray) -> str:
 # %% ../../nbs/07_data.sar.ipynb #c008
 def check_sar_image(a:np.ndarray, # an image read by `read_sar_image`
                     fn:str|Path, # its file, named in errors
-                    units:str='linear', # 'linear' or 'db'
+                    units:str='linear', # 'linear', 'db' or 'amplitude'
                     patch:int|None=None, # the smallest allowed height and width
                    ) -> np.ndarray:
     "Check one image and return it as float32; errors name `fn`."
@@ -89,8 +95,9 @@ def check_sar_image(a:np.ndarray, # an image read by `read_sar_image`
         raise ValueError(f"{fn}: the image ({x.shape[0]}x{x.shape[1]} pixels) is smaller than the {patch}x{patch} patch")
     lo, hi = x.min(), x.max()
     if lo == hi: raise ValueError(f"{fn}: every pixel has the same value ({lo:g}); an all-constant image holds nothing to learn")
-    if units == 'linear' and lo < 0:
-        raise ValueError(f"{fn}: negative values (min {lo:g}) cannot be linear intensity; if the file holds dB, use units='db'")
+    if units in ('linear', 'amplitude') and lo < 0:
+        raise ValueError(f"{fn}: negative values (min {lo:g}) cannot be {'linear intensity' if units == 'linear' else 'amplitude'}; "
+                         f"if the file holds dB, use units='db'")
     return x
 
 # %% ../../nbs/07_data.sar.ipynb #c011
@@ -113,13 +120,17 @@ def _parse_clip(clip):
 
 class SarPreprocess:
     "dB conversion, clipping and scaling of SAR images to [0, 1], fitted on training images, with its inverse."
-    _keys = ('units', 'floor', 'clip', 'p_lo', 'p_hi', 'lo', 'hi', 'max_fit_pixels')
-    def __init__(self, units:str='linear', # 'linear' (intensity) or 'db'
+    _keys = ('units', 'floor', 'clip', 'p_lo', 'p_hi', 'lo', 'hi', 'max_fit_pixels', 'calibration_db')
+    def __init__(self, units:str='linear', # 'linear' (intensity), 'db', or 'amplitude' (digital numbers: intensity = DN^2)
                  clip=None, # None or ('percentile', p_lo, p_hi): fitted on training images; (lo, hi): fixed dB range
                  floor:float=1e-10, # smallest linear intensity (zeros become this before the log)
                  max_fit_pixels:int=2**22, # `fit` uses a deterministic subsample of this many pixels when there are more
+                 calibration_db:float=0.0, # added to every dB value: e.g. -10 log10(K) for sigma0 = DN^2 / K
                 ):
         if units not in SAR_UNITS: raise ValueError(f"`units` must be one of {SAR_UNITS}, got {units!r}")
+        if isinstance(calibration_db, bool) or not isinstance(calibration_db, (int, float)) or not np.isfinite(calibration_db):
+            raise ValueError(f"`calibration_db` must be a finite number (dB), got {calibration_db!r}")
+        self.calibration_db = float(calibration_db)
         if not (isinstance(floor, (int, float)) and 0 < floor < 1): raise ValueError(f"`floor` must be in (0, 1), got {floor!r}")
         if isinstance(max_fit_pixels, bool) or not isinstance(max_fit_pixels, (int, np.integer)) or max_fit_pixels < 1000:
             raise ValueError(f"`max_fit_pixels` must be an int >= 1000, got {max_fit_pixels!r}")
@@ -130,12 +141,16 @@ class SarPreprocess:
     def fitted(self) -> bool: return self.lo is not None
 
     def to_db(self, img):
-        "dB values of `img` (numpy array or tensor), before clipping"
+        "dB values of `img` (numpy array or tensor), before clipping: `10 log10 I`, `20 log10 DN` or the dB as given, plus `calibration_db`"
+        c, k = self.calibration_db, 10 if self.units == 'linear' else 20
+        floor = self.floor if self.units == 'linear' else self.floor ** 0.5   # the same intensity floor for amplitudes
         if isinstance(img, torch.Tensor):
             img = img.float()
-            return 10 * torch.log10(img.clamp(min=self.floor)) if self.units == 'linear' else img
+            db = k * torch.log10(img.clamp(min=floor)) if self.units != 'db' else img
+            return db + c if c else db
         img = np.asarray(img, dtype=np.float32)
-        return (10 * np.log10(np.maximum(img, np.float32(self.floor)))).astype(np.float32) if self.units == 'linear' else img
+        db = (k * np.log10(np.maximum(img, np.float32(floor)))).astype(np.float32) if self.units != 'db' else img
+        return (db + np.float32(c)).astype(np.float32) if c else db
 
     def fit(self, images) -> "SarPreprocess":
         "Fit the percentile clip range on `images` (training images in `units`); a fixed range needs no fitting"
@@ -171,8 +186,15 @@ class SarPreprocess:
         self._check_fitted()
         return self.lo + x01 * (self.hi - self.lo)
 
+    def decode_units(self, x01):
+        "Scaled values `x01` back in the training images' own units (intensity, dB or amplitude, calibration removed)"
+        db = self.decode_db(x01) - self.calibration_db
+        if self.units == 'db': return db
+        k = 10 if self.units == 'linear' else 20
+        return torch.pow(10, db / k) if isinstance(db, torch.Tensor) else np.power(10, np.asarray(db, dtype=np.float64) / k).astype(np.float32)
+
     def decode_linear(self, x01):
-        "Linear intensity `10^(dB/10)` of scaled values `x01`"
+        "Linear intensity `10^(dB/10)` of scaled values `x01` (calibrated: for amplitudes `DN^2`, times the calibration)"
         db = self.decode_db(x01)
         return torch.pow(10, db / 10) if isinstance(db, torch.Tensor) else np.power(10, np.asarray(db, dtype=np.float64) / 10).astype(np.float32)
 
@@ -188,6 +210,7 @@ class SarPreprocess:
     @classmethod
     def from_dict(cls, d:dict) -> "SarPreprocess":
         "Rebuild from `to_dict()` or `checkpoint_params()`"
+        if isinstance(d, dict) and 'calibration_db' not in d: d = {**d, 'calibration_db': 0.0}   # written before amplitudes
         if isinstance(d, dict) and {'vmin', 'vmax'} <= set(d):
             d = dict(d); vmin, vmax = d.pop('vmin'), d.pop('vmax')
             if (vmin, vmax) != (d.get('lo'), d.get('hi')):
@@ -195,7 +218,7 @@ class SarPreprocess:
         if not isinstance(d, dict) or set(d) != set(cls._keys):
             raise ValueError(f"SarPreprocess.from_dict needs exactly the keys {list(cls._keys)} (and optionally vmin, vmax), got {sorted(d) if isinstance(d, dict) else d!r}")
         clip = (d['lo'], d['hi']) if d['clip'] == 'fixed' else ('percentile', d['p_lo'], d['p_hi'])
-        self = cls(d['units'], clip, d['floor'], d['max_fit_pixels'])
+        self = cls(d['units'], clip, d['floor'], d['max_fit_pixels'], d['calibration_db'])
         if d['clip'] == 'percentile' and d['lo'] is not None:
             if not float(d['lo']) < float(d['hi']): raise ValueError(f"SarPreprocess.from_dict: lo ({d['lo']}) must be below hi ({d['hi']})")
             self.lo, self.hi = float(d['lo']), float(d['hi'])
@@ -346,7 +369,8 @@ class SarDataLoaders(DataLoaders):
     def from_folder(cls, path:str|Path, # data set folder holding `train` and `valid` subfolders
                     patch:int=256, # side of the square patches and tiles
                     bs:int=32, # batch size
-                    units:str|None=None, # 'linear', 'db', or None: from `metadata.json`, else from the pixels
+                    units:str|None=None, # 'linear', 'db', 'amplitude', or None: from `metadata.json`, else from the pixels
+                    calibration_db:float=0.0, # added to every dB value (e.g. -10 log10 K for sigma0 = DN^2 / K)
                     clip=None, # None or ('percentile', p_lo, p_hi): fitted on train (default 1, 99); (lo, hi): fixed dB range
                     train:str='train', # training subfolder
                     valid:str='valid', # validation subfolder
@@ -372,7 +396,7 @@ class SarDataLoaders(DataLoaders):
         units = _resolve_units(units, meta, kind, path)
         tr = [check_sar_image(a, f, units, patch) for a, f in zip(tr, tr_files)]
         va = [check_sar_image(a, f, units, patch) for a, f in zip(va, va_files)]
-        pre = SarPreprocess(units, clip, floor, max_fit_pixels).fit(tr)      # training images only
+        pre = SarPreprocess(units, clip, floor, max_fit_pixels, calibration_db).fit(tr)      # training images only
         tr, va = [pre.encode(a) for a in tr], [pre.encode(a) for a in va]
         trn = SarPatchDL(SarPatches(tr, patch, patches_per_image, tr_files, seed=0 if seed is None else seed), bs=bs,
                          shuffle=shuffle, drop_last=False, num_workers=num_workers, **kwargs)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'ConvBnRelu', 'LiteBlock', 'PreActBlock', 'default_cbam', 'SarEncoder', 'SarDecoder',
-           'SarAutoencoder', 'sar_model', 'count_parameters', 'compression_ratio']
+           'LatentQuantizer', 'SarAutoencoder', 'sar_model', 'count_parameters', 'compression_ratio']
 
 # %% ../../nbs/08_models.sar.ipynb #c005
 SAR_VARIANTS = ('baseline', 'resnet_lite', 'residual', 'attention')
@@ -95,6 +95,25 @@ class SarDecoder(nn.Module):
         for s in self.stages: z = s(z)
         return torch.sigmoid(self.out(z))
 
+class LatentQuantizer(nn.Module):
+    "Uniform `bits`-bit quantisation of the latent squashed to (0, 1): rounding in eval, a straight-through or additive-noise proxy in training"
+    def __init__(self, bits:int=8, proxy:str='ste'):
+        super().__init__()
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16: raise ValueError(f"`quant_bits` must be an int in [1, 16] (or 0/None: no quantisation), got {bits!r}")
+        if proxy not in ('ste', 'noise'): raise ValueError(f"`quant_proxy` must be 'ste' or 'noise', got {proxy!r}")
+        self.bits, self.proxy, self.levels = bits, proxy, 2 ** bits - 1
+    def codes(self, z:torch.Tensor) -> torch.Tensor:
+        "The integer codes `0 .. 2**bits - 1` of a raw latent (int32)"
+        return torch.round(torch.sigmoid(z.float()) * self.levels).to(torch.int32)
+    def dequantize(self, q:torch.Tensor) -> torch.Tensor:
+        "The decoder's input from integer codes"
+        return q.float() / self.levels
+    def forward(self, z):
+        u = torch.sigmoid(z)
+        if not self.training: return torch.round(u * self.levels) / self.levels
+        if self.proxy == 'noise': return u + (torch.rand_like(u) - 0.5) / self.levels
+        return u + (torch.round(u * self.levels) / self.levels - u).detach()   # forward: rounded; backward: identity
+
 class SarAutoencoder(nn.Module):
     "An autoencoder for 1 x H x W SAR images in [0, 1]: `encoder` (16x fewer values) then `decoder`"
     def __init__(self, variant:str='baseline', # one of `SAR_VARIANTS`
@@ -102,6 +121,8 @@ class SarAutoencoder(nn.Module):
                  base_channels:int=32, # width b: channels b/2, b, 2b, 2b, 4b from full resolution down
                  in_channels:int=1, # image channels
                  cbam=None, # for 'attention': a callable channels -> module; default `medrecipes.kernels.CBAM`
+                 quant_bits:int|None=8, # bits per latent value (uniform quantisation); 0 or None: a float latent
+                 quant_proxy:str='ste', # the quantiser in training: 'ste' (straight-through rounding) or 'noise' (additive uniform)
                 ):
         super().__init__()
         if variant not in SAR_VARIANTS: raise ValueError(f"unknown SAR autoencoder variant {variant!r}; choose one of {', '.join(SAR_VARIANTS)}")
@@ -111,16 +132,26 @@ class SarAutoencoder(nn.Module):
         b = base_channels
         widths = (b // 2, b, 2 * b, 2 * b, 4 * b)
         self.variant, self.latent_channels, self.in_channels, self.downsample = variant, latent_channels, in_channels, SAR_DOWNSAMPLE
-        self.config = dict(variant=variant, latent_channels=latent_channels, base_channels=base_channels, in_channels=in_channels)
+        quant_bits = quant_bits or None
+        self.config = dict(variant=variant, latent_channels=latent_channels, base_channels=base_channels, in_channels=in_channels,
+                           quant_bits=quant_bits, quant_proxy=quant_proxy)
         self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam)
+        self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
         self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam)
-    def forward(self, x): return self.decoder(self.encoder(x))
-    def compress(self, x): return self.encoder(x)
-    def decompress(self, z): return self.decoder(z)
+        self.quant_bits = quant_bits
+    def forward(self, x): return self.decoder(self.quantizer(self.encoder(x)))
+    def compress(self, x):
+        "The integer latent codes of `x` (a float latent without quantisation)"
+        z = self.encoder(x)
+        return self.quantizer.codes(z) if self.quant_bits else z
+    def decompress(self, q):
+        "The reconstruction from `compress`'s output"
+        return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q)
 
-def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None) -> SarAutoencoder:
+def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
+              quant_bits:int|None=8, quant_proxy:str='ste') -> SarAutoencoder:
     "A SAR autoencoder of `variant` (see `SarAutoencoder`); rebuild a saved one with `sar_model(**model.config)`"
-    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam)
+    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy)
 
 def count_parameters(model:nn.Module, trainable:bool=True) -> int:
     "Number of (trainable) parameters of `model`"
