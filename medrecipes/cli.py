@@ -50,7 +50,7 @@ def _parser():
     q.add_argument('--cam-layer', default=None, help="classifiers: the module Grad-CAM reads (default: the config's cam_layer, else the body's last stage)")
     q.add_argument('--no-calibration', action='store_true', help="classifiers: do not apply the checkpoint's temperature")
     q.add_argument('--tta', action='store_true', help='classifiers: average over the flips the training made')
-    q.add_argument('--sar', choices=('reconstruct', 'compress'), default='reconstruct', help='SAR: write reconstructions (.npy) or codec files (.sarlat)')
+    q.add_argument('--sar', choices=('reconstruct', 'compress'), default='reconstruct', help='SAR: write reconstructions (.npy) or codec files (.mrsar; .sarlat for a float-latent model)')
     q.add_argument('--units', choices=('linear', 'db', 'scaled'), default=None, help='SAR reconstructions: output units (default: the training units)')
     s = sub.add_parser('synth', help='write a generated data set')
     s.add_argument('kind', choices=('btxrd', 'sar', 'digits'))

@@ -15,9 +15,9 @@ import torch.nn as nn, torch.nn.functional as F
 from .core import load_checkpoint, default_device, atomic_write
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'collect_inputs', 'file_sha256',
-           'cam_target_layer', 'grad_cam', 'cam_on_image', 'save_cam_overlay', 'cam_box_mass', 'predict_images',
-           'cam_grid', 'write_latent', 'read_latent', 'sar_encode', 'sar_decode', 'compress_sar',
+__all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'MRSAR_EXT', 'collect_inputs',
+           'file_sha256', 'cam_target_layer', 'grad_cam', 'cam_on_image', 'save_cam_overlay', 'cam_box_mass',
+           'predict_images', 'cam_grid', 'write_latent', 'read_latent', 'sar_encode', 'sar_decode', 'compress_sar',
            'reconstruct_sar_files', 'predict_checkpoint', 'predict_main']
 
 # %% ../nbs/18_predict.ipynb #c005
@@ -233,7 +233,8 @@ def cam_grid(ckpt, # a classifier checkpoint (path or loaded), or `(model, check
     return fig
 
 # %% ../nbs/18_predict.ipynb #c013
-CODEC_MAGIC, CODEC_VERSION, CODEC_EXT = b'MRSARLAT', 1, '.sarlat'
+CODEC_MAGIC, CODEC_VERSION, CODEC_EXT = b'MRSARLAT', 1, '.sarlat'   # float latents (a model without quantisation)
+MRSAR_EXT = '.mrsar'   # `medrecipes.codec`'s file: the quantised codes of a model with `quant_bits`
 
 def write_latent(fn:str|Path, # the codec file to write
                  latent:np.ndarray, # the latent tiles, float (stored as float16)
@@ -301,18 +302,22 @@ def _sar_run(ckpt, inputs, out, work, exts, progress):
 
 def compress_sar(ckpt:str|Path, # a SAR checkpoint
                  inputs, # image files (.npy, .tif, .png) in the training units, folders, patterns or CSVs of paths
-                 out:str|Path='compressed', # writes <stem>.sarlat codec files, compressed.csv and errors.csv here
+                 out:str|Path='compressed', # writes <stem>.mrsar (or .sarlat) codec files, compressed.csv and errors.csv here
                  bs:int=16, device=None, progress:bool=True) -> dict:
-    "Encode each image with the checkpoint's preprocessing and encoder into a codec file (`write_latent`)."
+    "Encode each image with the checkpoint's preprocessing and encoder into a codec file: `medrecipes.codec.compress` for a quantised model, else `write_latent`."
     from medrecipes.data.sar import read_sar_image
     dev = default_device(device); model, pre, patch = _sar_parts(ckpt, dev); out = Path(out); used = set()
     sha = file_sha256(ckpt)
     def work(p):
+        if getattr(model, 'quant_bits', None):   # the project's codec file: 8-bit codes, zlib-coded, the model's digest
+            from medrecipes.codec import compress
+            info = compress((model, pre), p, out/f"{_unique_name(p.stem, used)}{MRSAR_EXT}")
+            return dict(output=info['path'], bytes=info['bytes'], bpp=info['bpp'])
         a = read_sar_image(p)
         z = sar_encode(model, pre, a, patch, bs, dev)
         fn = write_latent(out/f"{_unique_name(p.stem, used)}{CODEC_EXT}", z,
                           dict(image_shape=list(a.shape), patch=patch, units=pre.units, checkpoint_sha256=sha, source=p.name))
-        return dict(output=str(fn), bytes=fn.stat().st_size, ratio=float(a.size * 4 / fn.stat().st_size))
+        return dict(output=str(fn), bytes=fn.stat().st_size, bpp=8 * fn.stat().st_size / a.size)
     df, err, _ = _sar_run(ckpt, inputs, out, work, SAR_EXTS, progress)
     out.mkdir(parents=True, exist_ok=True)
     files = [_write_csv(df, out/'compressed.csv'), _write_csv(err, out/'errors.csv'), *map(Path, df.get('output', []))]
@@ -330,7 +335,10 @@ def reconstruct_sar_files(ckpt:str|Path, # a SAR checkpoint
     if units not in ('linear', 'db', 'scaled'): raise ValueError(f"units must be 'linear', 'db' or 'scaled', not {units!r}")
     sha = file_sha256(ckpt)
     def work(p):
-        if p.suffix == CODEC_EXT:
+        if p.suffix == MRSAR_EXT:
+            from medrecipes.codec import decompress
+            r = decompress(p, (model, pre), out='scaled')
+        elif p.suffix == CODEC_EXT:
             z, meta = read_latent(p)
             if meta.get('checkpoint_sha256') not in (None, sha):
                 raise ValueError(f"written with another checkpoint (sha256 {meta['checkpoint_sha256'][:12]}...), not {ckpt}")
@@ -343,7 +351,7 @@ def reconstruct_sar_files(ckpt:str|Path, # a SAR checkpoint
             with open(t, 'wb') as f: np.save(f, v)
         atomic_write(fn, save)
         return dict(output=str(fn), units=units, height=r.shape[0], width=r.shape[1])
-    df, err, _ = _sar_run(ckpt, inputs, out, work, (*SAR_EXTS, CODEC_EXT), progress)
+    df, err, _ = _sar_run(ckpt, inputs, out, work, (*SAR_EXTS, CODEC_EXT, MRSAR_EXT), progress)
     out.mkdir(parents=True, exist_ok=True)
     files = [_write_csv(df, out/'reconstructed.csv'), _write_csv(err, out/'errors.csv'), *map(Path, df.get('output', []))]
     return dict(outputs=df, errors=err, files=files)

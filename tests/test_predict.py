@@ -98,39 +98,50 @@ def _run_lib(ckpt, inputs, **kw):
     return predict_checkpoint(ckpt, [inputs], None, progress=False, **kw)
 
 
-def test_sar_compress_and_reconstruct(tmp_path):
+@pytest.mark.parametrize('quant_bits', [8, 0])
+def test_sar_compress_and_reconstruct(tmp_path, quant_bits):
+    "A quantised model writes medrecipes.codec's .mrsar files, a float-latent one .sarlat files; both reconstruct in every unit."
     from medrecipes.models.sar import sar_model
     from medrecipes.data.sar import SarPreprocess
     from medrecipes.sar import reconstruct_sar
-    torch.manual_seed(0)
+    from medrecipes.codec import read_codec_file, decompress
     rng = np.random.default_rng(0)
     imgs = [rng.gamma(1., 0.1, (48, 40)).astype(np.float32), rng.gamma(1., 0.1, (32, 32)).astype(np.float32)]
     pre = SarPreprocess('linear', ('percentile', 1, 99)).fit(imgs)
-    model = sar_model('baseline', 4, 8).eval()
-    ck = tmp_path/'sar.pt'
-    save_checkpoint(ck, model_state_dict=model.state_dict(), model_config=model.config,
-                    preprocessing_params=pre.checkpoint_params(), patch=32, config={})
+    def save(fn, seed):
+        torch.manual_seed(seed); model = sar_model('baseline', 4, 8, quant_bits=quant_bits).eval()
+        save_checkpoint(fn, model_state_dict=model.state_dict(), model_config=model.config,
+                        preprocessing_params=pre.checkpoint_params(), patch=32, config={})
+        return fn
+    ck, other = save(tmp_path/'sar.pt', 0), save(tmp_path/'other.pt', 1)
     for i, a in enumerate(imgs): np.save(tmp_path/f'img{i}.npy', a)
     (tmp_path/'bad.npy').write_bytes(b'nope')
     r = compress_sar(ck, [tmp_path/'img0.npy', tmp_path/'img1.npy', tmp_path/'bad.npy'], tmp_path/'z', progress=False)
     assert len(r['outputs']) == 2 and list(r['errors'].path) == [str(tmp_path/'bad.npy')]
-    z, meta = read_latent(tmp_path/'z'/f'img0{CODEC_EXT}')
-    assert meta['image_shape'] == [48, 40] and meta['patch'] == 32 and meta['checkpoint_sha256'] == file_sha256(ck)
-    assert z.shape[1:] == (4, 2, 2)
+    ext = '.mrsar' if quant_bits else CODEC_EXT
+    f0 = tmp_path/'z'/f'img0{ext}'
+    assert list(r['outputs'].output) == [str(f0), str(tmp_path/'z'/f'img1{ext}')] and (r['outputs'].bpp > 0).all()
+    if quant_bits:
+        head, codes = read_codec_file(f0)
+        assert (head['height'], head['width'], head['bits']) == (48, 40, 8)
+    else:
+        z, meta = read_latent(f0)
+        assert meta['image_shape'] == [48, 40] and meta['patch'] == 32 and meta['checkpoint_sha256'] == file_sha256(ck)
+        assert z.shape[1:] == (4, 2, 2)
     for units in ('linear', 'db', 'scaled'):
         rec = reconstruct_sar_files(ck, [tmp_path/'z'], tmp_path/units, units=units, progress=False)['outputs']
         assert list(rec.units) == [units] * 2 and len(rec) == 2
         got = np.load(tmp_path/units/'img0.npy')
-        want = reconstruct_sar(ck, imgs[0], out=units)   # the recipe's own tile-by-tile reconstruction
         assert got.shape == (48, 40)
-        np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02 * float(np.abs(want).mean()))   # float16 latent
-    # an image goes through in one step; a codec file of another checkpoint is refused, by name
+        if quant_bits: np.testing.assert_allclose(got, decompress(f0, ck, out=units), rtol=1e-6)   # the codec's own decoder
+        else:   # the recipe's own tile-by-tile reconstruction, through a float16 latent
+            want = reconstruct_sar(ck, imgs[0], out=units)
+            np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02 * float(np.abs(want).mean()))
+    # an image goes through in one step, as reconstruct_sar tiles it; a codec file of another checkpoint is refused
     direct = reconstruct_sar_files(ck, [tmp_path/'img1.npy'], tmp_path/'d', progress=False)['outputs']
     np.testing.assert_allclose(np.load(direct.output[0]), reconstruct_sar(ck, imgs[1]), rtol=1e-5, atol=1e-7)
-    other = tmp_path/'other.pt'
-    save_checkpoint(other, **{**load_checkpoint(ck), 'config': {'x': 1}})
-    e = reconstruct_sar_files(other, [tmp_path/'z'/f'img0{CODEC_EXT}'], tmp_path/'e', progress=False)['errors']
-    assert 'another checkpoint' in e.error[0]
+    e = reconstruct_sar_files(other, [f0], tmp_path/'e', progress=False)['errors']
+    assert len(e) == 1 and ('another checkpoint' in e.error[0] or 'different model' in e.error[0]), e.error[0]
 
 
 def test_dicom_and_png_give_the_same_class(ckpt, tmp_path):
