@@ -8,7 +8,7 @@ Docs: `_docs/classify.html` in this repository, built by `make docs` (API refere
 
 # %% ../nbs/03b_classify.ipynb #c002
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, math, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
@@ -22,18 +22,24 @@ from fastai.data.transforms import ToTensor
 from fastai.interpret import ClassificationInterpretation
 from fastai.metrics import accuracy
 from fastai.callback.tracker import EarlyStoppingCallback
+from fastai.callback.core import Callback
+from fastai.vision.augment import Flip, Dihedral, flip_mat, dihedral_mat
+from fastcore.basics import noop
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
-from .core import load_checkpoint, atomic_write, atomic_write_text, to_plain
+from .core import load_checkpoint, save_checkpoint, atomic_write, atomic_write_text, to_plain
 from .data.images import ClassifierImage
 from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard,
-                                  resolve_precision, training_callbacks)
+                                  resolve_precision, training_callbacks, FitOnlyCallback)
 from fastai.callback.training import GradientClip
 from .resume import ResumableLearner, ResumeCheckpoint
 from .distributed import is_rank0, load_checkpoint_dist
 
 # %% auto #0
-__all__ = ['create_classifier', 'classification_metrics', 'plot_confusion_matrix', 'save_classification_results',
-           'data_fingerprint', 'ClassifierLearner', 'classifier_learner', 'load_classifier', 'preprocess', 'predict']
+__all__ = ['FLIP_DIMS', 'create_classifier', 'classification_metrics', 'negative_log_likelihood', 'brier_score',
+           'reliability_bins', 'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report',
+           'plot_reliability', 'train_flips', 'tta_probs', 'FlipInput', 'plot_confusion_matrix',
+           'save_classification_results', 'data_fingerprint', 'ClassifierLearner', 'recorder_kept',
+           'TemperatureScaling', 'classifier_learner', 'load_classifier', 'preprocess', 'predict']
 
 # %% ../nbs/03b_classify.ipynb #c005
 def _hub_error(arch, e) -> RuntimeError:
@@ -92,6 +98,115 @@ def classification_metrics(y:np.ndarray, # true class indices
             'macro_f1': float(np.mean([f[i] for i in present])) if present else nan,
             'roc_auc_ovr': auc, 'roc_auc_ovr_macro': float(np.mean(finite)) if finite else nan}
 
+# %% ../nbs/03b_classify.ipynb #cal01
+def _np64(a) -> np.ndarray:
+    return a.detach().double().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
+
+def _labels(y, n) -> np.ndarray:
+    y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y).astype(int).reshape(-1)
+    if len(y) != n: raise ValueError(f"{len(y)} labels for {n} rows of probabilities")
+    return y
+
+def negative_log_likelihood(probs, y) -> float:
+    "Mean negative log-likelihood of the true classes `y` under `probs` (N x classes)."
+    p = _np64(probs); y = _labels(y, len(p))
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float('nan')
+
+def brier_score(probs, y) -> float:
+    "Multi-class Brier score: the mean over images of the squared distance between `probs` and the one-hot truth."
+    p = _np64(probs); y = _labels(y, len(p))
+    return float(((p - np.eye(p.shape[1])[y]) ** 2).sum(1).mean()) if len(y) else float('nan')
+
+def reliability_bins(probs, y, n_bins:int=15) -> dict:
+    "Per equal-width bin of top-class confidence: the bin's edges, its mean confidence, its accuracy and its count."
+    p = _np64(probs); y = _labels(y, len(p))
+    conf, pred = p.max(1), p.argmax(1)
+    b = np.minimum((conf * n_bins).astype(int), n_bins - 1)    # a confidence of exactly 1 in the last bin
+    cnt = np.bincount(b, minlength=n_bins)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mconf = np.bincount(b, conf, n_bins) / cnt
+        acc = np.bincount(b, (pred == y).astype(float), n_bins) / cnt
+    return dict(edges=np.linspace(0, 1, n_bins + 1).tolist(), confidence=mconf.tolist(), accuracy=acc.tolist(), count=cnt.tolist())
+
+def expected_calibration_error(probs, y, n_bins:int=15) -> float:
+    "ECE: the gap between top-class confidence and accuracy, averaged over `n_bins` confidence bins weighted by their counts."
+    r = reliability_bins(probs, y, n_bins); cnt = np.array(r['count'])
+    if cnt.sum() == 0: return float('nan')
+    gap = np.abs(np.nan_to_num(np.array(r['accuracy'])) - np.nan_to_num(np.array(r['confidence'])))
+    return float((gap * cnt).sum() / cnt.sum())
+
+def scaled_probs(logits, temperature:float|None=1.) -> torch.Tensor:
+    "`softmax(logits / temperature)` in float32 (`temperature` None: 1)."
+    z = torch.as_tensor(logits).float()
+    return F.softmax(z / float(temperature or 1.), dim=-1)
+
+def fit_temperature(logits, # validation logits, N x classes
+                    y, # their true class indices
+                    bounds:tuple=(0.05, 20.), # the range searched
+                   ) -> float:
+    "The temperature `T` minimising the NLL of `softmax(logits / T)` on `y`; 1 when scaling does not help."
+    from scipy.optimize import minimize_scalar
+    z = torch.as_tensor(_np64(logits)); t = torch.as_tensor(_labels(y, len(z)))
+    if len(t) == 0: raise ValueError("fit_temperature needs at least one labelled image")
+    if not torch.isfinite(z).all(): raise ValueError("fit_temperature: the logits hold NaN or infinite values")
+    nll = lambda lt: float(F.cross_entropy(z / math.exp(lt), t))
+    r = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method='bounded', options=dict(xatol=1e-5))
+    return float(math.exp(r.x)) if nll(r.x) < nll(0.) else 1.
+
+def calibration_report(logits, y, temperature:float|None=None, n_bins:int=15) -> dict:
+    "NLL, ECE and Brier score of `softmax(logits)` ('before') and of `softmax(logits / temperature)` ('after'), with reliability bins."
+    def one(p): return dict(nll=negative_log_likelihood(p, y), ece=expected_calibration_error(p, y, n_bins),
+                            brier=brier_score(p, y), reliability=reliability_bins(p, y, n_bins))
+    res = dict(temperature=temperature, n_bins=n_bins, before=one(scaled_probs(logits)))
+    if temperature is not None: res['after'] = one(scaled_probs(logits, temperature))
+    return res
+
+def plot_reliability(report:dict, # from `calibration_report`
+                     fname:str|Path, title:str='Reliability'):
+    "A reliability diagram (accuracy against confidence per bin, before and after temperature scaling) into a PNG, atomically."
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], ls='--', c='gray', lw=1, label='perfect calibration')
+    for key, c in (('before', 'tab:red'), ('after', 'tab:blue')):
+        if key not in report: continue
+        r = report[key]; cf, ac = np.array(r['reliability']['confidence']), np.array(r['reliability']['accuracy'])
+        ok = np.array(r['reliability']['count']) > 0
+        lab = f"{key}: ECE {r['ece']:.3f}" if key == 'before' else f"after (T={report['temperature']:.2f}): ECE {r['ece']:.3f}"
+        ax.plot(cf[ok], ac[ok], marker='o', c=c, label=lab)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence (top-class probability)', ylabel='accuracy', title=title)
+    ax.legend(loc='upper left', fontsize=8); fig.tight_layout()
+    try: atomic_write(fname, lambda t: fig.savefig(t, format='png', dpi=100))
+    finally: plt.close(fig)
+
+# %% ../nbs/03b_classify.ipynb #cal02
+FLIP_DIMS = {'h': (-1,), 'v': (-2,), 'hv': (-2, -1)}   # a flip's name -> the tensor dims it reverses (B x C x H x W)
+
+def train_flips(dls) -> list:
+    "The flips the training batch transforms of `dls` make: `['h']` (fastai's `Flip`), `['h', 'v', 'hv']` (`Dihedral`) or `[]`."
+    tfms = getattr(getattr(getattr(dls, 'train', None), 'after_batch', None), 'fs', None) or []
+    fns = {getattr(f, 'func', f) for t in tfms for f in (getattr(t, 'aff_fs', None) or [])}   # `aug_transforms` composes the affine ones
+    if any(isinstance(t, Dihedral) for t in tfms) or dihedral_mat in fns: return ['h', 'v', 'hv']
+    if any(isinstance(t, Flip) for t in tfms) or flip_mat in fns: return ['h']
+    return []
+
+def _check_flips(flips) -> list:
+    flips = list(flips or [])
+    bad = [f for f in flips if f not in FLIP_DIMS]
+    if bad: raise ValueError(f"unknown flip(s) {bad}: expected names among {list(FLIP_DIMS)}")
+    return flips
+
+def tta_probs(model:nn.Module, xb:torch.Tensor, # a normalised batch, B x C x H x W
+              flips=(), # flip names (`FLIP_DIMS`); () gives the plain prediction
+              temperature:float|None=None) -> torch.Tensor:
+    "Class probabilities of `xb` averaged over the image and its `flips`, each `softmax(logits / temperature)`."
+    views = [()] + [FLIP_DIMS[f] for f in _check_flips(flips)]
+    return torch.stack([scaled_probs(model(xb.flip(d) if d else xb), temperature) for d in views]).mean(0)
+
+class FlipInput(Callback):
+    "Flip every input batch along `dims` (test-time augmentation through `get_preds`)."
+    order = 1
+    def __init__(self, dims): self.dims = tuple(dims)
+    def before_batch(self): self.learn.xb = tuple(x.flip(self.dims) for x in self.xb)
+
 # %% ../nbs/03b_classify.ipynb #c012
 class _Confusion(ClassificationInterpretation):
     "fastai's `ClassificationInterpretation` drawing a confusion matrix already computed (no second pass over the data)."
@@ -109,11 +224,12 @@ def plot_confusion_matrix(cm, # the matrix: rows true, columns predicted
 def save_classification_results(res:dict, # from `classification_metrics` (plus `split`)
                                 path:str|Path, # the run directory
                                 split:str='test') -> Path:
-    "Write `<split>_metrics.json`, `<split>_confusion_matrix.csv` (rows true, columns predicted) and `.png` to `path`."
+    "Write `<split>_metrics.json`, `<split>_confusion_matrix.csv` (rows true, columns predicted) and `.png` (and `<split>_reliability.png`) to `path`."
     path = Path(path); classes = res['classes']
     cm = pd.DataFrame(res['confusion_matrix'], index=[f'true_{c}' for c in classes], columns=[f'pred_{c}' for c in classes])
     atomic_write(path/f'{split}_confusion_matrix.csv', lambda t: cm.to_csv(t))
     plot_confusion_matrix(res['confusion_matrix'], classes, path/f'{split}_confusion_matrix.png', f'Confusion matrix ({split})')
+    if res.get('calibration'): plot_reliability(res['calibration'], path/f'{split}_reliability.png', f'Reliability ({split})')
     atomic_write_text(path/f'{split}_metrics.json', json.dumps(to_plain(res), indent=2, allow_nan=True))
     return path
 
@@ -133,27 +249,80 @@ class ClassifierLearner(ResumableLearner):
             if not hasattr(self.dls, 'split_dl'): raise ValueError(f"{type(self.dls).__name__} has no test split")
             return self.dls.split_dl('test')
         raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+    temperature = None   # of the weights loaded last (a checkpoint's `temperature`, or set by `TemperatureScaling`)
     def load_weights(self, which:str='best'):
-        "Load the model weights of checkpoint `which` ('best' or 'latest'); 'current' keeps the weights as they are."
+        "Load the model weights (and `temperature`) of checkpoint `which` ('best' or 'latest'); 'current' keeps the weights as they are."
         if which in ('best', 'latest'):
             fn = self.ckpt_cb.best if which == 'best' else self.ckpt_cb.fname
-            getattr(self.model, 'module', self.model).load_state_dict(load_checkpoint_dist(fn)['model_state_dict'])   # read by rank 0, sent to all
+            ck = load_checkpoint_dist(fn)   # read by rank 0, sent to all
+            getattr(self.model, 'module', self.model).load_state_dict(ck['model_state_dict'])
+            self.temperature = ck.get('temperature')
         elif which != 'current': raise ValueError(f"which must be 'best', 'latest' or 'current', not {which!r}")
         return self
+    def split_logits(self, dl, flip=()) -> tuple:
+        "Logits and targets of every item of `dl` (fastai's `get_preds` without the activation), the inputs flipped along `flip`."
+        logits, targs = self.get_preds(dl=dl, act=noop, cbs=[FlipInput(FLIP_DIMS[flip])] if flip else None)
+        return logits.float(), targs.long()
     def evaluate(self, split:str='valid', # 'valid' or 'test'
                  which:str='best', # 'best' or 'latest' checkpoint, or the 'current' weights
-                 save:bool=True, # write `<split>_metrics.json` and `<split>_confusion_matrix.csv/.png` to `run_dir`
+                 save:bool=True, # write `<split>_metrics.json`, `<split>_confusion_matrix.csv/.png` and `<split>_reliability.png` to `run_dir`
+                 tta:bool=True, # also report the metrics of test-time augmentation over the training flips (`tta` key)
                 ) -> dict:
-        "Confusion matrix, per-class precision/recall/F1, accuracy, macro F1, one-vs-rest ROC-AUC and loss on a split."
+        "Confusion matrix, per-class P/R/F1, accuracy, macro F1, one-vs-rest ROC-AUC, loss, calibration (and TTA) on a split."
         if which not in ('best', 'latest', 'current'): raise ValueError(f"which must be 'best', 'latest' or 'current', not {which!r}")
         dl = self.split_dl(split)
         self.load_weights(which)
-        probs, targs = self.get_preds(dl=dl)
-        probs, targs = probs.float(), targs.long()
-        res = classification_metrics(targs.numpy(), probs.numpy(), list(self.dls.vocab))
+        logits, targs = self.split_logits(dl)
+        probs, vocab = scaled_probs(logits), list(self.dls.vocab)
+        res = classification_metrics(targs.numpy(), probs.numpy(), vocab)
         res.update(split=split, checkpoint=which, loss=float(F.nll_loss(probs.clamp_min(1e-12).log(), targs)))
+        res['calibration'] = calibration_report(logits, targs, self.temperature)   # before and after temperature scaling
+        flips = getattr(self, 'checkpoint_meta', {}).get('tta_flips') or []
+        if tta and flips:
+            t = self.temperature
+            tp = torch.stack([scaled_probs(logits, t)] + [scaled_probs(self.split_logits(dl, f)[0], t) for f in flips]).mean(0)
+            m = classification_metrics(targs.numpy(), tp.numpy(), vocab)
+            res['tta'] = dict(flips=flips, temperature=t, accuracy=m['accuracy'], macro_f1=m['macro_f1'],
+                              roc_auc_ovr_macro=m['roc_auc_ovr_macro'], confusion_matrix=m['confusion_matrix'],
+                              nll=negative_log_likelihood(tp, targs), ece=expected_calibration_error(tp, targs),
+                              brier=brier_score(tp, targs))
         if save and is_rank0() and self.run_dir is not None: save_classification_results(res, self.run_dir, split)
         return res
+
+from contextlib import contextmanager
+
+_RECORDED = ('values', 'lrs', 'iters', 'losses', 'log', 'metric_names')
+
+@contextmanager
+def recorder_kept(learn):
+    "Inside, `get_preds` leaves the recorder as the fit left it (its `before_fit` would start new lists, its `after_epoch` add a row)."
+    rec = learn.recorder
+    kept, fr = {k: getattr(rec, k) for k in _RECORDED if hasattr(rec, k)}, getattr(learn, 'final_record', None)
+    try: yield
+    finally:
+        for k, v in kept.items(): setattr(rec, k, v)
+        if fr is not None: learn.final_record = fr
+
+class TemperatureScaling(FitOnlyCallback):
+    "After a fit: for each checkpoint (`best.pt`, `latest.pt`) fit a temperature on the validation split and store it in that file."
+    order = ResumeCheckpoint.order + 1   # after the final latest.pt is written
+    def after_fit(self):
+        learn, model = self.learn, getattr(self.learn.model, 'module', self.learn.model)
+        ck = getattr(learn, 'ckpt_cb', None)
+        if ck is None or not learn.recorder.values: return
+        keep = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            for fn in dict.fromkeys(f for f in (ck.best, ck.fname) if f is not None and Path(f).is_file()):
+                st = load_checkpoint_dist(fn)
+                model.load_state_dict(st['model_state_dict'])
+                with recorder_kept(learn): logits, targs = learn.split_logits(learn.dls.valid)
+                if not len(targs): return
+                t = fit_temperature(logits, targs)
+                rep = calibration_report(logits, targs, t); rep['split'] = 'valid'
+                for k in ('before', 'after'): rep[k].pop('reliability')
+                if is_rank0(): save_checkpoint(fn, **{**st, 'temperature': t, 'calibration': rep})
+                if Path(fn) == Path(ck.fname): learn.temperature = t   # the weights the learner ends with
+        finally: model.load_state_dict(keep)
 
 def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `train_labels()`
                        run_dir:str|Path, # checkpoints/ and the results go here
@@ -178,7 +347,7 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
     run_dir = Path(run_dir)
     ck = ResumeCheckpoint(run_dir/'checkpoints'/'latest.pt', best=run_dir/'checkpoints'/'best.pt', monitor='valid_loss')
     prec = resolve_precision(precision, dls.device)
-    cb_list = [LossModeCallback(), DivergenceGuard(), *([EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
+    cb_list = [LossModeCallback(), DivergenceGuard(), TemperatureScaling(), *([EarlyStoppingCallback(monitor='valid_loss', patience=patience)] if patience else []),
                *training_callbacks(dls.device, prec, accumulate, dls.train.bs),
                *([GradientClip(clip_grad)] if clip_grad else []),
                *(cbs or []), ck]
@@ -188,7 +357,7 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
     if config is None: config = dict(arch=arch, pretrained=pretrained, class_weighted=class_weighted, **model_kwargs)
     learn.checkpoint_meta = dict(arch=arch, class_names=vocab, normalization=dls.normalization, model_kwargs=model_kwargs,
                                  class_weights=None if weight is None else weight.tolist(), config=config,
-                                 data_fingerprint=data_fingerprint)
+                                 data_fingerprint=data_fingerprint, tta_flips=train_flips(dls))
     return learn
 
 # %% ../nbs/03b_classify.ipynb #c016
@@ -218,13 +387,18 @@ def predict(ckpt_or_model, # a checkpoint (path or loaded), or `(model, checkpoi
             items, # image paths (str or Path), PIL images or arrays; or one of them
             bs:int=16, device='cpu',
             open_image=ClassifierImage.create, # how an item is read (a recipe's image type: `Radiograph.create`...)
+            calibrated:bool=True, # divide the logits by the checkpoint's `temperature` (when it has one)
+            tta:bool=False, # average over the image and the flips the training made (the checkpoint's `tta_flips`)
            ) -> np.ndarray:
     "Class probabilities, N x classes (rows sum to 1, columns in `class_names` order)."
     model, ck = ckpt_or_model if isinstance(ckpt_or_model, tuple) else load_classifier(ckpt_or_model, device)
     model = model.to(device).eval()
     if isinstance(items, (str, Path, Image.Image, np.ndarray)): items = [items]
+    t = ck.get('temperature') if calibrated else None
+    flips = (ck.get('tta_flips') or []) if tta else []
+    if tta and 'tta_flips' not in ck: warnings.warn("the checkpoint does not say which flips its training made (no 'tta_flips'): TTA adds nothing")
     out = []
     for i in range(0, len(items), bs):
         xb = torch.stack([preprocess(o, ck['normalization'], open_image) for o in items[i:i+bs]]).to(device)
-        out.append(F.softmax(model(xb).float(), dim=-1).cpu())
+        out.append(tta_probs(model, xb, flips, t).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(ck['class_names'])), dtype=np.float32)

@@ -1,6 +1,6 @@
-"""`medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `synth btxrd|sar|digits`.
+"""`medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `predict`, `synth btxrd|sar|digits`.
 
-The `medrecipes` command: `train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx` and `synth btxrd|sar|digits`, each with Hydra overrides (`group=choice`, `group.key=value`), `--config-name`, `--config-dir`, `--resume [CHECKPOINT]` and `--print-config`. Input errors print one line and exit 2 (`--debug` for the traceback, `--verbose` for library logs).
+The `medrecipes` command: `train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `predict CKPT INPUTS...` (`medrecipes.predict`) and `synth btxrd|sar|digits`; the training commands each with Hydra overrides (`group=choice`, `group.key=value`), `--config-name`, `--config-dir`, `--resume [CHECKPOINT]` and `--print-config`. Input errors print one line and exit 2 (`--debug` for the traceback, `--verbose` for library logs).
 
 Docs: `_docs/cli.html` in this repository, built by `make docs` (API reference: `_docs/api/medrecipes.cli.html`)."""
 
@@ -38,6 +38,20 @@ def _parser():
         t.add_argument('--print-config', action='store_true', help='print the resolved config and exit')
     e = sub.add_parser('export-onnx', help='export a checkpoint to ONNX and check it with onnxruntime', add_help=False)
     e.add_argument('args', nargs=argparse.REMAINDER, help='CHECKPOINT [--out DIR|FILE.onnx] [--opset N] [--atol A] [--no-check]')
+    q = sub.add_parser('predict', help='run a checkpoint on new images: class probabilities (classifiers), codec files or reconstructions (SAR)')
+    q.add_argument('checkpoint', help='a best.pt or latest.pt of any recipe')
+    q.add_argument('inputs', nargs='+', metavar='INPUT', help='image files, folders (searched recursively), glob patterns, or CSV files with a path column')
+    q.add_argument('--out', default='predictions', help='output folder (default: ./predictions)')
+    q.add_argument('--bs', type=int, default=16, help='images per batch')
+    q.add_argument('--device', default=None, help='cpu, cuda, cuda:1... (default: CUDA when available)')
+    q.add_argument('--keep-going', action='store_true', help='exit 0 even when some inputs could not be read (they are listed in errors.csv)')
+    q.add_argument('--no-progress', action='store_true', help='no progress bar')
+    q.add_argument('--cam', action='store_true', help='classifiers: write a Grad-CAM overlay PNG per image into OUT/cam/')
+    q.add_argument('--cam-layer', default=None, help="classifiers: the module Grad-CAM reads (default: the config's cam_layer, else the body's last stage)")
+    q.add_argument('--no-calibration', action='store_true', help="classifiers: do not apply the checkpoint's temperature")
+    q.add_argument('--tta', action='store_true', help='classifiers: average over the flips the training made')
+    q.add_argument('--sar', choices=('reconstruct', 'compress'), default='reconstruct', help='SAR: write reconstructions (.npy) or codec files (.mrsar; .sarlat for a float-latent model)')
+    q.add_argument('--units', choices=('linear', 'db', 'scaled'), default=None, help='SAR reconstructions: output units (default: the training units)')
     s = sub.add_parser('synth', help='write a generated data set')
     s.add_argument('kind', choices=('btxrd', 'sar', 'digits'))
     s.add_argument('dest', help='folder to write')
@@ -125,6 +139,10 @@ def user_errors() -> tuple:
 def _run(args) -> int:
     if args.command == 'synth': return _synth(args)
     if args.command == 'codec': return _codec(args)
+    if args.command == 'predict':
+        if args.bs < 1: raise ValueError(f"--bs must be a positive number of images, not {args.bs}")
+        from medrecipes.predict import predict_main
+        return predict_main(args)
     if args.command == 'export-onnx':
         from medrecipes.export import export_onnx_main
         return export_onnx_main(args.args)

@@ -40,6 +40,7 @@ class XrayModel:
     pretrained:bool=True          # ImageNet weights from timm (downloaded once)
     drop_rate:float=0.2
     weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
+    cam_layer:Optional[str]=None  # the module Grad-CAM reads (`medrecipes predict --cam`), e.g. 0.model.layer3; null: the body's last stage
 
 @dataclass
 class XrayData:
@@ -162,6 +163,7 @@ class FolderModel:
     pretrained:bool=False         # ImageNet weights from timm: set true where the hub can be reached
     drop_rate:float=0.0
     weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
+    cam_layer:Optional[str]=None  # the module Grad-CAM reads (`medrecipes predict --cam`), e.g. 0.model.layer3; null: the body's last stage
 
 @dataclass
 class FolderData:
