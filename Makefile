@@ -53,7 +53,7 @@ export: install
 docs: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python docs/build.py _docs
 
-## make docs-outputs NBS="nbs/04_xray.ipynb ...": run notebooks (their `#| slow` cells included) and save the outputs
+## make docs-outputs NBS="nbs/16_xray.ipynb ...": run notebooks (their `#| slow` cells included) and save the outputs
 ## the site shows
 docs-outputs: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python docs/run_notebooks.py $(NBS)
