@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*)
 install: $(STAMP)
 
 ## make demo: generated samples: the X-ray recipe on both splits, the four SAR codecs compared, the image-folder
-## recipe on digits, and ONNX exports checked with onnxruntime
+## recipe on digits, ONNX exports checked with onnxruntime, and `medrecipes predict --cam` on the X-ray test split
 demo: install
 	$(BIN)/medrecipes synth btxrd data/btxrd_demo --n 600 --seed 0
 	$(BIN)/medrecipes train-all xray --config-name xray_demo
@@ -28,6 +28,8 @@ demo: install
 	$(BIN)/medrecipes train folder --config-name folder_demo trainer.progress=false
 	$(BIN)/medrecipes export-onnx runs/folder_demo/checkpoints/best.pt
 	$(BIN)/medrecipes export-onnx runs/sar_demo/attention/checkpoints/best.pt
+	$(BIN)/python -c "import pandas as pd; s = pd.read_csv('runs/xray_demo/stratified/split.csv'); pd.DataFrame({'path': ['$(CURDIR)/data/btxrd_demo/images/' + i for i in s.image_id[s.split == 'test']]}).to_csv('runs/xray_demo/test_images.csv', index=False)"
+	$(BIN)/medrecipes predict runs/xray_demo/stratified/checkpoints/best.pt runs/xray_demo/test_images.csv --cam --out runs/xray_demo/predict
 
 ## make test: notebooks (nbdev-test) and the pytest suite
 test: install test-nbs test-py
@@ -51,7 +53,7 @@ export: install
 docs: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python docs/build.py _docs
 
-## make docs-outputs NBS="nbs/04_xray.ipynb ...": run notebooks (their `#| slow` cells included) and save the outputs
+## make docs-outputs NBS="nbs/16_xray.ipynb ...": run notebooks (their `#| slow` cells included) and save the outputs
 ## the site shows
 docs-outputs: install
 	PYTHONPATH=$(CURDIR) $(BIN)/python docs/run_notebooks.py $(NBS)

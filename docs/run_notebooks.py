@@ -1,5 +1,5 @@
 """Run notebooks and save their outputs (the site shows them as saved; `make docs` executes nothing):
-`python docs/run_notebooks.py nbs/10_kernels.ssim.ipynb ...` (`make docs-outputs NBS="..."`).
+`python docs/run_notebooks.py nbs/04_kernels.ssim.ipynb ...` (`make docs-outputs NBS="..."`).
 
 Every cell runs, including those flagged `#| slow` that `nbdev-test` skips, except cells flagged `#| cuda` (on a
 CPU machine) or `#| eval: false`, in the notebook's folder, with this

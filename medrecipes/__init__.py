@@ -4,7 +4,7 @@ Modules:
 
 - `medrecipes.callbacks`: Weighted loss in training and plain loss in validation, per-class recall, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
 - `medrecipes.classify`: `create_classifier`, `classifier_learner` and `ClassifierLearner`: what the X-ray and image-folder recipes share: a timm body with a fastai head (so `freeze`/`fine_tune` work), class-weighted training, `checkpoints/best.pt` and `latest.pt`, one `evaluate(split, which)`, one metrics writer, and `load_classifier` / `predict` for new images.
-- `medrecipes.cli`: `medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `synth btxrd|sar|digits`.
+- `medrecipes.cli`: `medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `predict`, `synth btxrd|sar|digits`.
 - `medrecipes.codec`: A real bitrate: the quantised latent of a SAR autoencoder entropy-coded into a checked file, and the learned codec beside JPEG2000 at the same bits per pixel.
 - `medrecipes.config`: One config system for Python and the command line: Hydra structured configs (dataclasses in a `ConfigStore`) hold every default; YAML groups in `medrecipes/configs/` are the user-editable choices.
 - `medrecipes.core`: Seeding, devices, configs with command-line overrides, atomic files and checkpoints that load without pickled code.
@@ -25,6 +25,7 @@ Modules:
 - `medrecipes.kernels.ssim.triton`: Fused SSIM forward and hand-written backward in Triton.
 - `medrecipes.metrics`: PSNR, SSIM, ENL ratio and EPI, as functions and as fastai metrics over the whole validation set.
 - `medrecipes.models.sar`: Four convolutional autoencoders with one interface: an encoder that compresses a 1×H×W image 16-fold into a latent map, a decoder that rebuilds it through a sigmoid.
+- `medrecipes.predict`: `medrecipes predict CKPT INPUTS...`: a trained checkpoint on new files. Classifiers write `predictions.csv` (calibrated probabilities, optional test-time augmentation and Grad-CAM overlays), SAR codecs write codec files or reconstructions; unreadable inputs go to `errors.csv`.
 - `medrecipes.resume`: A run killed at any point continues from its last checkpoint and ends exactly as if it had never stopped.
 - `medrecipes.sar`: A 16x autoencoder codec for speckled radar images: loss 0.7 MSE + 0.3 (1 - SSIM), PSNR / SSIM / ENL ratio / EPI, TensorBoard, exact resume, a comparison of the four variants.
 - `medrecipes.synth`: A small, seeded, synthetic bone-tumour X-ray set written in the exact layout of the public BTXRD release

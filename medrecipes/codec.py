@@ -16,7 +16,7 @@ from PIL import Image
 from .core import atomic_write
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio
-from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE
+from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
 
 # %% auto #0
 __all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'model_digest', 'encode_codes', 'decode_codes', 'codec_bytes', 'read_codec_file',
@@ -38,7 +38,6 @@ def model_digest(model:nn.Module) -> str:
 def _model_and_pre(source, preprocess=None):
     "`(model, preprocess)` from a `SarLearner`, a checkpoint path, a `(model, preprocess)` pair or a model with `preprocess=`"
     if isinstance(source, (str, Path)):
-        from medrecipes.sar import load_sar_model
         model, pre, _ = load_sar_model(source)
     elif isinstance(source, tuple): model, pre = source
     elif hasattr(source, 'model') and hasattr(source, 'dls'): model, pre = source.model, getattr(source.dls, 'preprocess', None)

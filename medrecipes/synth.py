@@ -17,10 +17,10 @@ from PIL import Image, ImageFilter
 # %% auto #0
 __all__ = ['BTXRD_CLASSES', 'SITE_COLUMNS', 'BENIGN_SUBTYPES', 'MALIGNANT_SUBTYPES', 'SUBTYPE_COLUMNS', 'LIMB_COLUMNS',
            'VIEW_COLUMNS', 'BTXRD_COLUMNS', 'SITE_LIMB', 'BTXRD_RELEASE_COUNTS', 'BTXRD_SUBTYPE_COUNTS',
-           'SAR_TERRAIN_DB', 'SAR_REALISTIC', 'SAR_MODES', 'SAR_SPLITS', 'DIGIT_SPLITS', 'DIGIT_STROKES',
-           'btxrd_counts', 'btxrd_metadata', 'draw_radiograph', 'write_dicom', 'make_btxrd', 'sar_speckle',
-           'look_correlation', 'irf_kernel', 'correlated_speckle', 'make_sar_scene', 'make_sar', 'draw_digit',
-           'make_digits']
+           'LESION_THRESHOLD', 'LESION_COLUMNS', 'SAR_TERRAIN_DB', 'SAR_REALISTIC', 'SAR_MODES', 'SAR_SPLITS',
+           'DIGIT_SPLITS', 'DIGIT_STROKES', 'btxrd_counts', 'btxrd_metadata', 'draw_radiograph', 'write_dicom',
+           'make_btxrd', 'sar_speckle', 'look_correlation', 'irf_kernel', 'correlated_speckle', 'make_sar_scene',
+           'make_sar', 'draw_digit', 'make_digits']
 
 # %% ../nbs/01_synth.ipynb #c006
 BTXRD_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -258,8 +258,15 @@ def _pick_subtype(rng, label):
     w = np.array([BTXRD_SUBTYPE_COUNTS[s] for s in subs], float)
     return subs[rng.choice(len(subs), p=w / w.sum())]
 
-def _radiograph(label, subtype, W, H, rng, n_bones):
-    "Draw one image: scene, exposure and noise from `rng`, the lesion from a stream of its own (same seed, same scene)"
+LESION_THRESHOLD = 8   # gray levels: a pixel the lesion changed by more than this is inside its box
+
+def _box(changed):
+    "(x0, y0, x1, y1) of the True pixels of `changed` (x1, y1 exclusive), or None"
+    ys, xs = np.nonzero(changed)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else None
+
+def _radiograph(label, subtype, W, H, rng, n_bones, box=None):
+    "Draw one image: scene, exposure and noise from `rng`, the lesion from a stream of its own (same seed, same scene); the lesion's box is appended to `box`"
     lrng = np.random.default_rng(int(rng.integers(2**63)))
     S = min(W, H)
     xx, yy = np.arange(W, dtype=np.float32)[None], np.arange(H, dtype=np.float32)[:, None]   # broadcast as a grid
@@ -295,6 +302,7 @@ def _radiograph(label, subtype, W, H, rng, n_bones):
         img[y0:y0 + m, x0:x0 + m] = rng.uniform(225, 250)
         k = max(1, m // 5)
         img[y0 + k:y0 + m - k, x0 + k:x0 + 2 * k] = img[y0 + m - 2 * k:y0 + m - k, x0 + k:x0 + m - k] = 30
+    before = img.copy() if label != 'Normal' and box is not None else None
     if label != 'Normal':
         if subtype is None: subtype = _pick_subtype(lrng, label)
         D = lrng.uniform(0.20, 0.35) * S
@@ -320,6 +328,7 @@ def _radiograph(label, subtype, W, H, rng, n_bones):
         else:
             o = lrng.uniform(-0.25, 0.25) * hw
             _lucent(img, xx, yy, S, lrng, lx + nx * o, ly + ny * o, la, hw, D, subtype == 'giant cell tumor' or lrng.random() < 0.2)
+    if box is not None: box.append(None if before is None else _box(np.abs(img - before) > LESION_THRESHOLD))
     # exposure, blur and noise
     gamma = rng.uniform(0.85, 1.15)
     im = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
@@ -343,7 +352,8 @@ def draw_radiograph(label:str='Normal', # one of `BTXRD_CLASSES`
                     seed=0, # int seed or a `numpy.random.Generator`
                     subtype:str|None=None, # a `SUBTYPE_COLUMNS` name of `label`'s class; drawn with the release's frequencies if None
                     n_bones:int=1, # number of bone shafts, 1 or 2
-                   ) -> Image.Image:
+                    return_box:bool=False, # also return the lesion's box (x0, y0, x1, y1), None for Normal (see `make_btxrd`)
+                   ) -> Image.Image|tuple:
     "A grayscale ('L') radiograph-like image of a long bone, with a lesion of class `label`"
     if label not in BTXRD_CLASSES: raise ValueError(f"`label` must be one of {BTXRD_CLASSES}, got {label!r}")
     try: w, h = (_check_size_range((v, v))[0] for v in size)
@@ -353,7 +363,9 @@ def draw_radiograph(label:str='Normal', # one of `BTXRD_CLASSES`
     subs = {'Normal': [], 'Benign': BENIGN_SUBTYPES, 'Malignant': MALIGNANT_SUBTYPES}[label]
     if subtype is not None and subtype not in subs:
         raise ValueError(f"`subtype` must be one of {subs} for label {label!r}, got {subtype!r}")
-    return _radiograph(label, subtype, w, h, rng, n_bones)
+    box = [] if return_box else None
+    im = _radiograph(label, subtype, w, h, rng, n_bones, box)
+    return (im, box[0]) if return_box else im
 
 # %% ../nbs/01_synth.ipynb #c032
 _FIXED_TIME = datetime.datetime(2024, 1, 1)
@@ -365,7 +377,7 @@ def _write_xlsx(df, path):
     ws = wb.active
     ws.title = 'Sheet1'
     ws.append(list(df.columns))
-    for row in df.astype(object).values.tolist(): ws.append(row)
+    for row in df.astype(object).where(df.notna(), None).values.tolist(): ws.append(row)   # empty cells stay empty
     wb.properties.creator = 'medrecipes'
     wb.properties.created = wb.properties.modified = _FIXED_TIME
     buf = io.BytesIO()
@@ -440,6 +452,11 @@ def _planted_copy(im:Image.Image, k:int, rng) -> Image.Image:
     out = im.resize((max(32, round(im.width * f)), max(32, round(im.height * f))), Image.BILINEAR)
     return out.point(lambda v: min(255, v + 6)) if k % 2 else out
 
+LESION_COLUMNS = ['lesion_x0', 'lesion_y0', 'lesion_x1', 'lesion_y1']   # after the release's 37 columns
+
+def _scaled_box(b, sx, sy):
+    return None if b is None else (int(b[0] * sx), int(b[1] * sy), int(math.ceil(b[2] * sx)), int(math.ceil(b[3] * sy)))
+
 def make_btxrd(dest, # folder to write; created if missing
                n:int=400, # number of images
                seed:int=0, # random seed: the same seed gives byte-identical files
@@ -465,21 +482,23 @@ def make_btxrd(dest, # folder to write; created if missing
     (dest / 'images').mkdir(parents=True, exist_ok=True)
     sub = df[SUBTYPE_COLUMNS].to_numpy()
     site = df[SITE_COLUMNS].to_numpy().argmax(1)
-    ims = {}
+    ims, boxes = {}, []
     for i, r in enumerate(img_rng.spawn(n)):
         if i >= n - duplicates:
             k = i - (n - duplicates); im = _planted_copy(ims[k], k, r)
+            boxes.append(_scaled_box(boxes[k], im.width / ims[k].width, im.height / ims[k].height))   # the copy's lesion, resized
         else:
             label = 'Malignant' if df.malignant.iat[i] else 'Benign' if df.benign.iat[i] else 'Normal'
             subtype = SUBTYPE_COLUMNS[sub[i].argmax()] if sub[i].any() else None
             w, h = (int(v) for v in r.integers(lo, hi + 1, size=2))
             n_bones = 2 if r.random() < (0.75 if SITE_COLUMNS[site[i]] in _PAIRED else 0.15) else 1
-            im = _radiograph(label, subtype, w, h, r, n_bones)
+            im = _radiograph(label, subtype, w, h, r, n_bones, boxes)
             if i < duplicates: ims[i] = im
         fn = dest / 'images' / df.image_id.iat[i]
         if dicom:   # 12 bits of a detector: grey * 16, displayed through a window over the whole range
             write_dicom(fn, np.asarray(im.convert('L'), dtype=np.uint16) * 16, bits_stored=12, window=(2047.5, 4096))
         else: im.save(fn, format='JPEG', quality=max(1, quality - 7 * (i >= n - duplicates)))
+    df[LESION_COLUMNS] = pd.DataFrame([b or [None] * 4 for b in boxes], index=df.index, dtype='Int64')   # empty for Normal
     df.to_csv(dest / 'dataset.csv', index=False, lineterminator='\n')
     _write_xlsx(df, dest / 'dataset.xlsx')
     if duplicates:

@@ -48,7 +48,7 @@ def xray_ckpt(tmp_path_factory, btxrd):
                        num_workers=0, progress=False)
     # one epoch leaves logits that hardly depend on the image: calibrate the batch norms, then scale the head to logits
     # with a std of 0.1 across images. (Scaled to a std of 3, such a random-weight EfficientNet's own float32 error,
-    # against float64, is 2e-4 to 4e-3: more than the 1e-4 the check allows; see nbs/15_export.ipynb.)
+    # against float64, is 2e-4 to 4e-3: more than the 1e-4 the check allows; see nbs/18_export.ipynb.)
     from medrecipes.classify import load_classifier
     model, ck = load_classifier(s['best_checkpoint'])
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ from medrecipes.classify import predict, load_classifier
 from medrecipes.xray import predict_xray, xray_learner
 import _procs as procs
 
-XRAY_META_KEYS = {'arch', 'class_names', 'normalization', 'model_kwargs', 'split', 'class_weights', 'config', 'data_fingerprint'}
+XRAY_META_KEYS = {'arch', 'class_names', 'normalization', 'model_kwargs', 'split', 'class_weights', 'config', 'data_fingerprint',
+                  'tta_flips'}
 
 
 @pytest.fixture(scope='module')
@@ -161,7 +162,7 @@ def test_tracking_files_and_tracking_does_not_change_the_run(digits, tmp_path, m
     hist, config, run_id = wandb_history(runs[0])
     assert runs[0].name.endswith(run_id) and [h['epoch'] for h in hist] == [0, 1]
     np.testing.assert_allclose([h['loss/valid'] for h in hist], log.val_loss.values, rtol=1e-6)
-    assert config['model'] == {'arch': 'resnet10t', 'pretrained': False, 'drop_rate': 0.0, 'weights': None}
+    assert config['model'] == {'arch': 'resnet10t', 'pretrained': False, 'drop_rate': 0.0, 'weights': None, 'cam_layer': None}
     # all off: no tracker files, the checkpoints and results as before; and the very same training
     assert not (tmp_path/'off'/'training_log.csv').exists() and not (tmp_path/'off'/'tensorboard').exists()
     assert not (tmp_path/'off'/'wandb').exists() and off['wandb_run_dir'] is None

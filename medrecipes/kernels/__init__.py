@@ -2,8 +2,8 @@
 
 Imports with torch alone (no fastai; Triton optional). One folder per op (`ssim/`, `cbam/`), each with its reference,
 op table, custom ops, module and Triton file; `_backend.py` chooses the backend for both, `_common.py` holds the
-helpers they share. These are plain files (not exported from notebooks); `nbs/10_kernels.ssim.ipynb` and
-`nbs/11_kernels.cbam.ipynb` document and test them.
+helpers they share. These are plain files (not exported from notebooks); `nbs/04_kernels.ssim.ipynb` and
+`nbs/05_kernels.cbam.ipynb` document and test them.
 
 `ssim` and `cbam` are the op modules, callable as the functions (`ssim(x, y)`, `cbam(x, module)`)."""
 from ._common import gaussian_window

@@ -1,0 +1,258 @@
+"""`medrecipes predict`: predictions.csv (one row per readable input, one probability column per class, the
+checkpoint's hash), errors.csv and the exit status for unreadable inputs, the SAR codec files and reconstructions,
+temperature scaling on the validation split, and the same class for a DICOM and the same image as PNG."""
+import contextlib, io, json, os, subprocess, sys, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+from PIL import Image
+from medrecipes.core import save_checkpoint, load_checkpoint
+from medrecipes.classify import create_classifier
+from medrecipes.cli import main
+from medrecipes.predict import (predict_images, collect_inputs, file_sha256, compress_sar, reconstruct_sar_files,
+                                read_latent, CODEC_EXT)
+
+CLASSES = ['Normal', 'Benign', 'Malignant']
+NORM = dict(size=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+    "An untrained resnet10t classifier checkpoint with the contract's keys, a temperature and the training flips."
+    torch.manual_seed(0)
+    m = create_classifier('resnet10t', 3, pretrained=False)
+    torch.nn.init.normal_(m[1][-1].weight, std=1.)   # logits far enough apart that the temperature matters
+    fn = tmp_path_factory.mktemp('ck')/'best.pt'
+    save_checkpoint(fn, model_state_dict=m.state_dict(), arch='resnet10t', class_names=CLASSES, normalization=NORM,
+                    model_kwargs={}, config={'arch': 'resnet10t'}, temperature=2.5, tta_flips=['h'])
+    return fn
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    "Four readable images (two in a sub-folder), a damaged PNG and a text file named .jpg."
+    d = tmp_path_factory.mktemp('imgs')
+    rng = np.random.default_rng(0)
+    (d/'sub').mkdir()
+    for n in ('a.png', 'b.jpg', 'sub/c.png', 'sub/d.tif'):
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(d/n)
+    (d/'broken.png').write_bytes(Image.open(d/'a.png').tobytes()[:100])   # pixels without a PNG header
+    (d/'notes.jpg').write_text('not an image')
+    return d
+
+
+def _run(*argv) -> tuple:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rc = main(['predict', *map(str, argv), '--no-progress'])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_predictions_csv_one_row_per_readable_input(ckpt, images, tmp_path):
+    lst = tmp_path/'list.csv'
+    pd.DataFrame({'path': [str(images/'a.png'), str(images/'missing.png')]}).to_csv(lst, index=False)
+    rc, out, err = _run(ckpt, images, lst, '--out', tmp_path/'o', '--bs', 2)
+    assert rc == 1, (out, err)                                   # unreadable inputs: non-zero without --keep-going
+    df = pd.read_csv(tmp_path/'o'/'predictions.csv')
+    assert list(df.columns) == ['path', 'prediction', 'probability', 'prob_Normal', 'prob_Benign', 'prob_Malignant',
+                                'checkpoint', 'checkpoint_sha256']
+    readable = sorted(str(images/n) for n in ('a.png', 'b.jpg', 'sub/c.png', 'sub/d.tif'))
+    assert sorted(df.path) == readable and df.path.is_unique     # a.png once, though named twice
+    p = df[['prob_Normal', 'prob_Benign', 'prob_Malignant']].to_numpy()
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    assert (df.prediction == np.array(CLASSES)[p.argmax(1)]).all() and np.allclose(df.probability, p.max(1))
+    assert (df.checkpoint_sha256 == file_sha256(ckpt)).all() and len(df.checkpoint_sha256[0]) == 64
+    # the batching and the CLI change nothing: the same numbers as the library's predict with the temperature
+    from medrecipes.classify import predict
+    np.testing.assert_allclose(p, predict(ckpt, list(df.path)), atol=1e-5)
+    # errors.csv: every unreadable input with its reason, and they are named on stderr
+    e = pd.read_csv(tmp_path/'o'/'errors.csv').set_index('path').error
+    assert sorted(e.index) == sorted(str(x) for x in (images/'broken.png', images/'notes.jpg', images/'missing.png'))
+    assert 'cannot decode' in e[str(images/'broken.png')] and 'no such file' in e[str(images/'missing.png')]
+    assert 'could not be read' in err and 'errors.csv' in err
+    rc, _, _ = _run(ckpt, images, '--out', tmp_path/'k', '--keep-going')
+    assert rc == 0 and len(pd.read_csv(tmp_path/'k'/'errors.csv')) == 2
+
+
+def test_calibration_and_tta_options(ckpt, images, tmp_path):
+    files = [images/'a.png', images/'b.jpg']
+    cal = predict_images(ckpt, files, None, progress=False)['predictions']
+    raw = predict_images(ckpt, files, None, calibrated=False, progress=False)['predictions']
+    cols = ['prob_Normal', 'prob_Benign', 'prob_Malignant']
+    # T = 2.5 flattens the probabilities and never changes the winner
+    assert (cal.prediction == raw.prediction).all() and (cal.probability < raw.probability).all()
+    m, ck = create_classifier('resnet10t', 3, pretrained=False), load_checkpoint(ckpt)
+    m.load_state_dict(ck['model_state_dict']); m.eval()
+    from medrecipes.classify import preprocess
+    x = torch.stack([preprocess(f, NORM) for f in files])
+    with torch.no_grad(): want = (torch.softmax(m(x) / 2.5, -1) + torch.softmax(m(x.flip(-1)) / 2.5, -1)) / 2
+    tta = predict_images(ckpt, files, None, tta=True, progress=False)['predictions']
+    np.testing.assert_allclose(tta[cols].to_numpy(), want.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match='apply to SAR'): _run_lib(ckpt, images, units='db')
+    rc, _, err = _run(ckpt, images/'a.png', '--cam', '--cam-layer', 'nope', '--out', tmp_path/'c')
+    assert rc == 2 and "cam layer 'nope'" in err
+
+
+def _run_lib(ckpt, inputs, **kw):
+    from medrecipes.predict import predict_checkpoint
+    return predict_checkpoint(ckpt, [inputs], None, progress=False, **kw)
+
+
+@pytest.mark.parametrize('quant_bits', [8, 0])
+def test_sar_compress_and_reconstruct(tmp_path, quant_bits):
+    "A quantised model writes medrecipes.codec's .mrsar files, a float-latent one .sarlat files; both reconstruct in every unit."
+    from medrecipes.models.sar import sar_model
+    from medrecipes.data.sar import SarPreprocess
+    from medrecipes.sar import reconstruct_sar
+    from medrecipes.codec import read_codec_file, decompress
+    rng = np.random.default_rng(0)
+    imgs = [rng.gamma(1., 0.1, (48, 40)).astype(np.float32), rng.gamma(1., 0.1, (32, 32)).astype(np.float32)]
+    pre = SarPreprocess('linear', ('percentile', 1, 99)).fit(imgs)
+    def save(fn, seed):
+        torch.manual_seed(seed); model = sar_model('baseline', 4, 8, quant_bits=quant_bits).eval()
+        save_checkpoint(fn, model_state_dict=model.state_dict(), model_config=model.config,
+                        preprocessing_params=pre.checkpoint_params(), patch=32, config={})
+        return fn
+    ck, other = save(tmp_path/'sar.pt', 0), save(tmp_path/'other.pt', 1)
+    for i, a in enumerate(imgs): np.save(tmp_path/f'img{i}.npy', a)
+    (tmp_path/'bad.npy').write_bytes(b'nope')
+    r = compress_sar(ck, [tmp_path/'img0.npy', tmp_path/'img1.npy', tmp_path/'bad.npy'], tmp_path/'z', progress=False)
+    assert len(r['outputs']) == 2 and list(r['errors'].path) == [str(tmp_path/'bad.npy')]
+    ext = '.mrsar' if quant_bits else CODEC_EXT
+    f0 = tmp_path/'z'/f'img0{ext}'
+    assert list(r['outputs'].output) == [str(f0), str(tmp_path/'z'/f'img1{ext}')] and (r['outputs'].bpp > 0).all()
+    if quant_bits:
+        head, codes = read_codec_file(f0)
+        assert (head['height'], head['width'], head['bits']) == (48, 40, 8)
+    else:
+        z, meta = read_latent(f0)
+        assert meta['image_shape'] == [48, 40] and meta['patch'] == 32 and meta['checkpoint_sha256'] == file_sha256(ck)
+        assert z.shape[1:] == (4, 2, 2)
+    for units in ('linear', 'db', 'scaled'):
+        rec = reconstruct_sar_files(ck, [tmp_path/'z'], tmp_path/units, units=units, progress=False)['outputs']
+        assert list(rec.units) == [units] * 2 and len(rec) == 2
+        got = np.load(tmp_path/units/'img0.npy')
+        assert got.shape == (48, 40)
+        if quant_bits: np.testing.assert_allclose(got, decompress(f0, ck, out=units), rtol=1e-6)   # the codec's own decoder
+        else:   # the recipe's own tile-by-tile reconstruction, through a float16 latent
+            want = reconstruct_sar(ck, imgs[0], out=units)
+            np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02 * float(np.abs(want).mean()))
+    # an image goes through in one step, as reconstruct_sar tiles it; a codec file of another checkpoint is refused
+    direct = reconstruct_sar_files(ck, [tmp_path/'img1.npy'], tmp_path/'d', progress=False)['outputs']
+    np.testing.assert_allclose(np.load(direct.output[0]), reconstruct_sar(ck, imgs[1]), rtol=1e-5, atol=1e-7)
+    e = reconstruct_sar_files(other, [f0], tmp_path/'e', progress=False)['errors']
+    assert len(e) == 1 and ('another checkpoint' in e.error[0] or 'different model' in e.error[0]), e.error[0]
+
+
+def test_dicom_and_png_give_the_same_class(ckpt, tmp_path):
+    pydicom = pytest.importorskip('pydicom')
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid, SecondaryCaptureImageStorage
+    from medrecipes.synth import draw_radiograph
+    a = np.asarray(draw_radiograph('Malignant', (48, 40), seed=3)).copy()
+    a[0, 0], a[0, 1] = 0, 255           # the full 8-bit range: a reader that windows min..max changes nothing
+    im = Image.fromarray(a); im.save(tmp_path/'x.png')
+    meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset(); ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, 'DX'
+    ds.set_pixel_data(np.asarray(im), 'MONOCHROME2', 8)
+    ds.WindowCenter, ds.WindowWidth = 128, 256    # the display window of 8-bit data: 0..255 shown as they are
+    ds.save_as(tmp_path/'x.dcm', enforce_file_format=True)
+    r = predict_images(ckpt, [tmp_path/'x.dcm', tmp_path/'x.png'], None, progress=False)
+    assert len(r['errors']) == 0, r['errors']
+    df = r['predictions']
+    assert df.prediction[0] == df.prediction[1]
+    np.testing.assert_allclose(df.probability[0], df.probability[1], atol=1e-3)
+
+
+def test_command_writes_cam_overlays(ckpt, images, tmp_path):
+    "The installed entry point end to end (the one test that starts an interpreter): predictions, overlays, exit status."
+    env = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONPATH': str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, '-m', 'medrecipes.cli', 'predict', str(ckpt), str(images/'sub'), str(images/'a.png'),
+                        '--cam', '--out', str(tmp_path/'o'), '--bs', '2'], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(tmp_path/'o'/'predictions.csv')
+    assert len(df) == 3 and 'cam' in df and len(pd.read_csv(tmp_path/'o'/'errors.csv')) == 0
+    for f in df.cam:
+        with Image.open(f) as im: assert im.format == 'PNG' and im.size[0] > 100
+    assert '3 input(s) classified' in r.stdout and str(tmp_path/'o'/'predictions.csv') in r.stdout
+
+
+# The smallest set-up that learns where the lesion is, measured on this project's 2-core machine: balanced classes
+# (32 training and 10 validation radiographs each, drawn by `draw_radiograph`, 96 px), resnet10t from scratch with
+# horizontal flips, 8 epochs of one-cycle at lr 1e-2. Smaller images (64 px) or an unbalanced set (make_btxrd's 9%
+# Malignant) left the maps diffuse: mean mass in the box barely above the box's share of the image.
+CAM_SET = dict(per_class=32, valid=10, size=96, epochs=8, lr=1e-2)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "A resnet10t trained briefly on generated radiographs, and the lesion box of every image."
+    from medrecipes.synth import draw_radiograph
+    from medrecipes.data.folder import FolderDataLoaders
+    from medrecipes.classify import classifier_learner
+    from medrecipes.core import set_seed
+    root = tmp_path_factory.mktemp('cam'); rng = np.random.default_rng(0); boxes = {}
+    for split, k in (('train', CAM_SET['per_class']), ('valid', CAM_SET['valid'])):
+        for c in CLASSES:
+            (root/split/c).mkdir(parents=True)
+            for i in range(k):
+                im, box = draw_radiograph(c, (CAM_SET['size'],) * 2, seed=int(rng.integers(2**31)),
+                                          n_bones=1 + int(rng.random() < .3), return_box=True)
+                im.save(root/split/c/f'{i}.png'); boxes[str(root/split/c/f'{i}.png')] = box
+    set_seed(0)
+    dls = FolderDataLoaders.from_folder(root, size=CAM_SET['size'], bs=16, seed=0, device='cpu', test=None,
+                                        augment=dict(flip=True, max_rotate=0., max_zoom=1., max_lighting=0.))
+    learn = classifier_learner(dls, root/'run', 'resnet10t', pretrained=False)
+    with warnings.catch_warnings(), learn.no_bar(), learn.no_logging():
+        warnings.simplefilter('ignore')
+        learn.fit_one_cycle(CAM_SET['epochs'], CAM_SET['lr'])
+        res = learn.evaluate('valid', 'best')
+    return dict(dls=dls, boxes=boxes, ckpt=root/'run'/'checkpoints'/'best.pt', res=res, run=root/'run')
+
+
+def test_cam_mass_falls_on_the_drawn_lesion(trained):
+    "For the tumour classes, most of the Grad-CAM mass (default layer) lies in the lesion's box padded by 5% of the side."
+    from medrecipes.predict import grad_cam, cam_on_image, cam_box_mass
+    from medrecipes.classify import load_classifier, preprocess
+    r = predict_images(trained['ckpt'], trained['dls'].files['valid'], None, progress=False)['predictions']
+    truth = r.path.map(lambda f: Path(f).parent.name)
+    tumour = r[(truth != 'Normal') & (r.prediction == truth)]            # the tumour images the model gets right
+    assert len(tumour) >= 8, f"the model recognised only {len(tumour)} of 20 tumour images"
+    model, ck = load_classifier(trained['ckpt'])
+    ims = [Image.open(f).convert('RGB') for f in tumour.path]
+    maps = grad_cam(model, torch.stack([preprocess(im, ck['normalization']) for im in ims]),
+                    [ck['class_names'].index(c) for c in tumour.prediction])
+    pad, mass, area = 0.05 * CAM_SET['size'], [], []
+    for f, im, m in zip(tumour.path, ims, maps):
+        x0, y0, x1, y1 = trained['boxes'][str(f)]
+        x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(im.size[0], x1 + pad), min(im.size[1], y1 + pad)
+        mass.append(cam_box_mass(cam_on_image(m, im.size), (x0, y0, x1, y1)))
+        area.append((x1 - x0) * (y1 - y0) / (im.size[0] * im.size[1]))
+    mass, area = np.array(mass), np.array(area)
+    assert np.nanmean(mass) > 0.5 and np.nanmean(mass) > 1.6 * area.mean(), (mass.round(2), area.mean())
+
+
+def test_temperature_scaling_lowers_the_validation_nll(trained):
+    "After a fit both checkpoints hold a temperature fitted on the validation split; it lowers that split's NLL."
+    from medrecipes.classify import load_classifier, preprocess
+    dls, run = trained['dls'], trained['run']
+    files = dls.files['valid']
+    y = torch.tensor([dls.vocab.o2i[Path(f).parent.name] for f in files])
+    for name in ('best.pt', 'latest.pt'):
+        ck = load_checkpoint(run/'checkpoints'/name)
+        assert ck['tta_flips'] == ['h'] and ck['temperature'] != 1
+        model, _ = load_classifier(ck)        # the NLL recomputed here from the checkpoint's own weights
+        with torch.no_grad(): z = model(torch.stack([preprocess(f, ck['normalization']) for f in files]))
+        nll = lambda t: float(torch.nn.functional.cross_entropy(z / t, y))
+        assert nll(ck['temperature']) < nll(1.), (name, ck['temperature'])
+        np.testing.assert_allclose([ck['calibration']['before']['nll'], ck['calibration']['after']['nll']],
+                                   [nll(1.), nll(ck['temperature'])], rtol=1e-4)
+    # the metrics file: calibration before/after with the best checkpoint's temperature, TTA over the training's flip
+    m = json.loads((run/'valid_metrics.json').read_text())
+    assert m['calibration']['temperature'] == load_checkpoint(run/'checkpoints'/'best.pt')['temperature']
+    for k in ('before', 'after'): assert {'nll', 'ece', 'brier'} <= set(m['calibration'][k])
+    assert m['calibration']['after']['nll'] < m['calibration']['before']['nll']
+    assert m['tta']['flips'] == ['h'] and 0 <= m['tta']['accuracy'] <= 1 and trained['res']['tta']['nll'] == m['tta']['nll']
+    with Image.open(run/'valid_reliability.png') as im: assert im.format == 'PNG'
