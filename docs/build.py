@@ -119,6 +119,23 @@ def _write(path:Path, text:str):
     if not path.exists() or path.read_text() != text: path.write_text(text)
 
 
+_IMG = re.compile(r'!\[[^\]]*\]\(([^)\s]+)\)')
+
+def _stage_images(nb:dict, proc:Path):
+    """Copy the files that markdown cells show by a relative path (`![...](benchmarks/results/x.png)`, written relative to
+    the repository root as in the README, or to `nbs/`) beside the staged page, where Sphinx looks for them."""
+    for c in nb['cells']:
+        if c['cell_type'] != 'markdown': continue
+        src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
+        for rel in _IMG.findall(src):
+            if ':' in rel or rel.startswith('/'): continue   # a URL or an absolute path
+            f = next((b/rel for b in (ROOT, NBS) if (b/rel).is_file()), None)
+            if f is None: raise FileNotFoundError(f"an image the notebooks show is missing: {rel}")
+            dest = proc/rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists() or dest.read_bytes() != f.read_bytes(): dest.write_bytes(f.read_bytes())
+
+
 def stage(proc:Path=PROC) -> list:
     "Stage the notebooks and the API pages into `proc`; returns the page names in order."
     pages, staged = [], set()
@@ -130,6 +147,7 @@ def stage(proc:Path=PROC) -> list:
             toc += ['api/index\n```\n']
             nb['cells'].append({'cell_type': 'markdown', 'id': 'site-toc', 'metadata': {}, 'source': ''.join(toc)})
         _write(proc/f'{page}.ipynb', json.dumps(nb, indent=1))
+        _stage_images(nb, proc)
         pages.append(page); staged.add(f'{page}.ipynb')
     mods = public_modules()
     toc = ''.join(f'   {m.__name__}\n' for m in mods)

@@ -153,12 +153,14 @@ def test_command_on_a_recipe_sar_checkpoint(sar_ckpts, tmp_path):
 
 
 def test_a_file_that_differs_from_pytorch_is_reported(sar_ckpts, tmp_path, monkeypatch, capsys):
-    "Change the weights after the export: the check must see it, name the file and fail the command (exit 1)."
+    """Change the weights after the export: the check must see it, name the file and fail the command (exit 1). The
+    decoder is changed (its last convolution's bias, +0.01 before the output sigmoid, whose slope is at most 1/4): the
+    encoder of a quantised codec ends in the quantiser, whose integer codes would absorb a small change."""
     real = export_mod.export_module
     def export_then_change(module, *args, **kw):
         p = real(module, *args, **kw)
-        if 'encoder' in Path(p).name:
-            with torch.no_grad(): module.head.bias.add_(0.01)
+        if 'decoder' in Path(p).name:
+            with torch.no_grad(): module.out.bias.add_(0.01)
         return p
     monkeypatch.setattr(export_mod, 'export_module', export_then_change)
     out = tmp_path/'sub'/'codec.onnx'          # a name ending in .onnx names the files; opset 18 goes through
@@ -166,11 +168,12 @@ def test_a_file_that_differs_from_pytorch_is_reported(sar_ckpts, tmp_path, monke
     o, e = capsys.readouterr()
     lines = o.splitlines()
     assert [LINE.match(l)[1] for l in lines] == [str(tmp_path/'sub'/'codec.encoder.onnx'), str(tmp_path/'sub'/'codec.decoder.onnx')]
-    assert abs(float(LINE.match(lines[0])[2]) - 0.01) < 1e-4 and float(LINE.match(lines[1])[2]) <= ONNX_ATOL
-    assert re.search(r"codec\.encoder\.onnx: max \|onnx - torch\| = 0\.01 exceeds 0\.0001 \(float32\); PyTorch's own float32 "
-                     r"error on these inputs \(against float64\) is [0-9.e-]+$", e.strip()) and 'decoder' not in e
+    d = float(LINE.match(lines[1])[2])
+    assert float(LINE.match(lines[0])[2]) <= ONNX_ATOL and 1e-3 < d <= 0.0025 + 1e-6
+    assert re.search(r"codec\.decoder\.onnx: max \|onnx - torch\| = [0-9.e-]+ exceeds 0\.0001 \(float32\); PyTorch's own float32 "
+                     r"error on these inputs \(against float64\) is [0-9.e-]+$", e.strip()) and 'encoder' not in e
     assert float(e.strip().rsplit(' ', 1)[1]) < 1e-5      # so the difference is the export's, not float32's
-    assert onnx.load(str(tmp_path/'sub'/'codec.decoder.onnx')).opset_import[0].version == 18
+    assert onnx.load(str(tmp_path/'sub'/'codec.encoder.onnx')).opset_import[0].version == 18
 
 
 def test_command_options(monkeypatch, capsys):

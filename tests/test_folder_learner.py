@@ -12,6 +12,7 @@ from medrecipes.folder import (folder_learner, train_folder, folder_config, reso
 from medrecipes.classify import predict, load_classifier
 from medrecipes.xray import predict_xray, xray_learner
 import _procs as procs
+from medrecipes.callbacks import FitOnlyCallback
 
 XRAY_META_KEYS = {'arch', 'class_names', 'normalization', 'model_kwargs', 'split', 'class_weights', 'config', 'data_fingerprint',
                   'tta_flips'}
@@ -194,17 +195,22 @@ def test_same_seed_same_run_other_seed_other_run(digits, tmp_path, quiet):
     assert not all(torch.equal(w['a'][k], w['c'][k]) for k in w['a'])
 
 
-class _Probe(Callback):
-    "Records what the training loop does: the dtype of the predictions inside autocast, optimizer steps, gradient norms."
+class _Probe(FitOnlyCallback):
+    """Records what the training loop does: the dtype of the predictions inside autocast, optimizer steps, gradient norms.
+    Fit only: the recipe's own `get_preds` after the fit (temperature scaling) must not start new records."""
     order = 5   # after_pred before MixedPrecision (10) turns the predictions to float32
-    def before_fit(self): self.dtypes, self.steps, self.norms = set(), 0, []
+    def before_fit(self):
+        super().before_fit()
+        if self.run: self.dtypes, self.steps, self.norms = set(), 0, []
     def after_pred(self):
         if self.training: self.dtypes.add(self.pred.dtype)
     def after_step(self): self.steps += 1
 
-class _NormProbe(Callback):
+class _NormProbe(FitOnlyCallback):
     order = 12  # before_step after GradientClip (11)
-    def before_fit(self): self.norms = []
+    def before_fit(self):
+        super().before_fit()
+        if self.run: self.norms = []
     def before_step(self):
         self.norms.append(float(torch.norm(torch.stack([p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]))))
 
