@@ -17,7 +17,7 @@ is set from `OMP_NUM_THREADS` of the given environment.
 Tests that must prove something about a *fresh* interpreter (`load_learner` in a new process, the installed wheel, the
 command's own start-up) keep using `subprocess`.
 """
-import os, pickle, signal, struct, sys, tempfile, time, traceback
+import os, pickle, shutil, signal, struct, sys, tempfile, time, traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -186,6 +186,7 @@ def wait(handles, timeout=600, any_failure_kills_all=True):
     res = []
     for h in handles:
         out, err = ((h.dir/n).read_text(errors='replace') for n in ('stdout', 'stderr'))
+        shutil.rmtree(h.dir, ignore_errors=True)   # the captured output is read: its temporary folder goes
         res.append(SimpleNamespace(returncode=h.returncode, stdout=out, stderr=err))
     return res
 
