@@ -27,7 +27,7 @@ from fastai.vision.augment import Flip, Dihedral, flip_mat, dihedral_mat
 from fastcore.basics import noop
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
 from .core import load_checkpoint, save_checkpoint, atomic_write, atomic_write_text, to_plain
-from .data.images import ClassifierImage
+from .data.images import ClassifierImage, read_stored
 from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard,
                                   resolve_precision, training_callbacks, FitOnlyCallback)
 from fastai.callback.training import GradientClip
@@ -39,7 +39,7 @@ __all__ = ['FLIP_DIMS', 'create_classifier', 'classification_metrics', 'negative
            'reliability_bins', 'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report',
            'plot_reliability', 'train_flips', 'tta_probs', 'FlipInput', 'plot_confusion_matrix',
            'save_classification_results', 'data_fingerprint', 'ClassifierLearner', 'recorder_kept',
-           'TemperatureScaling', 'classifier_learner', 'load_classifier', 'preprocess', 'predict']
+           'TemperatureScaling', 'classifier_learner', 'load_classifier', 'stored_input', 'preprocess', 'predict']
 
 # %% ../nbs/15_classify.ipynb #c005
 def _hub_error(arch, e) -> RuntimeError:
@@ -373,11 +373,19 @@ def load_classifier(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
     except RuntimeError as e: raise ValueError(f"{where}: the weights do not fit arch={ck['arch']!r} as `create_classifier` builds it ({e})") from e
     return model.to(device).eval(), ck
 
+def stored_input(item, # a path (str or Path), PIL image or array
+                 normalization:dict, # a checkpoint's `normalization`
+                ):
+    """The item as the training loaders' first stage stored it: read (JPEG draft decoding as in training) and shrunk to the
+    stored size when the checkpoint records one (`normalization['stored']`); else the item unchanged (older checkpoints)."""
+    if not normalization.get('stored'): return item
+    return read_stored(item, int(normalization['stored']), normalization.get('draft'), 0, normalization.get('window'))
+
 def preprocess(item, # a path (str or Path), PIL image or array
                normalization:dict, # a checkpoint's `normalization`
                open_image=ClassifierImage.create) -> torch.Tensor:
-    "An image as a normalised 3 x size x size tensor, prepared as the validation data were."
-    img = Resize(normalization['size'], method=ResizeMethod.Pad, pad_mode=PadMode.Zeros)(open_image(item), split_idx=1)
+    "An image as a normalised 3 x size x size tensor, prepared as the validation data were (`stored_input`, then the letterbox)."
+    img = Resize(normalization['size'], method=ResizeMethod.Pad, pad_mode=PadMode.Zeros)(open_image(stored_input(item, normalization)), split_idx=1)
     x = ToTensor()(img).float() / 255.
     mean, std = torch.tensor(normalization['mean']), torch.tensor(normalization['std'])
     return (x - mean[:, None, None]) / std[:, None, None]

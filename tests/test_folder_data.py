@@ -48,7 +48,7 @@ def test_loaders_keep_every_image_and_record_normalization(digits):
     assert xb.shape == (6, 3, 32, 32) and xb.dtype == torch.float32
     assert abs(float(xb.mean())) < 3                                   # normalised
     assert dls.normalization == {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'size': 32, 'resize': 'pad',
-                                 'pad_mode': 'zeros', 'mode': 'RGB'}
+                                 'pad_mode': 'zeros', 'mode': 'RGB', 'stored': 64, 'draft': 64, 'window': None}
     assert dls.train_labels() == [c for c in '0123' for _ in range(5)]
     assert dls.counts().to_dict('list') == {'train': [5] * 4, 'valid': [3] * 4, 'test': [2] * 4}
     tdl = dls.test_dl()

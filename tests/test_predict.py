@@ -256,3 +256,35 @@ def test_temperature_scaling_lowers_the_validation_nll(trained):
     assert m['calibration']['after']['nll'] < m['calibration']['before']['nll']
     assert m['tta']['flips'] == ['h'] and 0 <= m['tta']['accuracy'] <= 1 and trained['res']['tta']['nll'] == m['tta']['nll']
     with Image.open(run/'valid_reliability.png') as im: assert im.format == 'PNG'
+
+
+def test_predict_repeats_the_loaders_first_stage(tmp_path):
+    """Large JPEGs go through the stored size (draft decoding, shrink to 2 x size) before the letterbox, in training and
+    in `predict` alike: the checkpoint's `normalization` records that stage, and `predict` equals the loaders' numbers."""
+    from medrecipes.data.folder import FolderDataLoaders
+    from medrecipes.classify import predict, preprocess
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:300, :240]
+    for split, n in (('train', 4), ('valid', 2), ('test', 3)):
+        for c in ('a', 'b'):
+            (tmp_path/'ds'/split/c).mkdir(parents=True)
+            for i in range(n):   # smooth structure plus fine noise: the shrink path changes the pixels
+                im = (127 + 60 * np.sin(xx / rng.uniform(5, 20)) * np.cos(yy / rng.uniform(5, 20)) + rng.normal(0, 25, xx.shape))
+                Image.fromarray(im.clip(0, 255).astype(np.uint8)).save(tmp_path/'ds'/split/c/f'{i}.jpg', quality=90)
+    dls = FolderDataLoaders.from_folder(tmp_path/'ds', size=32, bs=4, num_workers=0, cache_dir=tmp_path/'cache', progress=False)
+    norm = dls.normalization
+    assert (norm['stored'], norm['draft']) == (64, 64)
+    torch.manual_seed(0)
+    m = create_classifier('resnet10t', 2, pretrained=False).eval()
+    torch.nn.init.normal_(m[1][-1].weight, std=1.)
+    fn = tmp_path/'ck.pt'
+    save_checkpoint(fn, model_state_dict=m.state_dict(), arch='resnet10t', class_names=['a', 'b'], normalization=norm, model_kwargs={})
+    files = dls.files['test']
+    xb = torch.cat([b[0] for b in dls.test_dl(files)]).as_subclass(torch.Tensor)   # the loaders' validation path (cached)
+    with torch.no_grad(): ref = m(xb).softmax(1).numpy()
+    np.testing.assert_allclose(predict(fn, files, calibrated=False), ref, atol=1e-5)
+    np.testing.assert_allclose(predict_images(fn, files, None, calibrated=False, progress=False)['predictions'][['prob_a', 'prob_b']].to_numpy(),
+                               ref, atol=1e-5)
+    # without the stored stage (an older checkpoint's normalization) the input differs: the test above could fail
+    old = {k: v for k, v in norm.items() if k not in ('stored', 'draft', 'window')}
+    assert not torch.allclose(preprocess(files[0], old), preprocess(files[0], norm), atol=1e-3)

@@ -91,7 +91,7 @@ def test_dataloaders(btxrd, tmp_path):
     assert len(dls.train_ds) + len(dls.valid_ds) + n_test == 120
     assert sum(len(b[1]) for b in dls.train) == len(dls.train_ds)       # no image dropped from an epoch
     assert dls.normalization == {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'size': 48,
-                                 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB'}
+                                 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB', 'stored': 96, 'draft': 96, 'window': None}
     xb, _ = dls.valid.one_batch(); xb2, _ = dls.valid.one_batch()
     assert xb.shape == (8, 3, 48, 48) and torch.equal(xb, xb2)           # validation is deterministic
     assert abs(float(xb.mean())) < 2 and torch.allclose(xb[:, 0] * .229 + .485, xb[:, 1] * .224 + .456, atol=1e-4)  # gray replicated, normalised

@@ -125,7 +125,8 @@ class FolderDataLoaders(DataLoaders):
         if seed is not None: dls.train.rng = random.Random(seed)
         dls.files, dls.split_folders = files, {s: path/n for s, n in names.items() if s in files}
         dls.stored, dls.preprocessing = reader, reader.signature()   # the first stage (and its cache) and what it does
-        dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB'}
+        dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB',
+                             'stored': reader.stored, 'draft': reader.draft, 'window': reader.window}   # predict repeats the first stage
         return dls
 
     @property

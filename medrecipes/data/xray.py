@@ -277,7 +277,8 @@ class XrayDataLoaders(DataLoaders):
         dls.split_df, dls.split_name, dls.items_df, dls.img_dir = split_df, split_name, items, img_dir
         dls.stored, dls.preprocessing = reader, reader.signature()   # the first stage (and its cache) and what it does
         dls.hashes, dls.leak_report = None if hashes is None else dict(zip(df.image_id, hashes)), leaks
-        dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB'}
+        dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB',
+                             'stored': reader.stored, 'draft': reader.draft, 'window': reader.window}   # predict repeats the first stage
         return dls
 
     def test_df(self) -> pd.DataFrame:
