@@ -138,6 +138,7 @@ class SarTrainer:
     codec_images:int=8            # test (else valid) images coded into real files for the bitrate and JPEG2000 beside it (0: off)
     sweep_latent_channels:Any=None  # compare: a rate-distortion sweep over these latent channels, e.g. [4, 8, 16] (null: off)
     sweep_quant_bits:Any=None     # ... times these quantisation bits, e.g. [4, 8]; rd.csv and rd.png in out_dir/rd
+    compare_seeds:Any=None        # compare: every variant once per seed, e.g. [0, 1, 2]: mean and spread (null: the one `seed`)
 
 @dataclass
 class SarCallbacks:

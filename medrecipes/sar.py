@@ -31,10 +31,10 @@ from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARI
 _all_ = ['load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
 
 # %% auto #0
-__all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SarLoss', 'SarTensorBoard', 'SarLearner',
-           'sar_metrics', 'sar_learner', 'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar', 'sar_targets',
-           'compare_sar', 'rd_sweep', 'plot_rd', 'load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage',
-           'sar_model', 'SAR_VARIANTS']
+__all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SEED_FIGURES', 'SarLoss', 'SarTensorBoard',
+           'SarLearner', 'sar_metrics', 'sar_learner', 'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar',
+           'sar_targets', 'compare_sar', 'compare_seeds', 'rd_sweep', 'plot_rd', 'load_sar_model', 'SarDataLoaders',
+           'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']
 
 # %% ../nbs/20_sar.ipynb #c005
 class SarLoss(nn.Module):
@@ -369,8 +369,11 @@ def sar_targets(df:pd.DataFrame) -> list:
     return lines
 
 def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> pd.DataFrame:
-    "Train and evaluate each SAR variant with the same data, seed and config; write comparison.csv and comparison.md (table and targets)."
+    """Train and evaluate each SAR variant with the same data, seed and config; write comparison.csv and comparison.md (table and targets).
+    With `compare_seeds` (e.g. [0, 1, 2]) every variant is trained once per seed (`out_dir/seed<N>/`) and the table gives each figure's
+    mean and spread over the seeds (`compare_seeds`)."""
     base = sar_config(config, overrides, **kwargs)
+    if base.get('compare_seeds'): return compare_seeds(config, overrides, variants, base['compare_seeds'], **kwargs)
     out = Path(base['out_dir']); rows = []
     for v in variants:
         s = train_sar(config, [*overrides, f'variant={v}', f"out_dir={out/v}"], **kwargs)
@@ -394,6 +397,54 @@ def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> p
     if base.get('sweep_latent_channels') and base.get('sweep_quant_bits'):
         df.attrs['rd'] = rd_sweep(config, overrides, variants, base['sweep_latent_channels'], base['sweep_quant_bits'], **kwargs)
     return df
+
+SEED_FIGURES = ('psnr', 'ssim', 'enl_ratio', 'epi', 'bpp', 'jpeg2000_psnr', 'gain_over_residual_db', 'sec_per_epoch')
+
+def compare_seeds(config=None, overrides=(), variants=SAR_VARIANTS,
+                  seeds=(0, 1, 2), # one full comparison per seed (initial weights, patches drawn, batch order)
+                  **kwargs) -> pd.DataFrame:
+    """Every variant once per seed: `out_dir/seed<N>/comparison.csv` each, and in `out_dir` comparison_seeds.csv (every row),
+    comparison.csv (per variant: `<figure>_mean`, `<figure>_std`, `<figure>_min`, `<figure>_max` over the seeds, the PSNR rank in
+    each seed) and comparison.md (mean +/- standard deviation, the targets judged on the means and per seed, the wall time)."""
+    base = sar_config(config, overrides, **kwargs)
+    out, seeds, t0 = Path(base['out_dir']), [int(s) for s in seeds], time.time()
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds): raise ValueError(f"compare_seeds must list at least two different seeds, not {seeds}")
+    runs = []
+    for s in seeds:
+        df = compare_sar(config, [*overrides, f'seed={s}', f"out_dir={out/f'seed{s}'}", 'compare_seeds=null'], variants, **kwargs)
+        df.insert(1, 'seed', s); df['psnr_rank'] = df.psnr.rank(ascending=False, method='min').astype(int)
+        runs.append(df)
+    allr = pd.concat(runs, ignore_index=True)
+    figs = [f for f in SEED_FIGURES if f in allr and allr[f].notna().any()]
+    g = allr.groupby('variant', sort=False)
+    agg = pd.DataFrame({'variant': list(g.groups)})
+    for f in figs:
+        for stat in ('mean', 'std', 'min', 'max'): agg[f'{f}_{stat}'] = g[f].agg(stat).values
+    lo, hi = ENL_RATIO_TARGET
+    agg['enl_ratio_ok_seeds'] = g.enl_ratio_ok.sum().astype(int).values
+    agg['psnr_ranks'] = g.psnr_rank.apply(lambda r: '/'.join(map(str, r))).values
+    agg['seeds'] = len(seeds)
+    minutes = (time.time() - t0) / 60
+    ranking_stable = allr.pivot(index='seed', columns='variant', values='psnr_rank').nunique().eq(1).all()
+    mean = pd.DataFrame({'variant': agg.variant, 'psnr': agg.psnr_mean, 'enl_ratio': agg.enl_ratio_mean})
+    targets = [f"mean over seeds {seeds}: {l}" for l in sar_targets(mean)]
+    if 'gain_over_residual_db' in figs:
+        per = allr[allr.variant == 'attention'].gain_over_residual_db
+        targets.append(f"attention - residual per seed: {', '.join(f'{v:+.3f}' for v in per)} dB "
+                       f"(met in {int((per >= ATTENTION_GAIN_TARGET_DB).sum())} of {len(per)})")
+    targets += [f"PSNR ranking {'the same' if ranking_stable else 'NOT the same'} in every seed (ranks per seed: "
+                + '; '.join(f'{r.variant} {r.psnr_ranks}' for r in agg.itertuples()) + ')',
+                f"{len(seeds)} seeds x {len(variants)} variants took {minutes:.1f} min wall time"]
+    agg.attrs.update(targets=targets, runs=allr, minutes=minutes, ranking_stable=bool(ranking_stable))
+    if is_rank0():
+        atomic_write(out/'comparison_seeds.csv', lambda t: allr.to_csv(t, index=False))
+        atomic_write(out/'comparison.csv', lambda t: agg.to_csv(t, index=False))
+        pm = lambda f: [f"{m:.4g} ± {s:.2g}" for m, s in zip(agg[f'{f}_mean'], agg[f'{f}_std'])]
+        show = pd.DataFrame({'variant': agg.variant, **{f: pm(f) for f in figs}, 'enl_ratio_ok (seeds)': agg.enl_ratio_ok_seeds,
+                             'psnr rank per seed': agg.psnr_ranks})
+        atomic_write_text(out/'comparison.md', _md_table(show) + f'\nMean ± standard deviation over seeds {seeds}.\n\nTargets:\n'
+                          + ''.join(f'- {l}\n' for l in targets))
+    return agg
 
 def rd_sweep(config=None, overrides=(), variants=('residual', 'attention'),
              latent_channels=(4, 8, 16), # latent channels to train

@@ -216,3 +216,30 @@ def test_precision_accumulation_csv_and_wandb_reach_the_sar_recipe(sar_data, tmp
     names = {type(c).__name__: c for c in learn.cbs}
     assert 'AutocastMixedPrecision' in names and names['EpochGradientAccumulation'].n_acc == 3 * 8
     assert 'AutocastMixedPrecision' not in {type(c).__name__ for c in sar_learner(dls, base_channels=8, out_dir=tmp_path/'m').cbs}
+
+
+def test_compare_over_seeds_reports_mean_and_spread(sar_data, tmp_path):
+    "issue 16.3: `compare_seeds` trains every variant once per seed; the table's means, spreads and ranks come from the per-seed rows."
+    agg = compare_sar(data_path=sar_data, out_dir=tmp_path, epochs=1, variants=('residual', 'attention'), compare_seeds=[0, 1],
+                      codec_images=0, **SMALL)
+    runs = pd.read_csv(tmp_path/'comparison_seeds.csv')
+    assert sorted(zip(runs.seed, runs.variant)) == [(0, 'attention'), (0, 'residual'), (1, 'attention'), (1, 'residual')]
+    for s in (0, 1):   # each seed is a whole comparison of its own, with its own checkpoints
+        one = pd.read_csv(tmp_path/f'seed{s}'/'comparison.csv')
+        assert one.psnr.tolist() == runs[runs.seed == s].psnr.tolist()
+        assert (tmp_path/f'seed{s}'/'attention'/'checkpoints'/'best.pt').is_file()
+        assert load_checkpoint(tmp_path/f'seed{s}'/'residual'/'checkpoints'/'best.pt')['config']['seed'] == s
+    assert runs[runs.seed == 0].psnr.tolist() != runs[runs.seed == 1].psnr.tolist()   # the seed changes the training
+    assert pd.read_csv(tmp_path/'comparison.csv').variant.tolist() == agg.variant.tolist() == ['residual', 'attention']
+    for v in ('residual', 'attention'):
+        p = runs[runs.variant == v].psnr
+        r = agg.set_index('variant').loc[v]
+        assert r.psnr_mean == pytest.approx(p.mean()) and r.psnr_std == pytest.approx(p.std())
+        assert (r.psnr_min, r.psnr_max) == (p.min(), p.max())
+        assert r.psnr_ranks == '/'.join(str(int(k)) for k in runs[runs.variant == v].psnr_rank) and r.seeds == 2
+    gain = runs[runs.variant == 'attention'].gain_over_residual_db
+    assert agg.set_index('variant').gain_over_residual_db_mean['attention'] == pytest.approx(gain.mean())
+    md = (tmp_path/'comparison.md').read_text()
+    assert '± ' in md and 'Mean ± standard deviation over seeds [0, 1]' in md and 'attention - residual per seed: ' in md
+    assert ('PSNR ranking the same in every seed' in md) == agg.attrs['ranking_stable'] and 'took ' in md
+    with pytest.raises(ValueError, match='at least two different seeds'): compare_sar(data_path=sar_data, out_dir=tmp_path, compare_seeds=[3, 3], **SMALL)
