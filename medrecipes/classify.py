@@ -26,7 +26,7 @@ from fastai.callback.core import Callback
 from fastai.vision.augment import Flip, Dihedral, flip_mat, dihedral_mat
 from fastcore.basics import noop
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
-from .core import load_checkpoint, save_checkpoint, atomic_write, atomic_write_text, to_plain
+from .core import load_checkpoint, save_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
 from .data.images import ClassifierImage, read_stored
 from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard,
                                   resolve_precision, training_callbacks, FitOnlyCallback)
@@ -230,7 +230,7 @@ def save_classification_results(res:dict, # from `classification_metrics` (plus 
     atomic_write(path/f'{split}_confusion_matrix.csv', lambda t: cm.to_csv(t))
     plot_confusion_matrix(res['confusion_matrix'], classes, path/f'{split}_confusion_matrix.png', f'Confusion matrix ({split})')
     if res.get('calibration'): plot_reliability(res['calibration'], path/f'{split}_reliability.png', f'Reliability ({split})')
-    atomic_write_text(path/f'{split}_metrics.json', json.dumps(to_plain(res), indent=2, allow_nan=True))
+    atomic_write_text(path/f'{split}_metrics.json', to_json(res))
     return path
 
 # %% ../nbs/15_classify.ipynb #c014

@@ -8,7 +8,7 @@ Docs: `_docs/core.html` in this repository, built by `make docs` (API reference:
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import os, random, tempfile
+import json, math, os, random, tempfile
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 import numpy as np
@@ -16,8 +16,8 @@ import torch, yaml
 from omegaconf import OmegaConf, DictConfig, ListConfig
 
 # %% auto #0
-__all__ = ['set_seed', 'default_device', 'to_plain', 'atomic_write', 'atomic_write_text', 'save_checkpoint', 'load_checkpoint',
-           'parse_overrides', 'load_config', 'save_config']
+__all__ = ['set_seed', 'default_device', 'to_plain', 'to_json', 'atomic_write', 'atomic_write_text', 'save_checkpoint',
+           'load_checkpoint', 'parse_overrides', 'load_config', 'save_config']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed:int, # seed for Python, NumPy and PyTorch (all devices)
@@ -52,6 +52,17 @@ def to_plain(o):
     if isinstance(o, (list, tuple, set)) or (hasattr(o, '__iter__') and hasattr(o, '__len__') and not isinstance(o, (str, bytes))):
         return [to_plain(v) for v in o]  # also fastcore's `L`
     raise TypeError(f"cannot store a {type(o).__name__} in a checkpoint: {o!r:.80}")
+
+def _finite(o):
+    if isinstance(o, float): return o if math.isfinite(o) else None
+    if isinstance(o, dict): return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list): return [_finite(v) for v in o]
+    return o
+
+def to_json(o, indent:int|None=2) -> str:
+    "`o` (anything `to_plain` takes, no tensors) as strict JSON: NaN and infinities become `null`, which every JSON reader accepts."
+    return json.dumps(_finite(to_plain(o)), indent=indent, allow_nan=False)
+
 
 # %% ../nbs/00_core.ipynb #c013
 def atomic_write(path:str|Path, # file to write

@@ -8,7 +8,7 @@ Docs: `_docs/folder.html` in this repository, built by `make docs` (API referenc
 
 # %% ../nbs/17_folder.ipynb #c002
 from __future__ import annotations
-import json, logging, math, random, secrets, time, warnings
+import contextlib, json, logging, math, random, secrets, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -22,7 +22,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import find_bs
 from fastcore.foundation import L
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
-from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
+from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
 from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics, PRECISIONS,
                                    cpu_bf16_native, resolve_precision, AutocastMixedPrecision, EpochGradientAccumulation,
                                    TensorBoardScalars, WANDB_MODES, import_wandb, WandbTracker, DivergenceGuard,
@@ -165,7 +165,7 @@ def train_folder(config=None, # a config object, a dict (nested or flat keys) or
             summary.update(train_seconds=prev.get('train_seconds'), seconds_per_epoch=prev.get('seconds_per_epoch'))
         for split in ('valid', 'test'):   # sharded over the ranks and gathered: every image once, results on every rank
             if split == 'test' and not dls.has_test(): continue
-            r = learn.evaluate(split, 'best')
+            with (contextlib.nullcontext() if t['progress'] else learn.no_bar()): r = learn.evaluate(split, 'best')   # no bar when progress is off
             summary.update({f'{split}_accuracy': r['accuracy'], f'{split}_macro_f1': r['macro_f1'], f'{split}_loss': r['loss'],
                             f'{split}_roc_auc_macro': r['roc_auc_ovr_macro']})
     wb = next((c for c in learn.cbs if isinstance(c, WandbTracker)), None)
@@ -173,5 +173,5 @@ def train_folder(config=None, # a config object, a dict (nested or flat keys) or
     summary.update(out_dir=str(out), best_checkpoint=str(learn.ckpt_cb.best), latest_checkpoint=str(learn.ckpt_cb.fname),
                    results_dir=str(learn.results_dir), tracking={k: v for k, v in learn.tracking.items()},
                    wandb_run_dir=broadcast_object(str(wb_dir) if wb_dir else None))   # rank 0's W&B run, on every rank
-    if is_rank0(): atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2, allow_nan=True))
+    if is_rank0(): atomic_write_text(out/'summary.json', to_json(summary))
     return summary

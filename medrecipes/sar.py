@@ -20,7 +20,7 @@ from fastai.callback.training import GradientClip
 from fastai.data.core import TfmdDL
 from fastai.optimizer import Adam
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
-from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain
+from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
 from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard, training_callbacks, tracker_callbacks
@@ -345,7 +345,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
             summary.update({f'test_{k}': v for k, v in learn.evaluate(dls.tiles_dl(test_dir), which='best').items()})
     if cfg['quant_bits'] and cfg['codec_images']:   # the best weights are loaded: code real files (every rank: the same summary)
         summary.update(_codec_summary(learn, Path(cfg['data_path']), int(cfg['codec_images']), out))
-    if is_rank0(): atomic_write_text(out/'summary.json', json.dumps(to_plain(summary), indent=2))
+    if is_rank0(): atomic_write_text(out/'summary.json', to_json(summary))
     return summary
 
 # %% ../nbs/20_sar.ipynb #c021

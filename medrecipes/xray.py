@@ -8,12 +8,12 @@ Docs: `_docs/xray.html` in this repository, built by `make docs` (API reference:
 
 # %% ../nbs/16_xray.ipynb #c002
 from __future__ import annotations
-import json, time, warnings
+import contextlib, json, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import EarlyStoppingCallback
 from .core import (set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write,
-                             atomic_write_text, to_plain)
+                             atomic_write_text, to_plain, to_json)
 from .data.xray import *
 from .callbacks import *
 from .classify import (create_classifier, classification_metrics, ClassifierLearner, classifier_learner,
@@ -140,7 +140,7 @@ def train_xray(config=None, # a config object, a dict (nested or flat keys) or a
         secs = round(time.time() - t0, 1)
         n_fit = getattr(learn, 'epochs_this_fit', 0)
         if ck is not None and n_fit == 0: secs = prev.get('train_seconds')   # a resume that trained nothing: keep the run's own time
-        test = learn.evaluate_test('best')
+        with (contextlib.nullcontext() if cfg['progress'] else learn.no_bar()): test = learn.evaluate_test('best')   # no bar when progress is off
     tl = next(c for c in learn.cbs if isinstance(c, TrainingLog))
     log = pd.DataFrame(tl.rows, columns=tl.columns)   # the rows of training_log.csv, on every rank
     best = log.loc[log.val_loss.idxmin()]
@@ -150,7 +150,7 @@ def train_xray(config=None, # a config object, a dict (nested or flat keys) or a
                    test_macro_f1=test['macro_f1'], test_roc_auc_macro=test['roc_auc_ovr_macro'],
                    results_dir=str(run), best_checkpoint=str(learn.ckpt_cb.best),
                    final_checkpoint=str(learn.ckpt_cb.fname))   # the final state is latest.pt once the fit has ended
-    if is_rank0(): atomic_write_text(run/'summary.json', json.dumps(to_plain(summary), indent=2, allow_nan=True))
+    if is_rank0(): atomic_write_text(run/'summary.json', to_json(summary))
     return summary
 
 def train_all_xray(config:str|Path|None=None, overrides=(), splits=SPLIT_KINDS, **kwargs) -> pd.DataFrame:

@@ -84,3 +84,13 @@ def test_notebooks_and_library_in_sync(tmp_path):
     ours = {p.relative_to(root/'medrecipes') for p in (root/'medrecipes').rglob('*.py')
             if p.name != '__init__.py' and 'kernels' not in p.relative_to(root/'medrecipes').parts}
     assert ours - exported == set(), f'modules with no notebook: {ours - exported}'
+
+
+def test_to_json_writes_strict_json():
+    "Metrics with NaN (an absent class's F1, an empty reliability bin) become null: strict JSON that any reader parses."
+    import json
+    o = {'f1': np.float64('nan'), 'bins': [1.5, float('inf'), -float('inf')], 'n': np.int64(3), 'path': Path('a'), 'ok': True}
+    s = to_json(o)
+    strict = lambda c: pytest.fail(f'{c} in the output')
+    assert json.loads(s, parse_constant=strict) == {'f1': None, 'bins': [1.5, None, None], 'n': 3, 'path': 'a', 'ok': True}
+    assert json.loads(to_json({'x': [0.25]}, indent=None)) == {'x': [0.25]} and '\n' not in to_json({'x': 1}, indent=None)

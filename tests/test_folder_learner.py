@@ -1,5 +1,5 @@
 "The image-folder recipe: training, checkpoints, exact resume after SIGKILL, tracking files, confusion matrices, options."
-import json, os, signal, struct, subprocess, sys, textwrap, warnings
+import re, json, os, signal, struct, subprocess, sys, textwrap, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from sklearn.metrics import confusion_matrix, recall_score, accuracy_score
@@ -78,8 +78,10 @@ def wandb_history(run_dir):
 
 # ---------------------------------------------------------------------------------------------------------------------
 
-def test_short_run_checkpoints_and_the_xray_loader(digits, tmp_path, quiet):
+def test_short_run_checkpoints_and_the_xray_loader(digits, tmp_path, quiet, capsys):
     s = train_folder(_cfg(digits, tmp_path/'run'))
+    printed = capsys.readouterr()   # trainer.progress=false: no bar in training, temperature scaling or the evaluations
+    assert not re.search(r'\d+\.\d+% \[\d+/\d+', printed.out + printed.err), printed
     out = tmp_path/'run'
     assert s['classes'] == ['0', '1', '7'] and s['images'] == {'train': 24, 'valid': 12, 'test': 12} and s['epochs_run'] == 2
     assert json.loads((out/'summary.json').read_text())['valid_accuracy'] == s['valid_accuracy']

@@ -1,4 +1,4 @@
-import json, subprocess, sys, warnings
+import json, re, subprocess, sys, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import torch.nn as nn, torch.nn.functional as F
@@ -100,7 +100,7 @@ def _check_run(res, split_tag, btxrd):
     n_test = int((split.split == 'test').sum())
     cm = pd.read_csv(res/'test_confusion_matrix.csv', index_col=0)
     assert cm.values.sum() == n_test and list(cm.index) == ['true_Normal', 'true_Benign', 'true_Malignant']
-    m = json.loads((res/'test_metrics.json').read_text())
+    m = json.loads((res/'test_metrics.json').read_text(), parse_constant=lambda c: pytest.fail(f'test_metrics.json holds {c}: not strict JSON'))
     assert m['n'] == n_test and m['checkpoint'] == 'best'
     assert np.array(m['confusion_matrix']).sum(1).tolist() == [m['per_class'][c]['support'] for c in XRAY_CLASSES]
     for c in XRAY_CLASSES:
@@ -139,13 +139,15 @@ def test_cli_bad_overrides_are_refused(btxrd, tmp_path):
     assert r.returncode != 0 and "unknown config key 'epoch'" in r.stderr
 
 
-def test_train_xray_checks_a_resume_before_writing_and_a_noop_resume_keeps_train_seconds(btxrd, tmp_path, monkeypatch):
+def test_train_xray_checks_a_resume_before_writing_and_a_noop_resume_keeps_train_seconds(btxrd, tmp_path, monkeypatch, capsys):
     from medrecipes.classify import data_fingerprint
     kw = dict(data_path=btxrd, out_dir=tmp_path, arch='resnet10t', pretrained=False, size=32, bs=16, epochs=1, num_workers=0,
               progress=False, split='stratified', patience=None)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         s1 = train_xray(**kw)
+        printed = capsys.readouterr()   # progress=False: no bar in training, temperature scaling or the test evaluation
+        assert not re.search(r'\d+\.\d+% \[\d+/\d+', printed.out + printed.err), printed
         run = tmp_path/'stratified'
         assert s1['best_checkpoint'] == str(run/'checkpoints'/'best.pt') and s1['final_checkpoint'] == str(run/'checkpoints'/'latest.pt')
         split = pd.read_csv(run/'split.csv')
