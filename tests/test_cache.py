@@ -157,3 +157,32 @@ def test_concurrent_builds_wait_on_the_lock_and_ddp_ranks_wait_for_rank0(tmp_pat
     monkeypatch.setattr(C, 'broadcast_object', lambda obj, src=0: ('error', f'ValueError: cannot decode image {files[0]}'))
     with pytest.raises(RuntimeError, match=f'failed on rank 0: ValueError: cannot decode image {files[0]}'):
         build_cache(files, tmp_path/'c', stored=64, progress=False)
+
+
+def test_gray_images_are_stored_once_and_reach_the_loader_as_the_same_rgb(tmp_path):
+    "A gray image (every radiograph) is cached as one channel, a third of the bytes; the loaders' items are the same three channels."
+    from medrecipes.data.images import GRAY_INFO, ClassifierImage, GrayToRGB
+    from fastai.vision.augment import Resize, ResizeMethod, PadMode
+    from fastai.data.transforms import ToTensor
+    gray = _jpegs(tmp_path/'img', [(200, 150), (90, 120)])
+    colour = tmp_path/'img'/'colour.png'
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (100, 80, 3), dtype=np.uint8)).save(colour)
+    files = [*gray, colour]
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False)
+    assert [list(s) for s in c.shapes] == [[48, 64, 1], [64, 48, 1], [64, 51, 3]]
+    assert c.manifest['nbytes'] == 48 * 64 + 64 * 48 + 64 * 51 * 3 == os.path.getsize(c.path/'pixels.u8')
+    for i, f in enumerate(files):
+        want = np.asarray(read_stored(f, 64))
+        assert np.array_equal(c.array(i), want)                         # the H x W x 3 view is the RGB image
+        im = c.image(i)
+        assert (im.mode, bool(im.info.get(GRAY_INFO))) == (('L', True) if i < 2 else ('RGB', False))
+        # the loaders' item stage: letterbox (random placement in training), ToTensor, GrayToRGB: the RGB path's numbers
+        for split_idx in (0, 1):
+            out = []
+            for x in (im, Image.fromarray(want)):
+                rz = Resize(40, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros)
+                torch.manual_seed(0); import random; random.seed(0)
+                out.append(GrayToRGB()(ToTensor()(rz(ClassifierImage.create(x), split_idx=split_idx))))
+            assert out[0].shape == (3, 40, 40) and torch.equal(out[0], out[1])
+    assert ClassifierImage.create(Image.fromarray(np.zeros((4, 4), np.uint8))).mode == 'RGB'   # an unmarked gray image: RGB as before

@@ -17,7 +17,7 @@ from fastprogress.fastprogress import progress_bar
 from fastai.data.core import Transform
 from ..core import atomic_write_text
 from ..distributed import is_distributed, is_rank0, broadcast_object
-from .images import read_stored, describe_source
+from .images import read_stored, describe_source, GRAY_INFO
 
 _log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ __all__ = ['CACHE_VERSION', 'CACHE_FOLDER', 'preprocessing_signature', 'file_sta
            'build_cache', 'StoredImages', 'stored_images']
 
 # %% ../../nbs/12_data.cache.ipynb #c005
-CACHE_VERSION = 1   # bump when `read_stored`'s output for the same file and arguments changes
+CACHE_VERSION = 2   # bump when `read_stored`'s output for the same file and arguments, or the file layout, changes
 _MANIFEST, _PIXELS = 'manifest.json', 'pixels.u8'
 
 def preprocessing_signature(stored:int, draft:int|None, min_side:int=0, window=None) -> dict:
@@ -51,12 +51,13 @@ def _key(files:list) -> str:
 
 
 class ImageCache:
-    "A finished cache: uint8 RGB images (each fit inside `stored` x `stored`) in one memory-mapped file, looked up by path."
+    """A finished cache: uint8 images (each fit inside `stored` x `stored`) in one memory-mapped file, looked up by path.
+    An image whose three channels are equal (every radiograph) is stored once, as one channel: a third of the bytes."""
     def __init__(self, path:str|Path):
         self.path = Path(path)
         m = json.loads((self.path/_MANIFEST).read_text())
         self.manifest, self.files = m, m['files']
-        self.shapes, self.offsets, self.hashes = np.array(m['shapes'], np.int64), np.array(m['offsets'], np.int64), m['hashes']
+        self.shapes, self.offsets, self.hashes = np.array(m['shapes'], np.int64).reshape(-1, 3), np.array(m['offsets'], np.int64), m['hashes']
         self.stamps = [tuple(st) for st in m['stamps']]
         self.index = {f: i for i, f in enumerate(self.files)}
         self._mm = None
@@ -69,9 +70,18 @@ class ImageCache:
     def __getstate__(self): return {**self.__dict__, '_mm': None}    # loader workers map the file again: no copy of the pixels
     def __len__(self): return len(self.files)
     def array(self, i:int) -> np.ndarray:
-        "Image `i` as an H x W x 3 uint8 view of the mapped file."
-        h, w = self.shapes[i]; o = self.offsets[i]
-        return self.pixels[o:o + h * w * 3].reshape(h, w, 3)
+        "Image `i` as an H x W x 3 uint8 view of the mapped file (a gray image's one channel seen three times)."
+        h, w, c = self.shapes[i]; o = self.offsets[i]
+        a = self.pixels[o:o + h * w * c].reshape(h, w, c)
+        return a if c == 3 else np.broadcast_to(a, (h, w, 3))
+    def image(self, i:int) -> Image.Image:
+        """Image `i` as PIL: RGB, or for a gray one mode 'L' marked `GRAY_INFO` (its channels are equal): the loaders'
+        letterbox then resizes one channel, not three, and `GrayToRGB` makes it RGB after `ToTensor` (the same pixels)."""
+        h, w, c = self.shapes[i]; o = self.offsets[i]
+        a = self.pixels[o:o + h * w * c]
+        if c == 3: return Image.fromarray(a.reshape(h, w, 3))
+        im = Image.fromarray(a.reshape(h, w)); im.info[GRAY_INFO] = True
+        return im
     def lookup(self, fn) -> int|None:
         "The index of file `fn` (any path that names it), or None."
         return self.index.get(os.path.abspath(fn))
@@ -102,8 +112,9 @@ def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str):
             stamp = file_stamp(f)
             im = read_stored(f, sig['stored'], sig['draft'], sig.get('min_side', 0) or 0, sig['window'])
             a = np.asarray(im, dtype=np.uint8)
+            if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]   # gray: one channel
             out.write(np.ascontiguousarray(a).tobytes())
-            shapes.append(a.shape[:2]); offsets.append(off); off += a.size
+            shapes.append(a.shape); offsets.append(off); off += a.size
             hashes.append(perceptual_hash(im)); stamps.append(stamp)
         out.flush(); os.fsync(out.fileno())
     m = dict(signature=sig, files=files, stamps=stamps, shapes=[list(map(int, s)) for s in shapes], offsets=offsets,
@@ -183,7 +194,7 @@ class StoredImages(Transform):
         return o
     def encodes(self, o) -> Image.Image:
         o = self.file(o)
-        if (i := self._cached(o)) is not None: return Image.fromarray(self.cache.array(i))
+        if (i := self._cached(o)) is not None: return self.cache.image(i)
         return read_stored(o, self.stored, self.draft, self.min_side, self.window)
     def _cached(self, o) -> int|None:
         "The cache index of file `o` if the cache holds it as it is now (one `stat`: a file changed since is decoded again)."

@@ -15,7 +15,7 @@ from fastai.data.transforms import image_extensions, parent_label, IndexSplitter
 from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock, Resize, ResizeMethod, PadMode,
                                aug_transforms, Normalize, imagenet_stats)
 from ..core import default_device
-from .images import ClassifierImage, image_problem
+from .images import ClassifierImage, GrayToRGB, image_problem
 from .cache import stored_images
 
 # %% auto #0
@@ -117,7 +117,7 @@ class FolderDataLoaders(DataLoaders):
         n_tr, n_va = len(files['train']), len(files['valid'])
         dblock = DataBlock(blocks=(ImageBlock(FolderImage), CategoryBlock(vocab=vocab, sort=False)), get_x=reader, get_y=parent_label,
                            splitter=IndexSplitter(list(range(n_tr, n_tr + n_va))),
-                           item_tfms=Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros),
+                           item_tfms=[Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), GrayToRGB()],
                            batch_tfms=augs + [Normalize.from_stats(mean, std)])
         base = cls.from_dblock(dblock, files['train'] + files['valid'], path=path, bs=bs, drop_last=False, num_workers=num_workers,
                                device=default_device(device), **kwargs)

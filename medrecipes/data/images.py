@@ -14,11 +14,12 @@ import numpy as np, torch
 from PIL import Image, ImageOps
 from fastcore.basics import merge
 from fastai.vision.core import PILImage, TensorImage
+from fastai.data.core import Transform
 
 # %% auto #0
 __all__ = ['RGB_MODES', 'WIDE_MODES', 'IMAGE_MODES', 'JPEG_SCALES', 'DRAFT_MIN_SOURCE', 'DICOM_SUFFIXES', 'TIFF_SUFFIXES',
-           'DICOM_PHOTOMETRIC', 'describe_source', 'to_uint8', 'draft_scale', 'is_dicom', 'read_image', 'read_dicom',
-           'ClassifierImage', 'image_problem', 'fit_image', 'read_stored']
+           'DICOM_PHOTOMETRIC', 'GRAY_INFO', 'describe_source', 'to_uint8', 'draft_scale', 'is_dicom', 'read_image',
+           'read_dicom', 'ClassifierImage', 'GrayToRGB', 'image_problem', 'fit_image', 'read_stored']
 
 # %% ../../nbs/02_data.images.ipynb #c005
 RGB_MODES = frozenset({'1', 'L', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LA', 'PA', 'RGBa'})  # PIL converts these to RGB
@@ -208,12 +209,21 @@ def read_dicom(fn:str|Path) -> np.ndarray:
     return 255 - y if pi == 'MONOCHROME1' else y
 
 # %% ../../nbs/02_data.images.ipynb #c016
+GRAY_INFO = 'medrecipes_stored_gray'   # in `Image.info`: a gray image the decode-once cache serves as one channel
+
 class ClassifierImage(PILImage):
     "A `PILImage` read by `read_image`: upright, 8-bit, RGB; 16-bit and float images windowed, not saturated."
     @classmethod
     def create(cls, fn:str|Path|bytes|Image.Image|np.ndarray|torch.Tensor, **kwargs):
-        "Read `fn` (a file, bytes, a PIL image or an array) with `read_image`."
+        """Read `fn` (a file, bytes, a PIL image or an array) with `read_image`. A gray image the cache marked (`GRAY_INFO`)
+        stays one channel through the letterbox, and `GrayToRGB` repeats it after `ToTensor`: the same numbers, a third of the work."""
+        if isinstance(fn, Image.Image) and fn.mode == 'L' and fn.info.get(GRAY_INFO) and not kwargs: return cls(fn)
         return cls(read_image(fn, **merge(cls._open_args, kwargs)))
+
+class GrayToRGB(Transform):
+    "After `ToTensor`: a one-channel image (a gray image from the cache) repeated to three channels, as `read_image` would have."
+    order = 6   # after fastai's `ToTensor` (5)
+    def encodes(self, x:TensorImage): return x.expand(3, -1, -1) if x.ndim == 3 and x.shape[0] == 1 else x
 
 def _dicom_problem(fn) -> str|None:
     import pydicom

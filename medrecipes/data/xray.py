@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock, ColReader, ColSplitter, Resize,
                                ResizeMethod, PadMode, aug_transforms, Normalize, imagenet_stats, delegates)
 from ..core import atomic_write
-from .images import ClassifierImage, image_problem
+from .images import ClassifierImage, GrayToRGB, image_problem
 from .cache import stored_images
 
 # %% auto #0
@@ -271,7 +271,7 @@ class XrayDataLoaders(DataLoaders):
         dblock = DataBlock(blocks=(ImageBlock(Radiograph), CategoryBlock(vocab=XRAY_CLASSES, sort=False)),
                            get_x=reader, get_y=ColReader('label'),
                            splitter=ColSplitter('is_valid'),
-                           item_tfms=Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), batch_tfms=tfms)
+                           item_tfms=[Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), GrayToRGB()], batch_tfms=tfms)
         base = cls.from_dblock(dblock, trval, path=path, bs=bs, drop_last=drop_last, **kwargs)
         dls = cls(*base.loaders, path=path, device=base.device)  # `from_dblock` returns a plain `DataLoaders`
         dls.split_df, dls.split_name, dls.items_df, dls.img_dir = split_df, split_name, items, img_dir
