@@ -179,6 +179,7 @@ class FolderData:
     augment:bool=True             # rotation, zoom, lighting on training batches
     flip:bool=False               # also random horizontal flips
     cache:bool=False              # decode every image once into a memory-mapped uint8 cache (medrecipes.data.cache)
+    dup_distance:Optional[int]=4  # near-duplicates (perceptual hashes <= 4 of 64 bits apart) in different split folders: leak_report.csv (null: no check)
     cache_dir:Optional[str]=None  # where the cache lives (null: <path>/.medrecipes-cache)
     cache_size:Optional[int]=None # images are stored fit inside this square (null: 2 x size)
     draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size

@@ -126,7 +126,7 @@ def folder_dls_from_config(cfg:dict) -> FolderDataLoaders:
                                          bs=d['batch_size'], augment=dict(flip=d['flip']) if d['augment'] else False,
                                          num_workers=d['num_workers'], seed=t['seed'], device=default_device(t['device']),
                                          cache=d['cache'], cache_dir=d['cache_dir'], cache_size=d['cache_size'], draft=d['draft'],
-                                         min_image_size=d['min_image_size'], progress=t['progress'])
+                                         min_image_size=d['min_image_size'], dup_distance=d['dup_distance'], progress=t['progress'])
 
 def train_folder(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
                  overrides=(), # `group=choice`, `section.key=value` or `flat_key=value` strings
@@ -146,7 +146,10 @@ def train_folder(config=None, # a config object, a dict (nested or flat keys) or
     prev = json.loads((out/'summary.json').read_text()) if (out/'summary.json').is_file() else {}
     ck = resume_path(t['resume'], learn)
     if ck is not None: learn.resume(ck)   # checks config and data before anything is written
-    if is_rank0(): save_config(cfg, out/'config.yaml')
+    if is_rank0():
+        save_config(cfg, out/'config.yaml')
+        leaks = getattr(dls, 'leak_report', None)   # near-duplicates across the split folders
+        if leaks is not None and len(leaks): atomic_write(out/'leak_report.csv', lambda t: leaks.to_csv(t, index=False))
     fit = learn.fit_one_cycle if t['schedule'] == 'one_cycle' else learn.fit
     counts = dls.counts()
     with distributed(learn, sync_bn=t['sync_bn']):

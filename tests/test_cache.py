@@ -186,3 +186,28 @@ def test_gray_images_are_stored_once_and_reach_the_loader_as_the_same_rgb(tmp_pa
                 out.append(GrayToRGB()(ToTensor()(rz(ClassifierImage.create(x), split_idx=split_idx))))
             assert out[0].shape == (3, 40, 40) and torch.equal(out[0], out[1])
     assert ClassifierImage.create(Image.fromarray(np.zeros((4, 4), np.uint8))).mode == 'RGB'   # an unmarked gray image: RGB as before
+
+
+def test_hash_candidates_are_confirmed_by_their_thumbnails(tmp_path):
+    """Drawn digits of one class hash alike (64-bit pHash within 4 bits) without being copies; a resized, re-encoded copy
+    hashes alike and its thumbnail correlates ~1. Only the copy is a near-duplicate once `similar` confirms the candidates."""
+    from medrecipes.synth import make_digits
+    from medrecipes.data.cache import near_duplicate_pairs, leak_report, thumbnail, perceptual_hash, DUP_MIN_CORRELATION
+    d = make_digits(tmp_path/'d', seed=0)
+    files = sorted(d.rglob('*.png'))
+    copy = d/'train'/'5'/'copy.jpg'                                          # files[3] is in test/
+    with Image.open(files[3]) as im: im.convert('RGB').resize((37, 37), Image.BICUBIC).save(copy, quality=80)
+    files.append(copy)
+    r = StoredImages(64)
+    hashes = r.hashes(files)
+    loose = near_duplicate_pairs(hashes)
+    assert len(loose) > 1                                                      # look-alikes among the digits
+    strict = near_duplicate_pairs(hashes, similar=r.similarity(files))
+    assert strict == [(3, len(files) - 1, strict[0][2])]                      # the copy alone
+    for i, j, _ in loose:
+        c = float(thumbnail(r(files[i])) @ thumbnail(r(files[j])))
+        assert (c >= DUP_MIN_CORRELATION) == ((i, j) == (3, len(files) - 1)), (files[i], files[j], c)
+    ids = [f.relative_to(d).as_posix() for f in files]
+    split = pd.DataFrame({'image_id': ids, 'split': [f.relative_to(d).parts[0] for f in files]})
+    rep = leak_report(split, ids, hashes, similar=r.similarity(files))
+    assert rep[['image_id', 'duplicate_id']].values.tolist() == [[ids[3], ids[-1]]]

@@ -111,7 +111,9 @@ def test_layout_errors_name_the_folder_or_file(copy, damage, match):
 def test_a_truncated_image_fails_by_name_when_decoded(copy):
     f = copy/'train'/'2'/'2_00001.png'
     f.write_bytes(f.read_bytes()[:80])                                   # the header still reads
-    dls = FolderDataLoaders.from_folder(copy, size=28, device='cpu')
+    with pytest.raises(ValueError, match=f'cannot decode image {f}'):   # the near-duplicate check decodes every image first
+        FolderDataLoaders.from_folder(copy, size=28, device='cpu')
+    dls = FolderDataLoaders.from_folder(copy, size=28, device='cpu', dup_distance=None)   # without it: when the image is read
     i = [str(x) for x in dls.files['train']].index(str(f))
     with pytest.raises(ValueError, match=f'cannot decode image {f}'): dls.train_ds[i]
 
@@ -166,3 +168,16 @@ def test_inputs_through_the_loaders(digits):
         xb = dls.test_dl([item]).one_batch()[0]
         assert torch.equal(xb, ref), type(item)
     assert np.array_equal(np.asarray(FolderImage.create(fn)), np.asarray(FolderImage.create(str(fn))))
+
+
+def test_near_duplicates_across_split_folders_are_reported(copy, tmp_path):
+    "issue 14.4 for image folders: a resized, re-encoded copy of a training image in test/ is listed, warned about, and kept."
+    src = copy/'train'/'3'/'3_00002.png'
+    with Image.open(src) as im: im.convert('RGB').resize((41, 41), Image.BICUBIC).save(copy/'test'/'3'/'copy.jpg', quality=80)
+    with pytest.warns(UserWarning, match=r'1 pair\(s\) of near-duplicate images sit in different split folders, e.g. .*copy.jpg'):
+        dls = FolderDataLoaders.from_folder(copy, size=28, bs=4, device='cpu', cache_dir=tmp_path/'cache', progress=False)
+    r = dls.leak_report
+    assert len(r) == 1 and {r.image_id[0], r.duplicate_id[0]} == {'train/3/3_00002.png', 'test/3/copy.jpg'}
+    assert {r.split[0], r.duplicate_split[0]} == {'train', 'test'} and r.distance[0] <= 4
+    assert dls.counts().loc['3', 'test'] == 3                                  # reported, never dropped
+    assert FolderDataLoaders.from_folder(copy, size=28, bs=4, device='cpu', dup_distance=None).leak_report is None

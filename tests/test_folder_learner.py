@@ -396,3 +396,19 @@ def test_killed_mid_epoch_resumes_exactly(digits, tmp_path):
     hf, hc = wandb_history(full_run)[0], wandb_history(runs[-1])[0]
     assert [h['epoch'] for h in hc] == [h['epoch'] for h in hf] == [0, 1, 2]
     for k in ('loss/train', 'loss/valid', 'accuracy/valid', 'lr'): assert [h[k] for h in hc] == [h[k] for h in hf], k
+
+
+def test_a_run_writes_the_leak_report_of_its_split_folders(digits, tmp_path):
+    "A near-duplicate across the split folders: the run warns, trains on every image and writes leak_report.csv beside its results."
+    import shutil
+    from PIL import Image
+    d = Path(shutil.copytree(digits, tmp_path/'d'))
+    with Image.open(d/'train'/'7'/'7_00003.png') as im: im.convert('RGB').resize((40, 40), Image.BICUBIC).save(d/'valid'/'7'/'again.jpg', quality=85)
+    with pytest.warns(UserWarning, match='near-duplicate images sit in different split folders'):
+        s = train_folder(_cfg(d, tmp_path/'run', trainer={'max_epochs': 1}))
+    r = pd.read_csv(tmp_path/'run'/'leak_report.csv')
+    assert {r.image_id[0], r.duplicate_id[0]} == {'train/7/7_00003.png', 'valid/7/again.jpg'} and len(r) == 1
+    assert s['images'] == {'train': 24, 'valid': 13, 'test': 12}
+    assert not (tmp_path/'clean'/'leak_report.csv').exists()
+    train_folder(_cfg(digits, tmp_path/'clean', trainer={'max_epochs': 1}))
+    assert not (tmp_path/'clean'/'leak_report.csv').exists()              # no pairs: no file

@@ -22,8 +22,9 @@ from .images import read_stored, describe_source, GRAY_INFO
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'CACHE_FOLDER', 'preprocessing_signature', 'file_stamp', 'perceptual_hash', 'ImageCache',
-           'build_cache', 'StoredImages', 'stored_images']
+__all__ = ['CACHE_VERSION', 'CACHE_FOLDER', 'DUP_DISTANCE', 'DUP_MIN_CORRELATION', 'preprocessing_signature', 'file_stamp',
+           'perceptual_hash', 'ImageCache', 'build_cache', 'StoredImages', 'stored_images', 'thumbnail',
+           'near_duplicate_pairs', 'near_duplicate_groups', 'leak_report']
 
 # %% ../../nbs/12_data.cache.ipynb #c005
 CACHE_VERSION = 2   # bump when `read_stored`'s output for the same file and arguments, or the file layout, changes
@@ -218,6 +219,13 @@ class StoredImages(Transform):
             i = self._cached(f)
             out.append(self.cache.hashes[i] if i is not None else perceptual_hash(self.encodes(f)))
         return out
+    def similarity(self, items, min_corr:float|None=None):
+        "`similar(i, j)` for `near_duplicate_pairs`: the thumbnails of items i and j (read once, from the cache when it holds them) correlate >= `min_corr` (default `DUP_MIN_CORRELATION`)."
+        thumbs, min_corr = {}, DUP_MIN_CORRELATION if min_corr is None else min_corr
+        def thumb(i):
+            if i not in thumbs: thumbs[i] = thumbnail(self.encodes(items[i]))
+            return thumbs[i]
+        return lambda i, j: float(thumb(i) @ thumb(j)) >= min_corr
     def signature(self) -> dict: return preprocessing_signature(self.stored, self.draft, self.min_side, self.window)
 
 def _pos(v, name, lo=1):
@@ -259,3 +267,55 @@ def stored_images(files:list, # every image file of the data set (the cache is b
         cdir = _writable_dir(Path(cache_dir) if cache_dir is not None else Path(root)/CACHE_FOLDER)
         c = build_cache(files, cdir, stored, d, min_side, window, name or Path(root).name, progress)
     return StoredImages(stored, d, min_side, window, c, col, pref)
+
+# %% ../../nbs/12_data.cache.ipynb #c012d
+DUP_DISTANCE = 4   # largest Hamming distance (of 64 bits) between the perceptual hashes of near-duplicates
+DUP_MIN_CORRELATION = 0.95   # ... and the least correlation of their 32 x 32 gray thumbnails (a candidate pair is confirmed)
+
+def thumbnail(im:Image.Image, side:int=32) -> np.ndarray:
+    "`im` as a `side` x `side` gray thumbnail (aspect not kept), zero mean and unit norm: the dot product of two is their correlation."
+    a = np.asarray(im.convert('L').resize((side, side), Image.BILINEAR), np.float64).ravel()
+    a = a - a.mean(); n = np.linalg.norm(a)
+    return a / n if n > 0 else a
+
+def _hash_bits(hashes) -> np.ndarray: return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+
+def _popcount(x:np.ndarray) -> np.ndarray:
+    "Set bits of each uint64 (`np.bitwise_count` on numpy >= 2)."
+    if hasattr(np, 'bitwise_count'): return np.bitwise_count(x)
+    return np.unpackbits(np.ascontiguousarray(x).view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+
+def near_duplicate_pairs(hashes:list, # 16-hex-digit perceptual hashes (`medrecipes.data.cache.perceptual_hash`)
+                         max_distance:int=DUP_DISTANCE, chunk:int=512,
+                         similar=None, # `similar(i, j) -> bool` confirms a candidate pair (e.g. `StoredImages.similarity`); None: the hashes decide
+                        ) -> list:
+    """Every pair (i, j, distance), i < j, whose hashes differ in at most `max_distance` bits (and that `similar` confirms).
+    A 64-bit hash of simple, small images (a drawn digit) links look-alikes that are not copies; the thumbnail check drops them."""
+    h, out = _hash_bits(hashes), []
+    for s in range(0, len(h), chunk):
+        d = _popcount(h[s:s + chunk, None] ^ h[None, :])
+        for i, j in zip(*np.nonzero(d <= max_distance)):
+            if s + i < j and (similar is None or similar(int(s + i), int(j))): out.append((int(s + i), int(j), int(d[i, j])))
+    return out
+
+def near_duplicate_groups(ids:list, hashes:list, max_distance:int=DUP_DISTANCE, similar=None) -> list:
+    "The group of each image: the smallest image id among the images linked to it by near-duplicate pairs (itself if none)."
+    parent = list(range(len(ids)))
+    def find(i):
+        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
+        return i
+    for i, j, _ in near_duplicate_pairs(hashes, max_distance, similar=similar): parent[find(i)] = find(j)
+    roots = [find(i) for i in range(len(ids))]
+    first = {}
+    for i, r in enumerate(roots): first[r] = min(first.get(r, str(ids[i])), str(ids[i]))
+    return [first[r] for r in roots]
+
+def leak_report(split:pd.DataFrame, # a split table (`image_id`, `split`)
+                ids:list, hashes:list, # every image's id and perceptual hash
+                max_distance:int=DUP_DISTANCE, similar=None) -> pd.DataFrame:
+    "Near-duplicate pairs whose images sit in different splits: one row per pair, with both splits and the hash distance."
+    where = dict(zip(split.image_id.astype(str), split.split))
+    rows = [(str(ids[i]), where.get(str(ids[i])), str(ids[j]), where.get(str(ids[j])), d)
+            for i, j, d in near_duplicate_pairs(hashes, max_distance, similar=similar)]
+    df = pd.DataFrame(rows, columns=['image_id', 'split', 'duplicate_id', 'duplicate_split', 'distance'])
+    return df[df.split != df.duplicate_split].reset_index(drop=True)

@@ -8,7 +8,7 @@ Docs: `_docs/data.folder.html` in this repository, built by `make docs` (API ref
 
 # %% ../../nbs/14_data.folder.ipynb #c002
 from __future__ import annotations
-import random
+import os, random, warnings
 from pathlib import Path
 import pandas as pd
 from fastai.data.transforms import image_extensions, parent_label, IndexSplitter
@@ -16,7 +16,7 @@ from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock
                                aug_transforms, Normalize, imagenet_stats)
 from ..core import default_device
 from .images import ClassifierImage, GrayToRGB, image_problem
-from .cache import stored_images
+from .cache import stored_images, DUP_DISTANCE, near_duplicate_pairs, near_duplicate_groups, leak_report
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'scan_class_folders', 'check_image_files', 'FolderImage', 'folder_augmentations',
@@ -92,6 +92,7 @@ class FolderDataLoaders(DataLoaders):
                     draft:bool=True, # JPEG draft decoding (DCT scaling) down to >= 2 x `size` (see `read_stored`)
                     min_image_size:int|None=None, # a smaller image (longer side) is an error; default: a quarter of the stored size
                     progress:bool=True, # a progress bar while the cache is built
+                    dup_distance:int|None=DUP_DISTANCE, # near-duplicates (hash distance <= this) in different split folders are reported; None: no check
                     **kwargs):
         "Build train/valid `DataLoaders` from class folders; the test split, if any, is `dls.test_dl()`."
         path = Path(path)
@@ -112,6 +113,15 @@ class FolderDataLoaders(DataLoaders):
         reader = stored_images([f for fs in files.values() for f in fs], size, path, cache=cache, cache_dir=cache_dir,
                                cache_size=cache_size, draft=draft, min_image_size=min_image_size, name=path.name or 'images',
                                progress=progress)
+        leaks = None
+        if dup_distance is not None:   # the folders are the split: near-duplicates across them inflate the figures
+            every = [f for fs in files.values() for f in fs]
+            ids = [Path(os.path.relpath(f, path)).as_posix() for f in every]
+            split_df = pd.DataFrame({'image_id': ids, 'split': [s for s, fs in files.items() for _ in fs]})
+            leaks = leak_report(split_df, ids, reader.hashes(every), dup_distance, reader.similarity(every))
+            if len(leaks): warnings.warn(f"{path}: {len(leaks)} pair(s) of near-duplicate images sit in different split folders, e.g. "
+                                         + ', '.join(f"{r.image_id} ~ {r.duplicate_id}" for r in leaks.head(3).itertuples())
+                                         + ": the reported figures are inflated; the pairs are in dls.leak_report (leak_report.csv of a run)", stacklevel=2)
         mean, std = [float(v) for v in stats[0]], [float(v) for v in stats[1]]
         augs = [] if augment is False else folder_augmentations(**(augment if isinstance(augment, dict) else {}))
         n_tr, n_va = len(files['train']), len(files['valid'])
@@ -124,7 +134,7 @@ class FolderDataLoaders(DataLoaders):
         dls = cls(*base.loaders, path=path, device=base.device)   # `from_dblock` returns a plain `DataLoaders`
         if seed is not None: dls.train.rng = random.Random(seed)
         dls.files, dls.split_folders = files, {s: path/n for s, n in names.items() if s in files}
-        dls.stored, dls.preprocessing = reader, reader.signature()   # the first stage (and its cache) and what it does
+        dls.stored, dls.preprocessing, dls.leak_report = reader, reader.signature(), leaks   # the first stage (and its cache), what it does, the leaks
         dls.normalization = {'mean': mean, 'std': std, 'size': int(size), 'resize': 'pad', 'pad_mode': 'zeros', 'mode': 'RGB',
                              'stored': reader.stored, 'draft': reader.draft, 'window': reader.window}   # predict repeats the first stage
         return dls

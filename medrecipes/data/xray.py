@@ -16,12 +16,12 @@ from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock
                                ResizeMethod, PadMode, aug_transforms, Normalize, imagenet_stats, delegates)
 from ..core import atomic_write
 from .images import ClassifierImage, GrayToRGB, image_problem
-from .cache import stored_images
+from .cache import stored_images, DUP_DISTANCE, near_duplicate_pairs, near_duplicate_groups, leak_report
 
 # %% auto #0
-__all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'DUP_DISTANCE', 'find_metadata', 'read_btxrd_metadata',
-           'check_images', 'make_split', 'check_split', 'save_split', 'load_split', 'near_duplicate_pairs',
-           'near_duplicate_groups', 'leak_report', 'Radiograph', 'xray_augmentations', 'XrayDataLoaders']
+__all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'find_metadata', 'read_btxrd_metadata', 'check_images',
+           'make_split', 'check_split', 'save_split', 'load_split', 'Radiograph', 'xray_augmentations',
+           'XrayDataLoaders']
 
 # %% ../../nbs/13_data.xray.ipynb #c005
 XRAY_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -167,48 +167,6 @@ def load_split(path:str|Path, df:pd.DataFrame|None=None) -> pd.DataFrame:
     "Load and check a split CSV written by `save_split`."
     return check_split(pd.read_csv(path), df, where=str(path))
 
-# %% ../../nbs/13_data.xray.ipynb #c012d
-DUP_DISTANCE = 4   # largest Hamming distance (of 64 bits) between the perceptual hashes of near-duplicates
-
-def _hash_bits(hashes) -> np.ndarray: return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
-
-def _popcount(x:np.ndarray) -> np.ndarray:
-    "Set bits of each uint64 (`np.bitwise_count` on numpy >= 2)."
-    if hasattr(np, 'bitwise_count'): return np.bitwise_count(x)
-    return np.unpackbits(np.ascontiguousarray(x).view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
-
-def near_duplicate_pairs(hashes:list, # 16-hex-digit perceptual hashes (`medrecipes.data.cache.perceptual_hash`)
-                         max_distance:int=DUP_DISTANCE, chunk:int=512) -> list:
-    "Every pair (i, j, distance), i < j, whose hashes differ in at most `max_distance` bits."
-    h, out = _hash_bits(hashes), []
-    for s in range(0, len(h), chunk):
-        d = _popcount(h[s:s + chunk, None] ^ h[None, :])
-        for i, j in zip(*np.nonzero(d <= max_distance)):
-            if s + i < j: out.append((int(s + i), int(j), int(d[i, j])))
-    return out
-
-def near_duplicate_groups(ids:list, hashes:list, max_distance:int=DUP_DISTANCE) -> list:
-    "The group of each image: the smallest image id among the images linked to it by near-duplicate pairs (itself if none)."
-    parent = list(range(len(ids)))
-    def find(i):
-        while parent[i] != i: parent[i] = parent[parent[i]]; i = parent[i]
-        return i
-    for i, j, _ in near_duplicate_pairs(hashes, max_distance): parent[find(i)] = find(j)
-    roots = [find(i) for i in range(len(ids))]
-    first = {}
-    for i, r in enumerate(roots): first[r] = min(first.get(r, str(ids[i])), str(ids[i]))
-    return [first[r] for r in roots]
-
-def leak_report(split:pd.DataFrame, # a split table (`image_id`, `split`)
-                ids:list, hashes:list, # every image's id and perceptual hash
-                max_distance:int=DUP_DISTANCE) -> pd.DataFrame:
-    "Near-duplicate pairs whose images sit in different splits: one row per pair, with both splits and the hash distance."
-    where = dict(zip(split.image_id.astype(str), split.split))
-    rows = [(str(ids[i]), where.get(str(ids[i])), str(ids[j]), where.get(str(ids[j])), d)
-            for i, j, d in near_duplicate_pairs(hashes, max_distance)]
-    df = pd.DataFrame(rows, columns=['image_id', 'split', 'duplicate_id', 'duplicate_split', 'distance'])
-    return df[df.split != df.duplicate_split].reset_index(drop=True)
-
 # %% ../../nbs/13_data.xray.ipynb #c014
 class Radiograph(ClassifierImage):
     "A radiograph read by `read_image` (a file, `Path`, PIL image or array) as upright 8-bit RGB; errors name the file."
@@ -253,12 +211,13 @@ class XrayDataLoaders(DataLoaders):
         hashes = groups = leaks = None
         if dup_distance is not None:
             hashes = reader.hashes([img_dir/i for i in df.image_id])
-            groups = near_duplicate_groups(list(df.image_id), hashes, dup_distance)
+            similar = reader.similarity([img_dir/i for i in df.image_id])   # hash candidates confirmed by their thumbnails
+            groups = near_duplicate_groups(list(df.image_id), hashes, dup_distance, similar)
         if str(split) in SPLIT_KINDS: split_df, split_name = make_split(df, split, seed, valid_pct, test_pct, groups=groups), split
         else:
             split_df, split_name = load_split(split, df), Path(split).stem
             if hashes is not None:
-                leaks = leak_report(split_df, list(df.image_id), hashes, dup_distance)
+                leaks = leak_report(split_df, list(df.image_id), hashes, dup_distance, similar)
                 if len(leaks): warnings.warn(f"split {split}: {len(leaks)} pair(s) of near-duplicate images sit in different splits, e.g. "
                                              + ', '.join(f"{r.image_id} ({r.split}) ~ {r.duplicate_id} ({r.duplicate_split})" for r in leaks.head(3).itertuples())
                                              + ": the reported figures are inflated; the pairs are in dls.leak_report", stacklevel=2)
