@@ -211,3 +211,26 @@ def test_hash_candidates_are_confirmed_by_their_thumbnails(tmp_path):
     split = pd.DataFrame({'image_id': ids, 'split': [f.relative_to(d).parts[0] for f in files]})
     rep = leak_report(split, ids, hashes, similar=r.similarity(files))
     assert rep[['image_id', 'duplicate_id']].values.tolist() == [[ids[3], ids[-1]]]
+
+
+def test_a_rebuild_decodes_only_the_files_that_changed(tmp_path, monkeypatch):
+    "One file changed and one added: the rebuild copies the others from the previous cache and decodes two; every entry still equals a fresh decode."
+    files = _jpegs(tmp_path/'img', [(200, 150), (120, 180), (90, 90), (160, 100)])
+    build_cache(files[:3], tmp_path/'c', stored=64, progress=False)   # another file list: the same folder, rebuilt in place
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False)
+    assert (c.manifest['reused'], c.manifest['decoded']) == (3, 1)
+    Image.new('RGB', (150, 150), (10, 200, 10)).save(files[1])
+    extra = [tmp_path/'img'/'new.png']                                             # the same folder: the same data set's cache
+    Image.new('RGB', (100, 120), (90, 10, 10)).save(extra[0])
+    calls = []
+    real = C.read_stored
+    monkeypatch.setattr(C, 'read_stored', lambda f, *a, **k: calls.append(str(f)) or real(f, *a, **k))
+    c2 = build_cache([*files, *extra], tmp_path/'c2', stored=64, progress=False)   # a new folder: every file decoded
+    assert len(calls) == 5 and c2.manifest['reused'] == 0
+    calls.clear()
+    c3 = build_cache([*files, extra[0]], tmp_path/'c', stored=64, progress=False)
+    assert sorted(calls) == sorted([str(files[1]), str(extra[0])]) and (c3.manifest['reused'], c3.manifest['decoded']) == (3, 2)
+    for i, f in enumerate([*files, extra[0]]):
+        assert np.array_equal(c3.array(i), np.asarray(real(f, 64))) and c3.hashes[i] == c2.hashes[i]
+    calls.clear()
+    assert build_cache(files, tmp_path/'c', stored=48, progress=False).manifest['reused'] == 0   # another stored size: nothing reused

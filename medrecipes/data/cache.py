@@ -102,24 +102,31 @@ def _stale(path:Path, files:list, sig:dict) -> str|None:
     if not (path/_PIXELS).is_file() or os.path.getsize(path/_PIXELS) != m.get('nbytes'): return f'{_PIXELS} is incomplete'
     return None
 
-def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str):
-    "Decode every file into `tmp` (pixels, then the manifest: the manifest is written last)."
-    shapes, offsets, hashes, stamps, off = [], [], [], [], 0
+def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str, reuse:ImageCache|None=None):
+    """Decode every file into `tmp` (pixels, then the manifest: the manifest is written last). A file that `reuse` (the
+    previous cache, same preprocessing) holds with the same size and modification time is copied from it, not decoded."""
+    shapes, offsets, hashes, stamps, off, copied = [], [], [], [], 0, 0
     it = range(len(files))
     if progress: it = progress_bar(it, leave=False); it.comment = desc
     with open(tmp/_PIXELS, 'wb') as out:
         for i in it:
             f = files[i]
             stamp = file_stamp(f)
-            im = read_stored(f, sig['stored'], sig['draft'], sig.get('min_side', 0) or 0, sig['window'])
-            a = np.asarray(im, dtype=np.uint8)
-            if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]   # gray: one channel
-            out.write(np.ascontiguousarray(a).tobytes())
-            shapes.append(a.shape); offsets.append(off); off += a.size
-            hashes.append(perceptual_hash(im)); stamps.append(stamp)
+            k = reuse.index.get(f) if reuse is not None else None
+            if k is not None and reuse.stamps[k] == tuple(stamp):   # unchanged since the previous build: its bytes and hash
+                shape, o = tuple(int(v) for v in reuse.shapes[k]), int(reuse.offsets[k])
+                out.write(reuse.pixels[o:o + int(np.prod(shape))].tobytes()); h = reuse.hashes[k]; copied += 1
+            else:
+                im = read_stored(f, sig['stored'], sig['draft'], sig.get('min_side', 0) or 0, sig['window'])
+                a = np.asarray(im, dtype=np.uint8)
+                if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]   # gray: one channel
+                out.write(np.ascontiguousarray(a).tobytes()); shape, h = a.shape, perceptual_hash(im)
+            shapes.append(shape); offsets.append(off); off += int(np.prod(shape))
+            hashes.append(h); stamps.append(stamp)
         out.flush(); os.fsync(out.fileno())
     m = dict(signature=sig, files=files, stamps=stamps, shapes=[list(map(int, s)) for s in shapes], offsets=offsets,
-             hashes=hashes, nbytes=off, created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+             hashes=hashes, nbytes=off, reused=copied, decoded=len(files) - copied,
+             created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
     atomic_write_text(tmp/_MANIFEST, json.dumps(m))
 
 def _replace_dir(tmp:Path, final:Path):
@@ -148,11 +155,19 @@ def _build_or_open(final:Path, files:list, sig:dict, progress:bool, name:str) ->
         if (final/_MANIFEST).exists(): _log.info(f"image cache {final} is rebuilt: {why}")
         tmp = final.with_name(f'{final.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}')
         tmp.mkdir(parents=True)
+        reuse = None   # the previous finished cache with the same preprocessing: its unchanged images are copied, not decoded
         try:
-            _write(tmp, files, sig, progress, f'caching {len(files)} images of {name} at {sig["stored"]} px')
+            old = ImageCache(final) if (final/_MANIFEST).is_file() else None
+            if old is not None and old.manifest.get('signature') == sig: reuse = old
+        except Exception: reuse = None
+        try:
+            _write(tmp, files, sig, progress, f'caching {len(files)} images of {name} at {sig["stored"]} px', reuse)
+            if reuse is not None: reuse._mm = None   # unmap the old pixels before their folder is replaced
             _replace_dir(tmp, final)
         finally: shutil.rmtree(tmp, ignore_errors=True)
-        return ImageCache(final)
+        c = ImageCache(final)
+        if reuse is not None: _log.info(f"image cache {final}: {c.manifest['reused']} images kept, {c.manifest['decoded']} decoded")
+        return c
 
 def build_cache(files:list, # the data set's image files (every split: the cache is per data set)
                 cache_dir:str|Path, # folder holding the caches (one subfolder per data set and stored size)
