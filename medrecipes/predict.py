@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob, hashlib, json, struct, sys, zlib
 from pathlib import Path
 import numpy as np, pandas as pd, torch
+from PIL import Image
 import torch.nn as nn, torch.nn.functional as F
 from .core import load_checkpoint, default_device, atomic_write
 
@@ -151,7 +152,7 @@ def predict_images(ckpt:str|Path, # a classifier checkpoint (best.pt or latest.p
                    progress:bool=True, # show a progress bar
                   ) -> dict:
     "Class probabilities for every readable input: `predictions` and `errors` (DataFrames) and the `files` written."
-    from medrecipes.classify import load_classifier, predict, preprocess
+    from medrecipes.classify import load_classifier, predict, preprocess, stored_input
     from medrecipes.data.images import read_image
     from medrecipes.export import _find
     ckpt = Path(ckpt); dev = default_device(device)
@@ -163,11 +164,12 @@ def predict_images(ckpt:str|Path, # a classifier checkpoint (best.pt or latest.p
     rows, errors, written, used = [], [], [], set()
     out = None if out is None else Path(out)
     for i in _progress(range(0, len(paths), bs), progress and len(paths) > bs, total=None):
-        ok, ims = [], []
+        ok, ims = [], []   # the network's inputs, read as the loaders read them (draft decoding, stored size)
         for p in paths[i:i + bs]:
             try:
                 if not p.is_file(): raise FileNotFoundError(f"no such file" if not p.exists() else "not a file")
-                ims.append(read_image(p)); ok.append(p)
+                im = stored_input(p, ck['normalization'])
+                ims.append(im if isinstance(im, Image.Image) else read_image(p)); ok.append(p)   # a checkpoint without the stored stage: read in full
             except Exception as e: errors.append(dict(path=str(p), error=' '.join(str(e).split()) or type(e).__name__))
         if not ok: continue
         probs = predict((model, ck), ims, bs=len(ims), device=dev, calibrated=calibrated, tta=tta)
@@ -178,8 +180,9 @@ def predict_images(ckpt:str|Path, # a classifier checkpoint (best.pt or latest.p
         if cam and out is not None:
             xb = torch.stack([preprocess(im, ck['normalization']) for im in ims]).to(dev)
             maps = grad_cam(model, xb, pred, cam_layer)
-            for p, im, m, k, pr, r in zip(ok, ims, maps, pred, probs, rows[-len(ok):]):
+            for p, m, k, pr, r in zip(ok, maps, pred, probs, rows[-len(ok):]):
                 fn = out/'cam'/f"{_unique_name(p.stem, used)}_cam.png"
+                im = read_image(p)   # the overlay at the original size (the letterbox keeps the aspect)
                 save_cam_overlay(im, cam_on_image(m, im.size), f"{p.name}: {classes[k]} {pr[k]:.2f}", fn)
                 r['cam'] = str(fn); written.append(fn)
     cols = ['path', 'prediction', 'probability', *[f'prob_{c}' for c in classes], *(['cam'] if cam and out is not None else [])]
@@ -203,7 +206,7 @@ def cam_grid(ckpt, # a classifier checkpoint (path or loaded), or `(model, check
             ):
     "A figure of Grad-CAM overlays: `n` correct and `n` wrong predictions (most confident first), class, probability and truth in each title."
     import matplotlib.pyplot as plt
-    from medrecipes.classify import load_classifier, predict, preprocess
+    from medrecipes.classify import load_classifier, predict, preprocess, stored_input
     from medrecipes.data.images import read_image
     dev = default_device(device)
     model, ck = ckpt if isinstance(ckpt, tuple) else load_classifier(ckpt, dev)
@@ -211,7 +214,7 @@ def cam_grid(ckpt, # a classifier checkpoint (path or loaded), or `(model, check
     bad = [l for l in labels if l not in classes]
     if bad: raise ValueError(f"labels {sorted(set(map(str, bad)))} are not among the checkpoint's classes {classes}")
     if len(labels) != len(items): raise ValueError(f"{len(items)} items but {len(labels)} labels")
-    ims = [read_image(o) for o in items]
+    ims = [stored_input(o, ck['normalization']) for o in items]   # as the loaders read them; originals only for the figure
     probs = predict((model, ck), ims, device=dev, calibrated=calibrated)
     pred, y = probs.argmax(1), np.array([classes.index(l) for l in labels])
     conf = probs.max(1)
@@ -224,9 +227,9 @@ def cam_grid(ckpt, # a classifier checkpoint (path or loaded), or `(model, check
             if c >= len(idx):
                 if c == 0: ax.text(0.5, 0.5, f'no {what} predictions', ha='center', va='center')
                 continue
-            i = idx[c]; a = np.asarray(ims[i])
+            i = idx[c]; im = read_image(items[i]); a = np.asarray(im)
             ax.imshow(a.mean(-1) if a.ndim == 3 else a, cmap='gray')
-            ax.imshow(cam_on_image(maps[c], ims[i].size), cmap='jet', alpha=0.45, vmin=0, vmax=1)
+            ax.imshow(cam_on_image(maps[c], im.size), cmap='jet', alpha=0.45, vmin=0, vmax=1)
             ax.set_title(f"{classes[pred[i]]} {probs[i, pred[i]]:.2f}\n(true: {labels[i]})", fontsize=9, color='k' if r == 0 else 'tab:red')
     fig.tight_layout()
     if fname is not None: atomic_write(fname, lambda t: fig.savefig(t, format='png', dpi=100))

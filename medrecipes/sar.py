@@ -420,7 +420,6 @@ def compare_seeds(config=None, overrides=(), variants=SAR_VARIANTS,
     agg = pd.DataFrame({'variant': list(g.groups)})
     for f in figs:
         for stat in ('mean', 'std', 'min', 'max'): agg[f'{f}_{stat}'] = g[f].agg(stat).values
-    lo, hi = ENL_RATIO_TARGET
     agg['enl_ratio_ok_seeds'] = g.enl_ratio_ok.sum().astype(int).values
     agg['psnr_ranks'] = g.psnr_rank.apply(lambda r: '/'.join(map(str, r))).values
     agg['seeds'] = len(seeds)

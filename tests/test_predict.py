@@ -259,12 +259,12 @@ def test_temperature_scaling_lowers_the_validation_nll(trained):
 
 
 def test_predict_repeats_the_loaders_first_stage(tmp_path):
-    """Large JPEGs go through the stored size (draft decoding, shrink to 2 x size) before the letterbox, in training and
+    """Large JPEGs (1100 x 880) go through the stored size (draft decoding, shrink to 2 x size) before the letterbox, in training and
     in `predict` alike: the checkpoint's `normalization` records that stage, and `predict` equals the loaders' numbers."""
     from medrecipes.data.folder import FolderDataLoaders
     from medrecipes.classify import predict, preprocess
     rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[:300, :240]
+    yy, xx = np.mgrid[:1100, :880]   # >= DRAFT_MIN_SOURCE: the JPEGs decode at draft scale
     for split, n in (('train', 4), ('valid', 2), ('test', 3)):
         for c in ('a', 'b'):
             (tmp_path/'ds'/split/c).mkdir(parents=True)

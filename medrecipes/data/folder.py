@@ -110,12 +110,12 @@ class FolderDataLoaders(DataLoaders):
         files = {s: [f for c in sorted(sc) for f in sc[c]] for s, sc in scans.items()}
         if verify_images:
             for s, fs in files.items(): check_image_files(fs, f'{s} image')
-        reader = stored_images([f for fs in files.values() for f in fs], size, path, cache=cache, cache_dir=cache_dir,
+        every = [f for fs in files.values() for f in fs]
+        reader = stored_images(every, size, path, cache=cache, cache_dir=cache_dir,
                                cache_size=cache_size, draft=draft, min_image_size=min_image_size, name=path.name or 'images',
                                progress=progress)
         leaks = None
         if dup_distance is not None:   # the folders are the split: near-duplicates across them inflate the figures
-            every = [f for fs in files.values() for f in fs]
             ids = [Path(os.path.relpath(f, path)).as_posix() for f in every]
             split_df = pd.DataFrame({'image_id': ids, 'split': [s for s, fs in files.items() for _ in fs]})
             leaks = leak_report(split_df, ids, reader.hashes(every), dup_distance, reader.similarity(every))

@@ -205,13 +205,14 @@ class XrayDataLoaders(DataLoaders):
         df = read_btxrd_metadata(meta or path)
         img_dir = Path(img_dir) if img_dir is not None else path/'images'
         if verify_images: check_images(df, img_dir)
-        reader = stored_images([img_dir/i for i in df.image_id], size, path, cache=cache, cache_dir=cache_dir, cache_size=cache_size,
+        files = [img_dir/i for i in df.image_id]
+        reader = stored_images(files, size, path, cache=cache, cache_dir=cache_dir, cache_size=cache_size,
                                draft=draft, min_image_size=min_image_size, col='image_id', pref=img_dir, name=path.name or 'btxrd',
                                progress=progress)
         hashes = groups = leaks = None
         if dup_distance is not None:
-            hashes = reader.hashes([img_dir/i for i in df.image_id])
-            similar = reader.similarity([img_dir/i for i in df.image_id])   # hash candidates confirmed by their thumbnails
+            hashes = reader.hashes(files)
+            similar = reader.similarity(files)   # hash candidates confirmed by their thumbnails
             groups = near_duplicate_groups(list(df.image_id), hashes, dup_distance, similar)
         if str(split) in SPLIT_KINDS: split_df, split_name = make_split(df, split, seed, valid_pct, test_pct, groups=groups), split
         else:
