@@ -34,11 +34,16 @@ demo: install
 ## make test: notebooks (nbdev-test) and the pytest suite
 test: install test-nbs test-py
 
+# The tests run in a private TMPDIR that is removed when they end, passed or failed: the notebooks' temporary folders,
+# pytest's tmp_path folders and every subprocess's scratch files leave nothing behind in the machine's /tmp.
+IN_SCRATCH = scratch=$$(mktemp -d "$${TMPDIR:-/tmp}/medrecipes-test.XXXXXX") && trap 'rm -rf "$$scratch"' EXIT && TMPDIR="$$scratch"
+PYTEST_ARGS ?= tests
+
 test-nbs: install
-	$(BIN)/nbdev-test --n-workers 2
+	@$(IN_SCRATCH) $(BIN)/nbdev-test --n-workers 2
 
 test-py: install
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal tests
+	@$(IN_SCRATCH) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## make train-all: both splits on the real BTXRD release (data/BTXRD, see medrecipes/configs/xray.yaml)
 train-all: install
