@@ -1,6 +1,6 @@
 """`benchmarks/sar_limits.py` (the README's PSNR against ENL-ratio figure) on a tiny realistic run: it regenerates the
 clean scenes, scores every reference and codec row and refuses data it did not generate."""
-import subprocess, sys
+import shutil, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from medrecipes.synth import make_sar
@@ -50,7 +50,7 @@ def test_sar_limits_refuses_data_it_did_not_generate(run, tmp_path):
     assert r.returncode != 0 and "expected a realistic-mode generated set" in r.stderr
     f = sorted((data/'test').glob('*.npy'))[0]
     changed = tmp_path/'changed'
-    import shutil; shutil.copytree(data, changed)
+    shutil.copytree(data, changed)
     a = np.load(f); a[0, 0] += 1; np.save(changed/'test'/f.name, a)
     r = _script(root/'run', changed, cwd=tmp_path)
     assert r.returncode != 0 and 'differs from the regenerated scene' in r.stderr

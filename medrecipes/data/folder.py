@@ -16,7 +16,7 @@ from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock
                                aug_transforms, Normalize, imagenet_stats)
 from ..core import default_device
 from .images import ClassifierImage, GrayToRGB, image_problem
-from .cache import stored_images, DUP_DISTANCE, near_duplicate_pairs, near_duplicate_groups, leak_report
+from .cache import stored_images, DUP_DISTANCE, leak_report
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'scan_class_folders', 'check_image_files', 'FolderImage', 'folder_augmentations',

@@ -16,7 +16,7 @@ from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock
                                ResizeMethod, PadMode, aug_transforms, Normalize, imagenet_stats, delegates)
 from ..core import atomic_write
 from .images import ClassifierImage, GrayToRGB, image_problem
-from .cache import stored_images, DUP_DISTANCE, near_duplicate_pairs, near_duplicate_groups, leak_report
+from .cache import stored_images, DUP_DISTANCE, near_duplicate_groups, leak_report
 
 # %% auto #0
 __all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'find_metadata', 'read_btxrd_metadata', 'check_images',
