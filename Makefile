@@ -7,7 +7,7 @@ STAMP := $(VENV)/.medrecipes-installed
 # pytest workers: the e2e tests train real models, so use every core
 PYTEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-nbs test-py train-all export check-sync bench clean docs docs-outputs readme
+.PHONY: install demo test test-nbs test-py test-trained train-all export check-sync bench clean docs docs-outputs readme
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,9 @@ demo: install
 	$(BIN)/python -c "import pandas as pd; s = pd.read_csv('runs/xray_demo/stratified/split.csv'); pd.DataFrame({'path': ['$(CURDIR)/data/btxrd_demo/images/' + i for i in s.image_id[s.split == 'test']]}).to_csv('runs/xray_demo/test_images.csv', index=False)"
 	$(BIN)/medrecipes predict runs/xray_demo/stratified/checkpoints/best.pt runs/xray_demo/test_images.csv --cam --out runs/xray_demo/predict
 
-## make test: notebooks (nbdev-test) and the pytest suite
-test: install test-nbs test-py
+## make test: notebooks (nbdev-test), the pytest suite, then the tests that assert what a short training reached
+## (pytest marker `trained`) once more under a second seed
+test: install test-nbs test-py test-trained
 
 # The tests run in a private TMPDIR that is removed when they end, passed or failed: the notebooks' temporary folders,
 # pytest's tmp_path folders and every subprocess's scratch files leave nothing behind in the machine's /tmp.
@@ -44,6 +45,13 @@ test-nbs: install
 
 test-py: install
 	@$(IN_SCRATCH) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+## make test-trained SEED=k: the `trained` tests under seed k (default 1). A CPU's float path changes what a short
+## training reaches; shake it on one machine with e.g. `ATEN_CPU_CAPABILITY=default make test-trained SEED=3`
+## (also avx2, avx512). benchmarks/test_margins.py measures the margins over seeds and capabilities.
+SEED ?= 1
+test-trained: install
+	@$(IN_SCRATCH) MEDRECIPES_TEST_SEED=$(SEED) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m trained tests
 
 ## make train-all: both splits on the real BTXRD release (data/BTXRD, see medrecipes/configs/xray.yaml)
 train-all: install

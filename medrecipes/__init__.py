@@ -24,6 +24,7 @@ Modules:
 - `medrecipes.kernels.ssim.reference`: SSIM in plain PyTorch with autograd: the oracle every backend is tested against, and the path exporters trace.
 - `medrecipes.kernels.ssim.triton`: Fused SSIM forward and hand-written backward in Triton.
 - `medrecipes.metrics`: PSNR, SSIM, ENL ratio and EPI, as functions and as fastai metrics over the whole validation set.
+- `medrecipes.models.entropy`: A learned prior over the quantised latent, its integer coding tables, and a range coder that turns the latent into real bytes.
 - `medrecipes.models.sar`: Four convolutional autoencoders with one interface: an encoder that compresses a 1×H×W image 16-fold into a latent map, a decoder that rebuilds it through a sigmoid.
 - `medrecipes.predict`: `medrecipes predict CKPT INPUTS...`: a trained checkpoint on new files. Classifiers write `predictions.csv` (calibrated probabilities, optional test-time augmentation and Grad-CAM overlays), SAR codecs write codec files or reconstructions; unreadable inputs go to `errors.csv`.
 - `medrecipes.resume`: A run killed at any point continues from its last checkpoint and ends exactly as if it had never stopped.

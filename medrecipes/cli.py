@@ -50,7 +50,7 @@ def _parser():
     q.add_argument('--cam-layer', default=None, help="classifiers: the module Grad-CAM reads (default: the config's cam_layer, else the body's last stage)")
     q.add_argument('--no-calibration', action='store_true', help="classifiers: do not apply the checkpoint's temperature")
     q.add_argument('--tta', action='store_true', help='classifiers: average over the flips the training made')
-    q.add_argument('--sar', choices=('reconstruct', 'compress'), default='reconstruct', help='SAR: write reconstructions (.npy) or codec files (.mrsar; .sarlat for a float-latent model)')
+    q.add_argument('--sar', choices=('reconstruct', 'compress'), default='reconstruct', help='SAR: write reconstructions (.npy) or codec files (.mrsar, the one codec format; a float-latent model is refused)')
     q.add_argument('--units', choices=('linear', 'db', 'scaled'), default=None, help='SAR reconstructions: output units (default: the training units)')
     s = sub.add_parser('synth', help='write a generated data set')
     s.add_argument('kind', choices=('btxrd', 'sar', 'digits'))
@@ -116,7 +116,8 @@ def _codec(args):
     from medrecipes.codec import compress, decompress
     if args.action == 'compress':
         info = compress(args.checkpoint, args.input, args.output)
-        print(f"wrote {args.output}: {info['bytes']} bytes, {info['bpp']:.4f} bits per pixel ({info['payload_bpp']:.4f} in the coded stream)"); return 0
+        est = f"; the entropy model estimated {info['estimate_bpp']:.4f}" if 'estimate_bpp' in info else ''
+        print(f"wrote {args.output}: {info['bytes']} bytes, {info['bpp']:.4f} bits per pixel ({info['payload_bpp']:.4f} in the coded stream{est})"); return 0
     import numpy as np
     img = decompress(args.input, args.checkpoint, out=args.out)
     np.save(args.output, img); print(f"wrote {args.output}: {img.shape[0]}x{img.shape[1]} {args.out}"); return 0

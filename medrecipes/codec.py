@@ -19,34 +19,47 @@ from .metrics import psnr, epi, enl_ratio
 from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
 
 # %% auto #0
-__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'model_digest', 'encode_codes', 'decode_codes', 'codec_bytes', 'read_codec_file',
-           'compress', 'decompress', 'codec_metrics', 'jpeg2000_roundtrip', 'compare_codecs']
+__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'model_digest', 'encode_codes', 'decode_codes',
+           'encode_latent', 'decode_latent', 'codec_bytes', 'read_codec_file', 'compress', 'decompress',
+           'codec_metrics', 'jpeg2000_roundtrip', 'compare_codecs', 'bd_rate', 'bd_psnr']
 
 # %% ../nbs/19_codec.ipynb #c005
-CODEC_MAGIC = b'MRSARC\r\n'   # 8 bytes; the CR LF catches a file mangled by a text-mode transfer
-CODEC_VERSION = 1
-_FIXED = struct.Struct('<8sHI')   # magic, version, header length
+CODEC_MAGIC = b'MRSC'   # 4 bytes
+CODEC_VERSION = 2
+CODEC_EXT = '.mrsar'
+CODINGS = ('uniform', 'factorized')   # the latent as `quant_bits`-bit codes (zlib), or range-coded under the factorized prior
+# magic, version, coding, bits, flags, height, width, model digest, lambda, looks, payload length; then payload, CRC-32
+_HEAD = struct.Struct('<4sBBBBII8sffI')
 
-def model_digest(model:nn.Module) -> str:
-    "A short SHA-256 of the model's parameters and buffers (names, shapes, values): which decoder a file needs"
+def model_digest(model:nn.Module, preprocess=None) -> str:
+    "A short SHA-256 (16 hex digits) of the model's parameters and buffers (names, shapes, values), and of `preprocess`'s parameters when given: which decoder a file needs"
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         if not isinstance(v, torch.Tensor) or k.endswith('num_batches_tracked'): continue
         h.update(k.encode()); h.update(str(tuple(v.shape)).encode()); h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    if preprocess is not None: h.update(json.dumps(preprocess.checkpoint_params(), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 def _model_and_pre(source, preprocess=None):
-    "`(model, preprocess)` from a `SarLearner`, a checkpoint path, a `(model, preprocess)` pair or a model with `preprocess=`"
+    "`(model, preprocess, lambda)` from a `SarLearner`, a checkpoint path, a `(model, preprocess)` pair or a model with `preprocess=`"
+    lmbda = 0.
     if isinstance(source, (str, Path)):
-        model, pre, _ = load_sar_model(source)
+        from medrecipes.core import load_checkpoint
+        model, pre, _ = load_sar_model(source); lmbda = float(load_checkpoint(source).get('rd_lambda') or 0.)
     elif isinstance(source, tuple): model, pre = source
-    elif hasattr(source, 'model') and hasattr(source, 'dls'): model, pre = source.model, getattr(source.dls, 'preprocess', None)
+    elif hasattr(source, 'model') and hasattr(source, 'dls'):
+        model, pre, lmbda = source.model, getattr(source.dls, 'preprocess', None), float(getattr(source, 'rd_lambda', 0.) or 0.)
     else: model, pre = source, None
     pre = preprocess if preprocess is not None else pre
     if not isinstance(model, SarAutoencoder): raise ValueError(f"expected a SAR autoencoder (learner, checkpoint or model), got {type(model).__name__}")
-    if not model.quant_bits: raise ValueError("this SAR model has a float latent (quant_bits=0): it defines no bitrate; train one with model.quant_bits > 0")
+    if model.entropy_bottleneck is None and not model.quant_bits:
+        raise ValueError("this SAR model has a float latent (quant_bits=0 and no entropy model): it defines no bitrate and no codec file; "
+                         "train one with model.entropy=factorized (or model.quant_bits > 0)")
+    if model.entropy_bottleneck is not None and not model.entropy_bottleneck.updated:
+        raise ValueError("this SAR model's entropy model has no coding tables: call `model.update()` once after training "
+                         "(the SAR recipe stores them in every checkpoint)")
     if pre is None or not pre.fitted: raise ValueError("no fitted SarPreprocess: pass `preprocess=` (the run's dls.preprocess) with a bare model")
-    return model, pre
+    return model, pre, lmbda
 
 def _pad16(x):
     h, w = x.shape; H, W = -(-h // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE, -(-w // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE
@@ -59,6 +72,7 @@ def encode_codes(model:SarAutoencoder, x01:np.ndarray) -> np.ndarray:
     try:
         p = next(model.parameters())
         q = model.compress(torch.from_numpy(_pad16(np.asarray(x01, np.float32)))[None, None].to(p.device, p.dtype))
+        if model.entropy_bottleneck is not None: return model.entropy_bottleneck.symbols(q)[0]   # clamped into the coding ranges
     finally: model.train(was)
     return q[0].cpu().numpy()
 
@@ -74,76 +88,90 @@ def decode_codes(model:SarAutoencoder, codes:np.ndarray, shape) -> np.ndarray:
 
 def _code_dtype(bits): return np.dtype('u1') if bits <= 8 else np.dtype('<u2')
 
-def codec_bytes(codes:np.ndarray, header:dict) -> bytes:
-    "A codec file's bytes: magic, version, JSON header, zlib stream of the codes (channel-planar), CRC-32 of all before it"
-    payload = zlib.compress(np.ascontiguousarray(codes.astype(_code_dtype(header['bits']))).tobytes(), 9)
-    head = json.dumps({**header, 'latent_shape': list(codes.shape), 'payload_bytes': len(payload)}, sort_keys=True).encode()
-    body = _FIXED.pack(CODEC_MAGIC, CODEC_VERSION, len(head)) + head + payload
+def _latent_shape(model, height, width): return (model.latent_channels, -(-height // SAR_DOWNSAMPLE), -(-width // SAR_DOWNSAMPLE))
+
+def encode_latent(model:SarAutoencoder, codes:np.ndarray) -> tuple:
+    "`(coding, payload bytes)` of a latent's codes: range-coded with the entropy model's stored tables, or `quant_bits`-bit codes zlib-coded"
+    if model.entropy_bottleneck is not None: return 'factorized', model.entropy_bottleneck.encode(codes)
+    return 'uniform', zlib.compress(np.ascontiguousarray(codes.astype(_code_dtype(model.quant_bits))).tobytes(), 9)
+
+def decode_latent(model:SarAutoencoder, head:dict, payload:bytes, name='') -> np.ndarray:
+    "The codes `encode_latent` coded, for the image size in `head`; a payload that does not decode to that shape is an error naming `name`"
+    shape = _latent_shape(model, head['height'], head['width'])
+    if head['coding'] == 'factorized':
+        try: return model.entropy_bottleneck.decode(payload, shape[1:])
+        except Exception as e: raise ValueError(f"{name}: the latent stream does not decode ({e})") from None
+    try: raw = zlib.decompress(payload)
+    except zlib.error as e: raise ValueError(f"{name}: the latent stream does not decompress ({e})") from None
+    dt = _code_dtype(head['bits'])
+    if len(raw) != int(np.prod(shape)) * dt.itemsize: raise ValueError(f"{name}: the latent stream holds {len(raw)} bytes; shape {shape} needs {int(np.prod(shape)) * dt.itemsize}")
+    return np.frombuffer(raw, dt).reshape(shape)
+
+def codec_bytes(head:dict, payload:bytes) -> bytes:
+    "A codec file's bytes: the fixed binary header (36 bytes), the payload, a CRC-32 of all before it"
+    body = _HEAD.pack(CODEC_MAGIC, CODEC_VERSION, CODINGS.index(head['coding']), head.get('bits') or 0, 0, head['height'], head['width'],
+                      bytes.fromhex(head['model_digest']), float(head.get('lmbda') or 0.), float(head.get('looks') or 0.), len(payload)) + payload
     return body + struct.pack('<I', zlib.crc32(body))
 
 def read_codec_file(path:str|Path) -> tuple:
-    "`(header, codes)` of a codec file, checked: magic, version, lengths, CRC-32, shape; errors name the file"
+    "`(header, payload)` of a codec file, checked: magic, version, lengths, CRC-32; errors name the file"
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"codec file {path} does not exist")
     b = path.read_bytes()
     bad = lambda why: ValueError(f"{path}: {why}")
-    if len(b) < _FIXED.size + 4 or not b.startswith(CODEC_MAGIC):
-        raise bad(f"not a medrecipes SAR codec file (expected the magic bytes {CODEC_MAGIC!r} at the start)" if not b.startswith(CODEC_MAGIC[:len(b)]) or len(b) >= _FIXED.size + 4
-                  else f"truncated: {len(b)} bytes, shorter than the file header")
-    _, version, n_head = _FIXED.unpack_from(b)
+    if not b.startswith(CODEC_MAGIC[:len(b)]) or (len(b) >= len(CODEC_MAGIC) and not b.startswith(CODEC_MAGIC)):
+        raise bad(f"not a medrecipes SAR codec file (expected the magic bytes {CODEC_MAGIC!r} at the start)")
+    if len(b) < _HEAD.size + 4: raise bad(f"truncated: {len(b)} bytes, shorter than the {_HEAD.size + 4} of the header and checksum")
+    _, version, coding, bits, _, h, w, digest, lmbda, looks, n = _HEAD.unpack_from(b)
     if version != CODEC_VERSION: raise bad(f"codec file version {version}; this medrecipes reads version {CODEC_VERSION}")
-    if len(b) < _FIXED.size + n_head + 4: raise bad(f"truncated: {len(b)} bytes, the header alone needs {_FIXED.size + n_head + 4}")
-    if zlib.crc32(b[:-4]) != struct.unpack('<I', b[-4:])[0]:
-        raise bad("checksum mismatch: the file is corrupted or truncated")
-    try: head = json.loads(b[_FIXED.size:_FIXED.size + n_head])
-    except ValueError as e: raise bad(f"unreadable header ({e})") from None
-    payload = b[_FIXED.size + n_head:-4]
-    if len(payload) != head.get('payload_bytes'): raise bad(f"payload of {len(payload)} bytes; the header says {head.get('payload_bytes')}")
-    try: raw = zlib.decompress(payload)
-    except zlib.error as e: raise bad(f"the latent stream does not decompress ({e})") from None
-    shape, dt = tuple(head['latent_shape']), _code_dtype(head['bits'])
-    if len(raw) != int(np.prod(shape)) * dt.itemsize: raise bad(f"the latent stream holds {len(raw)} bytes; shape {shape} needs {int(np.prod(shape)) * dt.itemsize}")
-    return head, np.frombuffer(raw, dt).reshape(shape)
+    if len(b) != _HEAD.size + n + 4:
+        raise bad(f"truncated: {len(b)} bytes, the header announces {_HEAD.size + n + 4}" if len(b) < _HEAD.size + n + 4
+                  else f"{len(b)} bytes, the header announces {_HEAD.size + n + 4}: the file is corrupted")
+    if zlib.crc32(b[:-4]) != struct.unpack('<I', b[-4:])[0]: raise bad("checksum mismatch: the file is corrupted")
+    if coding >= len(CODINGS): raise bad(f"unknown latent coding {coding}")
+    head = dict(coding=CODINGS[coding], bits=bits, height=h, width=w, model_digest=digest.hex(), lmbda=lmbda, looks=looks, payload_bytes=n)
+    return head, b[_HEAD.size:-4]
 
 def compress(learn_or_model, # a `SarLearner`, a checkpoint path, or a model (with `preprocess=`)
              image, # a 2-D image in the run's units (linear intensity or dB), or a file `read_sar_image` reads
              path:str|Path, # the codec file to write
              preprocess=None, # the fitted `SarPreprocess` (default: the learner's or checkpoint's)
             ) -> dict:
-    "Encode `image` into a codec file (quantised latent, zlib-coded); returns its size and bits per pixel"
-    model, pre = _model_and_pre(learn_or_model, preprocess)
+    "Encode `image` into a codec file; returns its size, its bits per pixel (`bpp`: the whole file) and, for entropy models, the likelihoods' estimate beside it"
+    model, pre, lmbda = _model_and_pre(learn_or_model, preprocess)
     if isinstance(image, (str, Path)):
         from medrecipes.data.sar import read_sar_image
         image = read_sar_image(image)
     a = np.asarray(image, dtype=np.float32)
     if a.ndim != 2: raise ValueError(f"compress takes a 2-D image, got shape {a.shape}")
     codes = encode_codes(model, pre.encode(a))
-    header = dict(height=a.shape[0], width=a.shape[1], bits=model.quant_bits, model_config=model.config,
-                  model_digest=model_digest(model), preprocessing_params=pre.checkpoint_params())
-    data = codec_bytes(codes, header)
+    coding, payload = encode_latent(model, codes)
+    data = codec_bytes(dict(coding=coding, bits=model.quant_bits, height=a.shape[0], width=a.shape[1],
+                            model_digest=model_digest(model, pre), lmbda=lmbda), payload)
     atomic_write(Path(path), lambda t: Path(t).write_bytes(data))
-    payload = json.loads(data[_FIXED.size:_FIXED.size + _FIXED.unpack_from(data)[2]])['payload_bytes']
-    return dict(path=str(path), bytes=len(data), bpp=8 * len(data) / a.size, payload_bpp=8 * payload / a.size, latent_shape=list(codes.shape))
+    res = dict(path=str(path), bytes=len(data), bpp=8 * len(data) / a.size, payload_bpp=8 * len(payload) / a.size, latent_shape=list(codes.shape))
+    if model.entropy_bottleneck is not None:
+        with torch.no_grad(): lik = model.entropy_bottleneck.likelihood(torch.from_numpy(codes[None]).float())
+        res['estimate_bpp'] = float(-torch.log2(lik).sum()) / a.size   # the likelihoods' bits: beside the file's, never instead
+    return res
 
 def decompress(path:str|Path, # a file `compress` wrote
-               learn_or_model, # the learner, checkpoint or model that wrote it
+               learn_or_model, # the learner, checkpoint or model (with `preprocess=`) that wrote it
                out:str='linear', # 'linear', 'db' or 'scaled' ([0, 1])
                preprocess=None) -> np.ndarray:
-    "Decode a codec file with its model; the file's model digest must match"
+    "Decode a codec file with its model and preprocessing; their digest must match the file's"
     if out not in ('linear', 'db', 'scaled'): raise ValueError(f"out must be 'linear', 'db' or 'scaled', not {out!r}")
-    head, codes = read_codec_file(path)
-    model, _ = _model_and_pre(learn_or_model, preprocess or _NoPre)
-    if head['model_digest'] != model_digest(model):
-        raise ValueError(f"{path}: written by a different model (digest {head['model_digest']}, config {head['model_config']}); "
-                         f"this model's digest is {model_digest(model)}")
-    from medrecipes.data.sar import SarPreprocess
-    pre = SarPreprocess.from_dict(head['preprocessing_params'])
+    head, payload = read_codec_file(path)
+    model, pre, _ = _model_and_pre(learn_or_model, preprocess)
+    if head['model_digest'] != model_digest(model, pre):
+        raise ValueError(f"{path}: written by a different model or preprocessing (digest {head['model_digest']}); "
+                         f"this {model.config['variant']} model's digest is {model_digest(model, pre)}")
+    want = 'factorized' if model.entropy_bottleneck is not None else 'uniform'
+    if head['coding'] != want: raise ValueError(f"{path}: coded as {head['coding']!r}, but the model codes {want!r}")
+    codes = decode_latent(model, head, payload, path)
     r = decode_codes(model, codes, (head['height'], head['width']))
     return r if out == 'scaled' else np.asarray(pre.decode_db(r) if out == 'db' else pre.decode_linear(r), dtype=np.float32)
 
-class _NoPre:
-    "Stands in for a preprocessing in `decompress`: the file carries its own"
-    fitted = True
 
 # %% ../nbs/19_codec.ipynb #c008
 def _t(a): return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
@@ -186,21 +214,50 @@ def compare_codecs(learn_or_model, # a `SarLearner`, checkpoint path or model (w
                    jpeg2000:bool=True, # also JPEG2000 at each image's learned bitrate
                    work_dir=None, # where the codec files go (default: a temporary folder)
                   ) -> pd.DataFrame:
-    "One row per image and codec: bits per pixel of the coded stream (and of the whole file) and `codec_metrics`; JPEG2000 at the learned stream's bitrate"
-    model, pre = _model_and_pre(learn_or_model, preprocess)
+    "One row per image and codec: bits per pixel of the whole file (`bpp`), of its coded stream, the likelihoods' estimate (entropy models), and `codec_metrics`; JPEG2000 at the learned file's bitrate"
+    model, pre, _ = _model_and_pre(learn_or_model, preprocess)
     from medrecipes.data.sar import read_sar_image
     rows = []
+    coder = f"{model.entropy}" if model.entropy_bottleneck is not None else f"{model.quant_bits} bit"
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(work_dir or tmp); d.mkdir(parents=True, exist_ok=True)
         for i, im in enumerate(images):
             name = Path(im).name if isinstance(im, (str, Path)) else f'image_{i}'
             a = np.asarray(read_sar_image(im) if isinstance(im, (str, Path)) else im, np.float32)
             x01 = np.asarray(pre.encode(a), np.float32)
-            info = compress((model, pre), a, d / f'{i:04d}.mrsar')
+            info = compress((model, pre), a, d / f'{i:04d}{CODEC_EXT}')
             rec = decompress(info['path'], (model, pre), out='scaled')
-            rows.append(dict(image=name, codec=f"learned ({model.config['variant']}, {model.latent_channels}x{model.quant_bits} bit)",
-                             bpp=info['payload_bpp'], file_bpp=info['bpp'], **codec_metrics(x01, rec, pre)))
+            rows.append(dict(image=name, codec=f"learned ({model.config['variant']}, {model.latent_channels}x{coder})",
+                             bpp=info['bpp'], stream_bpp=info['payload_bpp'], estimate_bpp=info.get('estimate_bpp', np.nan),
+                             **codec_metrics(x01, rec, pre)))
             if jpeg2000:
-                jr, jb = jpeg2000_roundtrip(x01, info['payload_bpp'])
-                rows.append(dict(image=name, codec='jpeg2000', bpp=jb, file_bpp=jb, **codec_metrics(x01, jr, pre)))
+                jr, jb = jpeg2000_roundtrip(x01, info['bpp'])
+                rows.append(dict(image=name, codec='jpeg2000', bpp=jb, stream_bpp=jb, estimate_bpp=np.nan, **codec_metrics(x01, jr, pre)))
     return pd.DataFrame(rows)
+
+# %% ../nbs/19_codec.ipynb #c009bd2
+def _bd_fit(x, y, order):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2: raise ValueError(f"a rate-distortion curve needs matching 1-D rates and qualities of at least 2 points, got {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()): raise ValueError("rates and qualities must be finite")
+    return np.polyint(np.polyfit(x, y, min(order, len(x) - 1)))
+
+def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -> float:
+    "Bjøntegaard delta rate in percent: the test codec's average bitrate change at equal quality against the anchor (negative: fewer bits)"
+    for r in (rate_anchor, rate_test):
+        if np.any(np.asarray(r, np.float64) <= 0): raise ValueError("bitrates must be > 0 (the BD-rate works on log rates)")
+    lo, hi = max(np.min(quality_anchor), np.min(quality_test)), min(np.max(quality_anchor), np.max(quality_test))
+    if not hi > lo: raise ValueError(f"the curves' qualities do not overlap (anchor {np.min(quality_anchor):.3g}-{np.max(quality_anchor):.3g}, "
+                                     f"test {np.min(quality_test):.3g}-{np.max(quality_test):.3g})")
+    pa, pt = _bd_fit(quality_anchor, np.log(rate_anchor), order), _bd_fit(quality_test, np.log(rate_test), order)
+    avg = ((np.polyval(pt, hi) - np.polyval(pt, lo)) - (np.polyval(pa, hi) - np.polyval(pa, lo))) / (hi - lo)
+    return float((np.exp(avg) - 1) * 100)
+
+def bd_psnr(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -> float:
+    "Bjøntegaard delta quality (dB for PSNR): the test codec's average quality change at equal bitrate against the anchor (positive: better)"
+    la, lt = np.log(np.asarray(rate_anchor, np.float64)), np.log(np.asarray(rate_test, np.float64))
+    lo, hi = max(la.min(), lt.min()), min(la.max(), lt.max())
+    if not hi > lo: raise ValueError(f"the curves' rates do not overlap (anchor {np.exp(la.min()):.3g}-{np.exp(la.max()):.3g} bpp, "
+                                     f"test {np.exp(lt.min()):.3g}-{np.exp(lt.max()):.3g} bpp)")
+    pa, pt = _bd_fit(la, quality_anchor, order), _bd_fit(lt, quality_test, order)
+    return float(((np.polyval(pt, hi) - np.polyval(pt, lo)) - (np.polyval(pa, hi) - np.polyval(pa, lo))) / (hi - lo))

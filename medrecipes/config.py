@@ -8,13 +8,13 @@ Docs: `_docs/config.html` in this repository, built by `make docs` (API referenc
 
 # %% ../nbs/08_config.ipynb #c002
 from __future__ import annotations
-import re, typing
+import re, typing, yaml
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Any, Optional
 from omegaconf import OmegaConf, DictConfig
-from .core import parse_overrides, to_plain
+from .core import to_plain
 
 # %% auto #0
 __all__ = ['RECIPE_CONFIGS', 'CONFIG_GROUPS', 'FLAT_RENAMES', 'FLAT_KEEP', 'LoggingConfig', 'XrayModel', 'XrayData',
@@ -102,8 +102,9 @@ class SarModel:
     variant:str='attention'       # baseline | resnet_lite | residual | attention
     latent_channels:int=16        # 16 channels at 1/16 resolution: 16x fewer values than the input
     base_channels:int=32
-    quant_bits:int=8              # uniform quantisation of the latent, bits per value (0: a float latent, no bitrate)
+    quant_bits:Optional[int]=None # uniform quantisation of the latent, bits per value (null: 8, or none with `entropy`; 0: a float latent, no bitrate)
     quant_proxy:str='ste'         # the quantiser in training: ste (straight-through) | noise (additive uniform)
+    entropy:Optional[str]=None    # factorized: a learned prior over an integer latent, range-coded files, the rate-distortion loss (null: off)
 
 @dataclass
 class SarData:
@@ -127,6 +128,7 @@ class SarTrainer:
     clip_grad:Optional[float]=1.0 # gradient clipping norm (null: off)
     mse_weight:float=0.7
     ssim_weight:float=0.3
+    rd_lambda:float=64.0          # with model.entropy: the loss is rd_lambda * (mse_weight MSE + ssim_weight (1 - SSIM)) + bits per pixel
     precision:str='fp32'          # auto | fp32 | bf16 | fp16
     accumulate:int=1
     sync_bn:bool=False
@@ -138,6 +140,7 @@ class SarTrainer:
     codec_images:int=8            # test (else valid) images coded into real files for the bitrate and JPEG2000 beside it (0: off)
     sweep_latent_channels:Any=None  # compare: a rate-distortion sweep over these latent channels, e.g. [4, 8, 16] (null: off)
     sweep_quant_bits:Any=None     # ... times these quantisation bits, e.g. [4, 8]; rd.csv and rd.png in out_dir/rd
+    sweep_rd_lambda:Any=None      # compare: rate-distortion curves, every variant with model.entropy=factorized at these rd_lambda, e.g. [16, 64, 256, 1024], beside JPEG2000 with BD-rates (null: off)
     compare_seeds:Any=None        # compare: every variant once per seed, e.g. [0, 1, 2]: mean and spread (null: the one `seed`)
 
 @dataclass
@@ -372,6 +375,47 @@ def _check_added(o, key, recipe):
             raise ConfigKeyError(f"overrides: {o!r} adds unknown config key {part!r} to {where}; known keys: {', '.join(hints) or 'none'}")
         cls = hints[part]
 
+class _Yaml12Numbers(yaml.SafeLoader):
+    "PyYAML's safe loader with YAML 1.2's decimal numbers: `010` is 10, and `12:30`, `2024_01`, `0755`-as-octal are gone."
+_NUMBER_TAGS = ('tag:yaml.org,2002:int', 'tag:yaml.org,2002:float')
+_Yaml12Numbers.yaml_implicit_resolvers = {c: [r for r in rs if r[0] not in _NUMBER_TAGS] for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_INT = re.compile(r'[-+]?[0-9]+')                                            # YAML 1.2: `010` is 10 (1.1: the octal 8)
+_FLOAT = re.compile(r'[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?')   # YAML 1.2: `3e-4` too; no `12:30`, no `1_000`
+_Yaml12Numbers.add_implicit_resolver(_NUMBER_TAGS[0], re.compile(f'^{_INT.pattern}$'), list('-+0123456789'))
+_Yaml12Numbers.add_implicit_resolver(_NUMBER_TAGS[1], re.compile(f'^{_FLOAT.pattern}$'), list('-+0123456789.'))
+_Yaml12Numbers.add_constructor(_NUMBER_TAGS[0], lambda loader, node: int(loader.construct_scalar(node)))
+_NULL = ('null', 'Null', 'NULL', '~')
+
+def _yaml_value(text:str):
+    if not text: return ''
+    try: return yaml.load(text, Loader=_Yaml12Numbers)
+    except yaml.YAMLError: return text
+
+def _key_type(recipe, key:str):
+    "The annotation of the dotted config key `key` of `recipe`; None for a key the schema does not have (an error later, by name)."
+    tp = _schema(recipe)
+    for part in key.split('.'):
+        hints = typing.get_type_hints(tp) if is_dataclass(tp) else {}
+        if part not in hints: return None
+        tp = hints[part]
+    return tp
+
+def _override_value(text:str, tp):
+    """An override's value from the text typed, by the annotation `tp` of its key, not YAML 1.1's guesses (`010` the octal 8,
+    `12:30` the base-60 750, `2024_01` 202401): a string field takes the text as typed; an int or float field the decimal
+    number (`010` is 10), else the text, which the type check refuses by name; a bool or `Any` field reads YAML with YAML
+    1.2's numbers. Quoted text is the string inside the quotes; `null` is None for a key that may be null."""
+    s = text.strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in '\'"': return _yaml_value(s)
+    if s.startswith('${'): return text                                       # an interpolation, checked once resolved
+    if typing.get_origin(tp) is typing.Union:
+        if s in _NULL: return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is str: return text
+    if tp is int: return int(s) if _INT.fullmatch(s) else text
+    if tp is float: return float(s) if _FLOAT.fullmatch(s) else text
+    return _yaml_value(text)
+
 def _split_overrides(overrides, recipe):
     "Hydra-style overrides -> (group choices, nested key=value dict); flat keys (`split=center`) are mapped to their groups."
     if isinstance(overrides, str): overrides = [overrides]
@@ -382,9 +426,10 @@ def _split_overrides(overrides, recipe):
         if not k: raise ValueError(f"override {o!r} has an empty key")
         if plus and '.' in k: _check_added(o, k, recipe)
         if k in groups: choices.append(f'{k}={v}')
-        elif k in flat: keys.append('{}.{}={}'.format(*flat[k], v))
-        else: keys.append(f'{k}={v}')
-    return choices, parse_overrides(keys)
+        else: keys.append(('{}.{}'.format(*flat[k]) if k in flat else k, v))
+    out = OmegaConf.create()
+    for k, v in keys: OmegaConf.update(out, k, _override_value(v, _key_type(recipe, k)), force_add=True)
+    return choices, OmegaConf.to_container(out)
 
 def resolve_config(recipe:str, # 'xray', 'sar' or 'folder'
                    config=None, # a config object (dataclass or OmegaConf), a dict (nested or flat keys), a YAML file or a root config's name

@@ -16,10 +16,9 @@ import torch.nn as nn, torch.nn.functional as F
 from .core import load_checkpoint, default_device, atomic_write
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'MRSAR_EXT', 'collect_inputs',
-           'file_sha256', 'cam_target_layer', 'grad_cam', 'cam_on_image', 'save_cam_overlay', 'cam_box_mass',
-           'predict_images', 'cam_grid', 'write_latent', 'read_latent', 'sar_encode', 'sar_decode', 'compress_sar',
-           'reconstruct_sar_files', 'predict_checkpoint', 'predict_main']
+__all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'collect_inputs', 'file_sha256', 'cam_target_layer', 'grad_cam',
+           'cam_on_image', 'save_cam_overlay', 'cam_box_mass', 'predict_images', 'cam_grid', 'sar_encode', 'sar_decode',
+           'compress_sar', 'reconstruct_sar_files', 'predict_checkpoint', 'predict_main']
 
 # %% ../nbs/21_predict.ipynb #c005
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.dcm', '.dicom')   # what a folder is searched for
@@ -236,33 +235,6 @@ def cam_grid(ckpt, # a classifier checkpoint (path or loaded), or `(model, check
     return fig
 
 # %% ../nbs/21_predict.ipynb #c013
-CODEC_MAGIC, CODEC_VERSION, CODEC_EXT = b'MRSARLAT', 1, '.sarlat'   # float latents (a model without quantisation)
-MRSAR_EXT = '.mrsar'   # `medrecipes.codec`'s file: the quantised codes of a model with `quant_bits`
-
-def write_latent(fn:str|Path, # the codec file to write
-                 latent:np.ndarray, # the latent tiles, float (stored as float16)
-                 meta:dict, # plain JSON metadata: image shape, patch, checkpoint hash...
-                ) -> Path:
-    "One codec file: magic, version, header length, JSON header (shape, dtype, `meta`), the latent's bytes, CRC-32 of all before."
-    a = np.ascontiguousarray(np.asarray(latent, dtype=np.float16))
-    head = json.dumps(dict(meta, shape=list(a.shape), dtype='float16'), sort_keys=True).encode()
-    body = CODEC_MAGIC + struct.pack('<HI', CODEC_VERSION, len(head)) + head + a.astype('<f2').tobytes()
-    return atomic_write(fn, lambda t: Path(t).write_bytes(body + struct.pack('<I', zlib.crc32(body))))
-
-def read_latent(fn:str|Path) -> tuple:
-    "`(latent, meta)` of a codec file written by `write_latent`; a clear error for anything else or a damaged file."
-    b = Path(fn).read_bytes(); n = len(CODEC_MAGIC)
-    if b[:n] != CODEC_MAGIC: raise ValueError(f"{fn} is not a SAR codec file (expected the magic bytes {CODEC_MAGIC!r})")
-    if len(b) < n + 10: raise ValueError(f"{fn}: truncated codec file ({len(b)} bytes)")
-    (crc,) = struct.unpack('<I', b[-4:])
-    if zlib.crc32(b[:-4]) != crc: raise ValueError(f"{fn}: checksum mismatch: the codec file is damaged or truncated")
-    ver, hl = struct.unpack('<HI', b[n:n + 6])
-    if ver != CODEC_VERSION: raise ValueError(f"{fn}: codec file version {ver}; this medrecipes reads version {CODEC_VERSION}")
-    meta = json.loads(b[n + 6:n + 6 + hl]); shape = tuple(meta.pop('shape')); meta.pop('dtype')
-    a = np.frombuffer(b[n + 6 + hl:-4], dtype='<f2')
-    if a.size != int(np.prod(shape)): raise ValueError(f"{fn}: {a.size} latent values for the shape {shape}")
-    return a.reshape(shape).astype(np.float32), meta
-
 def _sar_parts(ckpt, device):
     from medrecipes.sar import load_sar_model
     model, pre, patch = load_sar_model(ckpt, device)
@@ -303,24 +275,19 @@ def _sar_run(ckpt, inputs, out, work, exts, progress):
     err = pd.DataFrame(errors, columns=['path', 'error'])
     return df, err, sha
 
-def compress_sar(ckpt:str|Path, # a SAR checkpoint
+def compress_sar(ckpt:str|Path, # a SAR checkpoint of a model with an entropy model or `quant_bits`
                  inputs, # image files (.npy, .tif, .png) in the training units, folders, patterns or CSVs of paths
-                 out:str|Path='compressed', # writes <stem>.mrsar (or .sarlat) codec files, compressed.csv and errors.csv here
+                 out:str|Path='compressed', # writes <stem>.mrsar codec files, compressed.csv and errors.csv here
                  bs:int=16, device=None, progress:bool=True) -> dict:
-    "Encode each image with the checkpoint's preprocessing and encoder into a codec file: `medrecipes.codec.compress` for a quantised model, else `write_latent`."
-    from medrecipes.data.sar import read_sar_image
+    "Encode each image into the project's one codec file (`medrecipes.codec.compress`); a float-latent model is refused: it defines no bitrate."
+    from medrecipes.codec import compress, CODEC_EXT
     dev = default_device(device); model, pre, patch = _sar_parts(ckpt, dev); out = Path(out); used = set()
-    sha = file_sha256(ckpt)
+    if model.entropy_bottleneck is None and not model.quant_bits:
+        raise ValueError(f"{ckpt}: this SAR model has a float latent (no entropy model, quant_bits=0), so it writes no codec file; "
+                         "train one with model.entropy=factorized (or model.quant_bits > 0), or use --sar reconstruct")
     def work(p):
-        if getattr(model, 'quant_bits', None):   # the project's codec file: 8-bit codes, zlib-coded, the model's digest
-            from medrecipes.codec import compress
-            info = compress((model, pre), p, out/f"{_unique_name(p.stem, used)}{MRSAR_EXT}")
-            return dict(output=info['path'], bytes=info['bytes'], bpp=info['bpp'])
-        a = read_sar_image(p)
-        z = sar_encode(model, pre, a, patch, bs, dev)
-        fn = write_latent(out/f"{_unique_name(p.stem, used)}{CODEC_EXT}", z,
-                          dict(image_shape=list(a.shape), patch=patch, units=pre.units, checkpoint_sha256=sha, source=p.name))
-        return dict(output=str(fn), bytes=fn.stat().st_size, bpp=8 * fn.stat().st_size / a.size)
+        info = compress((model, pre), p, out/f"{_unique_name(p.stem, used)}{CODEC_EXT}")
+        return dict(output=info['path'], bytes=info['bytes'], bpp=info['bpp'], **({'estimate_bpp': info['estimate_bpp']} if 'estimate_bpp' in info else {}))
     df, err, _ = _sar_run(ckpt, inputs, out, work, SAR_EXTS, progress)
     out.mkdir(parents=True, exist_ok=True)
     files = [_write_csv(df, out/'compressed.csv'), _write_csv(err, out/'errors.csv'), *map(Path, df.get('output', []))]
@@ -331,21 +298,14 @@ def reconstruct_sar_files(ckpt:str|Path, # a SAR checkpoint
                           out:str|Path='reconstructed', # writes <stem>.npy (float32), reconstructed.csv and errors.csv here
                           units:str|None=None, # 'linear', 'db' or 'scaled' ([0, 1]); None: the units the model was trained on
                           bs:int=16, device=None, progress:bool=True) -> dict:
-    "Reconstructions in `units`, each with the checkpoint's preprocessing undone."
+    "Reconstructions in `units`, each with the checkpoint's preprocessing undone: codec files through `medrecipes.codec.decompress`, images tile by tile."
     from medrecipes.data.sar import read_sar_image
+    from medrecipes.codec import decompress, CODEC_EXT
     dev = default_device(device); model, pre, patch = _sar_parts(ckpt, dev); out = Path(out); used = set()
     units = units or pre.units
     if units not in ('linear', 'db', 'scaled'): raise ValueError(f"units must be 'linear', 'db' or 'scaled', not {units!r}")
-    sha = file_sha256(ckpt)
     def work(p):
-        if p.suffix == MRSAR_EXT:
-            from medrecipes.codec import decompress
-            r = decompress(p, (model, pre), out='scaled')
-        elif p.suffix == CODEC_EXT:
-            z, meta = read_latent(p)
-            if meta.get('checkpoint_sha256') not in (None, sha):
-                raise ValueError(f"written with another checkpoint (sha256 {meta['checkpoint_sha256'][:12]}...), not {ckpt}")
-            r = sar_decode(model, z, tuple(meta['image_shape']), int(meta['patch']), bs, dev)
+        if p.suffix == CODEC_EXT: r = decompress(p, (model, pre), out='scaled')
         else:
             a = read_sar_image(p)
             r = sar_decode(model, sar_encode(model, pre, a, patch, bs, dev), a.shape, patch, bs, dev)
@@ -354,10 +314,11 @@ def reconstruct_sar_files(ckpt:str|Path, # a SAR checkpoint
             with open(t, 'wb') as f: np.save(f, v)
         atomic_write(fn, save)
         return dict(output=str(fn), units=units, height=r.shape[0], width=r.shape[1])
-    df, err, _ = _sar_run(ckpt, inputs, out, work, (*SAR_EXTS, CODEC_EXT, MRSAR_EXT), progress)
+    df, err, _ = _sar_run(ckpt, inputs, out, work, (*SAR_EXTS, CODEC_EXT), progress)
     out.mkdir(parents=True, exist_ok=True)
     files = [_write_csv(df, out/'reconstructed.csv'), _write_csv(err, out/'errors.csv'), *map(Path, df.get('output', []))]
     return dict(outputs=df, errors=err, files=files)
+
 
 # %% ../nbs/21_predict.ipynb #c016
 def predict_checkpoint(ckpt:str|Path, # a classifier or SAR checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.learner import Learner, Recorder
+from fastai.learner import Learner, Recorder, Metric
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau
 from fastai.callback.training import GradientClip
@@ -27,14 +27,15 @@ from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard,
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state, _set_rng_state
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
-from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS, load_sar_model
+from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS, ENTROPY_MODELS, load_sar_model
 _all_ = ['load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
 
 # %% auto #0
-__all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SEED_FIGURES', 'SarLoss', 'SarTensorBoard',
-           'SarLearner', 'sar_metrics', 'sar_learner', 'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar',
-           'sar_targets', 'compare_sar', 'compare_seeds', 'rd_sweep', 'plot_rd', 'load_sar_model', 'SarDataLoaders',
-           'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']
+__all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SEED_FIGURES', 'SarLoss', 'SarRDLoss', 'RateMetric',
+           'EntropyTables', 'SarTensorBoard', 'SarLearner', 'sar_metrics', 'sar_learner', 'reconstruct_sar',
+           'sar_config', 'next_batch_size', 'train_sar', 'sar_targets', 'compare_sar', 'compare_seeds', 'rd_sweep',
+           'plot_rd', 'rd_curves', 'plot_rd_curves', 'load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage',
+           'sar_model', 'SAR_VARIANTS']
 
 # %% ../nbs/20_sar.ipynb #c005
 class SarLoss(nn.Module):
@@ -49,6 +50,37 @@ class SarLoss(nn.Module):
         loss = self.mse_weight * F.mse_loss(pred.float(), targ.float()) if self.mse_weight else pred.new_zeros((), dtype=torch.float32)
         if self.ssim_weight: loss = loss + self.ssim_weight * (1 - ssim(pred.float(), targ.float(), self.data_range, self.win_size))
         return loss
+
+class SarRDLoss(SarLoss):
+    "The rate–distortion loss `rd_lambda * D + R` of a model with an entropy model: D is `SarLoss`, R the latent's bits per pixel from the likelihoods of the same forward pass"
+    def __init__(self, model:nn.Module, # the `SarAutoencoder` (with `entropy=`) whose forward pass the loss follows
+                 rd_lambda:float, # weight of the distortion against the rate: larger, more bits and less distortion
+                 mse_weight:float=0.7, ssim_weight:float=0.3, data_range:float=1.0, win_size:int=11):
+        super().__init__(mse_weight, ssim_weight, data_range, win_size)
+        if getattr(model, 'entropy_bottleneck', None) is None: raise ValueError("SarRDLoss needs a SAR model with an entropy model (entropy='factorized')")
+        if not rd_lambda > 0: raise ValueError(f"rd_lambda must be > 0, got {rd_lambda}")
+        self.rd_lambda, self._model = float(rd_lambda), [model]   # in a list: not a submodule of the loss
+    def forward(self, pred, targ):
+        t = targ.as_subclass(torch.Tensor)
+        return self.rd_lambda * super().forward(pred, targ) + self._model[0].rate_bpp(t.shape[0] * t.shape[-2] * t.shape[-1])
+
+class RateMetric(Metric):
+    "Bits per pixel of the validation latents under the entropy model (the likelihoods' estimate), over the whole set"
+    def reset(self): self.bits, self.pixels = 0., 0
+    def accumulate(self, learn):
+        m = getattr(learn.model, 'module', learn.model)
+        if getattr(m, 'likelihoods', None) is None: return
+        t = learn.yb[0]
+        self.bits += float(-torch.log2(m.likelihoods.detach().float()).sum()); self.pixels += t.shape[0] * t.shape[-2] * t.shape[-1]
+    @property
+    def value(self): return self.bits / self.pixels if self.pixels else float('nan')
+    @property
+    def name(self): return 'bpp'
+
+class EntropyTables(Callback):
+    "Rebuild the entropy model's integer coding tables after every epoch, before the checkpoints are written: every checkpoint can code files"
+    order = 90   # before `ResumeCheckpoint` (99)
+    def after_epoch(self): getattr(self.model, 'module', self.model).update()
 
 # %% ../nbs/20_sar.ipynb #c008
 class SarTensorBoard(FitOnlyCallback):
@@ -146,8 +178,10 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 variant:str='attention', # baseline, resnet_lite, residual or attention
                 latent_channels:int=16, # latent channels (16: 16x compression)
                 base_channels:int=32, # network width
-                quant_bits:int|None=8, # bits per latent value (0/None: a float latent)
+                quant_bits:int|None|str='auto', # bits per latent value (0/None: a float latent; 'auto': 8, none with `entropy`)
                 quant_proxy:str='ste', # the quantiser in training: 'ste' or 'noise'
+                entropy:str|None=None, # 'factorized': a learned prior, range-coded files, the rate–distortion loss (`SarRDLoss`)
+                rd_lambda:float=64., # with `entropy`: the loss is `rd_lambda * D + bits per pixel`
                 mse_weight:float=0.7, ssim_weight:float=0.3, # the loss
                 lr:float=1e-4, # Adam's learning rate
                 clip_grad:float|None=1.0, # gradient clipping norm (None: off)
@@ -162,7 +196,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 config:dict|None=None, # the resolved config, stored in every checkpoint
                 cbs=None, **kwargs) -> SarLearner:
     "A fastai `Learner` for a SAR autoencoder with the recipe's loss, metrics, schedulers, logs and checkpoints."
-    model = sar_model(variant, latent_channels, base_channels, quant_bits=quant_bits, quant_proxy=quant_proxy)
+    model = sar_model(variant, latent_channels, base_channels, quant_bits=quant_bits, quant_proxy=quant_proxy, entropy=entropy)
     out_dir = Path(out_dir)
     ck = ResumeCheckpoint(out_dir/'checkpoints'/'latest.pt', best=out_dir/'checkpoints'/'best.pt', monitor='valid_loss')
     cb_list = [DivergenceGuard(), *( [GradientClip(clip_grad)] if clip_grad else []),
@@ -171,13 +205,15 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                *training_callbacks(dls.device, precision, accumulate, dls.train.bs),
                SarTensorBoard(out_dir/'tensorboard', hist_every=hist_every), TextLog(out_dir/'training.log'),
                *tracker_callbacks(out_dir, {'csv': False, **(tracking or {})}, None, config, tensorboard=False),   # SarTensorBoard writes the events
-               ck, *(cbs or [])]
-    learn = SarLearner(dls, model, loss_func=SarLoss(mse_weight, ssim_weight), opt_func=Adam, lr=lr, wd=0.,
-                       metrics=sar_metrics(getattr(dls, 'preprocess', None)), cbs=cb_list, path=out_dir, **kwargs)
-    learn.ckpt_cb, learn.out_dir = ck, out_dir
+               *( [EntropyTables()] if entropy else []), ck, *(cbs or [])]
+    loss = SarRDLoss(model, rd_lambda, mse_weight, ssim_weight) if entropy else SarLoss(mse_weight, ssim_weight)
+    learn = SarLearner(dls, model, loss_func=loss, opt_func=Adam, lr=lr, wd=0.,
+                       metrics=sar_metrics(getattr(dls, 'preprocess', None)) + ([RateMetric()] if entropy else []), cbs=cb_list, path=out_dir, **kwargs)
+    learn.ckpt_cb, learn.out_dir, learn.rd_lambda = ck, out_dir, rd_lambda if entropy else None
     pre = getattr(dls, 'preprocess', None)
     learn.checkpoint_meta = dict(model_config=model.config, preprocessing_params=pre.checkpoint_params() if pre is not None else None,
                                  patch=getattr(dls, 'patch', None), bs=dls.bs, data_fingerprint=getattr(dls, 'data_fingerprint', None),
+                                 rd_lambda=learn.rd_lambda,
                                  config=config if config is not None else dict(variant=variant, latent_channels=latent_channels))
     return learn
 
@@ -207,6 +243,8 @@ def sar_config(config=None, overrides=(), **kwargs) -> dict:
     cfg = flatten_config(resolve_config('sar', config, overrides, **kwargs))
     if cfg['schedule'] not in ('plateau', 'one_cycle'): raise ValueError(f"schedule must be 'plateau' or 'one_cycle', not {cfg['schedule']!r}")
     if cfg['variant'] not in SAR_VARIANTS: raise ValueError(f"variant must be one of {SAR_VARIANTS}, not {cfg['variant']!r}")
+    if cfg['entropy'] not in (None, *ENTROPY_MODELS): raise ValueError(f"model.entropy must be one of {ENTROPY_MODELS} or null, not {cfg['entropy']!r}")
+    if cfg['quant_bits'] is None: cfg['quant_bits'] = 0 if cfg['entropy'] else 8   # null: 8 bits, or the entropy model's integers
     return cfg
 
 def _clip(c):
@@ -300,7 +338,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
                                          patches_per_image=cfg['patches_per_image'], seed=cfg['seed'], num_workers=cfg['num_workers'], device=device)
         run_cfg = {**cfg, 'bs': bs}
         learn = sar_learner(dls, variant=cfg['variant'], latent_channels=cfg['latent_channels'], base_channels=cfg['base_channels'],
-                            quant_bits=cfg['quant_bits'], quant_proxy=cfg['quant_proxy'],
+                            quant_bits=cfg['quant_bits'], quant_proxy=cfg['quant_proxy'], entropy=cfg['entropy'], rd_lambda=cfg['rd_lambda'],
                             mse_weight=cfg['mse_weight'], ssim_weight=cfg['ssim_weight'], lr=cfg['lr'], clip_grad=cfg['clip_grad'],
                             plateau=cfg['schedule'] == 'plateau', plateau_factor=cfg['plateau_factor'], plateau_patience=cfg['plateau_patience'],
                             patience=cfg['patience'], out_dir=out, hist_every=cfg['hist_every'], config=run_cfg, cbs=cbs,
@@ -343,7 +381,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
         test_dir = Path(cfg['data_path'])/'test'
         if test_dir.is_dir():
             summary.update({f'test_{k}': v for k, v in learn.evaluate(dls.tiles_dl(test_dir), which='best').items()})
-    if cfg['quant_bits'] and cfg['codec_images']:   # the best weights are loaded: code real files (every rank: the same summary)
+    if (cfg['quant_bits'] or cfg['entropy']) and cfg['codec_images']:   # the best weights are loaded: code real files (every rank: the same summary)
         summary.update(_codec_summary(learn, Path(cfg['data_path']), int(cfg['codec_images']), out))
     if is_rank0(): atomic_write_text(out/'summary.json', to_json(summary))
     return summary
@@ -396,6 +434,8 @@ def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> p
         atomic_write_text(out/'comparison.md', _md_table(df) + '\nTargets:\n' + ''.join(f'- {l}\n' for l in df.attrs['targets']))
     if base.get('sweep_latent_channels') and base.get('sweep_quant_bits'):
         df.attrs['rd'] = rd_sweep(config, overrides, variants, base['sweep_latent_channels'], base['sweep_quant_bits'], **kwargs)
+    if base.get('sweep_rd_lambda'):
+        df.attrs['rd_curves'] = rd_curves(config, overrides, variants, base['sweep_rd_lambda'], **kwargs)
     return df
 
 SEED_FIGURES = ('psnr', 'ssim', 'enl_ratio', 'epi', 'bpp', 'jpeg2000_psnr', 'gain_over_residual_db', 'sec_per_epoch')
@@ -480,3 +520,91 @@ def plot_rd(df:pd.DataFrame, # `rd_sweep`'s table (or its rd.csv)
     ax.set_xlabel('bits per pixel (coded stream, measured)'); ax.set_ylabel('PSNR (dB scale, [0, 1])'); ax.set_xscale('log'); ax.grid(alpha=.3); ax.legend()
     ax.set_title('rate-distortion: latent channels x quantisation bits')
     fig.tight_layout(); atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)
+
+def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
+    "PSNR and SSIM ([0, 1] dB scale) against the speckled original and, when given, against the clean reflectivity; the ENL ratio"
+    from medrecipes.codec import codec_metrics
+    m = codec_metrics(x01, rec01, pre)
+    r = dict(psnr_db=m['psnr_db'], ssim_db=m['ssim_db'], psnr_linear=m['psnr_linear'], enl_ratio=m['enl_ratio'])
+    if clean01 is not None:
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+        r.update(psnr_clean_db=float(psnr(t(np.clip(rec01, 0, 1)), t(clean01))), ssim_clean_db=float(ssim(t(np.clip(rec01, 0, 1)), t(clean01), 1.0, reduction='none')))
+    return r
+
+def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
+              rd_lambdas=(16, 64, 256, 1024), # the rate-distortion weights to train, one model each
+              jpeg2000_points:int=8, # JPEG2000 rates, spread geometrically over the learned files' range (and a little beyond)
+              **kwargs) -> pd.DataFrame:
+    """Train every variant with the factorized entropy model at each λ; code the first `codec_images` test (else valid) images
+    into real files; score PSNR and SSIM against the speckled original and, where the data holds `clean/<split>/` (`make_sar(...,
+    save_clean=True)`), against the clean reflectivity; JPEG2000 over the same range of file sizes; the Bjøntegaard deltas of
+    each variant against JPEG2000 (and attention against residual). Writes rd.csv (every image and point), rd_curves.csv (the
+    means per point), rd_bd.csv, rd.md and rd.png in `out_dir/rd_curves`; returns the curves, the deltas in `.attrs['bd']`."""
+    from medrecipes.codec import compress, decompress, jpeg2000_roundtrip, bd_rate, bd_psnr, CODEC_EXT
+    from medrecipes.data.sar import sar_files, read_sar_image
+    base = sar_config(config, overrides, **kwargs)
+    out, data = Path(base['out_dir'])/'rd_curves', Path(base['data_path'])
+    split = 'test' if (data/'test').is_dir() else 'valid'
+    files = sar_files(data/split)[:base['codec_images'] or None]
+    clean_dir = data/'clean'/split
+    rows = []
+    for v in variants:
+        for lam in rd_lambdas:
+            run = out/f'{v}_lambda{float(lam):g}'
+            train_sar(config, [*overrides, f'variant={v}', 'entropy=factorized', f'rd_lambda={float(lam)}', f'out_dir={run}',
+                               'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null'], **kwargs)
+            model, pre, _ = load_sar_model(run/'checkpoints'/'best.pt')
+            for f in files:
+                a = read_sar_image(f); x01 = np.asarray(pre.encode(a), np.float32)
+                clean = np.asarray(pre.encode(np.load(clean_dir/f.name)), np.float32) if (clean_dir/f.name).is_file() else None
+                info = compress((model, pre), a, run/'codec'/f'{f.stem}{CODEC_EXT}')
+                rec = decompress(info['path'], (model, pre), out='scaled')
+                rows.append(dict(codec=v, point=f'lambda={float(lam):g}', rd_lambda=float(lam), image=f.name, bpp=info['bpp'],
+                                 estimate_bpp=info['estimate_bpp'], **_rd_scores(x01, rec, pre, clean)))
+    learned = pd.DataFrame(rows)
+    lo, hi = learned.bpp.min() * 0.7, learned.bpp.max() * 1.3
+    for f in files:
+        a = read_sar_image(f); x01 = np.asarray(pre.encode(a), np.float32)
+        clean = np.asarray(pre.encode(np.load(clean_dir/f.name)), np.float32) if (clean_dir/f.name).is_file() else None
+        for i, b in enumerate(np.geomspace(lo, hi, jpeg2000_points)):
+            jr, jb = jpeg2000_roundtrip(x01, float(b))
+            rows.append(dict(codec='jpeg2000', point=f'rate {i}', rd_lambda=np.nan, image=f.name, bpp=jb, estimate_bpp=np.nan, **_rd_scores(x01, jr, pre, clean)))
+    df = pd.DataFrame(rows)
+    curves = df.groupby(['codec', 'point'], sort=False).mean(numeric_only=True).reset_index().sort_values(['codec', 'bpp'])
+    qual = [q for q in ('psnr_db', 'ssim_db', 'psnr_clean_db') if q in curves and curves[q].notna().all()]
+    j, bd = curves[curves.codec == 'jpeg2000'], []
+    def delta(anchor, test, name_a, name_t):
+        for q in qual:
+            r = dict(test=name_t, anchor=name_a, quality=q)
+            for k, fn in (('bd_rate_pct', bd_rate), ('bd_quality', bd_psnr)):
+                try: r[k] = fn(anchor.bpp, anchor[q], test.bpp, test[q])
+                except ValueError as e: r[k], r['note'] = np.nan, str(e)
+            bd.append(r)
+    for v in variants: delta(j, curves[curves.codec == v], 'jpeg2000', v)
+    if {'residual', 'attention'} <= set(variants):
+        delta(curves[curves.codec == 'residual'], curves[curves.codec == 'attention'], 'residual', 'attention')
+    bd = pd.DataFrame(bd)
+    curves.attrs['bd'] = bd
+    if is_rank0():
+        atomic_write(out/'rd.csv', lambda t: df.to_csv(t, index=False))
+        atomic_write(out/'rd_curves.csv', lambda t: curves.to_csv(t, index=False))
+        atomic_write(out/'rd_bd.csv', lambda t: bd.to_csv(t, index=False))
+        atomic_write_text(out/'rd.md', _md_table(curves.round(4)) + '\nBjøntegaard deltas (negative BD-rate, positive BD-quality: the test codec is better):\n\n'
+                          + _md_table(bd.round(3)))
+        plot_rd_curves(curves, out/'rd.png')
+    return curves
+
+def plot_rd_curves(curves:pd.DataFrame, # `rd_curves`'s table (or its rd_curves.csv)
+                   path:str|Path): # the PNG to write
+    "PSNR and SSIM against the files' bits per pixel, each variant and JPEG2000; against the clean reflectivity too when scored"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = [(q, l) for q, l in (('psnr_db', 'PSNR vs speckled original (dB)'), ('ssim_db', 'SSIM vs speckled original'),
+                                  ('psnr_clean_db', 'PSNR vs clean reflectivity (dB)')) if q in curves and curves[q].notna().all()]
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (q, label) in zip(axs[0], panels):
+        for c, g in curves.groupby('codec', sort=False):
+            g = g.sort_values('bpp'); ax.plot(g.bpp, g[q], 's--k' if c == 'jpeg2000' else 'o-', label='JPEG2000' if c == 'jpeg2000' else c)
+        ax.set_xlabel('bits per pixel (whole file)'); ax.set_ylabel(label); ax.set_xscale('log'); ax.grid(alpha=.3)
+    axs[0][0].legend(); fig.tight_layout()
+    atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)

@@ -78,16 +78,16 @@ def test_bad_files_fail_the_build_by_name(tmp_path):
     assert not list((tmp_path/'c').glob('*.tmp-*'))
 
 
-def _fit_one_epoch(path, **kw):
-    "Train a tiny classifier 1 epoch from seed 0; returns (weights, recorder values)."
+def _fit_one_epoch(path, seed=0, **kw):
+    "Train a tiny classifier 1 epoch from `seed`; returns (weights, recorder values)."
     import timm
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from medrecipes.core import set_seed
     from medrecipes.data.xray import XrayDataLoaders
-    set_seed(0)
-    dls = XrayDataLoaders.from_btxrd(path, size=32, bs=16, num_workers=0, device='cpu', progress=False, **kw)
-    set_seed(0)
+    set_seed(seed)
+    dls = XrayDataLoaders.from_btxrd(path, size=32, bs=16, num_workers=0, device='cpu', progress=False, seed=42 + seed, **kw)
+    set_seed(seed)
     learn = Learner(dls, timm.create_model('resnet10t', pretrained=False, num_classes=3), loss_func=CrossEntropyLossFlat())
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     return dls, torch.cat([p.detach().flatten() for p in learn.model.parameters()]), learn.recorder.values[-1]
@@ -102,21 +102,39 @@ def test_one_epoch_is_the_same_with_and_without_the_cache(btxrd_copy):
     assert (btxrd_copy/'.medrecipes-cache').is_dir()
 
 
-def test_draft_decoding_changes_pixels_within_tolerance(tmp_path):
-    "Draft (DCT-scaled) decoding of large JPEGs: stored pixels within 3 grey levels on average, the epoch's loss within 5%."
+def draft_loss_change(tmp_path, seed:int=0) -> tuple:
+    """12 generated radiographs enlarged to 960-1600 px JPEGs; one epoch on them with draft decoding and one without:
+    the stored pixels' mean absolute difference on 6 of them, and the relative change of the train and valid loss."""
     from medrecipes.synth import make_btxrd
-    src = make_btxrd(tmp_path/'b', n=12, seed=0)
+    src = make_btxrd(tmp_path/'b', n=12, seed=seed)
     sizes = [Image.open(src/'images'/f).size for f in sorted(os.listdir(src/'images'))]
     big = [(w * 5, h * 5) for w, h in sizes]                                                         # 960-1600 px: draft applies
     for f, s in zip(sorted(os.listdir(src/'images')), big):
         Image.open(src/'images'/f).resize(s, Image.BICUBIC).save(src/'images'/f, quality=90)
+    pix = []
     for f in sorted(os.listdir(src/'images'))[:6]:
         a = np.asarray(read_stored(src/'images'/f, 64, 64), np.float32); b = np.asarray(read_stored(src/'images'/f, 64), np.float32)
+        # the DCT-scaled size rounds up (1283 px -> 161), so the shrunk short side can differ by one pixel (data seed 3)
+        assert a.shape[2:] == b.shape[2:] and all(abs(i - j) <= 1 for i, j in zip(a.shape[:2], b.shape[:2])), (a.shape, b.shape)
+        h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1]); a, b = a[:h, :w], b[:h, :w]
         if max(Image.open(src/'images'/f).size) >= 1024: assert not np.array_equal(a, b)          # the pixels do change
-        assert a.shape == b.shape and np.abs(a - b).mean() < 3
-    _, wd, vd = _fit_one_epoch(src, cache=True, draft=True, split='stratified', test_pct=0.25, valid_pct=0.25)
-    _, wf, vf = _fit_one_epoch(src, cache=True, draft=False, split='stratified', test_pct=0.25, valid_pct=0.25)
-    assert abs(vd[0] - vf[0]) / vf[0] < 0.05 and abs(vd[1] - vf[1]) / vf[1] < 0.05                 # train and valid loss
+        pix.append(np.abs(a - b).mean())
+    _, wd, vd = _fit_one_epoch(src, seed=seed, cache=True, draft=True, split='stratified', test_pct=0.25, valid_pct=0.25)
+    _, wf, vf = _fit_one_epoch(src, seed=seed, cache=True, draft=False, split='stratified', test_pct=0.25, valid_pct=0.25)
+    return np.array(pix), abs(vd[0] - vf[0]) / vf[0], abs(vd[1] - vf[1]) / vf[1]
+
+
+# Thresholds against benchmarks/test_margins.py's measurements (seeds 0-4, native/avx2/default ATen capabilities;
+# benchmarks/results/test_margins.md): the largest change seen stays well inside them.
+DRAFT_MAX_PIXEL_DIFF, DRAFT_MAX_LOSS_CHANGE = 3, 0.05
+
+
+@pytest.mark.trained
+def test_draft_decoding_changes_pixels_within_tolerance(tmp_path, train_seed):
+    "Draft (DCT-scaled) decoding of large JPEGs: stored pixels within 3 grey levels on average, the epoch's loss within 5%."
+    pix, dtrain, dvalid = draft_loss_change(tmp_path, train_seed)
+    assert (pix < DRAFT_MAX_PIXEL_DIFF).all(), pix
+    assert dtrain < DRAFT_MAX_LOSS_CHANGE and dvalid < DRAFT_MAX_LOSS_CHANGE, (dtrain, dvalid)                 # train and valid loss
 
 
 def test_dicom_data_set_through_the_xray_loaders(tmp_path):

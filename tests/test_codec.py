@@ -1,4 +1,7 @@
-"The SAR codec file through the command line, in-process: a real file round trip and clear errors for damaged files"
+"""The SAR codec file: the command line in-process (a real round trip, clear errors for damaged and foreign files), the
+entropy-coded format decoding bitwise identically in a fresh process, under other thread counts and another CPU float path,
+and the file's bits per pixel equal to its size."""
+import json, os, subprocess, sys, textwrap
 import numpy as np, pytest, torch
 from medrecipes.cli import main
 from medrecipes.core import save_checkpoint
@@ -37,12 +40,89 @@ def test_cli_refuses_damaged_files(ckpt, tmp_path, capsys):
     np.save(tmp_path / 'img.npy', make_sar_scene(64, rng=1, mode='realistic'))
     main(['codec', 'compress', str(p), str(tmp_path / 'img.npy'), str(tmp_path / 'a.mrsar')])
     b = (tmp_path / 'a.mrsar').read_bytes()
-    cases = {'cut.mrsar': (b[:-30], 'checksum'), 'half.mrsar': (b[:len(b) // 2], 'truncated'), 'tiny.mrsar': (b[:12], 'truncated'),
+    cases = {'cut.mrsar': (b[:-30], 'truncated'), 'half.mrsar': (b[:len(b) // 2], 'truncated'), 'tiny.mrsar': (b[:12], 'truncated'),
              'flip.mrsar': (b[:-20] + bytes([b[-20] ^ 0x40]) + b[-19:], 'checksum'),
-             'v2.mrsar': (b[:8] + b'\x02\x00' + b[10:], 'version 2'), 'png.mrsar': (b'\x89PNG\r\n\x1a\n' + b[8:], 'magic')}
+             'v3.mrsar': (b[:4] + b'\x03' + b[5:], 'version 3'), 'png.mrsar': (b'\x89PNG\r\n\x1a\n' + b[8:], 'magic'),
+             'v1.mrsar': (b'MRSARC\r\n' + b[8:], 'magic')}   # the retired JSON-header format
     for name, (data, words) in cases.items():
         (tmp_path / name).write_bytes(data); capsys.readouterr()
         assert main(['codec', 'decompress', str(p), str(tmp_path / name), str(tmp_path / 'x.npy')]) == 2
         err = capsys.readouterr().err
         assert str(tmp_path / name) in err and words in err, (name, err)
     assert not (tmp_path / 'x.npy').exists()
+
+
+@pytest.fixture(scope='module')
+def rd_ckpt(tmp_path_factory):
+    "A checkpoint of a model with the factorized entropy model and its coding tables (encoder spread like a trained one's)"
+    torch.manual_seed(1)
+    m = sar_model('residual', latent_channels=8, base_channels=8, entropy='factorized').eval()
+    torch.nn.init.normal_(m.encoder.head.weight, std=3.)
+    m.update()
+    pre = SarPreprocess('linear', clip=(-25., 5.))
+    p = tmp_path_factory.mktemp('rd') / 'best.pt'
+    save_checkpoint(p, model_state_dict=m.state_dict(), model_config=m.config, preprocessing_params=pre.checkpoint_params(), patch=32, rd_lambda=64.)
+    return p
+
+
+_OTHER = textwrap.dedent("""
+    import sys, json, numpy as np, torch
+    torch.set_num_threads(int(sys.argv[5]))
+    from medrecipes.codec import compress, decompress, read_codec_file, decode_latent
+    from medrecipes.models.sar import load_sar_model
+    ck, img, out, theirs = sys.argv[1:5]
+    info = compress(ck, np.load(img), out)                               # encoded here
+    np.save(out + '.rec.npy', decompress(theirs, ck, out='scaled'))      # and the other process's file decoded here
+    model, _, _ = load_sar_model(ck); head, payload = read_codec_file(theirs)
+    np.save(out + '.codes.npy', decode_latent(model, head, payload))
+    print(json.dumps({'threads': torch.get_num_threads(), 'capability': torch.backends.cpu.get_cpu_capability()}))
+""")
+
+
+@pytest.mark.parametrize('env', [{}, {'ATEN_CPU_CAPABILITY': 'default'}], ids=['fresh-process', 'default-float-path'])
+def test_entropy_coded_file_decodes_bitwise_identically_elsewhere(rd_ckpt, tmp_path, env):
+    """A file written here decodes to the same symbols and the same image in a fresh interpreter with 3 threads (and with
+    ATen's portable kernels instead of this CPU's vector ones: another float path, as another device would be), and a file
+    written there is byte for byte the one written here."""
+    from medrecipes.codec import compress, decompress, read_codec_file, decode_latent
+    from medrecipes.models.sar import load_sar_model
+    img = make_sar_scene((96, 80), rng=3, mode='realistic'); np.save(tmp_path / 'img.npy', img)
+    mine = tmp_path / 'mine.mrsar'; compress(rd_ckpt, img, mine)
+    r = subprocess.run([sys.executable, '-c', _OTHER, str(rd_ckpt), str(tmp_path / 'img.npy'), str(tmp_path / 'theirs.mrsar'), str(mine), '3'],
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info['threads'] == 3 and (info['capability'] == 'DEFAULT') == bool(env), info
+    model, _, _ = load_sar_model(rd_ckpt); head, payload = read_codec_file(mine)
+    assert np.array_equal(np.load(tmp_path / 'theirs.mrsar.codes.npy'), decode_latent(model, head, payload))   # the symbols: always
+    rec_here = decompress(mine, rd_ckpt, out='scaled')
+    if not env:   # the same float path: the whole round trip is bitwise the same
+        assert (tmp_path / 'theirs.mrsar').read_bytes() == mine.read_bytes()
+        assert np.array_equal(np.load(tmp_path / 'theirs.mrsar.rec.npy'), rec_here)
+    else:         # another float path: the decoder's convolutions may differ in the last bits, never in the symbols
+        np.testing.assert_allclose(np.load(tmp_path / 'theirs.mrsar.rec.npy'), rec_here, rtol=0, atol=1e-5)
+
+
+def test_thread_count_changes_nothing(rd_ckpt, tmp_path):
+    "compress and decompress under torch.set_num_threads(1) and (2): the same bytes and the same image"
+    from medrecipes.codec import compress, decompress
+    img = make_sar_scene((64, 112), rng=4, mode='realistic')
+    old, out = torch.get_num_threads(), {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            compress(rd_ckpt, img, tmp_path / f't{n}.mrsar'); out[n] = decompress(tmp_path / f't{n}.mrsar', rd_ckpt, out='scaled')
+    finally: torch.set_num_threads(old)
+    assert (tmp_path / 't1.mrsar').read_bytes() == (tmp_path / 't2.mrsar').read_bytes() and np.array_equal(out[1], out[2])
+
+
+def test_entropy_coded_cli_reports_the_files_bits(rd_ckpt, tmp_path, capsys):
+    "The command prints the file's bits per pixel (its size) and the estimate beside it; the header records lambda"
+    from medrecipes.codec import read_codec_file
+    img = make_sar_scene((80, 80), rng=5, mode='realistic'); np.save(tmp_path / 'img.npy', img)
+    assert main(['codec', 'compress', str(rd_ckpt), str(tmp_path / 'img.npy'), str(tmp_path / 'img.mrsar')]) == 0
+    out = capsys.readouterr().out
+    size = (tmp_path / 'img.mrsar').stat().st_size
+    assert f"{size} bytes, {8 * size / img.size:.4f} bits per pixel" in out and 'estimated' in out, out
+    head, _ = read_codec_file(tmp_path / 'img.mrsar')
+    assert head['coding'] == 'factorized' and head['lmbda'] == 64.

@@ -121,3 +121,37 @@ def test_a_folder_named_like_a_root_config_is_not_a_config_file(tmp_path, monkey
     from medrecipes.config import resolve_config, recipe_defaults
     monkeypatch.chdir(tmp_path); (tmp_path/'sar').mkdir()
     assert resolve_config('sar', 'sar')['data'] == recipe_defaults('sar')['data']
+
+
+# --- command-line overrides: the text as typed for a string, the number a person means for a number (issue 26.5)
+
+@pytest.mark.parametrize('override, key, want', [
+    ('trainer.out_dir=010', 'trainer.out_dir', '010'),          # YAML 1.1: the octal 8
+    ('trainer.out_dir=2024_01', 'trainer.out_dir', '2024_01'),  # YAML 1.1: 202401
+    ('trainer.out_dir=12:30', 'trainer.out_dir', '12:30'),      # YAML 1.1: the sexagesimal 750
+    ('data.path=0755', 'data.path', '0755'),                    # YAML 1.1: the octal 493
+    ('trainer.seed=010', 'trainer.seed', 10),                   # YAML 1.1: the octal 8
+    ('out_dir=010', 'trainer.out_dir', '010'), ('data_path=0755', 'data.path', '0755'),    # the flat keys alike
+    ("trainer.out_dir='010'", 'trainer.out_dir', '010'), ('trainer.out_dir="a b"', 'trainer.out_dir', 'a b'),   # quoted: unquoted
+    ('trainer.out_dir=1e3', 'trainer.out_dir', '1e3'), ('trainer.out_dir=true', 'trainer.out_dir', 'true'),
+    ('data.meta=0755', 'data.meta', '0755'), ('data.meta=null', 'data.meta', None),          # Optional[str]: null is None
+    ('trainer.max_epochs=+007', 'trainer.max_epochs', 7), ('data.cache_size=0640', 'data.cache_size', 640),
+    ('trainer.lr=3e-4', 'trainer.lr', 3e-4), ('trainer.lr=010', 'trainer.lr', 10.0), ('trainer.lr=.5', 'trainer.lr', .5),
+    ('trainer.clip_grad=null', 'trainer.clip_grad', None), ('trainer.progress=false', 'trainer.progress', False),
+])
+def test_overrides_are_read_as_a_person_means_them(override, key, want):
+    g, k = key.split('.')
+    got = resolve_config('xray', overrides=[override])[g][k]
+    assert got == want and type(got) is type(want), (override, got)
+
+
+@pytest.mark.parametrize('override, match', [
+    ('trainer.seed=2024_01', r"trainer.seed must be an int, not '2024_01'"),
+    ('trainer.seed=12:30', r"trainer.seed must be an int, not '12:30'"),
+    ('trainer.seed=0x10', r"trainer.seed must be an int, not '0x10'"),
+    ('trainer.seed=1e3', r"trainer.seed must be an int, not '1e3'"),
+    ('trainer.lr=12:30', r"trainer.lr must be a number, not '12:30'"),
+    ('trainer.lr=1_000', r"trainer.lr must be a number, not '1_000'"),
+])
+def test_overrides_a_number_cannot_mean_are_errors(override, match):
+    with pytest.raises(ValueError, match=match): resolve_config('xray', overrides=[override])

@@ -181,3 +181,46 @@ def test_near_duplicates_across_split_folders_are_reported(copy, tmp_path):
     assert {r.split[0], r.duplicate_split[0]} == {'train', 'test'} and r.distance[0] <= 4
     assert dls.counts().loc['3', 'test'] == 3                                  # reported, never dropped
     assert FolderDataLoaders.from_folder(copy, size=28, bs=4, device='cpu', dup_distance=None).leak_report is None
+
+
+# --- DICOM files in class folders, and the files a scan skips (issue 26.4)
+
+def _mixed_set(root, seed=0):
+    "train/ and valid/ with two classes, each class folder 3 PNGs and 3 DICOMs (.dcm, .dicom, and no or a UID-like extension)."
+    from medrecipes.synth import write_dicom
+    rng = np.random.default_rng(seed)
+    names = {'a': ['a3.dcm', 'a4.dicom', 'a5'], 'b': ['b3.DCM', '1.2.840.10008.5', 'b5']}   # the last ones: the DICM magic only
+    for split in ('train', 'valid'):
+        for c, dcm in names.items():
+            d = root/split/c; d.mkdir(parents=True)
+            for i in range(3): Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(d/f'{c}{i}.png')
+            for n in dcm: write_dicom(d/n, rng.integers(0, 4096, (28, 28)).astype(np.uint16), bits_stored=12)
+    return root
+
+
+def test_dicom_files_in_class_folders_are_read(tmp_path):
+    import warnings
+    root = _mixed_set(tmp_path/'mixed')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)                      # nothing skipped, nothing to warn of
+        dls = FolderDataLoaders.from_folder(root, size=28, bs=4, device='cpu', dup_distance=None)
+    assert [len(v) for v in scan_class_folders(root/'train', 'train').values()] == [6, 6]
+    assert dls.counts().to_dict() == {'train': {'a': 6, 'b': 6}, 'valid': {'a': 6, 'b': 6}}
+    names = sorted(f.name for f in dls.files['train'])
+    assert {'a4.dicom', 'a5', 'b3.DCM', '1.2.840.10008.5'} <= set(names) and len(names) == 12
+    x = [dls.train_ds[i][0] for i in range(12)]                          # every one decodes
+    assert all(np.asarray(im).shape == (28, 28, 3) for im in x)
+    assert dls.one_batch()[0].shape == (4, 3, 28, 28)
+
+
+def test_files_a_scan_skips_are_counted_and_reported(tmp_path):
+    root = _mixed_set(tmp_path/'mixed')
+    (root/'train'/'a'/'notes.txt').write_text('x'); (root/'train'/'b'/'scan.raw').write_bytes(b'\0' * 200)
+    (root/'train'/'labels.csv').write_text('x')
+    with pytest.warns(UserWarning, match=r"train folder .*/train: 3 file\(s\) skipped, not images \(a/notes\.txt, b/scan\.raw, labels\.csv\): expected image files"):
+        sc = scan_class_folders(root/'train', 'train')
+    assert [len(v) for v in sc.values()] == [6, 6]
+    for f in (root/'valid'/'b').iterdir(): f.unlink()
+    (root/'valid'/'b'/'readme.txt').write_text('x')
+    with pytest.raises(ValueError, match=r"valid class folder .*/valid/b has no image files: 1 file\(s\) skipped \(readme\.txt\)"):
+        scan_class_folders(root/'valid', 'valid')

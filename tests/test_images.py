@@ -126,3 +126,125 @@ def test_the_header_check_refuses_modes_the_reader_cannot_read(tmp_path):
         check_image_files([tmp_path/'lab.tif'], 'test')
     (tmp_path/'x.png').write_bytes(b'junk')
     assert image_problem(tmp_path/'x.png') == 'UnidentifiedImageError'
+
+
+_ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]   # x0, y0, dx, dy
+
+
+def _png16(fn, a, interlace=False, exif=None):
+    """Write `a` (H x W x 2/3/4 uint16) as a 16-bit PNG of colour type 4 (gray + alpha), 2 (RGB) or 6 (RGBA), by hand (PIL
+    writes no 16-bit colour PNG): row after row filtered with each of PNG's five filters in turn, Adam7-interlaced on request."""
+    import struct, zlib
+    h, w, c = a.shape
+    bpp = 2 * c
+
+    def rows(img):
+        raw = img.astype('>u2').reshape(img.shape[0], -1).view(np.uint8).astype(np.int16)
+        out, prev = [], np.zeros(raw.shape[1], np.int16)
+        for i, r in enumerate(raw):
+            left = np.concatenate([np.zeros(bpp, np.int16), r[:-bpp]])
+            upleft = np.concatenate([np.zeros(bpp, np.int16), prev[:-bpp]])
+            p = left + prev - upleft
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
+            paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+            k = i % 5
+            pred = [0 * r, left, prev, (left + prev) // 2, paeth][k]
+            out.append(bytes([k]) + ((r - pred) % 256).astype(np.uint8).tobytes())
+            prev = r
+        return b''.join(out)
+
+    if interlace: data = b''.join(rows(a[y0::dy, x0::dx]) for x0, y0, dx, dy in _ADAM7 if a[y0::dy, x0::dx].size)
+    else: data = rows(a)
+    chunk = lambda t, d: struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
+    ihdr = struct.pack('>IIBBBBB', w, h, 16, {2: 4, 3: 2, 4: 6}[c], 0, 0, int(interlace))
+    fn.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + (chunk(b'eXIf', exif) if exif else b'')
+                   + chunk(b'IDAT', zlib.compress(data)) + chunk(b'IEND', b''))
+    return fn
+
+
+def _colour12(h=21, w=37, channels=3):
+    "12-bit data (0..4095) in 16-bit words: a ramp, its mirror and noise, then an opaque alpha (65535) or a gray + alpha pair."
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(0, 4095, w).round(), (h, 1))
+    chans = [ramp, 4095 - ramp, rng.integers(0, 4096, (h, w))]
+    if channels == 2: chans = [ramp]
+    a = np.stack(chans[:min(channels, 3)] + [np.full((h, w), 65535)] * (channels in (2, 4)), -1)
+    return a.astype(np.uint16)
+
+
+@pytest.mark.parametrize('channels', [3, 4, 2])
+@pytest.mark.parametrize('interlace', [False, True])
+def test_16bit_colour_pngs_are_read_at_full_depth(tmp_path, channels, interlace):
+    "12-bit data in 16-bit RGB, RGBA and gray + alpha PNGs: windowed as the 16-bit gray path windows them, as the same TIFF."
+    import tifffile
+    a = _colour12(channels=channels)
+    fn = _png16(tmp_path/'c16.png', a, interlace)
+    with Image.open(fn) as im: assert im.mode in ('RGB', 'RGBA')                  # what PIL makes of it: 8 of the 16 bits
+    colour = a[..., :3] if channels >= 3 else a[..., 0]                            # the alpha channel is dropped, as for 8 bits
+    want = to_uint8(colour)
+    if want.ndim == 2: want = np.stack([want] * 3, -1)
+    assert image_problem(fn) is None
+    got = np.asarray(read_image(fn))
+    assert got.max() == 255 and len(np.unique(got[..., 0])) > 30                   # not 0..15: nearly black
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(read_image(fn.read_bytes())), want)  # its bytes read the same
+    np.testing.assert_array_equal(np.asarray(read_image(fn, mode='L')), np.asarray(Image.fromarray(want).convert('L')))
+    w = to_uint8(colour, (1, 99))
+    np.testing.assert_array_equal(np.asarray(read_image(fn, window=(1, 99)))[..., 0], w if w.ndim == 2 else w[..., 0])
+    if channels >= 3:                                                             # the same data as a 16-bit TIFF
+        tifffile.imwrite(tmp_path/'c16.tif', a, photometric='rgb', extrasamples=[2] if channels == 4 else None)
+        np.testing.assert_array_equal(np.asarray(read_image(tmp_path/'c16.tif')), want)
+    from medrecipes.data.images import read_stored
+    np.testing.assert_array_equal(np.asarray(read_stored(fn, 64)), want)          # what the loaders and the cache store
+
+
+def test_16bit_colour_png_exif_orientation(tmp_path):
+    a = np.zeros((24, 40, 3), np.uint16); a[:8, :8] = 4095                         # marked stored top-left corner
+    ex = Image.Exif(); ex[0x0112] = 6
+    x = np.asarray(read_image(_png16(tmp_path/'o.png', a, exif=ex.tobytes()[6:])))[..., 0]   # the TIFF header, no "Exif\0\0"
+    assert x.shape == (40, 24) and x[:8, 16:].mean() > 200 and x[:8, :8].mean() < 50   # portrait, mark top-right
+
+
+def _ramp12_dicom(fn, **kw):
+    "A 12-bit ramp (0..4095) in a DICOM file, and the dataset pydicom reads back from it."
+    import pydicom
+    from medrecipes.synth import write_dicom
+    a = np.tile(np.linspace(0, 4095, 64).round().astype(np.uint16), (8, 1))
+    write_dicom(fn, a, bits_stored=12, **kw)
+    return pydicom.dcmread(fn)
+
+
+def test_dicom_voi_lut_output_is_scaled_over_the_range_its_descriptor_defines(tmp_path):
+    "A VOI LUT whose output spans 1000..3047 of 0..4095: 62..190 on the 8-bit scale, as pydicom's LUT output over 0..4095."
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from medrecipes.data.images import read_dicom
+    ds = _ramp12_dicom(tmp_path/'lut.dcm')
+    lut = Dataset(); lut.add_new('LUTDescriptor', 'US', [4096, 0, 12])
+    lut.add_new('LUTData', 'US', [1000 + v // 2 for v in range(4096)])          # 0..4095 -> 1000..3047
+    ds.VOILUTSequence = Sequence([lut]); ds.save_as(tmp_path/'lut.dcm')
+    import pydicom
+    ds = pydicom.dcmread(tmp_path/'lut.dcm')
+    out = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, prefer_lut=True).astype(np.float64)   # the reference
+    assert (out.min(), out.max()) == (1000, 3047)
+    want = (out * 255 / (2**12 - 1) + .5).astype(np.uint8)
+    got = read_dicom(tmp_path/'lut.dcm')
+    assert (got.min(), got.max()) == (62, 190)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path/'lut.dcm'))[..., 0], want)
+
+
+@pytest.mark.filterwarnings('ignore:Invalid value for VR CS')                       # lower case is not valid DICOM, and yet
+@pytest.mark.parametrize('function', ['sigmoid', 'Sigmoid', 'linear_exact', 'SIGMOID', 'LINEAR'])
+def test_dicom_voi_lut_function_is_read_whatever_its_case(tmp_path, function):
+    "VOILUTFunction compared case-insensitively, as pydicom does: 'sigmoid' is a sigmoid, not the linear default."
+    from pydicom.pixels import apply_modality_lut, apply_windowing
+    from medrecipes.data.images import read_dicom
+    ds = _ramp12_dicom(tmp_path/'w.dcm', window=(2048, 1024))
+    ds.VOILUTFunction = function; ds.save_as(tmp_path/'w.dcm')
+    import pydicom
+    ds = pydicom.dcmread(tmp_path/'w.dcm')
+    ref = apply_windowing(apply_modality_lut(ds.pixel_array, ds), ds)              # over 0..4095 (12 bits stored, unsigned)
+    want = (ref / 4095 * 255 + .5).astype(np.uint8)
+    np.testing.assert_array_equal(read_dicom(tmp_path/'w.dcm'), want)

@@ -8,8 +8,7 @@ from PIL import Image
 from medrecipes.core import save_checkpoint, load_checkpoint
 from medrecipes.classify import create_classifier
 from medrecipes.cli import main
-from medrecipes.predict import (predict_images, collect_inputs, file_sha256, compress_sar, reconstruct_sar_files,
-                                read_latent, CODEC_EXT)
+from medrecipes.predict import predict_images, collect_inputs, file_sha256, compress_sar, reconstruct_sar_files
 
 CLASSES = ['Normal', 'Benign', 'Malignant']
 NORM = dict(size=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
@@ -98,50 +97,49 @@ def _run_lib(ckpt, inputs, **kw):
     return predict_checkpoint(ckpt, [inputs], None, progress=False, **kw)
 
 
-@pytest.mark.parametrize('quant_bits', [8, 0])
-def test_sar_compress_and_reconstruct(tmp_path, quant_bits):
-    "A quantised model writes medrecipes.codec's .mrsar files, a float-latent one .sarlat files; both reconstruct in every unit."
+@pytest.mark.parametrize('coding', ['uniform', 'factorized', 'float'])
+def test_sar_compress_and_reconstruct(tmp_path, coding):
+    """Models with `quant_bits` and with an entropy model write the one codec file (`.mrsar`) and reconstruct in every unit;
+    a float-latent model is refused by `compress_sar`, and reconstructs images directly."""
     from medrecipes.models.sar import sar_model
     from medrecipes.data.sar import SarPreprocess
     from medrecipes.sar import reconstruct_sar
-    from medrecipes.codec import read_codec_file, decompress
+    from medrecipes.codec import read_codec_file, decompress, CODEC_EXT
     rng = np.random.default_rng(0)
     imgs = [rng.gamma(1., 0.1, (48, 40)).astype(np.float32), rng.gamma(1., 0.1, (32, 32)).astype(np.float32)]
     pre = SarPreprocess('linear', ('percentile', 1, 99)).fit(imgs)
+    kw = dict(uniform=dict(quant_bits=8), factorized=dict(entropy='factorized'), float=dict(quant_bits=0))[coding]
     def save(fn, seed):
-        torch.manual_seed(seed); model = sar_model('baseline', 4, 8, quant_bits=quant_bits).eval()
+        torch.manual_seed(seed); model = sar_model('baseline', 4, 8, **kw).eval().update()
         save_checkpoint(fn, model_state_dict=model.state_dict(), model_config=model.config,
                         preprocessing_params=pre.checkpoint_params(), patch=32, config={})
         return fn
     ck, other = save(tmp_path/'sar.pt', 0), save(tmp_path/'other.pt', 1)
     for i, a in enumerate(imgs): np.save(tmp_path/f'img{i}.npy', a)
     (tmp_path/'bad.npy').write_bytes(b'nope')
-    r = compress_sar(ck, [tmp_path/'img0.npy', tmp_path/'img1.npy', tmp_path/'bad.npy'], tmp_path/'z', progress=False)
-    assert len(r['outputs']) == 2 and list(r['errors'].path) == [str(tmp_path/'bad.npy')]
-    ext = '.mrsar' if quant_bits else CODEC_EXT
-    f0 = tmp_path/'z'/f'img0{ext}'
-    assert list(r['outputs'].output) == [str(f0), str(tmp_path/'z'/f'img1{ext}')] and (r['outputs'].bpp > 0).all()
-    if quant_bits:
-        head, codes = read_codec_file(f0)
-        assert (head['height'], head['width'], head['bits']) == (48, 40, 8)
+    if coding == 'float':
+        with pytest.raises(ValueError, match=f'{tmp_path/"sar.pt"}: this SAR model has a float latent'):
+            compress_sar(ck, [tmp_path/'img0.npy'], tmp_path/'z', progress=False)
+        assert not (tmp_path/'z').exists()
     else:
-        z, meta = read_latent(f0)
-        assert meta['image_shape'] == [48, 40] and meta['patch'] == 32 and meta['checkpoint_sha256'] == file_sha256(ck)
-        assert z.shape[1:] == (4, 2, 2)
-    for units in ('linear', 'db', 'scaled'):
-        rec = reconstruct_sar_files(ck, [tmp_path/'z'], tmp_path/units, units=units, progress=False)['outputs']
-        assert list(rec.units) == [units] * 2 and len(rec) == 2
-        got = np.load(tmp_path/units/'img0.npy')
-        assert got.shape == (48, 40)
-        if quant_bits: np.testing.assert_allclose(got, decompress(f0, ck, out=units), rtol=1e-6)   # the codec's own decoder
-        else:   # the recipe's own tile-by-tile reconstruction, through a float16 latent
-            want = reconstruct_sar(ck, imgs[0], out=units)
-            np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02 * float(np.abs(want).mean()))
-    # an image goes through in one step, as reconstruct_sar tiles it; a codec file of another checkpoint is refused
+        r = compress_sar(ck, [tmp_path/'img0.npy', tmp_path/'img1.npy', tmp_path/'bad.npy'], tmp_path/'z', progress=False)
+        assert len(r['outputs']) == 2 and list(r['errors'].path) == [str(tmp_path/'bad.npy')]
+        f0 = tmp_path/'z'/f'img0{CODEC_EXT}'
+        assert list(r['outputs'].output) == [str(f0), str(tmp_path/'z'/f'img1{CODEC_EXT}')]
+        assert (r['outputs'].bpp == [8 * (tmp_path/'z'/f'img{i}{CODEC_EXT}').stat().st_size / a.size for i, a in enumerate(imgs)]).all()
+        head, _ = read_codec_file(f0)
+        assert (head['height'], head['width'], head['coding']) == (48, 40, coding)
+        for units in ('linear', 'db', 'scaled'):
+            rec = reconstruct_sar_files(ck, [tmp_path/'z'], tmp_path/units, units=units, progress=False)['outputs']
+            assert list(rec.units) == [units] * 2 and len(rec) == 2
+            got = np.load(tmp_path/units/'img0.npy')
+            assert got.shape == (48, 40)
+            np.testing.assert_allclose(got, decompress(f0, ck, out=units), rtol=1e-6)   # the codec's own decoder
+        e = reconstruct_sar_files(other, [f0], tmp_path/'e', progress=False)['errors']   # a file of another checkpoint is refused
+        assert len(e) == 1 and 'different model' in e.error[0], e.error[0]
+    # an image goes through in one step, as reconstruct_sar tiles it
     direct = reconstruct_sar_files(ck, [tmp_path/'img1.npy'], tmp_path/'d', progress=False)['outputs']
     np.testing.assert_allclose(np.load(direct.output[0]), reconstruct_sar(ck, imgs[1]), rtol=1e-5, atol=1e-7)
-    e = reconstruct_sar_files(other, [f0], tmp_path/'e', progress=False)['errors']
-    assert len(e) == 1 and ('another checkpoint' in e.error[0] or 'different model' in e.error[0]), e.error[0]
 
 
 def test_dicom_and_png_give_the_same_class(ckpt, tmp_path):
@@ -179,61 +177,86 @@ def test_command_writes_cam_overlays(ckpt, images, tmp_path):
     assert '3 input(s) classified' in r.stdout and str(tmp_path/'o'/'predictions.csv') in r.stdout
 
 
-# The smallest set-up that learns where the lesion is, measured on this project's 2-core machine: balanced classes
-# (32 training and 10 validation radiographs each, drawn by `draw_radiograph`, 96 px), resnet10t from scratch with
-# horizontal flips, 8 epochs of one-cycle at lr 1e-2. Smaller images (64 px) or an unbalanced set (make_btxrd's 9%
-# Malignant) left the maps diffuse: mean mass in the box barely above the box's share of the image.
-CAM_SET = dict(per_class=32, valid=10, size=96, epochs=8, lr=1e-2)
+# The smallest set-up that learns where the lesion is: balanced classes (32 training and 10 validation radiographs
+# each, drawn by `draw_radiograph`, 96 px), resnet10t from scratch with horizontal flips, 12 epochs of one-cycle at
+# lr 3e-3. Smaller images (64 px) or an unbalanced set (make_btxrd's 9% Malignant) left the maps diffuse: mean mass in
+# the box barely above the box's share of the image.
+# The first setting (8 epochs at lr 1e-2) learnt on an Intel Xeon but collapsed to "all Normal" (valid accuracy 0.333)
+# on an AMD EPYC: a short run from scratch at the edge of stability amplifies the CPUs' different float paths. 8 epochs
+# at 3e-3 reached only 0.600 there (10 tumours recognised). 12 epochs at 3e-3, seeds 0-4 on the AMD EPYC (AVX-512):
+# valid accuracy 0.70-0.90, 15-18 of 20 tumours recognised, mean CAM mass 0.585-0.70, mass / box share 1.96-2.25.
+# `benchmarks/test_margins.py` measures the same over seeds and ATen CPU capabilities (native, avx2, default):
+# benchmarks/results/test_margins.md gives min and max of each against the thresholds below.
+CAM_SET = dict(per_class=32, valid=10, size=96, epochs=12, lr=3e-3)
+CAM_MIN_ACCURACY = 0.5      # the fixture's own validation accuracy (chance 1/3): below it the training failed
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    "A resnet10t trained briefly on generated radiographs, and the lesion box of every image."
+def train_cam_fixture(root:Path, seed:int=0, **overrides) -> dict:
+    "Draw the CAM set under `root` with `seed` and train resnet10t on it: the data, boxes, checkpoint and evaluation."
     from medrecipes.synth import draw_radiograph
     from medrecipes.data.folder import FolderDataLoaders
     from medrecipes.classify import classifier_learner
     from medrecipes.core import set_seed
-    root = tmp_path_factory.mktemp('cam'); rng = np.random.default_rng(0); boxes = {}
-    for split, k in (('train', CAM_SET['per_class']), ('valid', CAM_SET['valid'])):
+    cs = {**CAM_SET, **overrides}
+    rng = np.random.default_rng(seed); boxes = {}
+    for split, k in (('train', cs['per_class']), ('valid', cs['valid'])):
         for c in CLASSES:
             (root/split/c).mkdir(parents=True)
             for i in range(k):
-                im, box = draw_radiograph(c, (CAM_SET['size'],) * 2, seed=int(rng.integers(2**31)),
+                im, box = draw_radiograph(c, (cs['size'],) * 2, seed=int(rng.integers(2**31)),
                                           n_bones=1 + int(rng.random() < .3), return_box=True)
                 im.save(root/split/c/f'{i}.png'); boxes[str(root/split/c/f'{i}.png')] = box
-    set_seed(0)
-    dls = FolderDataLoaders.from_folder(root, size=CAM_SET['size'], bs=16, seed=0, device='cpu', test=None,
+    set_seed(seed)
+    dls = FolderDataLoaders.from_folder(root, size=cs['size'], bs=16, seed=seed, device='cpu', test=None,
                                         augment=dict(flip=True, max_rotate=0., max_zoom=1., max_lighting=0.))
     learn = classifier_learner(dls, root/'run', 'resnet10t', pretrained=False)
     with warnings.catch_warnings(), learn.no_bar(), learn.no_logging():
         warnings.simplefilter('ignore')
-        learn.fit_one_cycle(CAM_SET['epochs'], CAM_SET['lr'])
+        learn.fit_one_cycle(cs['epochs'], cs['lr'])
         res = learn.evaluate('valid', 'best')
-    return dict(dls=dls, boxes=boxes, ckpt=root/'run'/'checkpoints'/'best.pt', res=res, run=root/'run')
+    return dict(dls=dls, boxes=boxes, ckpt=root/'run'/'checkpoints'/'best.pt', res=res, run=root/'run', size=cs['size'])
 
 
-def test_cam_mass_falls_on_the_drawn_lesion(trained):
-    "For the tumour classes, most of the Grad-CAM mass (default layer) lies in the lesion's box padded by 5% of the side."
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, train_seed):
+    "A resnet10t trained briefly on generated radiographs (under the session's training seed), and every lesion box."
+    t = train_cam_fixture(tmp_path_factory.mktemp('cam'), seed=train_seed)
+    acc = t['res']['accuracy']
+    assert acc >= CAM_MIN_ACCURACY, (f"the CAM fixture's training failed (seed {train_seed}): validation accuracy {acc:.3f} "
+                                     f"< {CAM_MIN_ACCURACY} (chance is 1/3), so the CAM tests below cannot say anything")
+    return t
+
+
+def cam_box_masses(t:dict) -> tuple:
+    "Grad-CAM mass in each correctly recognised tumour image's padded lesion box, and the box's share of the image."
     from medrecipes.predict import grad_cam, cam_on_image, cam_box_mass
     from medrecipes.classify import load_classifier, preprocess
-    r = predict_images(trained['ckpt'], trained['dls'].files['valid'], None, progress=False)['predictions']
+    r = predict_images(t['ckpt'], t['dls'].files['valid'], None, progress=False)['predictions']
     truth = r.path.map(lambda f: Path(f).parent.name)
     tumour = r[(truth != 'Normal') & (r.prediction == truth)]            # the tumour images the model gets right
-    assert len(tumour) >= 8, f"the model recognised only {len(tumour)} of 20 tumour images"
-    model, ck = load_classifier(trained['ckpt'])
+    if not len(tumour): return np.zeros(0), np.zeros(0)
+    model, ck = load_classifier(t['ckpt'])
     ims = [Image.open(f).convert('RGB') for f in tumour.path]
     maps = grad_cam(model, torch.stack([preprocess(im, ck['normalization']) for im in ims]),
                     [ck['class_names'].index(c) for c in tumour.prediction])
-    pad, mass, area = 0.05 * CAM_SET['size'], [], []
+    pad, mass, area = 0.05 * t['size'], [], []
     for f, im, m in zip(tumour.path, ims, maps):
-        x0, y0, x1, y1 = trained['boxes'][str(f)]
+        x0, y0, x1, y1 = t['boxes'][str(f)]
         x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(im.size[0], x1 + pad), min(im.size[1], y1 + pad)
         mass.append(cam_box_mass(cam_on_image(m, im.size), (x0, y0, x1, y1)))
         area.append((x1 - x0) * (y1 - y0) / (im.size[0] * im.size[1]))
-    mass, area = np.array(mass), np.array(area)
+    return np.array(mass), np.array(area)
+
+
+@pytest.mark.trained
+def test_cam_mass_falls_on_the_drawn_lesion(trained):
+    "For the tumour classes, most of the Grad-CAM mass (default layer) lies in the lesion's box padded by 5% of the side."
+    mass, area = cam_box_masses(trained)
+    assert len(mass) >= 8, f"the model recognised only {len(mass)} of 20 tumour images"
     assert np.nanmean(mass) > 0.5 and np.nanmean(mass) > 1.6 * area.mean(), (mass.round(2), area.mean())
 
 
+@pytest.mark.trained
 def test_temperature_scaling_lowers_the_validation_nll(trained):
     "After a fit both checkpoints hold a temperature fitted on the validation split; it lowers that split's NLL."
     from medrecipes.classify import load_classifier, preprocess

@@ -82,17 +82,29 @@ def test_config_rebuilds_the_model():
     torch.testing.assert_close(m(x), m2(x))
 
 
-@pytest.mark.parametrize('variant,cbam', VARIANTS)
-def test_learns(variant, cbam):
-    "A few steps on one batch of smooth images cut the reconstruction error"
-    torch.manual_seed(2)
+def learn_ratio(variant:str, cbam=None, seed:int=0, steps:int=40) -> float:
+    "The MSE after `steps` Adam steps on one batch of smooth 32x32 images, over the MSE before them."
+    torch.manual_seed(seed)
     m = sar_model(variant, base_channels=16, cbam=cbam)
     x = F.interpolate(torch.rand(8, 1, 4, 4), size=(32, 32), mode='bilinear', align_corners=False)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(steps):
         loss = F.mse_loss(m(x), x); opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses[::8]
+    return losses[-1] / losses[0]
+
+
+# The threshold against the ratio measured by benchmarks/test_margins.py (seeds 0-4 under the native, avx2 and
+# default ATen CPU capabilities; benchmarks/results/test_margins.md): the largest ratio of any variant stays well below 0.5.
+LEARN_RATIO_MAX = 0.5
+
+
+@pytest.mark.trained
+@pytest.mark.parametrize('variant,cbam', VARIANTS)
+def test_learns(variant, cbam, train_seed):
+    "A few steps on one batch of smooth images cut the reconstruction error"
+    r = learn_ratio(variant, cbam, seed=train_seed)
+    assert r < LEARN_RATIO_MAX, f"{variant}: the loss fell only to {r:.3f} of its start in 40 steps (seed {train_seed})"
 
 
 def test_errors():

@@ -183,3 +183,40 @@ def test_planted_near_duplicates_share_a_split_and_leaks_are_reported(tmp_path):
         dls2 = XrayDataLoaders.from_btxrd(src, split=tmp_path/'bad.csv', cache=False, **kw)
     assert dls2.leak_report[['image_id', 'duplicate_id']].values.tolist() in ([[a, b]], [[b, a]])
     assert set(dls2.leak_report.split) | set(dls2.leak_report.duplicate_split) == {'train', 'test'}
+
+
+# --- malformed DICOM headers (issue 26.3): every bad file named, all of them in one error
+
+def _bad_vr_dicom(fn):
+    "A DICOM file like pydicom's test file badVR.dcm: NumberOfFrames (0028,0008), an IS, holds '1A'."
+    import pydicom
+    from pathlib import Path
+    from medrecipes.synth import write_dicom
+    write_dicom(fn, np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (8, 1)), bits_stored=12)
+    ds = pydicom.dcmread(fn); ds.NumberOfFrames = 1; ds.save_as(fn)
+    b, tag = Path(fn).read_bytes(), b'\x28\x00\x08\x00IS\x02\x001 '          # explicit VR little endian: tag, VR, length, value
+    assert b.count(tag) == 1
+    Path(fn).write_bytes(b.replace(tag, tag[:-2] + b'1A'))
+    return fn
+
+
+@pytest.mark.filterwarnings('ignore::UserWarning')
+def test_malformed_dicom_headers_are_all_reported_by_name(tmp_path):
+    from medrecipes.synth import write_dicom
+    from medrecipes.data.images import read_image
+    from medrecipes.data.cache import build_cache
+    from medrecipes.data.folder import check_image_files
+    d = tmp_path/'images'
+    good = write_dicom(d/'good.dcm', np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (8, 1)), bits_stored=12)
+    bad_vr = _bad_vr_dicom(d/'bad_vr.dcm')
+    (d/'junk.dcm').write_bytes(b'not a DICOM file')                               # no preamble, no DICM magic
+    df = pd.DataFrame({'image_id': ['bad_vr.dcm', 'good.dcm', 'junk.dcm']})
+    with pytest.raises(FileNotFoundError) as e: check_images(df, d)
+    msg = str(e.value)
+    assert '2 unreadable image(s)' in msg and str(bad_vr) in msg and str(d/'junk.dcm') in msg and str(good) not in msg, msg
+    assert "NumberOfFrames (0028,0008)" in msg and 'expected an integer' in msg and 'expected a DICOM file' in msg, msg
+    with pytest.raises(ValueError) as e: check_image_files([bad_vr, good, d/'junk.dcm'], 'train image')
+    assert '2 unreadable train image file(s)' in str(e.value) and str(bad_vr) in str(e.value) and str(d/'junk.dcm') in str(e.value)
+    for read in (read_image, lambda f: build_cache([good, f], tmp_path/'c', stored=32, progress=False)):   # no check first
+        with pytest.raises(ValueError) as e: read(bad_vr)
+        assert str(bad_vr) in str(e.value) and 'NumberOfFrames (0028,0008)' in str(e.value) and 'expected an integer' in str(e.value)

@@ -27,7 +27,8 @@ __all__ = ['CACHE_VERSION', 'CACHE_FOLDER', 'DUP_DISTANCE', 'DUP_MIN_CORRELATION
            'near_duplicate_pairs', 'near_duplicate_groups', 'leak_report']
 
 # %% ../../nbs/12_data.cache.ipynb #c005
-CACHE_VERSION = 2   # bump when `read_stored`'s output for the same file and arguments, or the file layout, changes
+# 3: 16-bit colour PNGs read at full depth, DICOM VOI LUT output scaled over the LUT's range (issue 26)
+CACHE_VERSION = 3   # bump when `read_stored`'s output for the same file and arguments, or the file layout, changes
 _MANIFEST, _PIXELS = 'manifest.json', 'pixels.u8'
 
 def preprocessing_signature(stored:int, draft:int|None, min_side:int=0, window=None) -> dict:
@@ -117,7 +118,10 @@ def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str, reuse:ImageC
                 shape, o = tuple(int(v) for v in reuse.shapes[k]), int(reuse.offsets[k])
                 out.write(reuse.pixels[o:o + int(np.prod(shape))].tobytes()); h = reuse.hashes[k]; copied += 1
             else:
-                im = read_stored(f, sig['stored'], sig['draft'], sig.get('min_side', 0) or 0, sig['window'])
+                try: im = read_stored(f, sig['stored'], sig['draft'], sig.get('min_side', 0) or 0, sig['window'])
+                except Exception as e:
+                    if str(f) in str(e): raise
+                    raise ValueError(f"cannot cache image {f}: {type(e).__name__}: {e}") from e   # every failure names its file
                 a = np.asarray(im, dtype=np.uint8)
                 if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]   # gray: one channel
                 out.write(np.ascontiguousarray(a).tobytes()); shape, h = a.shape, perceptual_hash(im)

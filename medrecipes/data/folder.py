@@ -15,39 +15,52 @@ from fastai.data.transforms import image_extensions, parent_label, IndexSplitter
 from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock, Resize, ResizeMethod, PadMode,
                                aug_transforms, Normalize, imagenet_stats)
 from ..core import default_device
-from .images import ClassifierImage, GrayToRGB, image_problem
+from .images import ClassifierImage, GrayToRGB, image_problem, is_dicom, DICOM_SUFFIXES
 from .cache import stored_images, DUP_DISTANCE, leak_report
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'scan_class_folders', 'check_image_files', 'FolderImage', 'folder_augmentations',
+__all__ = ['IMAGE_EXTENSIONS', 'is_image_file', 'scan_class_folders', 'check_image_files', 'FolderImage', 'folder_augmentations',
            'FolderDataLoaders']
 
 # %% ../../nbs/14_data.folder.ipynb #c005
-IMAGE_EXTENSIONS = frozenset(e.lower() for e in image_extensions)
+IMAGE_EXTENSIONS = frozenset(e.lower() for e in image_extensions) | frozenset(DICOM_SUFFIXES)   # fastai's, and DICOM's
+_IMAGE_KINDS = "image files (extensions such as .png, .jpg, .tif, .dcm; or DICOM files by their DICM magic, whatever their name)"
+
+def is_image_file(f:str|Path) -> bool:
+    "Whether the folder recipe reads `f`: an image extension (fastai's list, `.dcm`, `.dicom`), or the DICM magic of a DICOM file."
+    return Path(f).suffix.lower() in IMAGE_EXTENSIONS or is_dicom(f)
+
+def _few(files:list, folder:Path, n:int=3) -> str:
+    return ', '.join(os.path.relpath(f, folder) for f in files[:n]) + (' ...' if len(files) > n else '')
 
 def scan_class_folders(folder:str|Path, # a split folder: `<folder>/<class>/<image>`
                        what:str='split', # the split's role, for error messages ('train', 'valid', 'test')
                       ) -> dict:
-    "The image files of each class folder of `folder`, as `{class: [files]}`, class names and files sorted."
+    """The image files of each class folder of `folder`, as `{class: [files]}`, class names and files sorted. Other files
+    are skipped, not silently: a warning counts them and names a few; a class folder left with no image is an error."""
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"{what} folder {folder} does not exist: expected {folder}/<class>/<image files>")
-    out, loose = {}, []
+    out, loose, skipped = {}, [], []
     for p in sorted(folder.iterdir()):
         if p.name.startswith('.'): continue
         if not p.is_dir():
-            if p.suffix.lower() in IMAGE_EXTENSIONS: loose.append(p.name)
+            (loose if is_image_file(p) else skipped).append(p)
             continue
-        files, nested = [], []
+        files, nested, other = [], [], []
         for f in sorted(p.iterdir()):
             if f.name.startswith('.'): continue
             if f.is_dir(): nested.append(f.name)
-            elif f.suffix.lower() in IMAGE_EXTENSIONS: files.append(f)
+            else: (files if is_image_file(f) else other).append(f)
         if nested: raise ValueError(f"{what} class folder {p} holds folder(s) {nested[:5]}: expected image files directly in each class folder")
-        if not files: raise ValueError(f"{what} class folder {p} has no image files (extensions such as .png, .jpg)")
+        if not files: raise ValueError(f"{what} class folder {p} has no image files"
+                                       + (f": {len(other)} file(s) skipped ({_few(other, p)})" if other else '') + f": expected {_IMAGE_KINDS}")
+        skipped += other
         out[p.name] = files
-    if loose: raise ValueError(f"{what} folder {folder} holds image files outside class folders ({', '.join(loose[:3])}"
-                               f"{' ...' if len(loose) > 3 else ''}): expected {folder}/<class>/<image files>")
+    if loose: raise ValueError(f"{what} folder {folder} holds image files outside class folders ({_few(loose, folder)}): "
+                               f"expected {folder}/<class>/<image files>")
     if not out: raise ValueError(f"{what} folder {folder} has no class folders with images: expected {folder}/<class>/<image files>")
+    if skipped: warnings.warn(f"{what} folder {folder}: {len(skipped)} file(s) skipped, not images ({_few(skipped, folder)}): "
+                              f"expected {_IMAGE_KINDS}", stacklevel=2)
     return out
 
 def check_image_files(files:list, # image files to open

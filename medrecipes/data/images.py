@@ -93,30 +93,31 @@ def is_dicom(fn:str|Path) -> bool:
         with open(fn, 'rb') as f: return f.read(132)[128:] == b'DICM'
     except OSError: return False
 
-def _open(src, what:str, draft:int|None=None) -> Image.Image:
+def _open(src, what:str, draft:int|None=None, window:tuple|None=None) -> Image.Image:
     "Decode a file or its bytes, upright, as a plain `Image` no longer tied to the file."
     if isinstance(src, (str, Path)) and is_dicom(src): return Image.fromarray(read_dicom(src))
     try:
         with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as f:
+            png16 = _png16_rawmode(f)
             if f.format == 'TIFF' and f.mode not in WIDE_MODES and _tiff_bits(f) > 8: wide = True   # PIL keeps 8 of them
             else:
-                wide = False
-                _draft(f, draft)
+                wide = png16 is not None                                                           # so it does here
+                if not wide: _draft(f, draft)
             if not wide:
                 f.load()
                 im = _upright(f)
                 return f._new(f.im) if im is f else im    # `_new` shares the decoded pixels: no copy (as fastai's `load_image`)
-        return _open_tiff(src, what, None)
+        return _open_tiff(src, what, None, window) if png16 is None else _open_png16(src, what, png16, window)
     except FileNotFoundError: raise FileNotFoundError(f"image file {what} does not exist") from None
     except Exception as e:
-        if isinstance(src, (str, Path)) and Path(src).suffix.lower() in TIFF_SUFFIXES: return _open_tiff(src, what, e)
+        if isinstance(src, (str, Path)) and Path(src).suffix.lower() in TIFF_SUFFIXES: return _open_tiff(src, what, e, window)
         raise ValueError(f"cannot decode image {what}: {type(e).__name__}: {e}") from e
 
 def _tiff_bits(f:Image.Image) -> int:
     bits = f.tag_v2.get(258, 8)     # BitsPerSample
     return max(bits) if isinstance(bits, tuple) else int(bits)
 
-def _open_tiff(fn, what:str, err:Exception|None) -> Image.Image:
+def _open_tiff(fn, what:str, err:Exception|None, window:tuple|None=None) -> Image.Image:
     "The TIFFs PIL cannot read (16-bit RGB, multi-sample, float RGB) through `tifffile`; 8-bit or windowed by `to_uint8`."
     try:
         import tifffile
@@ -124,12 +125,41 @@ def _open_tiff(fn, what:str, err:Exception|None) -> Image.Image:
     except Exception as e:
         pil = f"{type(err).__name__}: {err}; " if err is not None else ''
         raise ValueError(f"cannot decode image {what}: {pil}tifffile: {type(e).__name__}: {e}") from e
-    return _from_array(a, what, None)
+    return _from_array(a, what, window)
+
+# PIL's rawmode of a 16-bit PNG it decodes to 8 bits (the high byte of each sample) -> a rawmode of the same bits per
+# pixel (so the same unfiltering) that reads the low bytes: the little-endian unpacker, or for gray + alpha all four bytes
+_PNG16_LOW = {'RGB;16B': 'RGB;16L', 'RGBA;16B': 'RGBA;16L', 'LA;16B': 'RGBA'}
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+def _png16_rawmode(f:Image.Image) -> str|None:
+    "The rawmode of a 16-bit RGB, RGBA or gray + alpha PNG, which PIL would decode to 8 bits; None for any other image."
+    if f.format != 'PNG' or not f.tile: return None
+    raw = f.tile[0][3]
+    return raw if raw in _PNG16_LOW else None
+
+def _open_png16(src, what:str, raw:str, window:tuple|None=None) -> Image.Image:
+    """A 16-bit RGB, RGBA or gray + alpha PNG at full depth, upright: PIL decodes the high bytes; a second decode of the same
+    rows through `_PNG16_LOW` the low bytes. The colour (or gray) channels are windowed together by `to_uint8`, as a 16-bit
+    gray image is; the alpha channel is dropped, as PIL's conversion of an 8-bit RGBA image to RGB drops it."""
+    def decode(rawmode):
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as f:
+            if rawmode is not None:
+                f.tile = [t._replace(args=rawmode) if hasattr(t, '_replace') else (*t[:3], rawmode) for t in f.tile]
+            f.load()
+            return np.asarray(f), f.getexif().get(_ORIENTATION, 1)
+    lo, turn = decode(_PNG16_LOW[raw])
+    if raw == 'LA;16B': a = (lo[..., 0].astype(np.uint16) << 8) | lo[..., 1]        # gray's high and low byte
+    else: a = (decode(None)[0][..., :3].astype(np.uint16) << 8) | lo[..., :3]
+    im = _from_array(a, what, window)
+    return im.transpose(_TRANSPOSE[turn]) if turn in _TRANSPOSE else im
 
 def _from_array(a:np.ndarray, what:str, window) -> Image.Image:
     if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
         raise ValueError(f"{what}: expected an H x W or H x W x 1/3/4 array (gray, RGB or RGBA)")
+    if a.ndim == 3 and a.shape[-1] == 4 and a.dtype != np.uint8: a = a[..., :3]   # alpha is dropped, not windowed with the colours
     return Image.fromarray(np.ascontiguousarray(to_uint8(a, window, what)))
 
 def read_image(src, # a file (`str`, `Path` or its `bytes`; JPEG, PNG, TIFF, DICOM...), a PIL image, an H x W (x 1/3/4) array, or a fastai `TensorImage`
@@ -144,7 +174,7 @@ def read_image(src, # a file (`str`, `Path` or its `bytes`; JPEG, PNG, TIFF, DIC
     if isinstance(src, torch.Tensor): src = src.detach().cpu().numpy()
     if isinstance(src, np.ndarray): im = _from_array(src, what, window)
     elif isinstance(src, Image.Image): im = _upright(src)
-    elif isinstance(src, (str, Path, bytes)): im = _open(src, what, draft)
+    elif isinstance(src, (str, Path, bytes)): im = _open(src, what, draft, window)
     else: raise TypeError(f"cannot read {what} as an image: expected a file path (str or pathlib.Path), bytes, a PIL image "
                           f"or an H x W (x 1/3/4) numpy array")
     if im.mode in WIDE_MODES: im = Image.fromarray(to_uint8(np.asarray(im), window, what))
@@ -168,10 +198,28 @@ def _robust_uint8(a:np.ndarray, what:str) -> np.ndarray:
     if hi <= lo: return to_uint8(a, None, what)
     return (np.clip((a.astype(np.float32) - lo) * (255. / (hi - lo)), 0, 255) + .5).astype(np.uint8)
 
+def _voi_lut_bits(ds) -> int|None:
+    "Bits per entry of the first VOI LUT, the third value of its LUT Descriptor (output 0 .. 2**bits - 1); None without a LUT."
+    seq = ds.get('VOILUTSequence')
+    if not seq or 'LUTDescriptor' not in seq[0] or 'LUTData' not in seq[0]: return None   # pydicom's `apply_voi_lut` skips it too
+    return int(seq[0].LUTDescriptor[2])
+
 def _first(v): return float(v[0] if isinstance(v, (list, tuple)) or hasattr(v, '__len__') and not isinstance(v, str) else v)
 
+def _frames(ds) -> int:
+    "NumberOfFrames (0028,0008), 1 when absent or empty; a value that is no integer (pydicom's badVR.dcm holds '1A') is an error saying so."
+    try: return int(ds.get('NumberOfFrames', 1) or 1)
+    except Exception as e:
+        raise ValueError(f"DICOM NumberOfFrames (0028,0008) is malformed ({type(e).__name__}: {e}): expected an integer") from None
+
 def read_dicom(fn:str|Path) -> np.ndarray:
-    "The pixels of the DICOM file `fn` as displayed: uint8, H x W (monochrome) or H x W x 3 (colour)."
+    "The pixels of the DICOM file `fn` as displayed: uint8, H x W (monochrome) or H x W x 3 (colour); errors name the file."
+    try: return _read_dicom(fn)
+    except Exception as e:
+        if str(fn) in str(e): raise
+        raise ValueError(f"DICOM file {fn}: {type(e).__name__}: {e}") from e   # a malformed element pydicom reads late
+
+def _read_dicom(fn:str|Path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
     try: ds = pydicom.dcmread(fn)
@@ -182,8 +230,9 @@ def read_dicom(fn:str|Path) -> np.ndarray:
     pi = str(ds.get('PhotometricInterpretation', '')).strip()
     if pi not in DICOM_PHOTOMETRIC:
         raise ValueError(f"DICOM file {fn}: photometric interpretation {pi!r} is not supported: expected one of {', '.join(DICOM_PHOTOMETRIC)}")
-    if int(ds.get('NumberOfFrames', 1) or 1) > 1:
-        raise ValueError(f"DICOM file {fn} holds {int(ds.NumberOfFrames)} frames: expected a single image")
+    try: n = _frames(ds)
+    except ValueError as e: raise ValueError(f"DICOM file {fn}: {e}") from None
+    if n > 1: raise ValueError(f"DICOM file {fn} holds {n} frames: expected a single image")
     ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
     if ts is not None and ts.is_compressed:
         from pydicom.pixels import get_decoder
@@ -200,12 +249,17 @@ def read_dicom(fn:str|Path) -> np.ndarray:
         if a.ndim != 3 or a.shape[-1] != 3: raise ValueError(f"DICOM file {fn}: {pi} pixel data of shape {a.shape}: expected H x W x 3")
         return to_uint8(a, None, str(fn)) if a.dtype != np.uint8 else a
     if a.ndim != 2: raise ValueError(f"DICOM file {fn}: monochrome pixel data of shape {a.shape}: expected H x W")
-    a = apply_modality_lut(a, ds)
-    if 'VOILUTSequence' in ds: y = to_uint8(apply_voi_lut(a, ds, index=0, prefer_lut=True), None, str(fn))
-    elif 'WindowCenter' in ds and 'WindowWidth' in ds:
-        fun = str(ds.get('VOILUTFunction', 'LINEAR')).strip() or 'LINEAR'
-        y = (_window(a.astype(np.float64), _first(ds.WindowCenter), _first(ds.WindowWidth), fun) * 255 + .5).astype(np.uint8)
-    else: y = _robust_uint8(a, str(fn))
+    try:
+        a = apply_modality_lut(a, ds)
+        if (bits := _voi_lut_bits(ds)) is not None:        # the LUT's output range, 0 .. 2**bits - 1: not the image's min..max
+            y = (np.clip(apply_voi_lut(a, ds, index=0, prefer_lut=True) * (255. / (2**bits - 1)), 0, 255) + .5).astype(np.uint8)
+        elif 'WindowCenter' in ds and 'WindowWidth' in ds:
+            fun = str(ds.get('VOILUTFunction', 'LINEAR')).strip().upper() or 'LINEAR'   # 'sigmoid' is SIGMOID, as pydicom reads it
+            y = (_window(a.astype(np.float64), _first(ds.WindowCenter), _first(ds.WindowWidth), fun) * 255 + .5).astype(np.uint8)
+        else: y = _robust_uint8(a, str(fn))
+    except Exception as e:
+        raise ValueError(f"DICOM file {fn}: cannot apply its rescale, VOI LUT or window ({type(e).__name__}: {e}): expected valid "
+                         f"Modality LUT and VOI LUT attributes (RescaleSlope/RescaleIntercept, VOILUTSequence, WindowCenter/WindowWidth)") from e
     return 255 - y if pi == 'MONOCHROME1' else y
 
 # %% ../../nbs/02_data.images.ipynb #c016
@@ -228,15 +282,22 @@ class GrayToRGB(Transform):
 def _dicom_problem(fn) -> str|None:
     import pydicom
     try: ds = pydicom.dcmread(fn, defer_size=1024)          # the header, and where the pixels are: not the pixels
-    except Exception as e: return type(e).__name__
+    except Exception as e: return f"{type(e).__name__}: {str(e).rstrip('.')}: expected a DICOM file"
     if not any(k in ds for k in ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')): return "DICOM without pixel data"
     pi = str(ds.get('PhotometricInterpretation', '')).strip()
     if pi not in DICOM_PHOTOMETRIC: return f"DICOM photometric interpretation {pi!r} not supported: expected one of {', '.join(DICOM_PHOTOMETRIC)}"
-    if int(ds.get('NumberOfFrames', 1) or 1) > 1: return f"DICOM with {int(ds.NumberOfFrames)} frames: expected a single image"
+    try: n = _frames(ds)
+    except ValueError as e: return str(e)
+    if n > 1: return f"DICOM with {n} frames: expected a single image"
     return None
 
 def image_problem(fn:str|Path) -> str|None:
-    "Why `read_image` cannot read the file `fn`, judged from its header alone (cheap); None if it can."
+    """Why `read_image` cannot read the file `fn`, judged from its header alone (cheap); None if it can. It never raises:
+    a header that breaks the check (a malformed element pydicom reads late, ...) is the answer, so a check reports every bad file."""
+    try: return _image_problem(fn)
+    except Exception as e: return f"{type(e).__name__}: {e}: expected a readable image header"
+
+def _image_problem(fn:str|Path) -> str|None:
     if not Path(fn).is_file(): return 'FileNotFoundError'
     if is_dicom(fn): return _dicom_problem(fn)
     try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .entropy import EntropyBottleneck
 
 # %% auto #0
-__all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'ConvBnRelu', 'LiteBlock', 'PreActBlock', 'default_cbam', 'SarEncoder', 'SarDecoder',
-           'LatentQuantizer', 'SarAutoencoder', 'sar_model', 'count_parameters', 'compression_ratio', 'load_sar_model']
+__all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'ENTROPY_MODELS', 'ConvBnRelu', 'LiteBlock', 'PreActBlock', 'default_cbam',
+           'SarEncoder', 'SarDecoder', 'LatentQuantizer', 'SarAutoencoder', 'sar_model', 'count_parameters',
+           'compression_ratio', 'load_sar_model']
 
 # %% ../../nbs/06_models.sar.ipynb #c005
 SAR_VARIANTS = ('baseline', 'resnet_lite', 'residual', 'attention')
@@ -114,6 +116,8 @@ class LatentQuantizer(nn.Module):
         if self.proxy == 'noise': return u + (torch.rand_like(u) - 0.5) / self.levels
         return u + (torch.round(u * self.levels) / self.levels - u).detach()   # forward: rounded; backward: identity
 
+ENTROPY_MODELS = ('factorized',)
+
 class SarAutoencoder(nn.Module):
     "An autoencoder for 1 x H x W SAR images in [0, 1]: `encoder` (16x fewer values) then `decoder`"
     def __init__(self, variant:str='baseline', # one of `SAR_VARIANTS`
@@ -121,37 +125,59 @@ class SarAutoencoder(nn.Module):
                  base_channels:int=32, # width b: channels b/2, b, 2b, 2b, 4b from full resolution down
                  in_channels:int=1, # image channels
                  cbam=None, # for 'attention': a callable channels -> module; default `medrecipes.kernels.CBAM`
-                 quant_bits:int|None=8, # bits per latent value (uniform quantisation); 0 or None: a float latent
+                 quant_bits:int|None|str='auto', # bits per latent value (uniform quantisation); 0 or None: a float latent; 'auto': 8, or None with `entropy`
                  quant_proxy:str='ste', # the quantiser in training: 'ste' (straight-through rounding) or 'noise' (additive uniform)
+                 entropy:str|None=None, # 'factorized': integer latent with a learned prior (`EntropyBottleneck`), range-coded; replaces `quant_bits`
                 ):
         super().__init__()
         if variant not in SAR_VARIANTS: raise ValueError(f"unknown SAR autoencoder variant {variant!r}; choose one of {', '.join(SAR_VARIANTS)}")
         for n, v in (('latent_channels', latent_channels), ('base_channels', base_channels), ('in_channels', in_channels)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"`{n}` must be a positive int, got {v!r}")
         if base_channels < 2 or base_channels % 2: raise ValueError(f"`base_channels` must be even and >= 2, got {base_channels}")
+        if entropy is not None and entropy not in ENTROPY_MODELS:
+            raise ValueError(f"unknown entropy model {entropy!r}; choose one of {', '.join(ENTROPY_MODELS)} (or None: uniform `quant_bits`)")
+        if quant_bits == 'auto': quant_bits = None if entropy else 8
+        elif entropy and quant_bits:
+            raise ValueError(f"`quant_bits={quant_bits}` and `entropy={entropy!r}` exclude each other: an entropy model quantises the latent "
+                             "to integers itself (leave quant_bits at 'auto' or 0)")
         b = base_channels
         widths = (b // 2, b, 2 * b, 2 * b, 4 * b)
         self.variant, self.latent_channels, self.in_channels, self.downsample = variant, latent_channels, in_channels, SAR_DOWNSAMPLE
         quant_bits = quant_bits or None
         self.config = dict(variant=variant, latent_channels=latent_channels, base_channels=base_channels, in_channels=in_channels,
-                           quant_bits=quant_bits, quant_proxy=quant_proxy)
+                           quant_bits=quant_bits, quant_proxy=quant_proxy, **({'entropy': entropy} if entropy else {}))
         self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam)
         self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
+        self.entropy_bottleneck = EntropyBottleneck(latent_channels) if entropy == 'factorized' else None
         self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam)
-        self.quant_bits = quant_bits
-    def forward(self, x): return self.decoder(self.quantizer(self.encoder(x)))
-    def compress(self, x):
-        "The integer latent codes of `x` (a float latent without quantisation)"
+        self.quant_bits, self.entropy, self.likelihoods = quant_bits, entropy, None
+    def forward(self, x):
         z = self.encoder(x)
+        if self.entropy_bottleneck is None: return self.decoder(self.quantizer(z))
+        z_hat, self.likelihoods = self.entropy_bottleneck(z)   # kept for the rate term of the loss (`rate_bpp`)
+        return self.decoder(z_hat)
+    def rate_bpp(self, n_pixels:int) -> torch.Tensor:
+        "Bits per pixel of the last forward pass's latent under the entropy model: `-sum(log2 likelihoods) / n_pixels` (an estimate; a file's real size is measured by `medrecipes.codec`)"
+        if self.likelihoods is None: raise RuntimeError("no likelihoods: this model has no entropy model, or has not run forward yet")
+        return -torch.log2(self.likelihoods).sum() / n_pixels
+    def update(self) -> 'SarAutoencoder':
+        "Build the entropy model's integer coding tables from its trained density (a no-op without one); the SAR recipe does this before every checkpoint"
+        if self.entropy_bottleneck is not None: self.entropy_bottleneck.update()
+        return self
+    def compress(self, x):
+        "The integer latent codes of `x` (the rounded latent with an entropy model; a float latent without quantisation)"
+        z = self.encoder(x)
+        if self.entropy_bottleneck is not None: return torch.round(z.float()).to(torch.int32)
         return self.quantizer.codes(z) if self.quant_bits else z
     def decompress(self, q):
         "The reconstruction from `compress`'s output"
+        if self.entropy_bottleneck is not None: return self.decoder(q.float())
         return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q)
 
 def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
-              quant_bits:int|None=8, quant_proxy:str='ste') -> SarAutoencoder:
+              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None) -> SarAutoencoder:
     "A SAR autoencoder of `variant` (see `SarAutoencoder`); rebuild a saved one with `sar_model(**model.config)`"
-    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy)
+    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy)
 
 def count_parameters(model:nn.Module, trainable:bool=True) -> int:
     "Number of (trainable) parameters of `model`"
