@@ -23,6 +23,7 @@ def main(argv=None):
     ap.add_argument('--variants', nargs='+', default=['residual', 'attention'])
     ap.add_argument('--lambdas', type=float, nargs='+', default=[8., 32., 128., 512.])
     ap.add_argument('--epochs', type=int, default=12)
+    ap.add_argument('--no-clean-target', dest='clean_target', action='store_false', help='skip the variants trained against the clean reflectivity (despeckling compression)')
     ap.add_argument('--n', type=int, default=32, help='training scenes (valid: n/4, test: n/8)')
     ap.add_argument('--size', type=int, default=128)
     ap.add_argument('--work', default=str(ROOT/'runs'/'sar_rd'))
@@ -40,7 +41,8 @@ def main(argv=None):
     make_sar(data, n_train=a.n, n_valid=max(1, a.n // 4), n_test=max(1, a.n // 8), size=a.size, seed=0, save_clean=True, mode='realistic')
     t0 = time.time()
     curves = rd_curves('sar_demo', [f'data.path={data}', f'trainer.out_dir={work}', 'trainer.progress=false', f'trainer.max_epochs={a.epochs}',
-                                    'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(a.lambdas))
+                                    'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(a.lambdas),
+                        targets=('input', 'clean') if a.clean_target else ('input',))
     minutes = (time.time() - t0) / 60
     src = work/'rd_curves'
     for name, dst in (('rd.csv', '.csv'), ('rd_curves.csv', '_curves.csv'), ('rd_bd.csv', '_bd.csv'), ('rd.png', '.png')):
@@ -49,7 +51,7 @@ def main(argv=None):
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
-            f"{minutes:.1f} min for {len(a.variants) * len(a.lambdas)} trainings and the coding.", '',
+            f"{minutes:.1f} min for {len(a.variants) * len(a.lambdas) * (2 if a.clean_target else 1)} trainings and the coding.", '',
             f"Data: `make_sar(n_train={a.n}, n_valid={max(1, a.n // 4)}, n_test={max(1, a.n // 8)}, size={a.size}, seed=0, save_clean=True, "
             f"mode='realistic')`; the `sar_demo` config, {a.epochs} epochs, `model.entropy=factorized`; every bpp is the whole "
             f".mrsar or .j2k file's. Means over the test scenes:", '',

@@ -68,7 +68,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.one is not None:
         print('RESULT ' + json.dumps(measure(a.one))); return
-    import pandas as pd
+    import numpy as np, pandas as pd
     import torch
     from _common import machine
     runs = [(c, s) for c in a.capabilities for s in a.seeds]
@@ -87,7 +87,9 @@ def main(argv=None):
             if pr.poll() is None: continue
             procs.remove(p); out, err = pr.communicate()
             line = next((l for l in out.splitlines() if l.startswith('RESULT ')), None)
-            if line is None: raise SystemExit(f'run capability={c} seed={s} failed:\n{err[-3000:]}')
+            if line is None:   # a helper's own check failed: that run counts as failing every quantity
+                print(f'run capability={c} seed={s} failed:\n{err[-2000:]}', flush=True)
+                rows.append({'seed': s, 'asked': c, 'error': err.strip().splitlines()[-1] if err.strip() else f'exit {pr.returncode}'}); continue
             r = json.loads(line[7:]); r['asked'] = c; rows.append(r)
             print(f"{c:>8} seed {s}: cam acc {r['cam_valid_accuracy']:.3f}, tumours {r['cam_tumours_recognised']}, "
                   f"mass {r['cam_mean_mass']:.3f} ({r['cam_seconds']} s)", flush=True)
@@ -104,11 +106,13 @@ def main(argv=None):
                                                                  df.groupby('asked').capability.first().items()) + '.', '',
               '| quantity | test threshold | min | median | max | worst margin | runs failing |', '|---|---|---|---|---|---|---|']
     for k, (t, side) in th.items():
-        v = df[k].astype(float)
+        v = df[k].astype(float) if k in df else pd.Series([np.nan] * len(df))
         worst = (v.min() - t) if side == 'above' else (t - v.max())
-        fail = int((v <= t).sum() if side == 'above' else (v >= t).sum())
+        fail = int((~(v > t)).sum() if side == 'above' else (~(v < t)).sum())   # a run that failed before measuring counts too
         lines.append(f"| {k} | {'>' if side == 'above' else '<'} {t:g} | {v.min():.4g} | {v.median():.4g} | {v.max():.4g} | "
                      f"{worst:+.4g} | {fail} of {len(v)} |")
+    if 'error' in df and df.error.notna().any():
+        lines += ['', 'Runs that failed before measuring:', ''] + [f"- {r.asked} seed {r.seed}: {r.error}" for r in df[df.error.notna()].itertuples()]
     out.with_suffix('.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 

@@ -13,14 +13,19 @@ the real release's larger images) go through `XrayDataLoaders.from_btxrd` at 224
 - `items only`: the item stage alone (read, letterbox, to tensor) with the full decode and the warm cache: what
   loader workers do when the batch transforms run on a GPU;
 - one end-to-end training epoch of EfficientNet-B0 at 224 px (random init; fastai `Learner.fit`) without and with the
-  (warm) cache.
+  (warm) cache;
+- `cache build` / `cache open` with `verify=stamp` (the default: a file is unchanged if its size and mtime are) and
+  `verify=hash` (`data.cache_verify=hash`: also a BLAKE2b hash of every file's bytes): the cold build over every image,
+  and opening the finished cache (what every run does before training). The files are in the page cache (just
+  generated or read), so the hash rows are the hashing itself; from a cold disk, reading the files adds to them.
+  `--verify-only` runs these rows alone.
 
 The loader rows run in the main process (`num_workers=0`) with `--threads` torch threads, so their images/s is per
 loader core when `--threads 1`. The machine's load average is recorded with every row: on a shared machine other
 processes take CPU time, and the absolute figures drop with them. Rows are appended to
 `benchmarks/results/xray_data.csv`.
 
-    python benchmarks/xray_data.py [--n 60] [--size 224] [--bs 16] [--threads 1] [--train-threads 2] [--repeats 3] [--no-train]
+    python benchmarks/xray_data.py [--n 60] [--size 224] [--bs 16] [--threads 1] [--train-threads 2] [--repeats 3] [--no-train] [--verify-only]
 """
 import argparse, csv, datetime, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
@@ -55,6 +60,25 @@ def monai_rows(src, items, size, tmp):
     return epoch(dl), epoch(dl)
 
 
+def verify_rows(src, a, row, tmp):
+    "The cache's build and open with `verify='stamp'` and `verify='hash'` over every image of the data set (no loaders)."
+    import pandas as pd
+    from medrecipes.data.cache import stored_images
+    files = [src/'images'/i for i in pd.read_csv(src/'dataset.csv').image_id]
+    nbytes = sum(f.stat().st_size for f in files)
+    for f in files: f.read_bytes()                                             # in the page cache, as after a first epoch
+    def timed(f):
+        t0 = time.perf_counter(); f(); return time.perf_counter() - t0
+    for verify in ('stamp', 'hash'):
+        d = tmp/f'cache-{verify}'
+        build = lambda: stored_images(files, a.size, src, cache_dir=d, cache_verify=verify, progress=False)
+        secs = timed(build)
+        row(f'cache build: verify={verify}', len(files), secs, a.threads, f'all {len(files)} images ({nbytes / 1e6:.0f} MB of files) decoded, shrunk, hashed, written')
+        row(f'cache open: verify={verify}', len(files), min(timed(build) for _ in range(a.repeats)), a.threads,
+            f'a finished cache opened (nothing changed): ' + ('one stat per file' if verify == 'stamp' else f'one stat + BLAKE2b of {nbytes / 1e6:.0f} MB')
+            + f'; best of {a.repeats}')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--n', type=int, default=60); ap.add_argument('--size', type=int, default=224)
@@ -62,6 +86,7 @@ def main():
     ap.add_argument('--train-threads', type=int, default=2); ap.add_argument('--no-train', action='store_true')
     ap.add_argument('--repeats', type=int, default=3, help='loader epochs per row (the best one is reported)')
     ap.add_argument('--data', default=None, help='reuse a generated data set (written there if missing)')
+    ap.add_argument('--verify-only', action='store_true', help='only the cache build / open rows with verify=stamp and verify=hash')
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'xray_data.csv'))
     a = ap.parse_args()
     import fastai, timm, PIL
@@ -84,6 +109,8 @@ def main():
         rows.append(r); print(f"{what:34s} {n:4d} images {secs:7.2f} s {n / secs:7.1f} img/s  (load {r['load']})", flush=True)
 
     torch.set_num_threads(a.threads)
+    verify_rows(src, a, row, tmp)
+    if a.verify_only: return write(rows, a.out, tmp)
     full = XrayDataLoaders.from_btxrd(src, cache=False, draft=False, cache_size=100000, min_image_size=0, **common)
     n_tr = len(full.train_ds)
     best = lambda dl: min(epoch(dl) for _ in range(a.repeats))
@@ -126,7 +153,12 @@ def main():
                 learn.fit(1, 1e-3)                                   # warm-up: first-call allocations
                 t0 = time.perf_counter(); learn.fit(1, 1e-3); secs = time.perf_counter() - t0
             row(what, n_tr, secs, a.train_threads, f'train {n_tr} + valid {len(dls.valid_ds)} images, second epoch timed; images = train')
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+    write(rows, a.out, tmp)
+
+
+def write(rows, out, tmp):
+    "Append `rows` to the results file `out`; remove the scratch folder."
+    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
     with open(out, 'a', newline='') as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -28,10 +28,10 @@ from .distributed import is_rank0, is_distributed, reduce_sum, world_size
 # %% auto #0
 __all__ = ['WANDB_MODES', 'TRACKING_DEFAULTS', 'PRECISIONS', 'CPU_AUTO_PRECISION', 'FitOnlyCallback', 'class_weights',
            'TrainValCrossEntropy', 'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning',
-           'RecallCollapseCallback', 'EpochScalars', 'epoch_scalars', 'scalar_tags', 'plot_curves', 'TrainingLog',
-           'TensorBoardScalars', 'import_wandb', 'WandbTracker', 'TextLog', 'resolve_tracking', 'tracker_callbacks',
-           'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native', 'resolve_precision', 'AutocastMixedPrecision',
-           'EpochGradientAccumulation', 'training_callbacks']
+           'RecallCollapseCallback', 'epoch_offset', 'run_epoch', 'EpochScalars', 'epoch_scalars', 'scalar_tags',
+           'plot_curves', 'TrainingLog', 'TensorBoardScalars', 'import_wandb', 'WandbTracker', 'TextLog',
+           'resolve_tracking', 'tracker_callbacks', 'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native',
+           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'training_callbacks']
 
 # %% ../nbs/10_callbacks.ipynb #cb02
 class FitOnlyCallback(Callback):
@@ -117,13 +117,21 @@ class RecallCollapseCallback(FitOnlyCallback):
     def load_resume_state(self, st): self.streak, self.collapsed = st['streak'], list(st['collapsed'])
 
 # %% ../nbs/10_callbacks.ipynb #cb04
+def epoch_offset(learn) -> int:
+    "Epochs of the run before this fit's first: the earlier phases' of a `fine_tune` (`learn.epoch_offset`), else 0."
+    return int(getattr(learn, 'epoch_offset', 0) or 0)
+
+def run_epoch(learn) -> int:
+    "The current epoch counted over the whole run: the logs' epoch and TensorBoard's step (`epoch_offset` + the fit's epoch)."
+    return epoch_offset(learn) + int(learn.epoch)
+
 class EpochScalars(FitOnlyCallback):
     "Each epoch's mean training loss, validation loss, metrics and learning rate, once, for every log and checkpoint."
     order = Recorder.order + 1
     def __init__(self): self.history, self.row = [], None
     def before_fit(self):
         super().before_fit()
-        if self.run: self.history, self.row = [], None   # a resumed fit restores `history` afterwards
+        if self.run and not epoch_offset(self.learn): self.history, self.row = [], None   # a resumed fit restores `history` afterwards; a later phase of fine_tune continues it
     def before_epoch(self): self.loss_sum, self.n = 0., 0
     def after_batch(self):
         if not self.training or not self.learn.yb: return
@@ -131,11 +139,12 @@ class EpochScalars(FitOnlyCallback):
     def after_epoch(self):
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
         loss_sum, n = reduce_sum(self.loss_sum, self.n)   # over every rank's batches (a no-op in one process)
-        row = {'epoch': int(self.epoch), 'train_loss': loss_sum / n if n else float('nan')}
+        e = run_epoch(self.learn)
+        row = {'epoch': e, 'train_loss': loss_sum / n if n else float('nan')}
         row.update({k: float(v) for k, v in zip(names, self.recorder.values[-1]) if k != 'train_loss'})
         row['lr'] = float(np.asarray(self.opt.hypers[-1]['lr']).max())
         self.row = row
-        self.history = [r for r in self.history if r['epoch'] < self.epoch] + [row]
+        self.history = [r for r in self.history if r['epoch'] < e] + [row]
     def resume_state(self): return dict(history=[dict(r) for r in self.history])
     def load_resume_state(self, st): self.history = [dict(r) for r in st['history']]
 
@@ -221,11 +230,13 @@ class TensorBoardScalars(FitOnlyCallback):
     def before_epoch(self):
         if self.writer is None and is_rank0():   # at the first epoch, once a resume has set `first_epoch`
             from torch.utils.tensorboard import SummaryWriter
-            first = getattr(self.learn, 'first_epoch', 0)   # resumed: drop the killed run's events from this epoch on
-            self.writer = SummaryWriter(str(self.log_dir), purge_step=first if first else None)
+            # events from this step on are dropped: a resumed run's, written after its checkpoint; on a fresh start (step 0)
+            # all of an earlier run's in this folder; a later phase of fine_tune keeps the earlier phases'
+            first = epoch_offset(self.learn) + getattr(self.learn, 'first_epoch', 0)
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=first)
     def after_epoch(self):
         if self.writer is None: return
-        for k, v in scalar_tags(self.sc.row, self.classes).items(): self.writer.add_scalar(k, v, self.epoch)
+        for k, v in scalar_tags(self.sc.row, self.classes).items(): self.writer.add_scalar(k, v, self.sc.row['epoch'])
         self.writer.flush()
     def after_fit(self):
         if self.writer is not None: self.writer.close(); self.writer = None
@@ -259,7 +270,7 @@ class WandbTracker(FitOnlyCallback):
         super().before_fit()
         if not self.run: return
         self.sc = epoch_scalars(self.learn)
-        if self.wb is None: self.rows, self.run_id = [], None   # a new fit is a new run (resume restores both)
+        if self.wb is None and not epoch_offset(self.learn): self.rows, self.run_id = [], None   # a new fit is a new run (resume restores both; a later phase of fine_tune continues it)
     def _start(self):
         # started at the first epoch, after `ResumeCheckpoint` has restored the run id of an interrupted run
         wandb = import_wandb()
@@ -275,10 +286,11 @@ class WandbTracker(FitOnlyCallback):
     def before_epoch(self):
         if self.wb is None and is_rank0(): self._start()   # one W&B run, by rank 0
     def after_epoch(self):
-        row = {**scalar_tags(self.sc.row, self.classes), 'epoch': self.epoch}   # on every rank: the rows are part of the resume state
-        self.rows = [r for r in self.rows if r['epoch'] < self.epoch] + [row]
+        e = self.sc.row['epoch']   # counted over the run (the phases of fine_tune)
+        row = {**scalar_tags(self.sc.row, self.classes), 'epoch': e}   # on every rank: the rows are part of the resume state
+        self.rows = [r for r in self.rows if r['epoch'] < e] + [row]
         if self.wb is None: return
-        with _rng_preserved(): self.wb.log(row, step=self.epoch)
+        with _rng_preserved(): self.wb.log(row, step=e)
     def after_fit(self):
         if self.wb is not None:
             with _rng_preserved(): self.wb.finish()
@@ -298,14 +310,15 @@ class TextLog(FitOnlyCallback):
     def before_epoch(self):
         if is_rank0() and not self.started:   # at the first epoch, once a resume has set `first_epoch`
             self.fname.parent.mkdir(parents=True, exist_ok=True); self.started = True
-            first = getattr(self.learn, 'first_epoch', 0)
-            self._write(f"fit: epochs {first}-{self.n_epoch - 1} of {self.n_epoch}" + (" (resumed)" if first else ''))
+            first, off = getattr(self.learn, 'first_epoch', 0), epoch_offset(self.learn)
+            self._write(f"fit: epochs {off + first}-{off + self.n_epoch - 1} of {off + self.n_epoch}" + (" (resumed)" if first else '')
+                        + (f" (phase {getattr(self.learn, 'fit_phase', 0)} of fine_tune)" if off else ''))
     def _write(self, msg):
         with open(self.fname, 'a') as f: f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
     def after_epoch(self):
         if not self.started: return
         kv = ' '.join(f"{k}={v:.6g}" for k, v in self.sc.row.items() if k not in ('epoch', 'lr'))
-        self._write(f"epoch {self.epoch} {kv} lr={self.sc.row['lr']:.3g}")
+        self._write(f"epoch {self.sc.row['epoch']} {kv} lr={self.sc.row['lr']:.3g}")
     def after_fit(self):
         if self.started: self._write("fit ended")
 

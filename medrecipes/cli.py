@@ -68,9 +68,9 @@ def _parser():
     s.add_argument('--duplicates', type=int, default=0, help='btxrd: plant this many near-duplicate images (listed in duplicates.csv)')
     k = sub.add_parser('codec', help='SAR codec files: compress an image with a checkpoint, or decompress a file')
     k.add_argument('action', choices=('compress', 'decompress'))
-    k.add_argument('checkpoint', help='a SAR checkpoint (best.pt) trained with quant_bits > 0')
+    k.add_argument('checkpoint', help='a SAR checkpoint (best.pt) with an entropy model (model.entropy=factorized) or quant_bits > 0')
     k.add_argument('input', help='compress: an image (.npy/.tif/.png) in the run\'s units; decompress: a .mrsar file')
-    k.add_argument('output', help='compress: the .mrsar file to write; decompress: the .npy to write')
+    k.add_argument('output', help='compress: the .mrsar file to write; decompress: the .npy or .tif to write (strip by strip; a GeoTIFF source keeps its georeferencing)')
     k.add_argument('--out', choices=('linear', 'db', 'scaled'), default='linear', help='decompress: units of the image written')
     return p
 
@@ -118,9 +118,10 @@ def _codec(args):
         info = compress(args.checkpoint, args.input, args.output)
         est = f"; the entropy model estimated {info['estimate_bpp']:.4f}" if 'estimate_bpp' in info else ''
         print(f"wrote {args.output}: {info['bytes']} bytes, {info['bpp']:.4f} bits per pixel ({info['payload_bpp']:.4f} in the coded stream{est})"); return 0
-    import numpy as np
-    img = decompress(args.input, args.checkpoint, out=args.out)
-    np.save(args.output, img); print(f"wrote {args.output}: {img.shape[0]}x{img.shape[1]} {args.out}"); return 0
+    from medrecipes.codec import read_codec_file
+    head, _ = read_codec_file(args.input)   # decoded strip by strip into the .npy or .tif (GeoTIFF: the source's georeferencing)
+    decompress(args.input, args.checkpoint, out=args.out, out_path=args.output)
+    print(f"wrote {args.output}: {head['height']}x{head['width']} {args.out}"); return 0
 
 def _quiet_logging(verbose:bool):
     "medrecipes' own messages at INFO; every other library's only from WARNING up, unless `verbose`."

@@ -19,9 +19,10 @@ from .metrics import psnr, epi, enl_ratio
 from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
 
 # %% auto #0
-__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'model_digest', 'encode_codes', 'decode_codes',
-           'encode_latent', 'decode_latent', 'codec_bytes', 'read_codec_file', 'compress', 'decompress',
-           'codec_metrics', 'jpeg2000_roundtrip', 'compare_codecs', 'bd_rate', 'bd_psnr']
+__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'STRIP_CONTEXT', 'model_digest', 'encode_strips',
+           'iter_decoded_strips', 'decode_strips', 'encode_latent', 'decode_latent', 'codec_bytes', 'read_codec_file',
+           'compress', 'estimate_looks', 'synthesize_speckle', 'decompress', 'geotiff_tags', 'codec_metrics',
+           'jpeg2000_roundtrip', 'compare_codecs', 'bd_rate', 'bd_psnr']
 
 # %% ../nbs/19_codec.ipynb #c005
 CODEC_MAGIC = b'MRSC'   # 4 bytes
@@ -61,30 +62,61 @@ def _model_and_pre(source, preprocess=None):
     if pre is None or not pre.fitted: raise ValueError("no fitted SarPreprocess: pass `preprocess=` (the run's dls.preprocess) with a bare model")
     return model, pre, lmbda
 
-def _pad16(x):
-    h, w = x.shape; H, W = -(-h // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE, -(-w // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE
-    return np.pad(x, ((0, H - h), (0, W - w)), mode='symmetric')
+STRIP_ROWS = 1024   # images taller than this are coded in strips of this many rows (a multiple of 16): memory bounded by the width
+STRIP_CONTEXT = 128 # rows of image context above and below each strip (8 latent rows for the decoder): seams far below the coding error
+
+class _Rows:
+    "Rows of an image in its own units, mirrored past the bottom and right edges to multiples of 16 (numpy's symmetric padding); a file is read by windows"
+    def __init__(self, image, pre):
+        from medrecipes.data.sar import SarScene, read_sar_image
+        if isinstance(image, (str, Path)):
+            p = Path(image)
+            image = SarScene(p) if p.suffix.lower() in ('.npy', '.tif', '.tiff') else read_sar_image(p)
+        if not isinstance(image, np.ndarray) and not hasattr(image, 'read'): image = np.asarray(image, np.float32)
+        if len(image.shape) != 2: raise ValueError(f"compress takes a 2-D image, got shape {tuple(image.shape)}")
+        self.src, self.pre, (self.h, self.w) = image, pre, image.shape
+        self.H, self.W = -(-self.h // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE, -(-self.w // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE
+    def scaled(self, a0:int, a1:int) -> np.ndarray:
+        "Padded rows `a0:a1`, scaled to [0, 1] by the preprocessing (float32)"
+        idx = np.arange(a0, a1); idx = np.where(idx < self.h, idx, 2 * self.h - 1 - idx)   # numpy's 'symmetric' padding
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        block = self.src.read(lo, hi, 0, self.w) if hasattr(self.src, 'read') else np.asarray(self.src[lo:hi])
+        rows = np.asarray(self.pre.encode(np.asarray(block, np.float32)), np.float32)[idx - lo]
+        return np.pad(rows, ((0, 0), (0, self.W - self.w)), mode='symmetric')
 
 @torch.no_grad()
-def encode_codes(model:SarAutoencoder, x01:np.ndarray) -> np.ndarray:
-    "The integer latent codes (C x h x w) of a [0, 1] image, padded (mirrored) to multiples of 16 and coded whole"
+def encode_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT) -> np.ndarray:
+    "The integer latent (C x H/16 x W/16) of an image, encoded in strips of `strip_rows` rows with `context` rows of image around each"
+    if strip_rows % SAR_DOWNSAMPLE or context % SAR_DOWNSAMPLE: raise ValueError(f"strip_rows and context must be multiples of {SAR_DOWNSAMPLE}")
     was = model.training; model.eval()
     try:
-        p = next(model.parameters())
-        q = model.compress(torch.from_numpy(_pad16(np.asarray(x01, np.float32)))[None, None].to(p.device, p.dtype))
-        if model.entropy_bottleneck is not None: return model.entropy_bottleneck.symbols(q)[0]   # clamped into the coding ranges
+        p = next(model.parameters()); s = SAR_DOWNSAMPLE
+        codes = np.empty((model.latent_channels, rows.H // s, rows.W // s), np.int32)
+        for r0 in range(0, rows.H, strip_rows):
+            r1 = min(r0 + strip_rows, rows.H); a0, a1 = max(0, r0 - context), min(rows.H, r1 + context)
+            q = model.compress(torch.from_numpy(rows.scaled(a0, a1))[None, None].to(p.device, p.dtype))
+            if model.entropy_bottleneck is not None: q = torch.from_numpy(model.entropy_bottleneck.symbols(q))   # clamped into the coding ranges
+            codes[:, r0 // s:r1 // s] = q[0, :, (r0 - a0) // s:(r1 - a0) // s].cpu().numpy()
     finally: model.train(was)
-    return q[0].cpu().numpy()
+    return codes
 
-@torch.no_grad()
-def decode_codes(model:SarAutoencoder, codes:np.ndarray, shape) -> np.ndarray:
-    "The [0, 1] reconstruction (cropped to `shape`) of latent codes"
-    was = model.training; model.eval()
+def iter_decoded_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT):
+    "`(y0, y1, rows)` of the [0, 1] image (cropped to `shape`), decoded strip by strip with `context` rows of latent context around each"
+    was = model.training; model.eval(); s = SAR_DOWNSAMPLE
+    h, w = shape; H = codes.shape[1] * s
     try:
         p = next(model.parameters())
-        r = model.decompress(torch.from_numpy(codes.astype(np.int32))[None].to(p.device))
+        for r0 in range(0, min(H, h), strip_rows):
+            r1 = min(r0 + strip_rows, H, h); l0, l1 = max(0, (r0 - context) // s), min(codes.shape[1], -(-(r1 + context) // s))
+            with torch.no_grad(): r = model.decompress(torch.from_numpy(np.ascontiguousarray(codes[:, l0:l1], np.int32))[None].to(p.device))
+            yield r0, r1, r[0, 0, r0 - l0 * s:r1 - l0 * s, :w].float().cpu().numpy()
     finally: model.train(was)
-    return r[0, 0, :shape[0], :shape[1]].float().cpu().numpy()
+
+def decode_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT) -> np.ndarray:
+    "The [0, 1] image (cropped to `shape`) decoded strip by strip (`iter_decoded_strips`) into one array"
+    out = np.empty(tuple(shape), np.float32)
+    for r0, r1, strip in iter_decoded_strips(model, codes, shape, strip_rows, context): out[r0:r1] = strip
+    return out
 
 def _code_dtype(bits): return np.dtype('u1') if bits <= 8 else np.dtype('<u2')
 
@@ -107,10 +139,14 @@ def decode_latent(model:SarAutoencoder, head:dict, payload:bytes, name='') -> np
     if len(raw) != int(np.prod(shape)) * dt.itemsize: raise ValueError(f"{name}: the latent stream holds {len(raw)} bytes; shape {shape} needs {int(np.prod(shape)) * dt.itemsize}")
     return np.frombuffer(raw, dt).reshape(shape)
 
+_GEO = 1   # flags bit: a georeferencing block (uint32 length, JSON of the source GeoTIFF's tags) follows the header
+
 def codec_bytes(head:dict, payload:bytes) -> bytes:
-    "A codec file's bytes: the fixed binary header (36 bytes), the payload, a CRC-32 of all before it"
-    body = _HEAD.pack(CODEC_MAGIC, CODEC_VERSION, CODINGS.index(head['coding']), head.get('bits') or 0, 0, head['height'], head['width'],
-                      bytes.fromhex(head['model_digest']), float(head.get('lmbda') or 0.), float(head.get('looks') or 0.), len(payload)) + payload
+    "A codec file's bytes: the fixed binary header (36 bytes), the georeferencing block if any, the payload, a CRC-32 of all before it"
+    geo = json.dumps(head['geo'], separators=(',', ':'), sort_keys=True).encode() if head.get('geo') else b''
+    body = _HEAD.pack(CODEC_MAGIC, CODEC_VERSION, CODINGS.index(head['coding']), head.get('bits') or 0, _GEO if geo else 0, head['height'], head['width'],
+                      bytes.fromhex(head['model_digest']), float(head.get('lmbda') or 0.), float(head.get('looks') or 0.), len(payload))
+    body += (struct.pack('<I', len(geo)) + geo if geo else b'') + payload
     return body + struct.pack('<I', zlib.crc32(body))
 
 def read_codec_file(path:str|Path) -> tuple:
@@ -122,45 +158,73 @@ def read_codec_file(path:str|Path) -> tuple:
     if not b.startswith(CODEC_MAGIC[:len(b)]) or (len(b) >= len(CODEC_MAGIC) and not b.startswith(CODEC_MAGIC)):
         raise bad(f"not a medrecipes SAR codec file (expected the magic bytes {CODEC_MAGIC!r} at the start)")
     if len(b) < _HEAD.size + 4: raise bad(f"truncated: {len(b)} bytes, shorter than the {_HEAD.size + 4} of the header and checksum")
-    _, version, coding, bits, _, h, w, digest, lmbda, looks, n = _HEAD.unpack_from(b)
+    _, version, coding, bits, flags, h, w, digest, lmbda, looks, n = _HEAD.unpack_from(b)
     if version != CODEC_VERSION: raise bad(f"codec file version {version}; this medrecipes reads version {CODEC_VERSION}")
-    if len(b) != _HEAD.size + n + 4:
-        raise bad(f"truncated: {len(b)} bytes, the header announces {_HEAD.size + n + 4}" if len(b) < _HEAD.size + n + 4
-                  else f"{len(b)} bytes, the header announces {_HEAD.size + n + 4}: the file is corrupted")
+    start = _HEAD.size
+    if flags & _GEO:
+        if len(b) < start + 8: raise bad(f"truncated: {len(b)} bytes, too short for the georeferencing block the header announces")
+        start += 4 + struct.unpack_from('<I', b, start)[0]
+    if len(b) != start + n + 4:
+        raise bad(f"truncated: {len(b)} bytes, the header announces {start + n + 4}" if len(b) < start + n + 4
+                  else f"{len(b)} bytes, the header announces {start + n + 4}: the file is corrupted")
     if zlib.crc32(b[:-4]) != struct.unpack('<I', b[-4:])[0]: raise bad("checksum mismatch: the file is corrupted")
     if coding >= len(CODINGS): raise bad(f"unknown latent coding {coding}")
-    head = dict(coding=CODINGS[coding], bits=bits, height=h, width=w, model_digest=digest.hex(), lmbda=lmbda, looks=looks, payload_bytes=n)
-    return head, b[_HEAD.size:-4]
+    head = dict(coding=CODINGS[coding], bits=bits, height=h, width=w, model_digest=digest.hex(), lmbda=lmbda, looks=looks, payload_bytes=n,
+                geo=json.loads(b[_HEAD.size + 4:start]) if flags & _GEO else None)
+    return head, b[start:-4]
 
 def compress(learn_or_model, # a `SarLearner`, a checkpoint path, or a model (with `preprocess=`)
              image, # a 2-D image in the run's units (linear intensity or dB), or a file `read_sar_image` reads
              path:str|Path, # the codec file to write
              preprocess=None, # the fitted `SarPreprocess` (default: the learner's or checkpoint's)
+             strip_rows:int=STRIP_ROWS, # taller images are coded in strips of this many rows (read by windows from .npy/TIFF files)
             ) -> dict:
     "Encode `image` into a codec file; returns its size, its bits per pixel (`bpp`: the whole file) and, for entropy models, the likelihoods' estimate beside it"
     model, pre, lmbda = _model_and_pre(learn_or_model, preprocess)
-    if isinstance(image, (str, Path)):
-        from medrecipes.data.sar import read_sar_image
-        image = read_sar_image(image)
-    a = np.asarray(image, dtype=np.float32)
-    if a.ndim != 2: raise ValueError(f"compress takes a 2-D image, got shape {a.shape}")
-    codes = encode_codes(model, pre.encode(a))
+    rows = _Rows(image, pre)
+    codes = encode_strips(model, rows, strip_rows)
     coding, payload = encode_latent(model, codes)
-    data = codec_bytes(dict(coding=coding, bits=model.quant_bits, height=a.shape[0], width=a.shape[1],
-                            model_digest=model_digest(model, pre), lmbda=lmbda), payload)
+    n = rows.h * rows.w
+    data = codec_bytes(dict(coding=coding, bits=model.quant_bits, height=rows.h, width=rows.w, model_digest=model_digest(model, pre), lmbda=lmbda,
+                            looks=estimate_looks(rows.scaled(0, min(rows.h, 1024))[:, :rows.w][:, :1024], pre),
+                            geo=geotiff_tags(image) if isinstance(image, (str, Path)) else None), payload)
     atomic_write(Path(path), lambda t: Path(t).write_bytes(data))
-    res = dict(path=str(path), bytes=len(data), bpp=8 * len(data) / a.size, payload_bpp=8 * len(payload) / a.size, latent_shape=list(codes.shape))
+    res = dict(path=str(path), bytes=len(data), bpp=8 * len(data) / n, payload_bpp=8 * len(payload) / n, latent_shape=list(codes.shape))
     if model.entropy_bottleneck is not None:
         with torch.no_grad(): lik = model.entropy_bottleneck.likelihood(torch.from_numpy(codes[None]).float())
-        res['estimate_bpp'] = float(-torch.log2(lik).sum()) / a.size   # the likelihoods' bits: beside the file's, never instead
+        res['estimate_bpp'] = float(-torch.log2(lik).sum()) / n   # the likelihoods' bits: beside the file's, never instead
     return res
+
+def estimate_looks(x01:np.ndarray, preprocess) -> float:
+    "The equivalent number of looks of a [0, 1] image: the pooled ENL of its most homogeneous quarter of 16-pixel blocks, in linear intensity (0 if none can be measured)"
+    from medrecipes.metrics import enl, homogeneous_blocks
+    lin = torch.from_numpy(np.asarray(preprocess.decode_linear(np.asarray(x01, np.float32)), np.float32))[None, None]
+    if min(lin.shape[-2:]) < 32: return 0.
+    v = float(enl(lin, homogeneous_blocks(lin)))
+    return v if np.isfinite(v) and v > 0 else 0.
+
+def synthesize_speckle(linear:np.ndarray, # a decoded image in linear intensity
+                       looks:float, # the equivalent number of looks to give it (the original's, from the file)
+                       seed:int=0, # the speckle field's seed: the same seed, the same image
+                       n_looks:int=5, resolution_px:float=1.3, # the sensor's looks and impulse response (`medrecipes.synth.correlated_speckle`; Sentinel-1 IW GRD-like)
+                      ) -> np.ndarray:
+    "`linear` times seeded multi-look Gamma-like speckle with `looks` looks, spatially correlated as `correlated_speckle` makes it"
+    from medrecipes.synth import correlated_speckle
+    if not looks > 0: raise ValueError(f"looks must be > 0, got {looks}")
+    return (np.asarray(linear, np.float32) * correlated_speckle(np.shape(linear), float(looks), n_looks, resolution_px, rng=seed)).astype(np.float32)
 
 def decompress(path:str|Path, # a file `compress` wrote
                learn_or_model, # the learner, checkpoint or model (with `preprocess=`) that wrote it
                out:str='linear', # 'linear', 'db' or 'scaled' ([0, 1])
-               preprocess=None) -> np.ndarray:
-    "Decode a codec file with its model and preprocessing; their digest must match the file's"
+               preprocess=None,
+               speckle:str|None=None, # None: the plain decode; 'synthesize': the decoded reflectivity times seeded speckle of the original's looks
+               looks:float|None=None, # with 'synthesize': the looks to give (default: the original's, stored in the file)
+               seed:int=0, # with 'synthesize': the speckle's seed
+               out_path:str|Path|None=None, # write the image strip by strip to this .npy or .tif (GeoTIFF with the source's georeferencing) and return the path
+              ):
+    "Decode a codec file with its model and preprocessing (their digest must match the file's); optionally re-draw speckle on the decoded reflectivity"
     if out not in ('linear', 'db', 'scaled'): raise ValueError(f"out must be 'linear', 'db' or 'scaled', not {out!r}")
+    if speckle not in (None, 'synthesize'): raise ValueError(f"speckle must be None or 'synthesize', not {speckle!r}")
     head, payload = read_codec_file(path)
     model, pre, _ = _model_and_pre(learn_or_model, preprocess)
     if head['model_digest'] != model_digest(model, pre):
@@ -169,9 +233,62 @@ def decompress(path:str|Path, # a file `compress` wrote
     want = 'factorized' if model.entropy_bottleneck is not None else 'uniform'
     if head['coding'] != want: raise ValueError(f"{path}: coded as {head['coding']!r}, but the model codes {want!r}")
     codes = decode_latent(model, head, payload, path)
-    r = decode_codes(model, codes, (head['height'], head['width']))
+    if out_path is not None: return _decode_to_file(model, pre, codes, head, out, Path(out_path), speckle, looks, seed)
+    r = decode_strips(model, codes, (head['height'], head['width']))
+    if speckle == 'synthesize':
+        L = looks if looks is not None else head['looks']
+        if not L > 0: raise ValueError(f"{path}: the file records no looks of its original (0); pass looks= to synthesize speckle")
+        lin = synthesize_speckle(pre.decode_linear(r), L, seed)
+        if out == 'linear': return lin
+        db = 10 * np.log10(np.maximum(lin.astype(np.float64), 1e-30))      # `decode_linear` inverted: the dB the scale is defined on
+        return np.asarray(db if out == 'db' else np.clip((db - pre.lo) / (pre.hi - pre.lo), 0, 1), dtype=np.float32)
     return r if out == 'scaled' else np.asarray(pre.decode_db(r) if out == 'db' else pre.decode_linear(r), dtype=np.float32)
 
+
+_GEOTAGS = {33550: 'ModelPixelScaleTag', 33922: 'ModelTiepointTag', 34264: 'ModelTransformationTag', 34735: 'GeoKeyDirectoryTag',
+            34736: 'GeoDoubleParamsTag', 34737: 'GeoAsciiParamsTag', 42112: 'GDAL_METADATA', 42113: 'GDAL_NODATA'}
+
+def geotiff_tags(path) -> dict|None:
+    "The georeferencing tags of a GeoTIFF (`{code: [TIFF type, value]}`, plain JSON values), or None for other files and TIFFs without them"
+    p = Path(path)
+    if p.suffix.lower() not in ('.tif', '.tiff'): return None
+    import tifffile
+    with tifffile.TiffFile(p) as tf:
+        tags = {str(t.code): [int(t.dtype), t.value.tolist() if hasattr(t.value, 'tolist') else (list(t.value) if isinstance(t.value, tuple) else t.value)]
+                for t in tf.pages[0].tags.values() if t.code in _GEOTAGS}
+    return tags or None
+
+def _extratags(geo:dict) -> list:
+    "tifffile `extratags` from `geotiff_tags`"
+    out = []
+    for code, (dtype, value) in sorted(geo.items(), key=lambda kv: int(kv[0])):
+        v = value if isinstance(value, str) else tuple(value) if isinstance(value, list) else (value,)
+        out.append((int(code), int(dtype), 0 if isinstance(v, str) else len(v), v, True))
+    return out
+
+def _decode_to_file(model, pre, codes, head, out, path:Path, speckle, looks, seed) -> Path:
+    "Decode strip by strip into a float32 .npy (memory-mapped) or a GeoTIFF (the file's georeferencing), never holding the whole image"
+    h, w = head['height'], head['width']
+    if speckle is not None: raise ValueError("speckle synthesis is not available when decoding to a file strip by strip; decode to an array")
+    conv = (lambda r: r) if out == 'scaled' else (lambda r: np.asarray(pre.decode_db(r) if out == 'db' else pre.decode_linear(r), np.float32))
+    ext = path.suffix.lower()
+    if ext == '.npy':
+        def write(t):
+            mm = np.lib.format.open_memmap(t, mode='w+', dtype=np.float32, shape=(h, w))
+            for y0, y1, r in iter_decoded_strips(model, codes, (h, w)): mm[y0:y1] = conv(r)
+            mm.flush(); del mm
+    elif ext in ('.tif', '.tiff'):
+        import tifffile
+        def chunks(n=16):   # TIFF strips of n rows, decoded lazily as tifffile writes them
+            for _, _, r in iter_decoded_strips(model, codes, (h, w)):
+                r = conv(r)
+                for i in range(0, len(r), n): yield np.ascontiguousarray(r[i:i + n])
+        def write(t):
+            tifffile.imwrite(t, data=chunks(), shape=(h, w), dtype=np.float32, rowsperstrip=16, photometric='minisblack',
+                             extratags=_extratags(head['geo']) if head.get('geo') else ())
+    else: raise ValueError(f"{path}: decode to a .npy or .tif file, not {path.suffix!r}")
+    atomic_write(path, write)
+    return path
 
 # %% ../nbs/19_codec.ipynb #c008
 def _t(a): return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]

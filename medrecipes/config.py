@@ -57,6 +57,7 @@ class XrayData:
     cache:bool=True               # decode every image once into a memory-mapped uint8 cache (medrecipes.data.cache)
     cache_dir:Optional[str]=None  # where the cache lives (null: <path>/.medrecipes-cache)
     cache_size:Optional[int]=None # images are stored fit inside this square (null: 2 x size)
+    cache_verify:str='stamp'      # a cached file is unchanged if its size and mtime are (stamp), or also its content hash (hash: reads every file; for collections edited in place)
     draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size
     min_image_size:Optional[int]=None   # a smaller image (longer side) is an error (null: a quarter of the stored size)
     dup_distance:Optional[int]=4  # near-duplicates (perceptual hashes <= 4 of 64 bits apart) share a split (null: no check)
@@ -117,6 +118,7 @@ class SarData:
     batch_size:int=32
     patches_per_image:int=8
     num_workers:int=0
+    target:str='input'            # the distortion and metrics against: input (the speckled image) | clean (clean/<split>/<name>: despeckling compression)
 
 @dataclass
 class SarTrainer:
@@ -185,6 +187,7 @@ class FolderData:
     dup_distance:Optional[int]=4  # near-duplicates (perceptual hashes <= 4 of 64 bits apart) in different split folders: leak_report.csv (null: no check)
     cache_dir:Optional[str]=None  # where the cache lives (null: <path>/.medrecipes-cache)
     cache_size:Optional[int]=None # images are stored fit inside this square (null: 2 x size)
+    cache_verify:str='stamp'      # a cached file is unchanged if its size and mtime are (stamp), or also its content hash (hash: reads every file; for collections edited in place)
     draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size
     min_image_size:Optional[int]=None   # a smaller image (longer side) is an error (null: a quarter of the stored size)
 

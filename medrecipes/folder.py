@@ -125,7 +125,7 @@ def folder_dls_from_config(cfg:dict) -> FolderDataLoaders:
     return FolderDataLoaders.from_folder(d['path'], train=d['train'], valid=d['valid'], test=d['test'], size=d['size'],
                                          bs=d['batch_size'], augment=dict(flip=d['flip']) if d['augment'] else False,
                                          num_workers=d['num_workers'], seed=t['seed'], device=default_device(t['device']),
-                                         cache=d['cache'], cache_dir=d['cache_dir'], cache_size=d['cache_size'], draft=d['draft'],
+                                         cache=d['cache'], cache_dir=d['cache_dir'], cache_size=d['cache_size'], cache_verify=d['cache_verify'], draft=d['draft'],
                                          min_image_size=d['min_image_size'], dup_distance=d['dup_distance'], progress=t['progress'])
 
 def train_folder(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)

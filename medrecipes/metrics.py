@@ -136,7 +136,8 @@ class ImageMetric(Metric):
         ds = _sar_tiles(learn)
         if ds is None: return [(pred, targ)]
         if getattr(self, '_st', None) is None or self._st.tiles is not ds: self._st = ds.stitcher()
-        return [(torch.from_numpy(im)[None, None], torch.from_numpy(np.ascontiguousarray(ds.images[i]))[None, None])
+        targs = ds.images if getattr(ds, 'targets', None) is None else ds.targets   # the clean reflectivity when the loaders score against it
+        return [(torch.from_numpy(im)[None, None], torch.from_numpy(np.ascontiguousarray(targs[i]))[None, None])
                 for i, im in self._st.add(pred)]
     def accumulate(self, learn):
         for pred, targ in self._pairs(learn):

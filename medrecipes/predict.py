@@ -16,36 +16,77 @@ import torch.nn as nn, torch.nn.functional as F
 from .core import load_checkpoint, default_device, atomic_write
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'collect_inputs', 'file_sha256', 'cam_target_layer', 'grad_cam',
-           'cam_on_image', 'save_cam_overlay', 'cam_box_mass', 'predict_images', 'cam_grid', 'sar_encode', 'sar_decode',
-           'compress_sar', 'reconstruct_sar_files', 'predict_checkpoint', 'predict_main']
+__all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'input_items', 'collect_inputs', 'file_sha256', 'cam_target_layer',
+           'grad_cam', 'cam_on_image', 'save_cam_overlay', 'cam_box_mass', 'predict_images', 'cam_grid', 'sar_encode',
+           'sar_decode', 'compress_sar', 'reconstruct_sar_files', 'predict_checkpoint', 'predict_main']
 
 # %% ../nbs/21_predict.ipynb #c005
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.dcm', '.dicom')   # what a folder is searched for
 SAR_EXTS = ('.npy', '.tif', '.tiff', '.png')
 PATH_COLUMNS = ('path', 'file', 'filename', 'image', 'image_path')   # a CSV of inputs: the first of these columns, else its first column
+_DICOM_EXTS = ('.dcm', '.dicom')   # a search for these also finds DICOM files by their DICM magic, whatever their name
 
-def _csv_paths(fn:Path) -> list:
-    df = pd.read_csv(fn, dtype=str, keep_default_na=False)
+def _csv_rows(fn:Path) -> list:
+    "One item per row of a CSV of inputs: its path (relative to the CSV's folder), or the error of an empty one, and its other columns."
+    df = pd.read_csv(fn, dtype=str, keep_default_na=False, skip_blank_lines=False)   # a blank line in the middle is a row
     if df.shape[1] == 0: raise ValueError(f"{fn}: a CSV of inputs needs a column of paths ({' or '.join(PATH_COLUMNS)}, else the first column)")
     col = next((c for c in df.columns if str(c).strip().lower() in PATH_COLUMNS), df.columns[0])
-    return [p if Path(p).is_absolute() else str(fn.parent/p) for p in (s.strip() for s in df[col]) if p]
+    blank = (df.apply(lambda s: s.str.strip()) == '').all(axis=1).to_numpy()
+    n = len(df) - (int(np.argmin(blank[::-1])) if not blank.all() else len(df))   # blank lines at the end of the file are no rows
+    out = []
+    for i, r in enumerate(df.iloc[:n].to_dict('records')):
+        p = str(r.pop(col)).strip()
+        out.append(dict(path=(Path(p) if Path(p).is_absolute() else fn.parent/p) if p else None, extra={str(k): v for k, v in r.items()},
+                        error=None if p else f"empty path in {fn}, row {i} (line {i + 2}), column {col!r}"))
+    return out
+
+def _search(folder:Path, exts) -> tuple:
+    "The files under `folder` (recursively, sorted) a search for `exts` finds, and the other files: `(found, skipped)`."
+    magic = any(e in _DICOM_EXTS for e in exts)
+    if magic: from medrecipes.data.images import is_dicom
+    found, skipped = [], []
+    for f in sorted(f for f in folder.rglob('*') if f.is_file()):
+        (found if f.suffix.lower() in exts or (magic and is_dicom(f)) else skipped).append(f)
+    return found, skipped
+
+def input_items(inputs, # files, folders (searched recursively), glob patterns, or `.csv` files listing paths
+                exts=IMAGE_EXTS, # what a folder is searched for (with `.dcm`: DICOM files by their DICM magic too)
+               ) -> tuple:
+    """The inputs as `(items, skipped)`: one item per image to read, in input order, each a dict of `path` (None for an
+    empty CSV row), `error` (why it cannot be read, known before reading: an empty row) and `extra` (the other columns of
+    its CSV row). Every CSV row and every name given is an item, even twice; the files found by searching folders and
+    patterns are items once each. `skipped`: the files in searched folders that are not images."""
+    if isinstance(inputs, (str, Path)): inputs = [inputs]
+    items, skipped, seen = [], [], set()
+    def add(fs):   # files found by a search: once each
+        for f in fs:
+            if f not in seen: seen.add(f); items.append(dict(path=f, error=None, extra={}))
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found, other = _search(p, exts); add(found); skipped += other
+        elif p.is_file() and p.suffix.lower() == '.csv': items += _csv_rows(p)
+        elif p.exists() or not glob.has_magic(str(s)): items.append(dict(path=p, error=None, extra={}))
+        else:
+            hits = sorted(Path(f) for f in glob.glob(str(s), recursive=True) if Path(f).is_file())
+            if hits: add(hits)
+            else: items.append(dict(path=p, error=None, extra={}))    # a pattern matching nothing is reported as a missing input
+    return items, list(dict.fromkeys(skipped))
 
 def collect_inputs(inputs, # files, folders (searched recursively), glob patterns, or `.csv` files listing paths
                    exts=IMAGE_EXTS, # what a folder is searched for
                   ) -> list:
-    "The input files, in order, duplicates dropped; a name that is none of these is kept, so it is reported as missing."
-    if isinstance(inputs, (str, Path)): inputs = [inputs]
-    out = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir(): out += sorted(f for f in p.rglob('*') if f.is_file() and f.suffix.lower() in exts)
-        elif p.is_file() and p.suffix.lower() == '.csv': out += [Path(f) for f in _csv_paths(p)]
-        elif p.exists() or not glob.has_magic(str(s)): out.append(p)
-        else:
-            hits = sorted(Path(f) for f in glob.glob(str(s), recursive=True) if Path(f).is_file())
-            out += hits if hits else [p]    # a pattern matching nothing is reported as a missing input
-    return list(dict.fromkeys(out))
+    "The input files, in order, duplicates and empty CSV rows dropped; a name that is none of these is kept, so it is reported as missing."
+    return list(dict.fromkeys(it['path'] for it in input_items(inputs, exts)[0] if it['path'] is not None))
+
+def _few(files:list, n:int=3) -> str:
+    return ', '.join(map(str, files[:n])) + (f' and {len(files) - n} more' if len(files) > n else '')
+
+def _no_images(inputs, skipped:list) -> str:
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    return (f"no image found in the inputs ({_few(inputs)})" + (f": {len(skipped)} file(s) skipped, not images ({_few(skipped)})" if skipped else '')
+            + "; expected image files (.png, .jpg, .tif, .dcm ...; DICOM files by their DICM magic, whatever their name), "
+              "folders holding them, glob patterns, or CSV files with a column of paths")
 
 def file_sha256(fn:str|Path) -> str:
     "The SHA-256 of a file, in hex."
@@ -139,8 +180,19 @@ def _unique_name(stem:str, used:set) -> str:
     while name in used: k += 1; name = f'{stem}_{k}'
     used.add(name); return name
 
+def _extra_columns(items:list, taken:list) -> dict:
+    "The CSV columns the items carry, in order of first appearance -> their names in the output (`input_<name>` where an output column has it)."
+    out = {}
+    for it in items:
+        for c in it['extra']:
+            if c in out: continue
+            name = c
+            while name in taken or name in out.values(): name = f'input_{name}'
+            out[c] = name
+    return out
+
 def predict_images(ckpt:str|Path, # a classifier checkpoint (best.pt or latest.pt)
-                   inputs, # files, folders, glob patterns or CSV files of paths (`collect_inputs`)
+                   inputs, # files, folders, glob patterns or CSV files of paths (`input_items`)
                    out:str|Path|None='predictions', # writes predictions.csv, errors.csv (and cam/) here; None: write nothing
                    bs:int=16, # images per batch
                    device=None, # None: CUDA when available, else the CPU
@@ -150,48 +202,56 @@ def predict_images(ckpt:str|Path, # a classifier checkpoint (best.pt or latest.p
                    cam_layer:str|None=None, # the module Grad-CAM reads (default: the checkpoint's config `cam_layer`, else `cam_target_layer`)
                    progress:bool=True, # show a progress bar
                   ) -> dict:
-    "Class probabilities for every readable input: `predictions` and `errors` (DataFrames) and the `files` written."
+    """Class probabilities for every readable input: `predictions` and `errors` (DataFrames; every input item is one row of
+    one of them, both in input order, with the other columns of its CSV row), the `files` written, and the files of the
+    input folders `skipped` as not images. No image found at all is an error."""
     from medrecipes.classify import load_classifier, predict, preprocess, stored_input
     from medrecipes.data.images import read_image
     from medrecipes.export import _find
+    items, skipped = input_items(inputs)
+    if not items: raise ValueError(_no_images(inputs, skipped))
     ckpt = Path(ckpt); dev = default_device(device)
     model, ck = load_classifier(ckpt, dev)
     classes, sha = list(ck['class_names']), file_sha256(ckpt)
     cam_layer = cam_layer or _find(ck.get('config'), 'cam_layer')
     if cam: cam_layer = _check_layer(model, cam_layer or cam_target_layer(model))
-    paths = collect_inputs(inputs)
-    rows, errors, written, used = [], [], [], set()
     out = None if out is None else Path(out)
-    for i in _progress(range(0, len(paths), bs), progress and len(paths) > bs, total=None):
+    cols = ['path', 'prediction', 'probability', *[f'prob_{c}' for c in classes], *(['cam'] if cam and out is not None else [])]
+    extra = _extra_columns(items, [*cols, 'error', 'checkpoint', 'checkpoint_sha256'])
+    rows, errors, written, used = [], [], [], set()
+    for i in _progress(range(0, len(items), bs), progress and len(items) > bs, total=None):
         ok, ims = [], []   # the network's inputs, read as the loaders read them (draft decoding, stored size)
-        for p in paths[i:i + bs]:
+        for it in items[i:i + bs]:
+            p = it['path']
             try:
+                if it['error']: raise ValueError(it['error'])
                 if not p.is_file(): raise FileNotFoundError(f"no such file" if not p.exists() else "not a file")
                 im = stored_input(p, ck['normalization'])
-                ims.append(im if isinstance(im, Image.Image) else read_image(p)); ok.append(p)   # a checkpoint without the stored stage: read in full
-            except Exception as e: errors.append(dict(path=str(p), error=' '.join(str(e).split()) or type(e).__name__))
+                ims.append(im if isinstance(im, Image.Image) else read_image(p)); ok.append(it)   # a checkpoint without the stored stage: read in full
+            except Exception as e:
+                errors.append(dict(path='' if p is None else str(p), error=' '.join(str(e).split()) or type(e).__name__,
+                                   **{extra[k]: v for k, v in it['extra'].items()}))
         if not ok: continue
         probs = predict((model, ck), ims, bs=len(ims), device=dev, calibrated=calibrated, tta=tta)
         pred = probs.argmax(1)
-        for p, pr, k in zip(ok, probs, pred):
-            rows.append(dict(path=str(p), prediction=classes[k], probability=float(pr[k]),
-                             **{f'prob_{c}': float(v) for c, v in zip(classes, pr)}))
+        for it, pr, k in zip(ok, probs, pred):
+            rows.append(dict(path=str(it['path']), prediction=classes[k], probability=float(pr[k]),
+                             **{f'prob_{c}': float(v) for c, v in zip(classes, pr)}, **{extra[c]: v for c, v in it['extra'].items()}))
         if cam and out is not None:
             xb = torch.stack([preprocess(im, ck['normalization']) for im in ims]).to(dev)
             maps = grad_cam(model, xb, pred, cam_layer)
-            for p, m, k, pr, r in zip(ok, maps, pred, probs, rows[-len(ok):]):
-                fn = out/'cam'/f"{_unique_name(p.stem, used)}_cam.png"
+            for it, m, k, pr, r in zip(ok, maps, pred, probs, rows[-len(ok):]):
+                p = it['path']; fn = out/'cam'/f"{_unique_name(p.stem, used)}_cam.png"
                 im = read_image(p)   # the overlay at the original size (the letterbox keeps the aspect)
                 save_cam_overlay(im, cam_on_image(m, im.size), f"{p.name}: {classes[k]} {pr[k]:.2f}", fn)
                 r['cam'] = str(fn); written.append(fn)
-    cols = ['path', 'prediction', 'probability', *[f'prob_{c}' for c in classes], *(['cam'] if cam and out is not None else [])]
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=[*cols, *extra.values()])
     df['checkpoint'], df['checkpoint_sha256'] = str(ckpt), sha
-    err = pd.DataFrame(errors, columns=['path', 'error'])
+    err = pd.DataFrame(errors, columns=['path', 'error', *extra.values()])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         written = [_write_csv(df, out/'predictions.csv'), _write_csv(err, out/'errors.csv'), *written]
-    return dict(predictions=df, errors=err, files=written, temperature=ck.get('temperature') if calibrated else None,
+    return dict(predictions=df, errors=err, files=written, skipped=skipped, temperature=ck.get('temperature') if calibrated else None,
                 tta_flips=(ck.get('tta_flips') or []) if tta else [], cam_layer=cam_layer if cam else None)
 
 # %% ../nbs/21_predict.ipynb #c019
@@ -343,7 +403,7 @@ def predict_checkpoint(ckpt:str|Path, # a classifier or SAR checkpoint
     raise ValueError(f"sar must be 'reconstruct' or 'compress', not {sar!r}")
 
 def predict_main(args) -> int:
-    "`medrecipes predict`: run, print what was written; exit 1 when an input could not be read (unless `keep_going`)."
+    "`medrecipes predict`: run, print what was written and what the folders held besides images; exit 1 when an input could not be read (unless `keep_going`)."
     r = predict_checkpoint(args.checkpoint, args.inputs, args.out, args.bs, args.device, not args.no_progress,
                            not args.no_calibration, args.tta, args.cam, args.cam_layer, args.sar, args.units)
     tab = r['predictions'] if r['kind'] == 'classifier' else r['outputs']
@@ -351,8 +411,10 @@ def predict_main(args) -> int:
     print(f"{len(tab)} input(s) {what}, {len(r['errors'])} unreadable; wrote {len(r['files'])} file(s):")
     for f in r['files'][:20]: print(f"  {f}")
     if len(r['files']) > 20: print(f"  ... and {len(r['files']) - 20} more in {args.out}")
+    if skipped := r.get('skipped'):   # counted, not errors: a folder may hold notes, lists, reports
+        print(f"medrecipes: {len(skipped)} file(s) skipped in the input folders, not images ({_few(skipped)})", file=sys.stderr)
     if len(r['errors']):
         print(f"medrecipes: {len(r['errors'])} input(s) could not be read (listed in {Path(args.out)/'errors.csv'})", file=sys.stderr)
-        for e in r['errors'].head(5).itertuples(): print(f"  {e.path}: {e.error}", file=sys.stderr)
+        for e in r['errors'].head(5).itertuples(): print(f"  {e.path or '(empty)'}: {e.error}", file=sys.stderr)
         return 0 if args.keep_going else 1
     return 0

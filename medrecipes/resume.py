@@ -17,13 +17,14 @@ from fastai.callback.schedule import ParamScheduler
 from fastcore.xtras import ContextManagers
 from fastai.callback.tracker import TrackerCallback, ReduceLROnPlateau
 from .core import save_checkpoint, load_checkpoint, to_plain
-from .callbacks import FitOnlyCallback, EpochScalars, epoch_scalars
+from .callbacks import FitOnlyCallback, EpochScalars, epoch_scalars, epoch_offset, run_epoch
 from .distributed import (base_dl, is_rank0, rank, world_size, is_distributed, broadcast_object, all_gather_object,
                                     load_checkpoint_dist)
 
 # %% auto #0
-__all__ = ['RESUME_SAFE_KEYS', 'training_state', 'scheduler_state', 'restore_training_state', 'flatten_config', 'check_resume',
-           'ResumableLearner', 'resume_path', 'ResumeCheckpoint']
+__all__ = ['RESUME_SAFE_KEYS', 'FIT_KEYS', 'training_state', 'scheduler_state', 'restore_training_state', 'flatten_config',
+           'check_resume', 'fit_arguments', 'check_fit_arguments', 'ResumableLearner', 'resume_path',
+           'ResumeCheckpoint']
 
 # %% ../nbs/11_resume.ipynb #c005
 def _rng_state(dls=None) -> dict:
@@ -105,7 +106,7 @@ def training_state(learn:Learner, finished:bool=False) -> dict:
               rng=_rng_state(learn.dls))
     scaler = getattr(learn, 'scaler', None)
     if scaler is not None and hasattr(scaler, 'state_dict'): st['scaler'] = scaler.state_dict()
-    st['epoch'] = int(learn.epoch)   # the last completed epoch, 0-based
+    st['epoch'] = epoch_offset(learn) + int(learn.epoch)   # the last completed epoch, 0-based, counted over the run (the phases of fine_tune)
     st['history'] = [dict(r) for r in epoch_scalars(learn).history] if any(isinstance(c, EpochScalars) for c in learn.cbs) else _recorder_history(learn)
     if (sched := scheduler_state(learn)) is not None: st['scheduler_state_dict'] = sched
     return st
@@ -192,11 +193,79 @@ def check_resume(ckpt:dict, # the checkpoint to resume from
         raise ValueError(f"cannot resume from checkpoint{where}: the config differs in {', '.join(bad)} ({desc}); these change the "
                          "data or the optimisation. Resume with the checkpoint's values, or start a new run in another out_dir")
     return diff
+def _one(v):
+    "A list of equal values (one per parameter group) as one value."
+    return v[0] if isinstance(v, list) and v and all(x == v[0] for x in v) else v
+
+def fit_arguments(learn:Learner) -> dict:
+    """What the fit that is starting was asked for (call at `before_fit`, before a resume restores the optimizer): the
+    method (`schedule`: `fit`, `fit_one_cycle`, `fine_tune`...), epochs, training batch size, lr (a flat fit's, or the
+    peak of a scheduled one) and weight decay per parameter group, and a schedule's values at 11 points of training."""
+    ps = next((c for c in learn.cbs if isinstance(c, ParamScheduler)), None)
+    hy = learn.opt.hypers
+    out = dict(schedule=getattr(learn, 'fit_method', None) or ('scheduled' if ps is not None else 'fit'), n_epoch=int(learn.n_epoch),
+               batch_size=int(base_dl(learn.dls.train).bs), phase=int(getattr(learn, 'fit_phase', 0) or 0), epoch_offset=epoch_offset(learn))
+    if ps is not None and 'lr' in ps.scheds:
+        out['lr'] = _one(np.max([np.broadcast_to(ps.scheds['lr'](p), (len(hy),)) for p in np.linspace(0, 1, 1001)], axis=0).tolist())
+    else: out['lr'] = _one([_plain_num(h['lr']) for h in hy])
+    if all('wd' in h for h in hy): out['wd'] = _one([_plain_num(h['wd']) for h in hy])
+    if ps is not None: out['schedule_values'] = {n: [_plain_num(f(p)) for p in np.linspace(0, 1, 11)] for n, f in ps.scheds.items()}
+    return out
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, str) or isinstance(b, str) or a is None or b is None: return a == b
+    try: x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    except (TypeError, ValueError): return a == b
+    return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-6, atol=1e-12))
+
+FIT_KEYS = ('schedule', 'phase', 'n_epoch', 'lr', 'wd', 'batch_size', 'schedule_values')   # compared on resume
+
+def check_fit_arguments(ckpt_fit:dict, # the `fit` a checkpoint holds
+                        now:dict, # `fit_arguments` of the fit resuming it
+                        where:str='') -> None:
+    "Refuse to resume a fit with another schedule, lr, weight decay or batch size than the checkpoint's, naming the keys."
+    diff = {k: [ckpt_fit.get(k, _MISSING), now.get(k, _MISSING)] for k in FIT_KEYS
+            if (k in ckpt_fit or k in now) and not _close(ckpt_fit.get(k, _MISSING), now.get(k, _MISSING))}
+    if 'schedule' in diff or 'lr' in diff: diff.pop('schedule_values', None)   # follows from those
+    if 'schedule' in diff: diff.pop('phase', None)
+    if not diff: return
+    say = dict(schedule_values=lambda v: "fit.schedule_values: the scheduled values at 11 points of training differ (pct_start, div or moms)",
+               n_epoch=lambda v: f"fit.n_epoch: the checkpoint was written by a fit of {v[0]} epochs, but this fit has {v[1]} (the schedules depend on it)")
+    desc = '; '.join(say[k](v) if k in say else f"fit.{k} (checkpoint {v[0]!r}, now {v[1]!r})" for k, v in diff.items())
+    raise ValueError(f"cannot resume from checkpoint{' ' + str(where) if where else ''}: this fit differs in {', '.join('fit.' + k for k in diff)} "
+                     f"({desc}); these change the optimisation. Resume with the checkpoint's values, or start a new run in another out_dir")
 
 # %% ../nbs/11_resume.ipynb #c012
 class ResumableLearner(Learner):
     "A `Learner` whose fit can continue exactly from a `ResumeCheckpoint` file."
-    first_epoch, resume_from, _resume_ckpt = 0, None, None
+    first_epoch, resume_from, _resume_ckpt, fit_method, epoch_offset, fit_phase = 0, None, None, None, 0, 0
+    def _named_fit(self, name, f, *args, **kwargs):
+        "Run `f` with `fit_method` set to `name`, the method the user called (`fine_tune` calls `fit_one_cycle`, which calls `fit`)."
+        outer = self.fit_method is None
+        if outer: self.fit_method = name
+        try: return f(*args, **kwargs)
+        finally:
+            if outer: self.fit_method = None
+    def fit(self, n_epoch, *args, **kwargs):
+        if self.fit_method != 'fine_tune':
+            self.epoch_offset, self.fit_phase = 0, 0
+            return self._named_fit('fit', super().fit, n_epoch, *args, **kwargs)
+        # a phase of fine_tune (frozen, then unfrozen): its epochs continue the earlier phases' in the logs and the checkpoints
+        self.fit_phase, self.epoch_offset = len(self._phase_epochs), sum(self._phase_epochs)
+        self._phase_epochs.append(int(n_epoch))
+        ck = self._resume_ckpt[1] if self.resume_from is not None and self._resume_ckpt is not None else None
+        if ck is not None and ((ck.get('fit') or {}).get('schedule') == 'fine_tune') and (ck['fit'].get('phase') or 0) > self.fit_phase:
+            return   # resuming a later phase: the checkpoint holds what this one did
+        return super().fit(n_epoch, *args, **kwargs)
+    def fit_one_cycle(self, *args, **kwargs): return self._named_fit('fit_one_cycle', super().fit_one_cycle, *args, **kwargs)
+    def fit_flat_cos(self, *args, **kwargs): return self._named_fit('fit_flat_cos', super().fit_flat_cos, *args, **kwargs)
+    def fit_sgdr(self, *args, **kwargs): return self._named_fit('fit_sgdr', super().fit_sgdr, *args, **kwargs)
+    def fine_tune(self, *args, **kwargs):
+        "fastai's `fine_tune` (a frozen fit, then an unfrozen one) as one run: one log, one step count, one `best.pt` over both phases."
+        if self.fit_method is None: self._phase_epochs = []
+        return self._named_fit('fine_tune', super().fine_tune, *args, **kwargs)
     def resume(self, path:str|Path|bool=True):
         "Continue the next fit from checkpoint `path` (`True`: this learner's `latest.pt`), after checking it fits this run; returns self."
         if path is True:
@@ -262,7 +331,9 @@ class ResumeCheckpoint(FitOnlyCallback):
         if not isinstance(self.learn, ResumableLearner) and getattr(self.learn, 'resume_from', None):
             raise TypeError("resuming needs a ResumableLearner (fastai's Learner would replay the skipped epochs' events)")
         epoch_scalars(self.learn)   # the history every checkpoint stores
-        self.best_value, self.best_epoch = (float('inf') if self.comp is np.less else -float('inf')), None
+        self.fit_args = fit_arguments(self.learn)   # what this fit was asked for, before a resume restores the optimizer
+        if not epoch_offset(self.learn) or not hasattr(self, 'best_value'):   # a later phase of fine_tune keeps the best over the earlier phases
+            self.best_value, self.best_epoch = (float('inf') if self.comp is np.less else -float('inf')), None
         names = list(self.recorder.metric_names[1:])
         self.idx = names.index(self.monitor) if self.monitor in names else None
         if self.best is not None and self.idx is None: raise ValueError(f"ResumeCheckpoint monitors {self.monitor!r}, which is not among {names}")
@@ -275,6 +346,9 @@ class ResumeCheckpoint(FitOnlyCallback):
             st = load_checkpoint_dist(path)
             self.learn.resume_log = [dict(e) for e in st.get('resume_log') or []]
         if 'loop' not in st: raise ValueError(f"{path} is not a resume checkpoint (it has no training state); use latest.pt")
+        if st.get('fit') is not None: check_fit_arguments(st['fit'], self.fit_args, path)   # before anything is restored or written
+        elif is_rank0(): warnings.warn(f"checkpoint {path} does not record its fit's arguments (an older checkpoint): "
+                                       "the lr, schedule and batch size of this fit cannot be checked against it")
         restore_training_state(self.learn, st, path)
         self.learn.resume_from = self.learn._resume_ckpt = None
     def resume_state(self): return dict(best_value=float(self.best_value), best_epoch=self.best_epoch)
@@ -286,12 +360,13 @@ class ResumeCheckpoint(FitOnlyCallback):
         st = training_state(self.learn, finished=finished)
         if rngs is not None: st['rng_ranks'] = rngs
         st['resume_log'] = [dict(e) for e in getattr(self.learn, 'resume_log', None) or []]
+        st['fit'] = to_plain(self.fit_args)
         return dict(**st, **{**getattr(self.learn, 'checkpoint_meta', {}), **self.meta})
     def after_epoch(self):
         new_best = False
         if self.idx is not None:
             v = float(self.recorder.values[-1][self.idx])
-            if math.isfinite(v) and self.comp(v, self.best_value): self.best_value, self.best_epoch, new_best = v, self.epoch, True
+            if math.isfinite(v) and self.comp(v, self.best_value): self.best_value, self.best_epoch, new_best = v, run_epoch(self.learn), True
         due = (self.epoch + 1) % self.every == 0 or self.epoch + 1 == self.n_epoch
         if not (due or (new_best and self.best is not None)): return
         st = self._state()
@@ -299,7 +374,7 @@ class ResumeCheckpoint(FitOnlyCallback):
         # best before latest: a kill between the two writes leaves latest.pt at the previous epoch, and the resumed run
         # redoes this epoch and finds the same improvement; the other order would leave a best.pt that never catches up
         if new_best and self.best is not None:
-            if _finite_model(self.learn.model): save_checkpoint(self.best, **st, best_value=self.best_value, best_epoch=self.epoch)
+            if _finite_model(self.learn.model): save_checkpoint(self.best, **st, best_value=self.best_value, best_epoch=self.best_epoch)
             else: warnings.warn(f"epoch {self.epoch}: the weights are not finite, so {self.best} is not written")
         if due: save_checkpoint(self.fname, **st)
     def after_fit(self):

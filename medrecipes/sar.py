@@ -102,8 +102,10 @@ class SarTensorBoard(FitOnlyCallback):
         self.tr = dict(psnr=0., ssim=0., n=0); self.grads = None
         if getattr(self, 'open', False) and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
-            first = getattr(self.learn, 'first_epoch', 0)   # resumed: drop the killed run's events from this epoch on
-            self.writer = SummaryWriter(str(self.log_dir), purge_step=first if first else None); self.open = False
+            # events from this step on are dropped: a resumed run's, written after its checkpoint; on a fresh start (step 0)
+            # all of an earlier run's in this folder (a run killed before its first checkpoint leaves events, no latest.pt)
+            first = getattr(self.learn, 'first_epoch', 0)
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=first); self.open = False
     def after_batch(self):
         if not self.training or not len(self.yb): return
         with torch.no_grad():
@@ -335,7 +337,8 @@ def train_sar(config:str|Path|None=None, # YAML config file
     while True:
         set_seed(cfg['seed'])
         dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']), calibration_db=cfg['calibration_db'], max_memory_mb=cfg['max_memory_mb'],
-                                         patches_per_image=cfg['patches_per_image'], seed=cfg['seed'], num_workers=cfg['num_workers'], device=device)
+                                         patches_per_image=cfg['patches_per_image'], seed=cfg['seed'], num_workers=cfg['num_workers'], device=device,
+                                         target=cfg['target'])
         run_cfg = {**cfg, 'bs': bs}
         learn = sar_learner(dls, variant=cfg['variant'], latent_channels=cfg['latent_channels'], base_channels=cfg['base_channels'],
                             quant_bits=cfg['quant_bits'], quant_proxy=cfg['quant_proxy'], entropy=cfg['entropy'], rd_lambda=cfg['rd_lambda'],
@@ -534,6 +537,7 @@ def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
 def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
               rd_lambdas=(16, 64, 256, 1024), # the rate-distortion weights to train, one model each
               jpeg2000_points:int=8, # JPEG2000 rates, spread geometrically over the learned files' range (and a little beyond)
+              targets=('input',), # also 'clean': each variant trained against the clean reflectivity (`data.target=clean`), named '<variant>+clean'
               **kwargs) -> pd.DataFrame:
     """Train every variant with the factorized entropy model at each λ; code the first `codec_images` test (else valid) images
     into real files; score PSNR and SSIM against the speckled original and, where the data holds `clean/<split>/` (`make_sar(...,
@@ -548,10 +552,13 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
     files = sar_files(data/split)[:base['codec_images'] or None]
     clean_dir = data/'clean'/split
     rows = []
-    for v in variants:
+    names = []
+    for tgt in targets:
+      for v in variants:
+        name = v if tgt == 'input' else f'{v}+{tgt}'; names.append(name)
         for lam in rd_lambdas:
-            run = out/f'{v}_lambda{float(lam):g}'
-            train_sar(config, [*overrides, f'variant={v}', 'entropy=factorized', f'rd_lambda={float(lam)}', f'out_dir={run}',
+            run = out/f"{name.replace('+', '_')}_lambda{float(lam):g}"
+            train_sar(config, [*overrides, f'variant={v}', 'entropy=factorized', f'rd_lambda={float(lam)}', f'out_dir={run}', f'target={tgt}',
                                'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null'], **kwargs)
             model, pre, _ = load_sar_model(run/'checkpoints'/'best.pt')
             for f in files:
@@ -559,7 +566,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
                 clean = np.asarray(pre.encode(np.load(clean_dir/f.name)), np.float32) if (clean_dir/f.name).is_file() else None
                 info = compress((model, pre), a, run/'codec'/f'{f.stem}{CODEC_EXT}')
                 rec = decompress(info['path'], (model, pre), out='scaled')
-                rows.append(dict(codec=v, point=f'lambda={float(lam):g}', rd_lambda=float(lam), image=f.name, bpp=info['bpp'],
+                rows.append(dict(codec=name, point=f'lambda={float(lam):g}', rd_lambda=float(lam), image=f.name, bpp=info['bpp'],
                                  estimate_bpp=info['estimate_bpp'], **_rd_scores(x01, rec, pre, clean)))
     learned = pd.DataFrame(rows)
     lo, hi = learned.bpp.min() * 0.7, learned.bpp.max() * 1.3
@@ -580,7 +587,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
                 try: r[k] = fn(anchor.bpp, anchor[q], test.bpp, test[q])
                 except ValueError as e: r[k], r['note'] = np.nan, str(e)
             bd.append(r)
-    for v in variants: delta(j, curves[curves.codec == v], 'jpeg2000', v)
+    for v in names: delta(j, curves[curves.codec == v], 'jpeg2000', v)
     if {'residual', 'attention'} <= set(variants):
         delta(curves[curves.codec == 'residual'], curves[curves.codec == 'attention'], 'residual', 'attention')
     bd = pd.DataFrame(bd)

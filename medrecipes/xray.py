@@ -108,7 +108,7 @@ def xray_dls_from_config(cfg:dict) -> XrayDataLoaders:
     return XrayDataLoaders.from_btxrd(cfg['data_path'], split=cfg['split'], seed=cfg['seed'], size=cfg['size'], bs=cfg['bs'],
                                       valid_pct=cfg['valid_pct'], test_pct=cfg['test_pct'], meta=cfg['meta'], img_dir=cfg['img_dir'],
                                       augment=cfg['augment'], num_workers=cfg['num_workers'], device=default_device(cfg['device']),
-                                      cache=cfg['cache'], cache_dir=cfg['cache_dir'], cache_size=cfg['cache_size'], draft=cfg['draft'],
+                                      cache=cfg['cache'], cache_dir=cfg['cache_dir'], cache_size=cfg['cache_size'], cache_verify=cfg['cache_verify'], draft=cfg['draft'],
                                       min_image_size=cfg['min_image_size'], dup_distance=cfg['dup_distance'], progress=cfg['progress'])
 
 def train_xray(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)

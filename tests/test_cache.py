@@ -252,3 +252,91 @@ def test_a_rebuild_decodes_only_the_files_that_changed(tmp_path, monkeypatch):
         assert np.array_equal(c3.array(i), np.asarray(real(f, 64))) and c3.hashes[i] == c2.hashes[i]
     calls.clear()
     assert build_cache(files, tmp_path/'c', stored=48, progress=False).manifest['reused'] == 0   # another stored size: nothing reused
+
+
+# --- issue 26.3: a cache rebuilt while a reader is open; edits that keep size and mtime
+
+def _rebuild_with_a_new_first_image(files, d):
+    "Child process: the first source image changes (a larger one: every later offset moves) and the cache is rebuilt."
+    Image.new('RGB', (200, 200), (250, 5, 5)).save(files[0], format='JPEG', quality=90)
+    build_cache(files, d, stored=64, progress=False)
+
+
+def _read_pickled(blob, files, q):
+    "Child process: an unpickled reader (a spawned loader worker gets one) reads every image; its arrays, or its error."
+    import pickle
+    try:
+        r = pickle.loads(blob)
+        q.put(('ok', [np.asarray(r(f).convert('RGB') if isinstance(r, StoredImages) else r.array(i)).copy() for i, f in enumerate(files)]))
+    except Exception as e: q.put(('error', f'{type(e).__name__}: {e}'))
+
+
+def _in_child(target, *args):
+    ctx = mp.get_context('fork'); q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q)); p.start()
+    out = q.get(timeout=60); p.join(30)
+    return out
+
+
+def test_a_reader_keeps_its_generation_when_another_process_rebuilds_the_cache(tmp_path):
+    """A reader opened before another process rebuilds the same cache folder serves exactly the pixels of the generation
+    it opened (not the old offsets over the new pixel file); so does a copy of it unpickled in another process while the
+    generation is held, and once it is gone the copy refuses, naming the cache (a `StoredImages` decodes the files instead)."""
+    import pickle
+    files = _jpegs(tmp_path/'img', [(160, 120), (120, 160), (90, 90), (200, 100), (100, 150), (130, 130)])
+    build_cache(files, tmp_path/'c', stored=64, progress=False)
+    want = [np.asarray(read_stored(f, 64)) for f in files]                      # generation 1's pixels, decoded, not read from the cache
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False)             # opened: the index read, no pixel read yet
+    blob, sblob = pickle.dumps(c), pickle.dumps(StoredImages(64, cache=c))
+    p = mp.get_context('fork').Process(target=_rebuild_with_a_new_first_image, args=(files, tmp_path/'c')); p.start(); p.join(60)
+    assert p.exitcode == 0
+    now = ImageCache(c.path)
+    assert now.shapes[0].tolist() != c.shapes[0].tolist()                       # rebuilt: another first image, every offset moved
+    for i in range(len(files)):
+        assert np.array_equal(c.array(i), want[i]), f'image {i} of the generation the reader opened'
+        assert np.array_equal(np.asarray(c.image(i).convert('RGB')), want[i])
+    status, got = _in_child(_read_pickled, blob, files)                          # a worker process unpickles the same reader
+    assert status == 'ok', got
+    for i in range(len(files)): assert np.array_equal(got[i], want[i]), f'image {i} in the unpickled reader'
+    status, got = _in_child(_read_pickled, sblob, files)                         # the loaders' first stage: the changed file decoded
+    assert status == 'ok', got
+    assert np.array_equal(got[0], np.asarray(read_stored(files[0], 64)))
+    for i in range(1, len(files)): assert np.array_equal(got[i], want[i])
+    gen = c.generation
+    c.close(); del c
+    build_cache(files, tmp_path/'c', stored=64, progress=False)                 # the next open removes the generation no one holds
+    assert not [g for g in (tmp_path/'c').iterdir() if gen in g.name]
+    status, got = _in_child(_read_pickled, blob, files)
+    assert status == 'error' and str(now.path) in got and gen in got, got      # refused, naming the cache and its generation
+    status, got = _in_child(_read_pickled, sblob, files)                         # the first stage decodes instead: the files' pixels
+    assert status == 'ok', got
+    for i, f in enumerate(files): assert np.array_equal(got[i], np.asarray(read_stored(f, 64)))
+
+
+def _same_size_edit(fn, colour):
+    "Rewrite the BMP `fn` in place with other pixels: the same size in bytes, the modification time put back."
+    st = os.stat(fn)
+    Image.new('RGB', Image.open(fn).size, colour).save(fn, format='BMP')
+    os.utime(fn, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert C.file_stamp(fn) == [st.st_size, st.st_mtime_ns]
+
+
+def test_cache_verify_hash_detects_an_edit_that_keeps_size_and_mtime(tmp_path):
+    "The stamp (size, mtime) misses an in-place edit that keeps both (documented); `verify='hash'` compares the files' contents."
+    d = tmp_path/'img'; d.mkdir()
+    rng = np.random.default_rng(0)
+    files = [d/f'im{i}.bmp' for i in range(4)]
+    for f in files: Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(f)
+    c = build_cache(files, tmp_path/'c', stored=64, progress=False, verify='hash')
+    assert len(c.manifest['content']) == 4
+    _same_size_edit(files[2], (10, 200, 30))
+    new = np.asarray(read_stored(files[2], 64))
+    stale = build_cache(files, tmp_path/'c', stored=64, progress=False)           # the default: size and mtime, the edit unseen
+    assert not np.array_equal(stale.array(2), new)
+    assert C._stale(c.path, [str(f) for f in files], c.manifest['signature'], 'hash') == \
+        f"{files[2]} changed (content hash {c.manifest['content'][2]} -> {C.content_hash(files[2])}; size and mtime unchanged)"
+    fresh = build_cache(files, tmp_path/'c', stored=64, progress=False, verify='hash')
+    assert np.array_equal(fresh.array(2), new) and (fresh.manifest['reused'], fresh.manifest['decoded']) == (3, 1)
+    assert build_cache(files, tmp_path/'c', stored=64, progress=False, verify='hash').manifest['created'] == fresh.manifest['created']
+    with pytest.raises(ValueError, match=r"image cache .*: verify must be 'stamp' or 'hash', not 'md5'"):
+        build_cache(files, tmp_path/'c', stored=64, progress=False, verify='md5')

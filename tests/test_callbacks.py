@@ -116,3 +116,26 @@ def test_folder_tensorboard_has_each_epoch_once_after_kill_and_resume(digits, tm
     ea = EventAccumulator(str(tmp_path/'tensorboard')).Reload()
     assert [e.step for e in ea.Scalars('loss/valid')] == [0, 1, 2]
     assert list(pd.read_csv(tmp_path/'training_log.csv').epoch) == [0, 1, 2]
+
+
+def test_fresh_start_after_a_kill_in_the_first_epoch_purges_the_old_events(digits, tmp_path):
+    "Issue 26.10: killed after TensorBoard wrote epoch 0 but before latest.pt existed, resume=true starts afresh: steps [0, 1]."
+    from medrecipes.folder import train_folder
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    class Kill(Callback):
+        order = 98   # after the logs, before ResumeCheckpoint (99) writes the first latest.pt
+        def after_epoch(self):
+            if self.epoch == 0: raise _Killed()
+    cfg = lambda resume: {'model': {'arch': 'resnet10t'}, 'data': {'path': str(digits), 'size': 28, 'batch_size': 6},
+                          'trainer': {'max_epochs': 2, 'lr': 2e-3, 'precision': 'fp32', 'seed': 3, 'out_dir': str(tmp_path), 'progress': False,
+                                      'resume': resume},
+                          'logging': {'csv': True, 'tensorboard': True, 'wandb': False}}
+    with warnings.catch_warnings(), pytest.raises(_Killed):
+        warnings.simplefilter('ignore'); train_folder(cfg(False), cbs=[Kill()])
+    assert not (tmp_path/'checkpoints'/'latest.pt').exists() and list((tmp_path/'tensorboard').glob('events.*'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore'); s = train_folder(cfg(True))   # nothing to resume: a fresh start in the same folder
+    assert s['resumed_from'] is None
+    ea = EventAccumulator(str(tmp_path/'tensorboard')).Reload()
+    for tag in ('loss/train', 'loss/valid', 'lr'): assert [e.step for e in ea.Scalars(tag)] == [0, 1], tag
+    np.testing.assert_allclose([e.value for e in ea.Scalars('loss/valid')], pd.read_csv(tmp_path/'training_log.csv').val_loss, rtol=1e-6)

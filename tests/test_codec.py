@@ -126,3 +126,46 @@ def test_entropy_coded_cli_reports_the_files_bits(rd_ckpt, tmp_path, capsys):
     assert f"{size} bytes, {8 * size / img.size:.4f} bits per pixel" in out and 'estimated' in out, out
     head, _ = read_codec_file(tmp_path / 'img.mrsar')
     assert head['coding'] == 'factorized' and head['lmbda'] == 64.
+
+
+def test_strips_code_as_the_whole_image_does(rd_ckpt, tmp_path):
+    """Tall images are coded in strips with image context around each (bounded memory): for a model whose receptive field
+    fits in the context (no CBAM's global pooling), the strip codes are the whole image's, and the decode matches"""
+    from medrecipes.codec import compress, decompress, read_codec_file, decode_latent, encode_strips, _Rows, decode_strips
+    from medrecipes.models.sar import load_sar_model
+    model, pre, _ = load_sar_model(rd_ckpt)
+    img = make_sar_scene((400, 96), rng=6, mode='realistic')
+    whole = encode_strips(model, _Rows(img, pre), strip_rows=1024)
+    strips = encode_strips(model, _Rows(img, pre), strip_rows=64)
+    assert whole.shape == (8, 25, 6) and (strips == whole).mean() > 0.999, (strips != whole).sum()
+    r_whole, r_strips = decode_strips(model, whole, img.shape, strip_rows=1024), decode_strips(model, whole, img.shape, strip_rows=48)
+    np.testing.assert_allclose(r_strips, r_whole, atol=1e-5)
+    # the file: the same whichever way it was made, and the strip decode written straight to .npy equals the array decode
+    compress(rd_ckpt, img, tmp_path / 'a.mrsar'); compress(rd_ckpt, img, tmp_path / 'b.mrsar', strip_rows=64)
+    ha, pa = read_codec_file(tmp_path / 'a.mrsar'); hb, pb = read_codec_file(tmp_path / 'b.mrsar')
+    assert (decode_latent(model, ha, pa) == decode_latent(model, hb, pb)).mean() > 0.999
+    out = decompress(tmp_path / 'a.mrsar', rd_ckpt, out='db', out_path=tmp_path / 'rec.npy')
+    np.testing.assert_array_equal(np.load(out), decompress(tmp_path / 'a.mrsar', rd_ckpt, out='db'))
+
+
+def test_geotiff_in_geotiff_out(rd_ckpt, tmp_path):
+    "A GeoTIFF's georeferencing travels in the codec file and comes back on the decoded GeoTIFF; the pixels equal the array decode"
+    import tifffile
+    from medrecipes.codec import compress, decompress, read_codec_file
+    img = (np.clip(make_sar_scene((64, 80), rng=7, mode='realistic'), 1e-4, None) * 1000).astype(np.float32)
+    geo = [(33550, 'd', 3, (10.0, 10.0, 0.0), True), (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4649776.0, 0.0), True),
+           (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True), (42113, 's', 0, '0', True)]
+    tifffile.imwrite(tmp_path / 'scene.tif', img, extratags=geo)
+    compress(rd_ckpt, tmp_path / 'scene.tif', tmp_path / 'scene.mrsar')
+    head, _ = read_codec_file(tmp_path / 'scene.mrsar')
+    assert head['geo'] and set(head['geo']) == {'33550', '33922', '34735', '42113'}
+    decompress(tmp_path / 'scene.mrsar', rd_ckpt, out='linear', out_path=tmp_path / 'rec.tif')
+    with tifffile.TiffFile(tmp_path / 'rec.tif') as tf:
+        tags = {t.code: t.value for t in tf.pages[0].tags.values()}
+        rec = tf.asarray()
+    assert tuple(tags[33550]) == (10.0, 10.0, 0.0) and tuple(tags[33922])[3:5] == (500000.0, 4649776.0) and tags[34735][-1] == 32633
+    assert tags[42113] == '0'
+    np.testing.assert_array_equal(rec, decompress(tmp_path / 'scene.mrsar', rd_ckpt, out='linear'))
+    np.save(tmp_path / 'plain.npy', img); compress(rd_ckpt, tmp_path / 'plain.npy', tmp_path / 'plain.mrsar')
+    assert read_codec_file(tmp_path / 'plain.mrsar')[0]['geo'] is None                        # a .npy has none: no block
+    assert (tmp_path / 'plain.mrsar').stat().st_size < (tmp_path / 'scene.mrsar').stat().st_size

@@ -1,5 +1,5 @@
 "Image-folder data: the generated digits set, the layout checks and their errors, class weights, loaders that drop nothing."
-import hashlib, shutil
+import hashlib, os, shutil
 from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
@@ -224,3 +224,33 @@ def test_files_a_scan_skips_are_counted_and_reported(tmp_path):
     (root/'valid'/'b'/'readme.txt').write_text('x')
     with pytest.raises(ValueError, match=r"valid class folder .*/valid/b has no image files: 1 file\(s\) skipped \(readme\.txt\)"):
         scan_class_folders(root/'valid', 'valid')
+
+
+# --- issue 26.3: data.cache_verify=hash, for collections edited in place
+
+def _edit_keeping_size_and_mtime(fn, other):
+    "Overwrite `fn` with the image `other` (zero-padded after its end to `fn`'s size), then put `fn`'s mtime back."
+    st, b = os.stat(fn), Path(other).read_bytes()
+    assert len(b) <= st.st_size
+    Path(fn).write_bytes(b + bytes(st.st_size - len(b)))
+    os.utime(fn, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(fn).st_size, os.stat(fn).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_cache_verify_hash_sees_an_in_place_edit_through_the_folder_loaders(copy, tmp_path):
+    "An image rewritten in place with its size and mtime kept: the default (stamp) serves the old pixels, `cache_verify='hash'` the new."
+    kw = dict(size=28, bs=4, device='cpu', cache=True, cache_dir=tmp_path/'cache', progress=False, dup_distance=None)
+    dls = FolderDataLoaders.from_folder(copy, cache_verify='hash', **kw)
+    assert len(dls.stored.cache.manifest['content']) == len(dls.stored.cache)
+    fn = max((copy/'train'/'3').glob('*.png'), key=lambda f: f.stat().st_size)
+    from medrecipes.data.images import read_stored
+    px = lambda d: np.asarray(d.stored(fn).convert('RGB'))
+    old = px(dls)
+    other = min((copy/'train'/'1').glob('*.png'), key=lambda f: f.stat().st_size)
+    _edit_keeping_size_and_mtime(fn, other)
+    new = np.asarray(read_stored(fn, dls.stored.stored, dls.stored.draft))                         # the edited file, decoded
+    assert not np.array_equal(new, old)
+    assert np.array_equal(px(FolderDataLoaders.from_folder(copy, **kw)), old)                     # stamp: the edit is not seen
+    assert np.array_equal(px(FolderDataLoaders.from_folder(copy, cache_verify='hash', **kw)), new)   # hash: rebuilt, the new pixels
+    with pytest.raises(ValueError, match=r"`cache_verify` must be one of \('stamp', 'hash'\), not 'sha'"):
+        FolderDataLoaders.from_folder(copy, cache_verify='sha', **kw)

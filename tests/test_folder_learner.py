@@ -412,3 +412,133 @@ def test_a_run_writes_the_leak_report_of_its_split_folders(digits, tmp_path):
     assert not (tmp_path/'clean'/'leak_report.csv').exists()
     train_folder(_cfg(digits, tmp_path/'clean', trainer={'max_epochs': 1}))
     assert not (tmp_path/'clean'/'leak_report.csv').exists()              # no pairs: no file
+
+
+# --- issue 26.8: a resume from Python refuses what the command line refuses: another lr, schedule or batch size ---------
+
+class _KilledAt(BaseException): "A kill inside the process, after latest.pt of the epoch was written: nothing after it runs."
+
+
+class _KillAfterEpoch(Callback):
+    order = 100   # after ResumeCheckpoint (99) wrote latest.pt
+    def __init__(self, epoch): self.at = epoch
+    def after_epoch(self):
+        if self.epoch == self.at: raise _KilledAt()
+
+
+def _py_learner(digits, out, bs=6, cbs=(), tensorboard=False, **kw):
+    from medrecipes.core import set_seed
+    set_seed(0)
+    dls = FolderDataLoaders.from_folder(digits, size=28, bs=bs, seed=0, device='cpu', progress=False, **kw)
+    return folder_learner(dls, arch='resnet10t', out_dir=out, precision='fp32', tracking={'csv': True, 'tensorboard': tensorboard}, cbs=list(cbs))
+
+
+def test_python_resume_refuses_another_lr_schedule_or_batch_size(digits, tmp_path, quiet):
+    "Issue 26.8: killed after epoch 0 of fit_one_cycle(3, 3e-3), resumes with lr 3e-2, a flat fit or batch size 32 are refused, naming the keys."
+    learn = _py_learner(digits, tmp_path, cbs=[_KillAfterEpoch(0)])
+    with learn.no_bar(), learn.no_logging(), pytest.raises(_KilledAt): learn.fit_one_cycle(3, 3e-3)
+    latest = tmp_path/'checkpoints'/'latest.pt'
+    before = latest.read_bytes()
+    for bs, fit, match in ((6, lambda l: l.fit_one_cycle(3, 3e-2), r"fit\.lr \(checkpoint 0\.003, now 0\.03\)"),
+                           (6, lambda l: l.fit(3, 3e-3), r"fit\.schedule \(checkpoint 'fit_one_cycle', now 'fit'\)"),
+                           (6, lambda l: l.fit_one_cycle(3, 3e-3, pct_start=0.5), r"fit\.schedule_values: the scheduled values"),
+                           (32, lambda l: l.fit_one_cycle(3, 3e-3), r"fit\.batch_size \(checkpoint 6, now 32\)")):
+        l = _py_learner(digits, tmp_path, bs=bs).resume(True)
+        with l.no_bar(), l.no_logging(), pytest.raises(ValueError, match=match) as e: fit(l)
+        assert 'cannot resume from checkpoint' in str(e.value) and str(latest) in str(e.value)
+        assert latest.read_bytes() == before                              # refused before anything was written
+    # the same fit resumes, and ends with the uninterrupted run's per-epoch lr
+    l = _py_learner(digits, tmp_path).resume(True)
+    with l.no_bar(), l.no_logging(): l.fit_one_cycle(3, 3e-3)
+    full = _py_learner(digits, tmp_path/'full')
+    with full.no_bar(), full.no_logging(): full.fit_one_cycle(3, 3e-3)
+    lr = lambda d: list(pd.read_csv(d/'training_log.csv').lr)
+    assert lr(tmp_path) == lr(tmp_path/'full')
+    ck = load_checkpoint(latest)
+    assert ck['fit']['schedule'] == 'fit_one_cycle' and ck['fit']['batch_size'] == 6 and ck['fit']['lr'] == pytest.approx(3e-3)
+
+
+# --- issue 26.12: fine_tune's two fits are one run: one log, one step count, one best checkpoint --------------------------
+
+class _KillAfterRunEpoch(Callback):
+    "Kill after latest.pt of epoch `at` counted over the run (the phases of fine_tune)."
+    order = 100
+    def __init__(self, at): self.at = at
+    def after_epoch(self):
+        if getattr(self.learn, 'epoch_offset', 0) + self.epoch == self.at: raise _KilledAt()
+
+
+def test_fine_tune_logs_and_best_checkpoint_span_both_phases(digits, tmp_path, quiet):
+    "Issue 26.12: fine_tune(2, freeze_epochs=1) logs epochs [0, 1, 2] (CSV, TensorBoard), best.pt is the best of all three; a kill in phase 2 resumes."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    full = tmp_path/'full'
+    learn = _py_learner(digits, full, tensorboard=True)
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(2, 2e-3, freeze_epochs=1)
+    log = pd.read_csv(full/'training_log.csv')
+    assert list(log.epoch) == [0, 1, 2]                                   # the frozen epoch, then the two unfrozen ones
+    ea = EventAccumulator(str(full/'tensorboard')).Reload()
+    for tag in ('loss/train', 'loss/valid', 'lr'): assert [e.step for e in ea.Scalars(tag)] == [0, 1, 2], tag
+    np.testing.assert_allclose([e.value for e in ea.Scalars('loss/valid')], log.val_loss, rtol=1e-6)
+    best, latest = (load_checkpoint(full/'checkpoints'/n) for n in ('best.pt', 'latest.pt'))
+    i = int(np.argmin(log.val_loss))
+    assert best['best_epoch'] == best['epoch'] == learn.ckpt_cb.best_epoch == i and best['best_value'] == pytest.approx(log.val_loss[i])
+    assert [h['epoch'] for h in latest['history']] == [0, 1, 2] and latest['epoch'] == 2
+    assert latest['fit']['schedule'] == 'fine_tune' and latest['fit']['phase'] == 1
+    # killed after the first unfrozen epoch, resumed by the same fine_tune call: the same log and weights
+    cut = tmp_path/'cut'
+    learn = _py_learner(digits, cut, tensorboard=True, cbs=[_KillAfterRunEpoch(1)])
+    with learn.no_bar(), learn.no_logging(), pytest.raises(_KilledAt): learn.fine_tune(2, 2e-3, freeze_epochs=1)
+    learn = _py_learner(digits, cut, tensorboard=True).resume(True)
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(2, 2e-3, freeze_epochs=1)
+    pd.testing.assert_frame_equal(pd.read_csv(cut/'training_log.csv'), log)
+    a, b = (load_checkpoint(d/'checkpoints'/'latest.pt')['model_state_dict'] for d in (full, cut))
+    for k in a: assert torch.equal(a[k], b[k]), k
+    ea = EventAccumulator(str(cut/'tensorboard')).Reload()
+    assert [e.step for e in ea.Scalars('loss/valid')] == [0, 1, 2]
+
+
+# --- issue 26.9: the number of loader workers changes nothing: each item's augmentation is seeded by (seed, epoch, index) --
+
+WORKERS_CHILD = textwrap.dedent(r'''
+    import sys, json, warnings
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from medrecipes.folder import train_folder
+    from _procs import kill_callbacks
+    data, out, mode, workers = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])   # mode: full | kill:E:B | resume
+    warnings.simplefilter('ignore')
+    cfg = {'model': {'arch': 'resnet10t'}, 'data': {'path': data, 'size': 28, 'batch_size': 6, 'num_workers': workers},
+           'trainer': {'max_epochs': 3, 'lr': 3e-3, 'precision': 'fp32', 'seed': 5, 'out_dir': str(out), 'progress': False,
+                       'resume': 'last' if mode == 'resume' else False},
+           'logging': {'csv': True, 'tensorboard': False, 'wandb': False}}
+    s = train_folder(cfg, cbs=kill_callbacks(mode))
+    (out/'done.json').write_text(json.dumps(s))
+''')
+
+
+def test_num_workers_changes_nothing_even_across_a_resume(digits, tmp_path):
+    """Issue 26.9: 0 or 1 loader workers give the same run, and a run killed with 0 workers and resumed with 1 ends as the
+    uninterrupted one. The images are wider than high, so the letterbox's random placement in training (`Resize`) draws numbers."""
+    from PIL import Image
+    wide = tmp_path/'wide'
+    for f in sorted(digits.rglob('*.png')):
+        (wide/f.relative_to(digits)).parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(f) as im: im.resize((36, 24)).save(wide/f.relative_to(digits))
+    digits = wide
+    script = tmp_path/'workers_child.py'; script.write_text(WORKERS_CHILD)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONHASHSEED': '0'}
+    run = lambda out, mode, w: procs.run([script, digits, tmp_path/out, mode, w], env=env, timeout=600)
+    for out, w in (('w0', 0), ('w1', 1)):
+        r = run(out, 'full', w); assert r.returncode == 0, r.stderr[-3000:]
+    r = run('cut', 'kill:1:2', 0); assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    r = run('cut', 'resume', 1); assert r.returncode == 0, r.stderr[-3000:]
+    s = {k: json.loads((tmp_path/k/'done.json').read_text()) for k in ('w0', 'w1', 'cut')}
+    assert s['cut']['resumed_from'] and s['cut']['epochs_this_fit'] == 2
+    for k in ('w1', 'cut'):
+        assert s[k]['best_valid_loss'] == s['w0']['best_valid_loss'] and s[k]['valid_loss'] == s['w0']['valid_loss'], k
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path/k/'training_log.csv'), pd.read_csv(tmp_path/'w0'/'training_log.csv'))
+        a, b = (load_checkpoint(tmp_path/d/'checkpoints'/'latest.pt')['model_state_dict'] for d in ('w0', k))
+        for p in a: assert torch.equal(a[p], b[p]), f'{k}: {p}'
+    (log,) = load_checkpoint(tmp_path/'cut'/'checkpoints'/'latest.pt')['resume_log']
+    assert log['changed'] == {'data.num_workers': [0, 1], 'trainer.resume': [False, 'last']}

@@ -55,8 +55,8 @@ def test_predictions_csv_one_row_per_readable_input(ckpt, images, tmp_path):
     df = pd.read_csv(tmp_path/'o'/'predictions.csv')
     assert list(df.columns) == ['path', 'prediction', 'probability', 'prob_Normal', 'prob_Benign', 'prob_Malignant',
                                 'checkpoint', 'checkpoint_sha256']
-    readable = sorted(str(images/n) for n in ('a.png', 'b.jpg', 'sub/c.png', 'sub/d.tif'))
-    assert sorted(df.path) == readable and df.path.is_unique     # a.png once, though named twice
+    readable = sorted(str(images/n) for n in ('a.png', 'a.png', 'b.jpg', 'sub/c.png', 'sub/d.tif'))
+    assert sorted(df.path) == readable    # a.png twice: found in the folder, and a row of the CSV (one output row per CSV row, issue 26.6)
     p = df[['prob_Normal', 'prob_Benign', 'prob_Malignant']].to_numpy()
     np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
     assert (df.prediction == np.array(CLASSES)[p.argmax(1)]).all() and np.allclose(df.probability, p.max(1))
@@ -311,3 +311,73 @@ def test_predict_repeats_the_loaders_first_stage(tmp_path):
     # without the stored stage (an older checkpoint's normalization) the input differs: the test above could fail
     old = {k: v for k, v in norm.items() if k not in ('stored', 'draft', 'window')}
     assert not torch.allclose(preprocess(files[0], old), preprocess(files[0], norm), atol=1e-3)
+
+
+# --- issue 26.6: every input row gives one output row; an input with no images at all is an error --------------------
+
+def _dicom(fn, a):
+    "A DICOM file of the 8-bit image `a` at `fn` (any name: readers find it by its DICM magic)."
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid, SecondaryCaptureImageStorage
+    meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset(); ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, 'DX'
+    ds.set_pixel_data(np.asarray(a, dtype=np.uint8), 'MONOCHROME2', 8)
+    ds.WindowCenter, ds.WindowWidth = 128, 256    # 8-bit data shown as they are
+    ds.save_as(fn, enforce_file_format=True)
+    return fn
+
+
+def test_csv_input_gives_one_row_per_row_in_order_with_its_columns(ckpt, images, tmp_path):
+    "Issue 26.6: a 12-row CSV (an empty row, a path twice, missing and broken files) gives 12 rows, in order, with its own columns."
+    d = tmp_path/'in'; d.mkdir()
+    for n in ('a.png', 'b.png'): Image.open(images/'a.png' if n == 'a.png' else images/'sub'/'c.png').save(d/n)
+    paths = ['a.png', '', 'b.png', 'a.png', 'missing.png', str(images/'broken.png'), str(images/'sub'/'c.png'), '   ',
+             str(images/'notes.jpg'), 'b.png', str(images/'sub'/'d.tif'), str(images/'sub'/'c.png')]
+    lst = d/'list.csv'
+    pd.DataFrame({'id': [f'r{i:02d}' for i in range(12)], 'path': paths, 'label': list('abcabcabcabc'),
+                  'prediction': ['old'] * 12}).to_csv(lst, index=False)
+    rc, out, err = _run(ckpt, lst, '--out', tmp_path/'o', '--bs', 3)
+    assert rc == 1, (out, err)                                            # unreadable rows: non-zero
+    df = pd.read_csv(tmp_path/'o'/'predictions.csv', dtype={'id': str, 'label': str})
+    e = pd.read_csv(tmp_path/'o'/'errors.csv', dtype={'id': str, 'label': str, 'path': str}, keep_default_na=False)
+    ok, bad = [0, 2, 3, 6, 9, 10, 11], [1, 4, 5, 7, 8]
+    assert list(df.id) == [f'r{i:02d}' for i in ok] and list(e.id) == [f'r{i:02d}' for i in bad]   # every row once, in order
+    assert len(df) + len(e) == 12
+    assert list(df.label) == [list('abcabcabcabc')[i] for i in ok] and (df.input_prediction == 'old').all()
+    assert list(df.columns[:6]) == ['path', 'prediction', 'probability', 'prob_Normal', 'prob_Benign', 'prob_Malignant']
+    assert df.path[0] == df.path[2] == str(d/'a.png') and df.path[1] == df.path[4] == str(d/'b.png')   # resolved, twice
+    cols = ['prob_Normal', 'prob_Benign', 'prob_Malignant']
+    np.testing.assert_allclose(df.loc[0, cols].to_numpy(float), df.loc[2, cols].to_numpy(float), atol=1e-6)
+    assert 'empty path' in e.error[0] and 'row 1' in e.error[0] and 'empty path' in e.error[3] and 'row 7' in e.error[3]
+    assert 'no such file' in e.error[1] and 'cannot decode' in e.error[2] and e.path[0] == ''
+    r = predict_images(ckpt, [lst], None, progress=False)               # the library returns the same tables
+    assert list(r['predictions'].id) == list(df.id) and list(r['errors'].id) == list(e.id)
+    # a one-column CSV: a blank line in the middle is an empty row (pandas would skip it); blank lines at the end are no rows
+    (d/'one.csv').write_text(f"path\na.png\n\nb.png\n\n\n")
+    r = predict_images(ckpt, [d/'one.csv'], None, progress=False)
+    assert list(r['predictions'].path) == [str(d/'a.png'), str(d/'b.png')] and len(r['errors']) == 1
+    assert 'row 1 (line 3)' in r['errors'].error[0]
+
+
+def test_a_folder_without_images_is_an_error_and_dicoms_without_extension_are_read(ckpt, images, tmp_path):
+    "Issue 26.6: no image found at all is an error (exit 2, nothing written); extensionless DICOMs in a folder are read, other files counted."
+    pytest.importorskip('pydicom')
+    empty = tmp_path/'empty'; empty.mkdir(); (empty/'notes.txt').write_text('x')
+    rc, out, err = _run(ckpt, empty, '--out', tmp_path/'o')
+    assert rc == 2, (out, err)
+    assert 'no image' in err and str(empty) in err and '1 file(s) skipped' in err and 'notes.txt' in err, err
+    assert not (tmp_path/'o'/'predictions.csv').exists()
+    with pytest.raises(ValueError, match='no image'): predict_images(ckpt, [empty], None, progress=False)
+    f = tmp_path/'f'; f.mkdir()
+    a = np.asarray(Image.open(images/'a.png')).copy(); a[0, 0], a[0, 1] = 0, 255   # the full 8-bit range, as a DICOM reader windows it
+    _dicom(f/'scan001', a); Image.fromarray(a).save(f/'x.png'); (f/'readme.txt').write_text('not an image')
+    rc, out, err = _run(ckpt, f, '--out', tmp_path/'p')
+    assert rc == 0, (out, err)
+    df = pd.read_csv(tmp_path/'p'/'predictions.csv')
+    assert list(df.path) == [str(f/'scan001'), str(f/'x.png')]          # the DICOM by its magic, not by its name
+    np.testing.assert_allclose(df.probability[0], df.probability[1], atol=1e-3)
+    assert '1 file(s) skipped' in out + err and 'readme.txt' in out + err
+    r = predict_images(ckpt, [f], None, progress=False)
+    assert r['skipped'] == [f/'readme.txt'] and len(r['predictions']) == 2

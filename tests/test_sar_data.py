@@ -380,3 +380,26 @@ def test_amplitude_units_and_calibration(tmp_path):
     ref = SarDataLoaders.from_folder(src, patch=32, bs=4, device='cpu')
     assert d.units == 'amplitude' and abs(d.preprocess.lo - ref.preprocess.lo) < 0.5 and abs(d.preprocess.hi - ref.preprocess.hi) < 0.5
     with pytest.raises(ValueError, match='cannot be amplitude'): check_sar_image(np.array([[-1., 2.]], np.float32), 'x.npy', 'amplitude')
+
+
+def test_clean_targets(tmp_path):
+    "target='clean': inputs are the speckled images, targets the same windows of clean/<split>/<name>, encoded alike; errors name what is missing"
+    from medrecipes.synth import make_sar
+    src = make_sar(tmp_path/'s', n_train=3, n_valid=1, size=64, seed=0, save_clean=True, mode='realistic')
+    dls = SarDataLoaders.from_folder(src, patch=32, bs=4, patches_per_image=2, seed=0, device='cpu', target='clean')
+    assert dls.target == 'clean'
+    pre, ds = dls.preprocess, dls.train_ds
+    for i in range(len(ds)):
+        (y, x), k = ds.pos[i], i // ds.patches_per_image
+        inp, targ = ds[i]
+        clean = pre.encode(np.load(src/'clean'/'train'/ds.files[k].name))
+        assert torch.equal(targ[0], torch.from_numpy(clean[y:y + 32, x:x + 32])) and not torch.equal(inp, targ)
+    xb, yb = dls.valid.one_batch()
+    clean_v = pre.encode(np.load(src/'clean'/'valid'/dls.valid_files[0].name))
+    assert torch.equal(yb[0, 0].as_subclass(torch.Tensor), torch.from_numpy(clean_v[:32, :32]))
+    plain = SarDataLoaders.from_folder(src, patch=32, bs=4, patches_per_image=2, seed=0, device='cpu')
+    assert plain.preprocess == pre and plain.data_fingerprint != dls.data_fingerprint   # the same clip (fitted on the inputs); another data set
+    (src/'clean'/'valid'/dls.valid_files[0].name).unlink()
+    with pytest.raises(FileNotFoundError, match=r"target='clean' needs .* 1 missing in .*clean/valid"):
+        SarDataLoaders.from_folder(src, patch=32, bs=4, device='cpu', target='clean')
+    with pytest.raises(ValueError, match="`target` must be 'input' or 'clean'"): SarDataLoaders.from_folder(src, patch=32, target='truth')

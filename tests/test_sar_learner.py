@@ -243,3 +243,27 @@ def test_compare_over_seeds_reports_mean_and_spread(sar_data, tmp_path):
     assert '± ' in md and 'Mean ± standard deviation over seeds [0, 1]' in md and 'attention - residual per seed: ' in md
     assert ('PSNR ranking the same in every seed' in md) == agg.attrs['ranking_stable'] and 'took ' in md
     with pytest.raises(ValueError, match='at least two different seeds'): compare_sar(data_path=sar_data, out_dir=tmp_path, compare_seeds=[3, 3], **SMALL)
+
+
+def test_fresh_start_after_a_kill_in_the_first_epoch_purges_the_old_events(sar_data, tmp_path):
+    "Issue 26.10: killed after SarTensorBoard wrote epoch 0 but before latest.pt existed, a fresh start's steps are [0, 1], images too."
+    from fastai.callback.core import Callback
+    from medrecipes.resume import resume_path
+    class Killed(BaseException): pass
+    class Kill(Callback):
+        order = 98   # after the TensorBoard callback, before ResumeCheckpoint (99) writes the first latest.pt
+        def after_epoch(self):
+            if self.epoch == 0: raise Killed()
+    def learner(cbs=()):
+        dls = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, patches_per_image=3, seed=0, device='cpu')
+        return sar_learner(dls, variant='baseline', base_channels=8, out_dir=tmp_path, hist_every=1, cbs=list(cbs))
+    learn = learner([Kill()])
+    with learn.no_bar(), learn.no_logging(), pytest.raises(Killed): learn.fit(2, 1e-3)
+    learn = learner()
+    assert resume_path(True, learn) is None                                # no latest.pt: resume=true starts afresh
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3)
+    ea = _events(tmp_path/'tensorboard')
+    for tag in ('loss/train', 'loss/valid', 'psnr/valid'): assert [e.step for e in ea.Scalars(tag)] == [0, 1], tag
+    assert [i.step for i in ea.Images('reconstruction/0')] == [0, 1]
+    names = list(learn.recorder.metric_names[1:-1])
+    np.testing.assert_allclose([e.value for e in ea.Scalars('loss/valid')], [v[names.index('valid_loss')] for v in learn.recorder.values], rtol=1e-6)

@@ -124,3 +124,28 @@ def test_errors():
         with pytest.raises(ImportError, match=r'medrecipes\.kernels\.CBAM.*cbam='): sar_model('attention')
     else:
         assert sum(isinstance(mod, KernelCBAM) for mod in sar_model('attention').modules()) == 8
+
+
+def test_entropy_model_option():
+    "entropy='factorized': an integer latent under a learned prior; eval forward = decompress(compress); config rebuilds it, tables included"
+    from medrecipes.models.entropy import EntropyBottleneck
+    torch.manual_seed(0)
+    m = sar_model('residual', latent_channels=4, base_channels=8, entropy='factorized').eval()
+    assert isinstance(m.entropy_bottleneck, EntropyBottleneck) and m.quant_bits is None and isinstance(m.quantizer, torch.nn.Identity)
+    assert m.config['entropy'] == 'factorized' and m.config['quant_bits'] is None and m.config['latent_scale'] == 16.
+    x = torch.rand(2, 1, 32, 48)
+    q = m.compress(x)
+    assert q.dtype == torch.int32 and q.shape == (2, 4, 2, 3)
+    with torch.no_grad(): torch.testing.assert_close(m(x), m.decompress(q))          # eval: rounding, as the file holds
+    n = x.shape[0] * x.shape[-2] * x.shape[-1]
+    assert m.likelihoods.shape == q.shape and m.rate_bpp(n) > 0
+    m.train(); y = m(x); m.rate_bpp(n).backward()                                     # training: the rate has gradients
+    assert m.encoder.head.weight.grad is not None and m.entropy_bottleneck.matrices[0].grad is not None
+    m.eval().update()
+    m2 = sar_model(**m.config); m2.load_state_dict(m.state_dict())                    # the coding tables travel in the state dict
+    assert torch.equal(m2.entropy_bottleneck.cdf_freqs, m.entropy_bottleneck.cdf_freqs) and m2.entropy_bottleneck.updated
+    with pytest.raises(ValueError, match="exclude each other"): sar_model(entropy='factorized', quant_bits=8)
+    with pytest.raises(ValueError, match="unknown entropy model 'hyper'"): sar_model(entropy='hyper')
+    with pytest.raises(ValueError, match="latent_scale"): sar_model(entropy='factorized', latent_scale=0)
+    assert sar_model().quant_bits == 8 and 'entropy' not in sar_model().config                   # the default is unchanged
+    with pytest.raises(RuntimeError, match='no likelihoods'): sar_model().rate_bpp(1)

@@ -8,7 +8,7 @@ Docs: `_docs/data.cache.html` in this repository, built by `make docs` (API refe
 
 # %% ../../nbs/12_data.cache.ipynb #c002
 from __future__ import annotations
-import fcntl, hashlib, json, logging, os, re, secrets, shutil, time
+import fcntl, hashlib, json, logging, mmap, os, re, secrets, shutil, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -22,14 +22,15 @@ from .images import read_stored, describe_source, GRAY_INFO
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'CACHE_FOLDER', 'DUP_DISTANCE', 'DUP_MIN_CORRELATION', 'preprocessing_signature', 'file_stamp',
-           'perceptual_hash', 'ImageCache', 'build_cache', 'StoredImages', 'stored_images', 'thumbnail',
-           'near_duplicate_pairs', 'near_duplicate_groups', 'leak_report']
+__all__ = ['CACHE_VERSION', 'VERIFY_MODES', 'CACHE_FOLDER', 'DUP_DISTANCE', 'DUP_MIN_CORRELATION', 'preprocessing_signature',
+           'file_stamp', 'content_hash', 'perceptual_hash', 'CacheGenerationError', 'ImageCache', 'build_cache',
+           'StoredImages', 'stored_images', 'thumbnail', 'near_duplicate_pairs', 'near_duplicate_groups', 'leak_report']
 
 # %% ../../nbs/12_data.cache.ipynb #c005
 # 3: 16-bit colour PNGs read at full depth, DICOM VOI LUT output scaled over the LUT's range (issue 26)
 CACHE_VERSION = 3   # bump when `read_stored`'s output for the same file and arguments, or the file layout, changes
 _MANIFEST, _PIXELS = 'manifest.json', 'pixels.u8'
+VERIFY_MODES = ('stamp', 'hash')   # how a cached file is known unchanged: its (size, mtime), or also its content's hash
 
 def preprocessing_signature(stored:int, draft:int|None, min_side:int=0, window=None) -> dict:
     "Everything besides the source files that decides the stored pixels: a changed value means a new cache."
@@ -42,6 +43,13 @@ def file_stamp(fn) -> list:
     st = os.stat(fn)
     return [int(st.st_size), int(st.st_mtime_ns)]
 
+def content_hash(fn) -> str:
+    "The 128-bit BLAKE2b digest of the bytes of `fn`, as 32 hex digits: what `verify='hash'` compares."
+    h = hashlib.blake2b(digest_size=16)
+    with open(fn, 'rb') as f:
+        while b := f.read(1 << 20): h.update(b)
+    return h.hexdigest()
+
 def perceptual_hash(im:Image.Image) -> str:
     "The 64-bit DCT perceptual hash (`imagehash.phash`) of `im`, as 16 hex digits."
     import imagehash
@@ -51,25 +59,72 @@ def _key(files:list) -> str:
     "A short hash of the folder the data set's files share (which data set it is, not which files: those are checked)."
     return hashlib.sha1(os.path.commonpath(files).encode()).hexdigest()[:10] if files else 'empty'
 
+def _generation_of(m:dict, text:str) -> str:
+    "A manifest's generation: the token its build drew (a cache written before generations: the manifest's digest)."
+    return str(m.get('generation') or hashlib.sha1(text.encode()).hexdigest()[:16])
+
+def _aside(final:Path, gen:str) -> Path: return final.with_name(f'{final.name}.gen-{gen}')   # a replaced generation, kept while read
+
+class CacheGenerationError(RuntimeError):
+    "The generation of a cache that a reader was opened on has been replaced by a rebuild and removed."
 
 class ImageCache:
     """A finished cache: uint8 images (each fit inside `stored` x `stored`) in one memory-mapped file, looked up by path.
-    An image whose three channels are equal (every radiograph) is stored once, as one channel: a third of the bytes."""
-    def __init__(self, path:str|Path):
+    An image whose three channels are equal (every radiograph) is stored once, as one channel: a third of the bytes.
+
+    The index and the pixel file are opened together (through one handle on their folder) and the pixels mapped at once,
+    so a reader serves the generation it opened even when another process rebuilds the cache meanwhile. A shared lock on
+    the pixel file marks the generation as read: a rebuild moves it aside (`<name>.gen-<generation>`) instead of deleting
+    it, a copy unpickled in a loader worker reopens that same generation, and a later build removes it once no reader
+    holds it. `generation`: open that generation or raise `CacheGenerationError`, naming the cache (None: the current one)."""
+    def __init__(self, path:str|Path, generation:str|None=None):
         self.path = Path(path)
-        m = json.loads((self.path/_MANIFEST).read_text())
-        self.manifest, self.files = m, m['files']
+        self._open(generation)
+    def _open(self, want:str|None):
+        for _ in range(5):   # a generation removed between its opening and its lock is looked for again
+            folder, gen = self.path, None
+            if want is not None:
+                try: gen = _generation_of(*self._manifest(self.path))
+                except OSError: pass
+                if gen != want: folder = _aside(self.path, want)
+                if not folder.is_dir():
+                    raise CacheGenerationError(f"image cache {self.path}: the generation {want} this reader was opened on has been "
+                                               f"replaced by a rebuild (now {gen or 'none'}) and removed: build the loaders again to read the current one")
+            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)   # the manifest and the pixels of one folder, even if it is renamed meanwhile
+            try:
+                m, text = self._manifest(folder, dfd)
+                gen = _generation_of(m, text)
+                if want is not None and gen != want: continue
+                f = open(_PIXELS, 'rb', opener=lambda p, fl: os.open(p, fl, dir_fd=dfd))
+            finally: os.close(dfd)
+            n = os.fstat(f.fileno()).st_size
+            if n != m['nbytes']:
+                f.close(); raise ValueError(f"image cache {self.path}: {_PIXELS} holds {n} bytes, the manifest says {m['nbytes']}")
+            fcntl.flock(f, fcntl.LOCK_SH)   # this generation is read: a build does not remove it
+            if os.fstat(f.fileno()).st_nlink == 0: f.close(); continue   # removed before the lock: open again
+            break
+        else: raise CacheGenerationError(f"image cache {self.path}: rebuilt or removed five times while it was being opened")
+        self.manifest, self.files, self.generation, self._file = m, m['files'], gen, f
         self.shapes, self.offsets, self.hashes = np.array(m['shapes'], np.int64).reshape(-1, 3), np.array(m['offsets'], np.int64), m['hashes']
         self.stamps = [tuple(st) for st in m['stamps']]
-        self.index = {f: i for i, f in enumerate(self.files)}
-        self._mm = None
-        n = os.path.getsize(self.path/_PIXELS)
-        if n != m['nbytes']: raise ValueError(f"image cache {self.path}: {_PIXELS} holds {n} bytes, the manifest says {m['nbytes']}")
+        self.index = {fn: i for i, fn in enumerate(self.files)}
+        self._mm = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8) if n else np.zeros(0, np.uint8)
+    @staticmethod
+    def _manifest(folder:Path, dfd:int|None=None) -> tuple:
+        with open(folder/_MANIFEST if dfd is None else _MANIFEST, 'rb', opener=None if dfd is None else lambda p, fl: os.open(p, fl, dir_fd=dfd)) as f:
+            text = f.read().decode()
+        return json.loads(text), text
     @property
     def pixels(self) -> np.ndarray:
-        if self._mm is None: self._mm = np.memmap(self.path/_PIXELS, np.uint8, 'r') if self.manifest['nbytes'] else np.zeros(0, np.uint8)
+        if self._mm is None: raise ValueError(f"image cache {self.path} (generation {self.generation}) is closed")
         return self._mm
-    def __getstate__(self): return {**self.__dict__, '_mm': None}    # loader workers map the file again: no copy of the pixels
+    def close(self):
+        "Let go of the pixels: the mapping (and the generation's lock) goes with the last array read from it."
+        self._mm = None
+        if getattr(self, '_file', None) is not None: self._file.close(); self._file = None
+    def __getstate__(self): return {'path': str(self.path), 'generation': self.generation}   # no copy of the pixels or the index
+    def __setstate__(self, d):   # a loader worker maps the same generation again, or refuses by name
+        self.path = Path(d['path']); self._open(d['generation'])
     def __len__(self): return len(self.files)
     def array(self, i:int) -> np.ndarray:
         "Image `i` as an H x W x 3 uint8 view of the mapped file (a gray image's one channel seen three times)."
@@ -89,8 +144,8 @@ class ImageCache:
         return self.index.get(os.path.abspath(fn))
     def __repr__(self): return f"ImageCache({self.path}, {len(self)} images, stored {self.manifest['signature']['stored']} px)"
 
-def _stale(path:Path, files:list, sig:dict) -> str|None:
-    "Why the cache in `path` cannot serve `files` with `sig` (None: it can)."
+def _stale(path:Path, files:list, sig:dict, verify:str='stamp') -> str|None:
+    "Why the cache in `path` cannot serve `files` with `sig` (None: it can); `verify='hash'` also compares every file's content."
     if not (path/_MANIFEST).is_file(): return 'no finished cache'
     try: m = json.loads((path/_MANIFEST).read_text())
     except Exception as e: return f'unreadable manifest ({type(e).__name__})'
@@ -101,19 +156,27 @@ def _stale(path:Path, files:list, sig:dict) -> str|None:
         except OSError: return f'{f} is missing'
         if now != st: return f'{f} changed (size, mtime {st} -> {now})'
     if not (path/_PIXELS).is_file() or os.path.getsize(path/_PIXELS) != m.get('nbytes'): return f'{_PIXELS} is incomplete'
+    if verify == 'hash':
+        if len(m.get('content') or []) != len(files): return 'no content hashes to verify (built with verify=stamp)'
+        for f, h in zip(files, m['content']):
+            if (now := content_hash(f)) != h: return f'{f} changed (content hash {h} -> {now}; size and mtime unchanged)'
     return None
 
-def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str, reuse:ImageCache|None=None):
+def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str, reuse:ImageCache|None=None, verify:str='stamp'):
     """Decode every file into `tmp` (pixels, then the manifest: the manifest is written last). A file that `reuse` (the
-    previous cache, same preprocessing) holds with the same size and modification time is copied from it, not decoded."""
-    shapes, offsets, hashes, stamps, off, copied = [], [], [], [], 0, 0
+    previous cache, same preprocessing) holds with the same size and modification time (and with `verify='hash'` the same
+    content hash) is copied from it, not decoded."""
+    shapes, offsets, hashes, stamps, content, off, copied = [], [], [], [], [], 0, 0
+    old_content = (reuse.manifest.get('content') or []) if reuse is not None else []
     it = range(len(files))
     if progress: it = progress_bar(it, leave=False); it.comment = desc
     with open(tmp/_PIXELS, 'wb') as out:
         for i in it:
             f = files[i]
             stamp = file_stamp(f)
+            ch = content_hash(f) if verify == 'hash' else None
             k = reuse.index.get(f) if reuse is not None else None
+            if k is not None and verify == 'hash' and (k >= len(old_content) or old_content[k] != ch): k = None
             if k is not None and reuse.stamps[k] == tuple(stamp):   # unchanged since the previous build: its bytes and hash
                 shape, o = tuple(int(v) for v in reuse.shapes[k]), int(reuse.offsets[k])
                 out.write(reuse.pixels[o:o + int(np.prod(shape))].tobytes()); h = reuse.hashes[k]; copied += 1
@@ -126,21 +189,34 @@ def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str, reuse:ImageC
                 if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]   # gray: one channel
                 out.write(np.ascontiguousarray(a).tobytes()); shape, h = a.shape, perceptual_hash(im)
             shapes.append(shape); offsets.append(off); off += int(np.prod(shape))
-            hashes.append(h); stamps.append(stamp)
+            hashes.append(h); stamps.append(stamp); content.append(ch)
         out.flush(); os.fsync(out.fileno())
     m = dict(signature=sig, files=files, stamps=stamps, shapes=[list(map(int, s)) for s in shapes], offsets=offsets,
-             hashes=hashes, nbytes=off, reused=copied, decoded=len(files) - copied,
+             hashes=hashes, nbytes=off, reused=copied, decoded=len(files) - copied, generation=secrets.token_hex(8),
              created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+    if verify == 'hash': m['content'] = content
     atomic_write_text(tmp/_MANIFEST, json.dumps(m))
 
+def _collect(final:Path):
+    "Remove the replaced generations of `final` that no reader holds (a reader holds a shared lock on its pixel file)."
+    for d in sorted(final.parent.glob(final.name + '.gen-*')) + sorted(final.parent.glob(final.name + '.old-*')):
+        try: f = open(d/_PIXELS, 'rb')
+        except OSError: shutil.rmtree(d, ignore_errors=True); continue
+        with f:
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError: continue   # still read: kept for that reader's loader workers
+            shutil.rmtree(d, ignore_errors=True)
+
 def _replace_dir(tmp:Path, final:Path):
-    "Move the finished `tmp` to `final`; an older `final` is moved aside first and removed after."
-    old = None
+    "Move the finished `tmp` to `final`; an older `final` is moved aside as its generation and removed once no reader holds it."
     if final.exists():
-        old = final.with_name(f'{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}')
+        try: gen = _generation_of(*ImageCache._manifest(final))
+        except Exception: gen = f'unreadable-{secrets.token_hex(4)}'
+        old = _aside(final, gen)
+        if old.exists(): old = old.with_name(f'{old.name}-{secrets.token_hex(3)}')
         os.replace(final, old)
     os.replace(tmp, final)
-    if old is not None: shutil.rmtree(old, ignore_errors=True)
+    _collect(final)
 
 @contextmanager
 def _locked(lock:Path):
@@ -151,10 +227,10 @@ def _locked(lock:Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-def _build_or_open(final:Path, files:list, sig:dict, progress:bool, name:str) -> ImageCache:
+def _build_or_open(final:Path, files:list, sig:dict, progress:bool, name:str, verify:str='stamp') -> ImageCache:
     with _locked(final.with_name(final.name + '.lock')):
-        why = _stale(final, files, sig)
-        if why is None: return ImageCache(final)
+        why = _stale(final, files, sig, verify)
+        if why is None: _collect(final); return ImageCache(final)
         for t in final.parent.glob(final.name + '.tmp-*'): shutil.rmtree(t, ignore_errors=True)   # builds that were killed
         if (final/_MANIFEST).exists(): _log.info(f"image cache {final} is rebuilt: {why}")
         tmp = final.with_name(f'{final.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}')
@@ -163,10 +239,11 @@ def _build_or_open(final:Path, files:list, sig:dict, progress:bool, name:str) ->
         try:
             old = ImageCache(final) if (final/_MANIFEST).is_file() else None
             if old is not None and old.manifest.get('signature') == sig: reuse = old
+            elif old is not None: old.close()
         except Exception: reuse = None
         try:
-            _write(tmp, files, sig, progress, f'caching {len(files)} images of {name} at {sig["stored"]} px', reuse)
-            if reuse is not None: reuse._mm = None   # unmap the old pixels before their folder is replaced
+            _write(tmp, files, sig, progress, f'caching {len(files)} images of {name} at {sig["stored"]} px', reuse, verify)
+            if reuse is not None: reuse.close()   # let go of the old pixels before their folder is replaced
             _replace_dir(tmp, final)
         finally: shutil.rmtree(tmp, ignore_errors=True)
         c = ImageCache(final)
@@ -181,19 +258,21 @@ def build_cache(files:list, # the data set's image files (every split: the cache
                 window=None, # for 16-bit, 32-bit and float images (see `to_uint8`)
                 name:str='images', # names the data set in the folder name and the progress bar
                 progress:bool=True, # show a progress bar while building
+                verify:str='stamp', # 'stamp': a file is unchanged if its size and mtime are; 'hash': also its content's hash (reads every file)
                ) -> ImageCache:
     "Open the cache of `files`, building it first if it is missing or stale; under DDP rank 0 builds and the others wait."
     files = [os.path.abspath(f) for f in files]
     sig = {**preprocessing_signature(stored, draft, min_side, window), 'min_side': int(min_side or 0)}
     final = Path(cache_dir)/f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{stored}px-{_key(files)}"
-    if not is_distributed(): return _build_or_open(final, files, sig, progress, name)
+    if verify not in VERIFY_MODES: raise ValueError(f"image cache {final}: verify must be 'stamp' or 'hash', not {verify!r}")
+    if not is_distributed(): return _build_or_open(final, files, sig, progress, name, verify)
     res = None
     if is_rank0():
-        try: res = ('ok', _build_or_open(final, files, sig, progress, name))
+        try: res = ('ok', _build_or_open(final, files, sig, progress, name, verify))
         except Exception as e: res = ('error', f'{type(e).__name__}: {e}')
     status = broadcast_object(None if res is None else res[0] if res[0] == 'ok' else res)   # the others wait for rank 0
     if status != 'ok': raise RuntimeError(f"building the image cache {final} failed on rank 0: {status[1]}")
-    return res[1] if is_rank0() else _build_or_open(final, files, sig, False, name)   # a node without rank 0's disk builds its own
+    return res[1] if is_rank0() else _build_or_open(final, files, sig, False, name, verify)   # a node without rank 0's disk builds its own
 
 # %% ../../nbs/12_data.cache.ipynb #c009
 class StoredImages(Transform):
@@ -218,7 +297,12 @@ class StoredImages(Transform):
         return read_stored(o, self.stored, self.draft, self.min_side, self.window)
     def _cached(self, o) -> int|None:
         "The cache index of file `o` if the cache holds it as it is now (one `stat`: a file changed since is decoded again)."
-        if self.cache is None and getattr(self, '_cache_path', None):   # unpickled (an exported learner): reopen it if it is there
+        if self.cache is None and getattr(self, '_cache_ref', None):   # unpickled (a spawned worker, an exported learner)
+            path, gen = self._cache_ref; self._cache_ref = None
+            try: self.cache = ImageCache(path, gen)   # the generation the loaders were built on, never a newer one
+            except CacheGenerationError as e: _log.warning(f"{e}; this reader decodes the files instead (the same pixels, slower)")
+            except Exception: pass   # no cache there (another machine): the files are decoded
+        if self.cache is None and getattr(self, '_cache_path', None):   # pickled by an older version: the current cache, if any
             try: self.cache = ImageCache(self._cache_path)
             except Exception: pass
             self._cache_path = None
@@ -226,9 +310,11 @@ class StoredImages(Transform):
         try: return i if tuple(file_stamp(o)) == self.cache.stamps[i] else None
         except OSError: return None
     def __getstate__(self):
-        "Pickled (`learn.export`, spawned workers) without the cache's index: only its folder, reopened on first use."
+        """Pickled (`learn.export`, spawned workers) without the cache's index: its folder and generation, reopened on first
+        use; a generation that a rebuild replaced and no reader holds any more is not replaced by the newer one: the files are decoded."""
         d = dict(self.__dict__)
-        d['_cache_path'], d['cache'] = (str(self.cache.path) if self.cache is not None else None), None
+        d['_cache_ref'], d['cache'] = ((str(self.cache.path), self.cache.generation) if self.cache is not None else None), None
+        d.pop('_cache_path', None)
         return d
     def hashes(self, items) -> list:
         "The perceptual hash of each item: from the cache, or computed here."
@@ -275,16 +361,18 @@ def stored_images(files:list, # every image file of the data set (the cache is b
                   col:str|None=None, pref=None, # items are metadata rows: the file is `pref/row[col]`
                   name:str|None=None, # names the data set in the cache folder and the progress bar
                   progress:bool=True, # a progress bar while the cache is built
+                  cache_verify:str='stamp', # a cached file is unchanged if its size and mtime are ('stamp'), or also its content hash ('hash')
                  ) -> StoredImages:
     "The first stage of a classifier's loaders: the stored-image reader, with its cache built or opened."
     size = _pos(size, 'size', 8)
     stored = 2 * size if cache_size is None else _pos(cache_size, 'cache_size', size)
     min_side = stored // 4 if min_image_size is None else _pos(min_image_size, 'min_image_size', 0)
     d = max(stored, 2 * size) if draft else None
+    if cache_verify not in VERIFY_MODES: raise ValueError(f"`cache_verify` must be one of {VERIFY_MODES}, not {cache_verify!r}")
     c = None
     if cache:
         cdir = _writable_dir(Path(cache_dir) if cache_dir is not None else Path(root)/CACHE_FOLDER)
-        c = build_cache(files, cdir, stored, d, min_side, window, name or Path(root).name, progress)
+        c = build_cache(files, cdir, stored, d, min_side, window, name or Path(root).name, progress, cache_verify)
     return StoredImages(stored, d, min_side, window, c, col, pref)
 
 # %% ../../nbs/12_data.cache.ipynb #c012d

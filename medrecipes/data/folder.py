@@ -19,8 +19,8 @@ from .images import ClassifierImage, GrayToRGB, image_problem, is_dicom, DICOM_S
 from .cache import stored_images, DUP_DISTANCE, leak_report
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'is_image_file', 'scan_class_folders', 'check_image_files', 'FolderImage', 'folder_augmentations',
-           'FolderDataLoaders']
+__all__ = ['IMAGE_EXTENSIONS', 'is_image_file', 'scan_class_folders', 'check_image_files', 'FolderImage', 'ItemSeededDL',
+           'folder_augmentations', 'FolderDataLoaders']
 
 # %% ../../nbs/14_data.folder.ipynb #c005
 IMAGE_EXTENSIONS = frozenset(e.lower() for e in image_extensions) | frozenset(DICOM_SUFFIXES)   # fastai's, and DICOM's
@@ -72,6 +72,28 @@ def check_image_files(files:list, # image files to open
 class FolderImage(ClassifierImage):
     "An image read by `read_image` (a file, `Path`, PIL image or array) as upright 8-bit RGB; errors name the file."
 
+# %% ../../nbs/14_data.folder.ipynb #seed02
+import numpy as np, torch
+from contextlib import contextmanager
+from fastai.data.core import TfmdDL
+
+@contextmanager
+def _item_generators(seed:int):
+    "Python's, NumPy's and PyTorch's (CPU) generators seeded by `seed` inside, as they were outside."
+    st = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+    random.seed(seed); np.random.seed(seed % 2**32); torch.default_generator.manual_seed(seed % 2**63)
+    try: yield
+    finally: random.setstate(st[0]); np.random.set_state(st[1]); torch.default_generator.set_state(st[2])
+
+class ItemSeededDL(TfmdDL):
+    "A `TfmdDL` whose item transforms draw from generators seeded by (the epoch's seed, the item's index): the same items whatever the workers."
+    def before_iter(self):
+        super().before_iter()
+        r = random.Random(); r.setstate(self.rng.getstate())   # after `randomize`, before the shuffle: read, not drawn from
+        self.item_seed = r.getrandbits(64)                       # sent to the workers, which start after this
+    def do_item(self, s):
+        with _item_generators((getattr(self, 'item_seed', 0) << 32) + int(s or 0)): return super().do_item(s)
+
 # %% ../../nbs/14_data.folder.ipynb #c008
 def folder_augmentations(flip:bool=False, # random horizontal flips
                          max_rotate:float=10., max_zoom:float=1.1, max_lighting:float=0.2, max_warp:float=0.,
@@ -102,6 +124,7 @@ class FolderDataLoaders(DataLoaders):
                     cache:bool=False, # decode every image once into a memory-mapped cache (`medrecipes.data.cache`)
                     cache_dir:str|Path|None=None, # where the cache lives (default: `path/.medrecipes-cache`)
                     cache_size:int|None=None, # images are stored fit inside this square (default: 2 x `size`)
+                    cache_verify:str='stamp', # a cached file is unchanged if its size and mtime are; 'hash': also its content (reads every file)
                     draft:bool=True, # JPEG draft decoding (DCT scaling) down to >= 2 x `size` (see `read_stored`)
                     min_image_size:int|None=None, # a smaller image (longer side) is an error; default: a quarter of the stored size
                     progress:bool=True, # a progress bar while the cache is built
@@ -126,7 +149,7 @@ class FolderDataLoaders(DataLoaders):
         every = [f for fs in files.values() for f in fs]
         reader = stored_images(every, size, path, cache=cache, cache_dir=cache_dir,
                                cache_size=cache_size, draft=draft, min_image_size=min_image_size, name=path.name or 'images',
-                               progress=progress)
+                               progress=progress, cache_verify=cache_verify)
         leaks = None
         if dup_distance is not None:   # the folders are the split: near-duplicates across them inflate the figures
             ids = [Path(os.path.relpath(f, path)).as_posix() for f in every]
@@ -139,6 +162,7 @@ class FolderDataLoaders(DataLoaders):
         augs = [] if augment is False else folder_augmentations(**(augment if isinstance(augment, dict) else {}))
         n_tr, n_va = len(files['train']), len(files['valid'])
         dblock = DataBlock(blocks=(ImageBlock(FolderImage), CategoryBlock(vocab=vocab, sort=False)), get_x=reader, get_y=parent_label,
+                           dl_type=ItemSeededDL,   # the item transforms' random numbers do not depend on num_workers
                            splitter=IndexSplitter(list(range(n_tr, n_tr + n_va))),
                            item_tfms=[Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), GrayToRGB()],
                            batch_tfms=augs + [Normalize.from_stats(mean, std)])

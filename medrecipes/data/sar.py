@@ -394,15 +394,16 @@ def tile_origins(size:int, patch:int) -> list:
     if o[-1] + patch < size: o.append(size - patch)
     return o
 
-def _item(a, y, x, P):
-    t = SarImage(torch.from_numpy(np.ascontiguousarray(a[y:y + P, x:x + P]))[None])
-    return t, t.clone()
+def _item(a, y, x, P, t=None):
+    "The window of `a` as input and, as target, the same window of `t` (the clean reflectivity) or of `a` itself"
+    i = SarImage(torch.from_numpy(np.ascontiguousarray(a[y:y + P, x:x + P]))[None])
+    return i, (i.clone() if t is None else SarImage(torch.from_numpy(np.ascontiguousarray(t[y:y + P, x:x + P]))[None]))
 
 class SarPatches:
-    "Training items: `patches_per_image` random crops of each image, positions redrawn by `draw`; input == target (`SarImage`s)"
+    "Training items: `patches_per_image` random crops of each image, positions redrawn by `draw`; the target is the input, or the same crop of `targets` (`SarImage`s)"
     n_inp = 1
-    def __init__(self, images, patch:int, patches_per_image:int, files=None, seed:int=0):
-        self.images, self.patch, self.patches_per_image, self.files = images, patch, patches_per_image, files
+    def __init__(self, images, patch:int, patches_per_image:int, files=None, seed:int=0, targets=None):
+        self.images, self.patch, self.patches_per_image, self.files, self.targets = images, patch, patches_per_image, files, targets
         self.draw(np.random.default_rng(seed))
     def __len__(self): return len(self.images) * self.patches_per_image
     def draw(self, rng:np.random.Generator):
@@ -413,7 +414,8 @@ class SarPatches:
     def __getitem__(self, i):
         if not 0 <= i < len(self): raise IndexError(f"item {i} of {len(self)}")
         (y, x), P = self.pos[i], self.patch
-        return _item(self.images[i // self.patches_per_image], y, x, P)
+        k = i // self.patches_per_image
+        return _item(self.images[k], y, x, P, None if self.targets is None else self.targets[k])
     def new_empty(self): return type(self)([], self.patch, self.patches_per_image, [])
 
 class TileStitcher:
@@ -438,16 +440,16 @@ class TileStitcher:
         return done
 
 class SarTiles:
-    "Validation items: fixed tiles covering every image (see `tile_origins`); input == target (`SarImage`s)"
+    "Validation items: fixed tiles covering every image (see `tile_origins`); the target is the input, or the same tile of `targets` (`SarImage`s)"
     n_inp = 1
-    def __init__(self, images, patch:int, files=None):
-        self.images, self.patch, self.files = images, patch, files
+    def __init__(self, images, patch:int, files=None, targets=None):
+        self.images, self.patch, self.files, self.targets = images, patch, files, targets
         self.tiles = [(i, y, x) for i, a in enumerate(images) for y in tile_origins(a.shape[0], patch)
                       for x in tile_origins(a.shape[1], patch)]
     def __len__(self): return len(self.tiles)
     def __getitem__(self, i):
         i, y, x = self.tiles[i]
-        return _item(self.images[i], y, x, self.patch)
+        return _item(self.images[i], y, x, self.patch, None if self.targets is None else self.targets[i])
     def new_empty(self): return type(self)([], self.patch, [])
     def stitcher(self) -> TileStitcher: return TileStitcher(self)
     def stitch(self, tiles) -> list:
@@ -524,6 +526,15 @@ def _resolve_units(units, meta, kind, path):
     if 'units' in meta: return meta['units']
     return 'db' if kind == 'dn' else 'linear'
 
+def _clean_files(path:Path, split:str, files) -> list:
+    "The clean reflectivity of each file of `split`: `path/clean/<split>/<name>`, each required"
+    d = Path(path)/'clean'/split
+    out = [d/Path(f).name for f in files]
+    missing = [str(f) for f in out if not f.is_file()]
+    if missing: raise FileNotFoundError(f"target='clean' needs the clean reflectivity of every image: {len(missing)} missing in {d} "
+                                        f"(e.g. {', '.join(missing[:3])}); make_sar(..., save_clean=True) writes them")
+    return out
+
 # %% ../../nbs/03_data.sar.ipynb #c019
 class SarDataLoaders(DataLoaders):
     "`DataLoaders` for SAR autoencoders: random training patches, fixed validation tiles, preprocessing fitted on train."
@@ -546,6 +557,7 @@ class SarDataLoaders(DataLoaders):
                     shuffle:bool=True, # shuffle training patches
                     num_workers:int=0, # loader processes (0: in the main process)
                     device=None, # where batches go; None: CUDA when available
+                    target:str='input', # what the codec is scored against: 'input' (the speckled image) or 'clean' (`clean/<split>/<name>`, e.g. `make_sar(save_clean=True)`)
                     **kwargs):
         "Build train/valid `DataLoaders` from a folder of SAR images; the fitted `SarPreprocess` is `dls.preprocess`."
         path = Path(path)
@@ -553,6 +565,7 @@ class SarDataLoaders(DataLoaders):
         for n, v, lo in (('patch', patch, 8), ('bs', bs, 1), ('patches_per_image', patches_per_image, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"`{n}` must be an int >= {lo}, got {v!r}")
         _check_budget(max_memory_mb)
+        if target not in ('input', 'clean'): raise ValueError(f"`target` must be 'input' or 'clean', got {target!r}")
         meta = read_sar_metadata(path)
         kinds = {}
         tr_files, va_files = sar_files(path/train), sar_files(path/valid)
@@ -564,16 +577,25 @@ class SarDataLoaders(DataLoaders):
         va = [_check(a, f, units, patch, max_memory_mb) for a, f in zip(va, va_files)]
         pre = SarPreprocess(units, clip, floor, max_fit_pixels, calibration_db).fit(tr)      # training images only
         tr, va = [_encode(pre, a) for a in tr], [_encode(pre, a) for a in va]
-        trn = SarPatchDL(SarPatches(tr, patch, patches_per_image, tr_files, seed=0 if seed is None else seed), bs=bs,
+        ttr = tva = None
+        if target == 'clean':   # the speckle-free reflectivity of every image, in the same units, encoded with the same preprocessing
+            ctr, cva = _clean_files(path, train, tr_files), _clean_files(path, valid, va_files)
+            ttr = [_encode(pre, _check(a, f, units, patch, max_memory_mb)) for a, f in zip(_read_all(ctr, 'train', kinds, win), ctr)]
+            tva = [_encode(pre, _check(a, f, units, patch, max_memory_mb)) for a, f in zip(_read_all(cva, 'valid', kinds, win), cva)]
+            for a, c, f in zip(tr + va, ttr + tva, ctr + cva):
+                if a.shape != c.shape: raise ValueError(f"clean target {f} is {c.shape[0]} x {c.shape[1]}; its image is {a.shape[0]} x {a.shape[1]}")
+        trn = SarPatchDL(SarPatches(tr, patch, patches_per_image, tr_files, seed=0 if seed is None else seed, targets=ttr), bs=bs,
                          shuffle=shuffle, drop_last=False, num_workers=num_workers, **kwargs)
         if seed is not None: trn.rng = random.Random(seed)
-        val = TfmdDL(SarTiles(va, patch, va_files), bs=val_bs or bs, shuffle=False, drop_last=False,
+        val = TfmdDL(SarTiles(va, patch, va_files, targets=tva), bs=val_bs or bs, shuffle=False, drop_last=False,
                      num_workers=num_workers, **kwargs)
         dls = cls(trn, val, path=path, device=default_device(device))
         dls.preprocess, dls.units, dls.patch, dls.pixel_kind, dls.metadata = pre, units, int(patch), kind, meta
         dls.train_files, dls.valid_files = tr_files, va_files
         dls.max_memory_mb, dls.windowed_files = max_memory_mb, sorted(win)
-        dls.data_fingerprint = sar_fingerprint(path, tr_files, va_files)
+        dls.target = target
+        dls.data_fingerprint = sar_fingerprint(path, tr_files, va_files) if target == 'input' else \
+            sar_fingerprint(path, tr_files + _clean_files(path, train, tr_files), va_files + _clean_files(path, valid, va_files))
         return dls
 
     _keep = ('preprocess', 'units', 'patch', 'pixel_kind', 'metadata', 'max_memory_mb')

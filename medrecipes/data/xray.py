@@ -195,6 +195,7 @@ class XrayDataLoaders(DataLoaders):
                    cache:bool=True, # decode every image once into a memory-mapped cache (`medrecipes.data.cache`)
                    cache_dir:str|Path|None=None, # where the cache lives (default: `path/.medrecipes-cache`)
                    cache_size:int|None=None, # images are stored fit inside this square (default: 2 x `size`)
+                   cache_verify:str='stamp', # a cached file is unchanged if its size and mtime are; 'hash': also its content (reads every file)
                    draft:bool=True, # JPEG draft decoding (DCT scaling) down to >= 2 x `size` (see `read_stored`)
                    min_image_size:int|None=None, # a smaller image (longer side) is an error; default: a quarter of the stored size
                    progress:bool=True, # a progress bar while the cache is built
@@ -208,7 +209,7 @@ class XrayDataLoaders(DataLoaders):
         files = [img_dir/i for i in df.image_id]
         reader = stored_images(files, size, path, cache=cache, cache_dir=cache_dir, cache_size=cache_size,
                                draft=draft, min_image_size=min_image_size, col='image_id', pref=img_dir, name=path.name or 'btxrd',
-                               progress=progress)
+                               progress=progress, cache_verify=cache_verify)
         hashes = groups = leaks = None
         if dup_distance is not None:
             hashes = reader.hashes(files)

@@ -128,6 +128,7 @@ class SarAutoencoder(nn.Module):
                  quant_bits:int|None|str='auto', # bits per latent value (uniform quantisation); 0 or None: a float latent; 'auto': 8, or None with `entropy`
                  quant_proxy:str='ste', # the quantiser in training: 'ste' (straight-through rounding) or 'noise' (additive uniform)
                  entropy:str|None=None, # 'factorized': integer latent with a learned prior (`EntropyBottleneck`), range-coded; replaces `quant_bits`
+                 latent_scale:float=16., # with `entropy`: the encoder's output times this is rounded to integers (the decoder gets them divided back): a fine initial step
                 ):
         super().__init__()
         if variant not in SAR_VARIANTS: raise ValueError(f"unknown SAR autoencoder variant {variant!r}; choose one of {', '.join(SAR_VARIANTS)}")
@@ -145,17 +146,18 @@ class SarAutoencoder(nn.Module):
         self.variant, self.latent_channels, self.in_channels, self.downsample = variant, latent_channels, in_channels, SAR_DOWNSAMPLE
         quant_bits = quant_bits or None
         self.config = dict(variant=variant, latent_channels=latent_channels, base_channels=base_channels, in_channels=in_channels,
-                           quant_bits=quant_bits, quant_proxy=quant_proxy, **({'entropy': entropy} if entropy else {}))
+                           quant_bits=quant_bits, quant_proxy=quant_proxy, **({'entropy': entropy, 'latent_scale': float(latent_scale)} if entropy else {}))
+        if entropy and not latent_scale > 0: raise ValueError(f"`latent_scale` must be > 0, got {latent_scale!r}")
         self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam)
         self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
         self.entropy_bottleneck = EntropyBottleneck(latent_channels) if entropy == 'factorized' else None
         self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam)
-        self.quant_bits, self.entropy, self.likelihoods = quant_bits, entropy, None
+        self.quant_bits, self.entropy, self.likelihoods, self.latent_scale = quant_bits, entropy, None, float(latent_scale)
     def forward(self, x):
         z = self.encoder(x)
         if self.entropy_bottleneck is None: return self.decoder(self.quantizer(z))
-        z_hat, self.likelihoods = self.entropy_bottleneck(z)   # kept for the rate term of the loss (`rate_bpp`)
-        return self.decoder(z_hat)
+        z_hat, self.likelihoods = self.entropy_bottleneck(z * self.latent_scale)   # kept for the rate term of the loss (`rate_bpp`)
+        return self.decoder(z_hat / self.latent_scale)
     def rate_bpp(self, n_pixels:int) -> torch.Tensor:
         "Bits per pixel of the last forward pass's latent under the entropy model: `-sum(log2 likelihoods) / n_pixels` (an estimate; a file's real size is measured by `medrecipes.codec`)"
         if self.likelihoods is None: raise RuntimeError("no likelihoods: this model has no entropy model, or has not run forward yet")
@@ -167,17 +169,17 @@ class SarAutoencoder(nn.Module):
     def compress(self, x):
         "The integer latent codes of `x` (the rounded latent with an entropy model; a float latent without quantisation)"
         z = self.encoder(x)
-        if self.entropy_bottleneck is not None: return torch.round(z.float()).to(torch.int32)
+        if self.entropy_bottleneck is not None: return torch.round(z.float() * self.latent_scale).to(torch.int32)
         return self.quantizer.codes(z) if self.quant_bits else z
     def decompress(self, q):
         "The reconstruction from `compress`'s output"
-        if self.entropy_bottleneck is not None: return self.decoder(q.float())
+        if self.entropy_bottleneck is not None: return self.decoder(q.float() / self.latent_scale)
         return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q)
 
 def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
-              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None) -> SarAutoencoder:
+              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16.) -> SarAutoencoder:
     "A SAR autoencoder of `variant` (see `SarAutoencoder`); rebuild a saved one with `sar_model(**model.config)`"
-    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy)
+    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale)
 
 def count_parameters(model:nn.Module, trainable:bool=True) -> int:
     "Number of (trainable) parameters of `model`"

@@ -1,0 +1,120 @@
+"""The SAR recipe with the factorized entropy model: the rate-distortion loss recomputed independently, the bpp metric,
+coding tables in every checkpoint, real-file bits in the summary, exact resume after SIGKILL, clean targets, and the
+rate-distortion curves with their Bjøntegaard deltas against JPEG2000."""
+import json, os, signal, textwrap, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+import torch.nn.functional as F
+from medrecipes.core import load_checkpoint, set_seed
+from medrecipes.synth import make_sar
+from medrecipes.data.sar import SarDataLoaders
+from medrecipes.kernels import ssim
+from medrecipes.sar import sar_learner, train_sar, rd_curves, SarRDLoss, load_sar_model
+import _procs as procs
+
+SMALL = dict(patch=32, bs=8, patches_per_image=3, base_channels=8, progress=False, device='cpu')
+
+
+@pytest.fixture(scope='module')
+def sar_data(tmp_path_factory):
+    return make_sar(tmp_path_factory.mktemp('sar'), n_train=6, n_valid=2, n_test=2, size=64, seed=0, save_clean=True, mode='realistic')
+
+
+def test_rd_loss_is_lambda_distortion_plus_bits(sar_data):
+    "SarRDLoss = lambda (0.7 MSE + 0.3 (1 - SSIM)) + sum(-log2 likelihoods) / pixels, from the same forward pass"
+    dls = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, patches_per_image=2, seed=0, device='cpu')
+    learn = sar_learner(dls, variant='residual', base_channels=8, entropy='factorized', rd_lambda=50., out_dir=dls.path/'unused')
+    assert isinstance(learn.loss_func, SarRDLoss) and 'bpp' in [m.name for m in learn.metrics]
+    x, _ = dls.one_batch(); x = x.as_subclass(torch.Tensor)
+    m = learn.model.train(); torch.manual_seed(0); p = m(x)
+    lik = m.likelihoods
+    want = 50. * (0.7 * F.mse_loss(p, x) + 0.3 * (1 - ssim(p, x))) - torch.log2(lik).sum() / (x.shape[0] * 32 * 32)
+    torch.testing.assert_close(learn.loss_func(p, x), want)
+    with pytest.raises(ValueError, match='entropy model'): SarRDLoss(sar_learner(dls, base_channels=8, out_dir=dls.path/'u2').model, 1.)
+    with pytest.raises(ValueError, match='rd_lambda must be > 0'): SarRDLoss(m, 0.)
+
+
+def test_rd_run_writes_tables_and_reports_the_files_bits(sar_data, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=2, variant='residual', entropy='factorized', rd_lambda=32., lr=2e-3,
+                      codec_images=2, **SMALL)
+    for name in ('best.pt', 'latest.pt'):
+        ck = load_checkpoint(tmp_path/'checkpoints'/name)
+        assert ck['rd_lambda'] == 32. and ck['model_config']['entropy'] == 'factorized'
+        model, pre, _ = load_sar_model(tmp_path/'checkpoints'/name)
+        eb = model.entropy_bottleneck
+        assert eb.updated
+        saved = eb.cdf_freqs.clone(); eb.update()
+        assert torch.equal(saved, eb.cdf_freqs)        # the stored tables are the trained density's own (rebuilt: the same integers)
+    codec = pd.read_csv(tmp_path/'codec.csv')
+    learned = codec[codec.codec.str.startswith('learned')]
+    assert learned.codec.str.contains('factorized').all() and len(learned) == 2
+    assert (learned.bpp > learned.stream_bpp).all() and learned.estimate_bpp.notna().all()
+    np.testing.assert_allclose(s['learned_bpp'], learned.bpp.mean())
+    assert 'bpp' in pd.read_csv(tmp_path/'training_log.csv').columns if (tmp_path/'training_log.csv').exists() else True
+
+
+CHILD = textwrap.dedent(r'''
+    import sys, warnings
+    import torch; torch.set_num_threads(1)
+    from medrecipes.sar import train_sar
+    data, out, mode = sys.argv[1:4]
+    warnings.simplefilter('ignore')
+    from _procs import kill_callbacks
+    train_sar(data_path=data, out_dir=out, epochs=3, variant='residual', entropy='factorized', rd_lambda=32., patch=32, bs=8,
+              patches_per_image=3, base_channels=8, progress=False, device='cpu', codec_images=0, resume=(mode == 'resume'),
+              cbs=kill_callbacks(mode))
+''')
+
+
+def test_rd_run_killed_mid_epoch_resumes_bitwise(sar_data, tmp_path):
+    "The noise of the quantisation proxy and the coding tables resume exactly: the same weights, tables and history"
+    script = tmp_path/'child.py'; script.write_text(CHILD)
+    run = lambda out, mode: procs.run([script, sar_data, out, mode], env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    full, cut = tmp_path/'full', tmp_path/'cut'
+    r = run(full, 'full'); assert r.returncode == 0, r.stderr[-3000:]
+    r = run(cut, 'kill:1:1'); assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    r = run(cut, 'resume'); assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_checkpoint(full/'checkpoints'/'latest.pt'), load_checkpoint(cut/'checkpoints'/'latest.pt')
+    assert a['recorder']['values'] == b['recorder']['values'] and len(a['recorder']['values']) == 3
+    for k in a['model_state_dict']: assert torch.equal(a['model_state_dict'][k], b['model_state_dict'][k]), k
+    assert any('cdf_freqs' in k for k in a['model_state_dict'])
+
+
+def test_clean_target_run_scores_against_the_reflectivity(sar_data, tmp_path):
+    "data.target=clean: the validation PSNR is measured against clean/valid/, not the speckled input"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=1, variant='baseline', entropy='factorized', target='clean',
+                      codec_images=0, **SMALL)
+    model, pre, patch = load_sar_model(tmp_path/'checkpoints'/'best.pt')
+    from medrecipes.data.sar import SarTiles
+    from medrecipes.metrics import psnr
+    va = sorted((sar_data/'valid').glob('*.npy'))
+    num = den = 0.
+    for f in va:
+        x, c = pre.encode(np.load(f)), pre.encode(np.load(sar_data/'clean'/'valid'/f.name))
+        t = SarTiles([x], patch)
+        with torch.no_grad(): rec = t.stitch(model(torch.stack([t[i][0] for i in range(len(t))]).as_subclass(torch.Tensor)))[0]
+        num += float(psnr(torch.from_numpy(rec)[None, None], torch.from_numpy(c)[None, None])) * c.size; den += c.size
+    assert s['valid_psnr'] == pytest.approx(num / den, abs=1e-3)
+    assert load_checkpoint(tmp_path/'checkpoints'/'best.pt')['config']['target'] == 'clean'
+
+
+def test_rd_curves_and_bd_rates(sar_data, tmp_path):
+    "Two lambdas per variant, JPEG2000 over the same file sizes, PSNR against the original and the clean reflectivity, the deltas"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        c = rd_curves(data_path=sar_data, out_dir=tmp_path, variants=('baseline',), rd_lambdas=(4., 256.), jpeg2000_points=4, epochs=1,
+                      lr=3e-3, **SMALL)
+    out = tmp_path/'rd_curves'
+    rows = pd.read_csv(out/'rd.csv')
+    assert set(rows.codec) == {'baseline', 'jpeg2000'} and len(rows) == 2 * 2 + 4 * 2           # 2 test images
+    for f in (out/'baseline_lambda4'/'codec').glob('*.mrsar'):                               # every bpp is a file's size
+        r = rows[(rows.codec == 'baseline') & (rows.rd_lambda == 4.) & (rows.image == f.stem + '.npy')]
+        assert r.bpp.iloc[0] == 8 * f.stat().st_size / 64 ** 2
+    assert {'psnr_db', 'ssim_db', 'psnr_clean_db', 'ssim_clean_db'} <= set(c.columns) and c.psnr_clean_db.notna().all()
+    bd = pd.read_csv(out/'rd_bd.csv')
+    assert set(bd.quality) == {'psnr_db', 'ssim_db', 'psnr_clean_db'} and (bd.anchor == 'jpeg2000').all()
+    assert (out/'rd.png').read_bytes()[:4] == b'\x89PNG' and 'Bjøntegaard' in (out/'rd.md').read_text()
