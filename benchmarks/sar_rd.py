@@ -5,7 +5,7 @@ variant at several λ with `medrecipes.sar.rd_curves` (the `sar_demo` settings u
 into real `.mrsar` files, and puts them beside JPEG2000 (OpenJPEG) over the same range of file sizes, scored against
 the speckled original and against the clean reflectivity. Every bpp is the whole file's (8 x bytes / pixels).
 
-    python benchmarks/sar_rd.py                                   # residual and attention, lambda 8 32 128 512
+    python benchmarks/sar_rd.py                                   # residual and attention, lambda 8 32 128 512; attention against clean too
     python benchmarks/sar_rd.py --variants attention --lambdas 16 256 --epochs 4 --n 8 --size 64
 
 Results: benchmarks/results/sar_rd.csv (every image and point), sar_rd_curves.csv, sar_rd_bd.csv (BD-rate and BD-PSNR
@@ -23,7 +23,7 @@ def main(argv=None):
     ap.add_argument('--variants', nargs='+', default=['residual', 'attention'])
     ap.add_argument('--lambdas', type=float, nargs='+', default=[8., 32., 128., 512.])
     ap.add_argument('--epochs', type=int, default=12)
-    ap.add_argument('--no-clean-target', dest='clean_target', action='store_false', help='skip the variants trained against the clean reflectivity (despeckling compression)')
+    ap.add_argument('--clean-variants', nargs='*', default=['attention'], help='variants also trained against the clean reflectivity (despeckling compression); none: skip')
     ap.add_argument('--n', type=int, default=32, help='training scenes (valid: n/4, test: n/8)')
     ap.add_argument('--size', type=int, default=128)
     ap.add_argument('--work', default=str(ROOT/'runs'/'sar_rd'))
@@ -42,7 +42,7 @@ def main(argv=None):
     t0 = time.time()
     curves = rd_curves('sar_demo', [f'data.path={data}', f'trainer.out_dir={work}', 'trainer.progress=false', f'trainer.max_epochs={a.epochs}',
                                     'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(a.lambdas),
-                        targets=('input', 'clean') if a.clean_target else ('input',))
+                        targets=('input', 'clean') if a.clean_variants else ('input',), clean_variants=tuple(a.clean_variants))
     minutes = (time.time() - t0) / 60
     src = work/'rd_curves'
     for name, dst in (('rd.csv', '.csv'), ('rd_curves.csv', '_curves.csv'), ('rd_bd.csv', '_bd.csv'), ('rd.png', '.png')):
@@ -51,7 +51,7 @@ def main(argv=None):
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
-            f"{minutes:.1f} min for {len(a.variants) * len(a.lambdas) * (2 if a.clean_target else 1)} trainings and the coding.", '',
+            f"{minutes:.1f} min for {(len(a.variants) + len(a.clean_variants)) * len(a.lambdas)} trainings and the coding.", '',
             f"Data: `make_sar(n_train={a.n}, n_valid={max(1, a.n // 4)}, n_test={max(1, a.n // 8)}, size={a.size}, seed=0, save_clean=True, "
             f"mode='realistic')`; the `sar_demo` config, {a.epochs} epochs, `model.entropy=factorized`; every bpp is the whole "
             f".mrsar or .j2k file's. Means over the test scenes:", '',

@@ -79,12 +79,21 @@ def _sar_parts(ck, path):
     model = _load_state(sar_model(**{'quant_bits': None, **cfg}), ck, path)   # without the key: a float latent (older checkpoints)
     c_in, c_lat, p = model.in_channels, model.latent_channels, patch // SAR_DOWNSAMPLE
     base = dict(model_config=_json(cfg), preprocess=_json(ck['preprocessing_params']), patch=str(patch), downsample=str(SAR_DOWNSAMPLE))
-    # a quantised codec's encoder ends in its quantiser: the file gives the rounded latent the decoder takes (codes / (2^bits - 1))
-    enc = nn.Sequential(model.encoder, model.quantizer) if getattr(model, 'quant_bits', None) else model.encoder
+    # a quantised codec's encoder ends in its quantiser: the file gives the rounded latent the decoder takes (codes / (2^bits - 1));
+    # an entropy model's encoder gives the integer symbols (before the coder's clamping), its decoder takes them
+    enc, dec = model.encoder, model.decoder
+    if getattr(model, 'entropy_bottleneck', None) is not None:
+        enc, dec = nn.Sequential(model.encoder, _LatentScale(model.latent_scale, True)), nn.Sequential(_LatentScale(1 / model.latent_scale, False), model.decoder)
+    elif getattr(model, 'quant_bits', None): enc = nn.Sequential(model.encoder, model.quantizer)
     return [dict(suffix='.encoder', module=enc, input_name='image', output_name='latent', shape=(c_in, patch, patch),
                  dist='uniform', meta=dict(kind='sar_encoder', **base)),
-            dict(suffix='.decoder', module=model.decoder, input_name='latent', output_name='reconstruction', shape=(c_lat, p, p),
+            dict(suffix='.decoder', module=dec, input_name='latent', output_name='reconstruction', shape=(c_lat, p, p),
                  dist='normal', meta=dict(kind='sar_decoder', **base))]
+
+class _LatentScale(nn.Module):
+    "`x * scale`, rounded when `rnd`: an entropy model's symbols on the encoder side, their values on the decoder side"
+    def __init__(self, scale:float, rnd:bool): super().__init__(); self.scale, self.rnd = float(scale), rnd
+    def forward(self, x): x = x * self.scale; return torch.round(x) if self.rnd else x
 
 def checkpoint_parts(checkpoint:str|Path) -> tuple:
     "`(kind, parts)`: the checkpoint's kind and the modules to export (eval mode) with their input specs and metadata."

@@ -537,7 +537,8 @@ def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
 def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
               rd_lambdas=(16, 64, 256, 1024), # the rate-distortion weights to train, one model each
               jpeg2000_points:int=8, # JPEG2000 rates, spread geometrically over the learned files' range (and a little beyond)
-              targets=('input',), # also 'clean': each variant trained against the clean reflectivity (`data.target=clean`), named '<variant>+clean'
+              targets=('input',), # also 'clean': variants trained against the clean reflectivity (`data.target=clean`), named '<variant>+clean'
+              clean_variants=None, # the variants trained with the 'clean' target (default: all of `variants`)
               **kwargs) -> pd.DataFrame:
     """Train every variant with the factorized entropy model at each λ; code the first `codec_images` test (else valid) images
     into real files; score PSNR and SSIM against the speckled original and, where the data holds `clean/<split>/` (`make_sar(...,
@@ -554,7 +555,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
     rows = []
     names = []
     for tgt in targets:
-      for v in variants:
+      for v in (variants if tgt == 'input' or clean_variants is None else clean_variants):
         name = v if tgt == 'input' else f'{v}+{tgt}'; names.append(name)
         for lam in rd_lambdas:
             run = out/f"{name.replace('+', '_')}_lambda{float(lam):g}"

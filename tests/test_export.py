@@ -226,3 +226,23 @@ def test_input_size_from_a_nested_config(xray_ckpt, tmp_path):
     kind, parts = checkpoint_parts(tmp_path/'nested.pt')
     assert kind == 'classifier' and [p['shape'] for p in parts] == [(3, 24, 24)] and not parts[0]['module'].training
     assert json.loads(parts[0]['meta']['normalization']) == norm
+
+
+def test_sar_entropy_codec_encoder_gives_the_files_symbols(tmp_path):
+    "An entropy-model codec: the ONNX encoder gives the integer symbols the codec file codes (before clamping), the decoder takes them"
+    from medrecipes.models.sar import sar_model
+    from medrecipes.data.sar import SarPreprocess
+    torch.manual_seed(0)
+    m = sar_model('residual', latent_channels=4, base_channels=8, entropy='factorized').eval()
+    torch.nn.init.normal_(m.encoder.head.weight, std=0.3); m.update()
+    ck = save_checkpoint(tmp_path/'rd.pt', model_state_dict=m.state_dict(), model_config=m.config, patch=32,
+                         preprocessing_params=SarPreprocess('linear', clip=(-25., 5.)).checkpoint_params())
+    res = export_onnx(ck, out=tmp_path/'o')
+    enc, dec = tmp_path/'o'/'rd.encoder.onnx', tmp_path/'o'/'rd.decoder.onnx'
+    assert list(res['files']) == [str(enc), str(dec)]
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(): q, y = m.compress(x), m.decompress(m.compress(x))
+    z = _ort(enc, x.numpy())
+    assert np.abs(z - q.numpy()).max() <= 1 and (z == q.numpy()).mean() > 0.99 and np.array_equal(z, np.round(z))   # integers
+    assert q.float().std() > 1                                                                                       # not all zero
+    np.testing.assert_allclose(_ort(dec, q.numpy().astype(np.float32)), y.numpy(), rtol=0, atol=ONNX_ATOL)
