@@ -18,6 +18,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'benchmarks'))
 
 
+def _speed(runs:Path, data:Path, variant:str, lam:float) -> dict:
+    "Encode and decode seconds per megapixel of one trained codec and of JPEG2000 at its file sizes, on the test scenes (in-process, warm)"
+    import io, numpy as np
+    from PIL import Image
+    from medrecipes.codec import compress, decompress
+    from medrecipes.models.sar import load_sar_model
+    from medrecipes.data.sar import sar_files, read_sar_image
+    model, pre, _ = load_sar_model(runs/f'{variant}_lambda{float(lam):g}'/'checkpoints'/'best.pt')
+    files = sar_files(data/'test'); imgs = [read_sar_image(f) for f in files]
+    n = sum(a.size for a in imgs); t = dict(enc=0., dec=0., jenc=0., jdec=0.)
+    compress((model, pre), imgs[0], runs/'warm.mrsar')                  # warm-up
+    for i, a in enumerate(imgs):
+        f = runs/f'speed{i}.mrsar'
+        t0 = time.perf_counter(); info = compress((model, pre), a, f); t['enc'] += time.perf_counter() - t0
+        t0 = time.perf_counter(); decompress(f, (model, pre)); t['dec'] += time.perf_counter() - t0
+        im = Image.fromarray(np.round(pre.encode(a) * 65535).astype(np.uint16)); b = io.BytesIO()
+        t0 = time.perf_counter()
+        im.save(b, format='JPEG2000', quality_mode='rates', quality_layers=[16 / info['bpp']], irreversible=True, no_jp2=True)
+        t['jenc'] += time.perf_counter() - t0
+        t0 = time.perf_counter(); np.asarray(Image.open(io.BytesIO(b.getvalue()))); t['jdec'] += time.perf_counter() - t0
+    mp = n / 1e6
+    return dict(pixels=n, learned_encode_s_per_mp=t['enc'] / mp, learned_decode_s_per_mp=t['dec'] / mp,
+                jpeg2000_encode_s_per_mp=t['jenc'] / mp, jpeg2000_decode_s_per_mp=t['jdec'] / mp)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--variants', nargs='+', default=['residual', 'attention'])
@@ -48,6 +73,7 @@ def main(argv=None):
     for name, dst in (('rd.csv', '.csv'), ('rd_curves.csv', '_curves.csv'), ('rd_bd.csv', '_bd.csv'), ('rd.png', '.png')):
         shutil.copyfile(src/name, str(out) + dst)
     bd = curves.attrs['bd']
+    speed = _speed(src, data, a.variants[-1], a.lambdas[len(a.lambdas) // 2])
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
@@ -56,7 +82,9 @@ def main(argv=None):
             f"mode='realistic')`; the `sar_demo` config, {a.epochs} epochs, `model.entropy=factorized`; every bpp is the whole "
             f".mrsar or .j2k file's. Means over the test scenes:", '',
             _md_table(curves.round(4)), '', "Bjøntegaard deltas (negative BD-rate and positive BD-quality: the test codec is better):", '',
-            _md_table(bd.round(3)), '']
+            _md_table(bd.round(3)), '', f"Speed on this CPU ({torch.get_num_threads()} threads), seconds per megapixel over the test scenes "
+            f"({speed.pop('pixels') / 1e6:.2f} MP), the {a.variants[-1]} codec at lambda {a.lambdas[len(a.lambdas) // 2]:g} beside JPEG2000 at the same file size:", '',
+            _md_table(pd.DataFrame([speed]).round(4)), '']
     Path(str(out) + '.md').write_text('\n'.join(text))
     print('\n'.join(text))
 

@@ -193,6 +193,7 @@ def check_resume(ckpt:dict, # the checkpoint to resume from
         raise ValueError(f"cannot resume from checkpoint{where}: the config differs in {', '.join(bad)} ({desc}); these change the "
                          "data or the optimisation. Resume with the checkpoint's values, or start a new run in another out_dir")
     return diff
+
 def _one(v):
     "A list of equal values (one per parameter group) as one value."
     return v[0] if isinstance(v, list) and v and all(x == v[0] for x in v) else v
