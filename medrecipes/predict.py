@@ -324,15 +324,21 @@ def _units(pre, r01, units):
     return np.asarray(pre.decode_db(r01) if units == 'db' else pre.decode_linear(r01), dtype=np.float32)
 
 def _sar_run(ckpt, inputs, out, work, exts, progress):
+    "Every input row (`input_items`) through `work`, as the classifiers do: one output or error row each, in input order, with the CSV's columns"
     ckpt, out = Path(ckpt), Path(out)
+    items, skipped = input_items(inputs, exts)
+    if not items: raise ValueError(_no_images(inputs, skipped))
+    extra = _extra_columns(items, ['path', 'error', 'output', 'bytes', 'bpp', 'estimate_bpp', 'units', 'height', 'width', 'checkpoint', 'checkpoint_sha256'])
     sha, rows, errors = file_sha256(ckpt), [], []
-    for p in _progress(collect_inputs(inputs, exts), progress):
+    for it in _progress(items, progress):
+        p, more = it['path'], {extra[k]: v for k, v in it['extra'].items()}
         try:
+            if it['error']: raise ValueError(it['error'])
             if not p.is_file(): raise FileNotFoundError("no such file" if not p.exists() else "not a file")
-            rows.append(dict(path=str(p), **work(p)))
-        except Exception as e: errors.append(dict(path=str(p), error=' '.join(str(e).split()) or type(e).__name__))
+            rows.append(dict(path=str(p), **work(p), **more))
+        except Exception as e: errors.append(dict(path='' if p is None else str(p), error=' '.join(str(e).split()) or type(e).__name__, **more))
     df = pd.DataFrame(rows); df['checkpoint'], df['checkpoint_sha256'] = str(ckpt), sha
-    err = pd.DataFrame(errors, columns=['path', 'error'])
+    err = pd.DataFrame(errors, columns=['path', 'error', *extra.values()])
     return df, err, sha
 
 def compress_sar(ckpt:str|Path, # a SAR checkpoint of a model with an entropy model or `quant_bits`

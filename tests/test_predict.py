@@ -381,3 +381,24 @@ def test_a_folder_without_images_is_an_error_and_dicoms_without_extension_are_re
     assert '1 file(s) skipped' in out + err and 'readme.txt' in out + err
     r = predict_images(ckpt, [f], None, progress=False)
     assert r['skipped'] == [f/'readme.txt'] and len(r['predictions']) == 2
+
+
+def test_sar_inputs_give_one_row_per_input_row(tmp_path):
+    "The SAR commands read inputs as the classifiers do: every CSV row one output or error row, in order, with the CSV's columns"
+    from medrecipes.models.sar import sar_model
+    from medrecipes.data.sar import SarPreprocess
+    rng = np.random.default_rng(0)
+    a = rng.gamma(1., 0.1, (32, 32)).astype(np.float32); np.save(tmp_path/'a.npy', a); np.save(tmp_path/'b.npy', a[:, ::-1].copy())
+    torch.manual_seed(0); m = sar_model('baseline', 4, 8, entropy='factorized').eval().update()
+    ck = save_checkpoint(tmp_path/'sar.pt', model_state_dict=m.state_dict(), model_config=m.config, patch=32, config={},
+                         preprocessing_params=SarPreprocess('linear', ('percentile', 1, 99)).fit([a]).checkpoint_params())
+    (tmp_path/'in.csv').write_text('path,scene_id\na.npy,s1\n,s2\nb.npy,s3\na.npy,s4\nmissing.npy,s5\n')
+    r = compress_sar(ck, [tmp_path/'in.csv'], tmp_path/'z', progress=False)
+    assert list(r['outputs'].scene_id) == ['s1', 's3', 's4'] and list(r['errors'].scene_id) == ['s2', 's5']
+    assert r['outputs'].output.is_unique                                        # a.npy twice: two files
+    assert 'empty path' in r['errors'].error.iloc[0] and 'no such file' in r['errors'].error.iloc[1]
+    rec = reconstruct_sar_files(ck, [tmp_path/'in.csv'], tmp_path/'r', progress=False)
+    assert list(rec['outputs'].scene_id) == ['s1', 's3', 's4'] and len(rec['errors']) == 2
+    (tmp_path/'empty').mkdir(); (tmp_path/'empty'/'notes.txt').write_text('x')
+    with pytest.raises(ValueError, match=r'no image found .* 1 file\(s\) skipped'):
+        compress_sar(ck, [tmp_path/'empty'], tmp_path/'z2', progress=False)
