@@ -22,7 +22,7 @@ from .distributed import (base_dl, is_rank0, rank, world_size, is_distributed, b
                                     load_checkpoint_dist)
 
 # %% auto #0
-__all__ = ['RESUME_SAFE_KEYS', 'FIT_KEYS', 'training_state', 'scheduler_state', 'restore_training_state', 'flatten_config',
+__all__ = ['RESUME_SAFE_KEYS', 'FIT_KEYS', 'training_state', 'scheduler_state', 'restore_training_state', 'dotted_keys',
            'check_resume', 'fit_arguments', 'check_fit_arguments', 'ResumableLearner', 'resume_path',
            'ResumeCheckpoint']
 
@@ -158,14 +158,23 @@ def restore_training_state(learn:Learner, st:dict, path=None):
 RESUME_SAFE_KEYS = frozenset({'progress', 'num_workers', 'device', 'deterministic', 'resume', 'out_dir', 'logging', 'tracking',
                               'hist_every', 'collapse_patience', 'cam_layer'})
 
-def flatten_config(cfg, # a nested or flat config (dict or OmegaConf)
-                   prefix:str='') -> dict:
-    "`cfg` as one flat dict with dotted keys (`{'trainer': {'lr': 1}}` -> `{'trainer.lr': 1}`)."
+def dotted_keys(cfg, # a nested or flat config (dict or OmegaConf)
+                prefix:str='') -> dict:
+    "`cfg` as one flat dict with dotted keys (`{'trainer': {'lr': 1}}` -> `{'trainer.lr': 1}`); `medrecipes.config.flatten_config` is the recipes' flat, renamed shape"
     out = {}
     for k, v in (to_plain(cfg) or {}).items():
-        if isinstance(v, dict) and v: out.update(flatten_config(v, f'{prefix}{k}.'))
+        if isinstance(v, dict) and v: out.update(dotted_keys(v, f'{prefix}{k}.'))
         else: out[f'{prefix}{k}'] = v
     return out
+
+def __getattr__(name):
+    "`medrecipes.resume.flatten_config`, the old name of `dotted_keys`, for one more release"
+    if name == 'flatten_config':
+        import warnings
+        warnings.warn("medrecipes.resume.flatten_config is deprecated: it is medrecipes.resume.dotted_keys now "
+                      "(medrecipes.config.flatten_config is the recipes' flat config)", DeprecationWarning, stacklevel=2)
+        return dotted_keys
+    raise AttributeError(f"module 'medrecipes.resume' has no attribute {name!r}")
 
 def _safe_key(k:str) -> bool: return any(p in RESUME_SAFE_KEYS for p in k.split('.'))
 
@@ -185,7 +194,7 @@ def check_resume(ckpt:dict, # the checkpoint to resume from
                              "test items into training. Resume the run that wrote it, or start afresh")
     if meta.get('config') is None: return {}
     if ckpt.get('config') is None: raise ValueError(f"cannot resume from checkpoint{where}: it holds no config to check this run's against")
-    a, b = flatten_config(ckpt['config']), flatten_config(meta['config'])
+    a, b = dotted_keys(ckpt['config']), dotted_keys(meta['config'])
     diff = {k: [a.get(k, _MISSING), b.get(k, _MISSING)] for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)}
     bad = {k: v for k, v in diff.items() if not _safe_key(k)}
     if bad:

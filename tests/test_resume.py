@@ -221,3 +221,17 @@ def test_first_epoch_is_reset_when_a_resumed_fit_stops_early(tmp_path):
     learn.remove_cbs([c for c in learn.cbs if isinstance(c, EarlyStoppingCallback)])
     _fit(learn, n=6, lr=1e-3)
     assert ep.seen == list(range(6)) and len(learn.recorder.values) == 6
+
+
+def test_flatten_config_has_one_meaning():
+    "`medrecipes.resume.flatten_config` (dotted keys) is `dotted_keys` now; the old name works with a DeprecationWarning naming the new one"
+    import warnings
+    import medrecipes.resume as R
+    from medrecipes.config import flatten_config
+    assert R.dotted_keys({'trainer': {'lr': 1, 'x': {}}, 'a': 2}) == {'trainer.lr': 1, 'trainer.x': {}, 'a': 2}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        assert R.flatten_config is R.dotted_keys
+    assert any(issubclass(x.category, DeprecationWarning) and 'medrecipes.resume.dotted_keys' in str(x.message) for x in w)
+    assert 'flatten_config' not in R.__all__ and flatten_config is not R.dotted_keys
+    with pytest.raises(AttributeError, match='no attribute'): R.nothing_here
