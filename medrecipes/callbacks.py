@@ -8,7 +8,7 @@ Docs: `_docs/callbacks.html` in this repository, built by `make docs` (API refer
 
 # %% ../nbs/10_callbacks.ipynb #c002
 from __future__ import annotations
-import math, warnings, logging, random, secrets, time
+import math, sys, warnings, logging, random, secrets, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -31,7 +31,8 @@ __all__ = ['WANDB_MODES', 'TRACKING_DEFAULTS', 'PRECISIONS', 'CPU_AUTO_PRECISION
            'RecallCollapseCallback', 'epoch_offset', 'run_epoch', 'EpochScalars', 'epoch_scalars', 'scalar_tags',
            'plot_curves', 'TrainingLog', 'TensorBoardScalars', 'import_wandb', 'WandbTracker', 'TextLog',
            'resolve_tracking', 'tracker_callbacks', 'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native',
-           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'training_callbacks']
+           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'training_callbacks',
+           'interactive', 'progress_bars']
 
 # %% ../nbs/10_callbacks.ipynb #cb02
 class FitOnlyCallback(Callback):
@@ -477,3 +478,29 @@ def training_callbacks(device, # the training device (what `'auto'` precision me
         if not bs: raise ValueError("accumulate > 1 needs the training batch size `bs`")
         cbs.append(EpochGradientAccumulation(accumulate * bs))
     return cbs
+
+# %% ../nbs/10_callbacks.ipynb #cb23
+def interactive(stream=None) -> bool:
+    "Whether progress bars can be drawn: a notebook, or `stream` (default stdout) is a terminal"
+    from fastprogress.fastprogress import IN_NOTEBOOK
+    stream = sys.stdout if stream is None else stream
+    return bool(IN_NOTEBOOK) or bool(getattr(stream, 'isatty', lambda: False)())
+
+@contextmanager
+def progress_bars(learn, # a fastai `Learner`
+                  progress:bool=True, # False: no bars and no per-epoch lines
+                  stream=None, # where the lines go when it is not a terminal (default stdout)
+                 ):
+    "fastai's bars where they can be drawn (`interactive`); else one header and one line per epoch; nothing when not `progress`"
+    if progress and interactive(stream): yield; return
+    if not progress:
+        with learn.no_bar(), learn.no_logging(): yield
+        return
+    out, first = (sys.stdout if stream is None else stream), [True]
+    def log(vals):
+        if first[0]: print('  '.join(str(n) for n in learn.recorder.metric_names), file=out, flush=True); first[0] = False
+        print('  '.join(f'{v:.6f}' if isinstance(v, float) else str(v) for v in vals), file=out, flush=True)
+    old, learn.logger = learn.logger, log
+    try:
+        with learn.no_bar(): yield
+    finally: learn.logger = old

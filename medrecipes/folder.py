@@ -23,7 +23,7 @@ from fastai.torch_core import find_bs
 from fastcore.foundation import L
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
-from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics, PRECISIONS,
+from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics, PRECISIONS, progress_bars, interactive,
                                    cpu_bf16_native, resolve_precision, AutocastMixedPrecision, EpochGradientAccumulation,
                                    TensorBoardScalars, WANDB_MODES, import_wandb, WandbTracker, DivergenceGuard,
                                    TRACKING_DEFAULTS, resolve_tracking, tracker_callbacks)
@@ -154,9 +154,7 @@ def train_folder(config=None, # a config object, a dict (nested or flat keys) or
     counts = dls.counts()
     with distributed(learn, sync_bn=t['sync_bn']):
         t0 = time.time()
-        if t['progress']: fit(t['max_epochs'], t['lr'], wd=t['wd'])
-        else:
-            with learn.no_bar(), learn.no_logging(): fit(t['max_epochs'], t['lr'], wd=t['wd'])
+        with progress_bars(learn, t['progress']): fit(t['max_epochs'], t['lr'], wd=t['wd'])
         secs = time.time() - t0
         n_fit = getattr(learn, 'epochs_this_fit', 0)
         summary = dict(arch=m['arch'], classes=list(dls.vocab), precision=learn.precision,
@@ -168,7 +166,7 @@ def train_folder(config=None, # a config object, a dict (nested or flat keys) or
             summary.update(train_seconds=prev.get('train_seconds'), seconds_per_epoch=prev.get('seconds_per_epoch'))
         for split in ('valid', 'test'):   # sharded over the ranks and gathered: every image once, results on every rank
             if split == 'test' and not dls.has_test(): continue
-            with (contextlib.nullcontext() if t['progress'] else learn.no_bar()): r = learn.evaluate(split, 'best')   # no bar when progress is off
+            with (contextlib.nullcontext() if t['progress'] and interactive() else learn.no_bar()): r = learn.evaluate(split, 'best')   # no bar when progress is off
             summary.update({f'{split}_accuracy': r['accuracy'], f'{split}_macro_f1': r['macro_f1'], f'{split}_loss': r['loss'],
                             f'{split}_roc_auc_macro': r['roc_auc_ovr_macro']})
     wb = next((c for c in learn.cbs if isinstance(c, WandbTracker)), None)

@@ -23,7 +23,7 @@ import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cy
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
-from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard, training_callbacks, tracker_callbacks
+from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard, training_callbacks, tracker_callbacks, progress_bars, interactive
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state, _set_rng_state
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
@@ -358,9 +358,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
             if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
             stop = _peak_rss_sampler(); t0 = time.time()
             with distributed(learn, sync_bn=cfg['sync_bn']):
-                if cfg['progress']: fit()
-                else:
-                    with learn.no_bar(), learn.no_logging(): fit()
+                with progress_bars(learn, cfg['progress']): fit()
         except Exception as e:
             stop()
             if not _is_oom(e) or is_distributed(): raise
@@ -379,7 +377,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
     summary = dict(variant=cfg['variant'], params=count_parameters(learn.model), compression=compression_ratio(learn.model, (1, cfg['patch'], cfg['patch'])),
                    bs_used=bs, bs_failed=failed, epochs_run=epochs_run, epochs_trained_now=retrained, **figures,
                    best_epoch=learn.ckpt_cb.best_epoch)
-    with distributed(learn), (contextlib.nullcontext() if cfg['progress'] else learn.no_bar()):
+    with distributed(learn), (contextlib.nullcontext() if cfg['progress'] and interactive() else learn.no_bar()):
         summary.update({f'valid_{k}': v for k, v in learn.evaluate(which='best').items()})
         test_dir = Path(cfg['data_path'])/'test'
         if test_dir.is_dir():

@@ -134,13 +134,11 @@ def train_xray(config=None, # a config object, a dict (nested or flat keys) or a
     fit = learn.fit_one_cycle if cfg['schedule'] == 'one_cycle' else learn.fit
     with distributed(learn, sync_bn=cfg['sync_bn']):
         t0 = time.time()
-        if cfg['progress']: fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
-        else:
-            with learn.no_bar(), learn.no_logging(): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
+        with progress_bars(learn, cfg['progress']): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
         secs = round(time.time() - t0, 1)
         n_fit = getattr(learn, 'epochs_this_fit', 0)
         if ck is not None and n_fit == 0: secs = prev.get('train_seconds')   # a resume that trained nothing: keep the run's own time
-        with (contextlib.nullcontext() if cfg['progress'] else learn.no_bar()): test = learn.evaluate_test('best')   # no bar when progress is off
+        with (contextlib.nullcontext() if cfg['progress'] and interactive() else learn.no_bar()): test = learn.evaluate_test('best')   # no bar when progress is off
     tl = next(c for c in learn.cbs if isinstance(c, TrainingLog))
     log = pd.DataFrame(tl.rows, columns=tl.columns)   # the rows of training_log.csv, on every rank
     best = log.loc[log.val_loss.idxmin()]

@@ -340,3 +340,69 @@ def test_cache_verify_hash_detects_an_edit_that_keeps_size_and_mtime(tmp_path):
     assert build_cache(files, tmp_path/'c', stored=64, progress=False, verify='hash').manifest['created'] == fresh.manifest['created']
     with pytest.raises(ValueError, match=r"image cache .*: verify must be 'stamp' or 'hash', not 'md5'"):
         build_cache(files, tmp_path/'c', stored=64, progress=False, verify='md5')
+
+
+# --- issue 26.4: flipped, inverted, turned, cropped, padded and rotated copies are near-duplicates too
+
+def _six_copies(im):
+    "The six planted copies of the review: a horizontal and a vertical flip, 5% cropped off each side, rotated 5 degrees, 30 px of padding, inverted."
+    from PIL import ImageOps
+    g = im.convert('L'); w, h = g.size
+    return {'hflip': ImageOps.mirror(g), 'vflip': ImageOps.flip(g),
+            'crop5': g.crop((round(.05 * w), round(.05 * h), round(.95 * w), round(.95 * h))),
+            'rot5': g.rotate(5, Image.BILINEAR), 'pad30': ImageOps.expand(g, 30, 0), 'invert': ImageOps.invert(g)}
+
+
+def _planted(root, n=40, seed=5):
+    "A generated BTXRD set and one copy of each kind, each of another original, written as JPEGs (quality 85); (files, {copy: original})."
+    from medrecipes.synth import make_btxrd
+    src = make_btxrd(root, n=n, seed=seed)
+    files = sorted((src/'images').iterdir())
+    of = {}
+    for k, kind in enumerate(['hflip', 'vflip', 'crop5', 'rot5', 'pad30', 'invert']):
+        o = files[3 * k + 1]
+        _six_copies(Image.open(o))[kind].save(src/'images'/f'copy_{kind}.jpeg', quality=85); of[src/'images'/f'copy_{kind}.jpeg'] = o
+    return files + list(of), of
+
+
+def test_flipped_inverted_cropped_padded_and_rotated_copies_are_grouped(tmp_path):
+    "Each of the six planted copies is grouped with its original and nothing else is; the same groups with no cache, another cache size, twice."
+    from medrecipes.data.cache import near_duplicate_groups
+    files, of = _planted(tmp_path/'b')
+    ids = [f.name for f in files]
+    def groups(r): return near_duplicate_groups(ids, r.hashes(files), similar=r.similarity(files))
+    g = groups(StoredImages(448, 448))
+    where = dict(zip(ids, g))
+    for c, o in of.items(): assert where[c.name] == where[o.name] == o.name, (c.name, o.name, where[c.name], where[o.name])
+    assert len(set(g)) == len(files) - len(of)                                   # the six pairs, and no other group
+    assert g == groups(StoredImages(448, 448))                                   # deterministic
+    c = build_cache(files, tmp_path/'c', stored=256, draft=256, progress=False)  # read from a cache of another stored size
+    assert g == groups(StoredImages(256, 256, cache=c))
+
+
+def test_hamming_join_finds_every_close_pair_without_comparing_all(tmp_path):
+    "The multi-index search returns exactly the pairs an all-pairs comparison finds, for several distances."
+    from medrecipes.data.cache import hamming_join, _popcount
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    flips = np.left_shift(np.uint64(1), rng.integers(0, 64, (300, 6)).astype(np.uint64))
+    flips[np.arange(6)[None] >= rng.integers(0, 7, 300)[:, None]] = 0                # 0 to 6 bits flipped
+    near = base ^ np.bitwise_or.reduce(flips, axis=1)
+    q = np.concatenate([base, near]); own = np.arange(len(q)) % 450                 # some owners repeat: their pairs are left out
+    for dist in (0, 2, 4, 7):
+        a, b, d = hamming_join(q, own, q, own, dist, budget=5000)
+        full = _popcount(q[:, None] ^ q[None]); ii, jj = np.nonzero((full <= dist) & (own[:, None] != own[None]))
+        assert sorted(zip(a.tolist(), b.tolist(), d.tolist())) == sorted(zip(ii.tolist(), jj.tolist(), full[ii, jj].tolist()))
+        assert list(zip(a, b)) == sorted(zip(a, b))
+
+
+def test_no_false_groups_on_the_generated_sets(tmp_path):
+    "The demo's generated radiographs (600, seed 0) and the generated digits: no two images grouped (there are no copies in them)."
+    from medrecipes.synth import make_btxrd, make_digits
+    from medrecipes.data.cache import near_duplicate_groups
+    for files, stored in ((sorted((make_btxrd(tmp_path/'b', n=600, seed=0)/'images').iterdir()), 448),
+                          (sorted(make_digits(tmp_path/'d', seed=0).rglob('*.png')), 56)):
+        c = build_cache(files, tmp_path/'c', stored=stored, draft=stored, name=files[0].parent.name, progress=False)
+        r = StoredImages(stored, stored, cache=c)
+        g = near_duplicate_groups([str(f) for f in files], r.hashes(files), similar=r.similarity(files))
+        assert g == [str(f) for f in files], [(f.name, x) for f, x in zip(files, g) if str(f) != x]

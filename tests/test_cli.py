@@ -1,6 +1,6 @@
 """The `medrecipes` command as a user runs it: a real process, on tiny generated data (forked from the tests' zygote,
 tests/_procs.py; the installed command's own start-up is tested by tests/test_wheel.py)."""
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 import _procs as procs
@@ -124,3 +124,15 @@ def test_print_config_of_every_demo():
             assert line in r.stdout, (name, line, r.stdout)
     r = medrecipes('train-all', 'xray', 'data.split=center', 'model=resnet50', '--print-config')
     assert r.returncode == 0 and 'split: center' in r.stdout and 'arch: resnet50' in r.stdout, r.stderr
+
+
+def test_progress_to_a_pipe_is_one_line_per_epoch(digits, tmp_path):
+    "`medrecipes train ... > log`: a header and one line per epoch, not hundreds of redrawn bars (stdout is a pipe here)"
+    r = procs.run(['-m', 'medrecipes.cli', 'train', 'folder', f'data.path={digits}', f'trainer.out_dir={tmp_path/"run"}',
+                   'model.arch=resnet10t', 'data.size=32', 'trainer.max_epochs=2', 'data.batch_size=16', 'logging.tensorboard=false'],
+                  env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [l for l in r.stdout.splitlines() if l.split() and l.split()[0] in ('epoch', '0', '1')]
+    assert [l.split()[0] for l in lines] == ['epoch', '0', '1'], r.stdout[-2000:]
+    assert 'train_loss' in lines[0] and 'valid_loss' in lines[0]
+    assert not re.search(r'\d+\.\d+% \[\d+/\d+', r.stdout + r.stderr) and '\r' not in r.stdout    # no bar, no redraws

@@ -220,3 +220,28 @@ def test_malformed_dicom_headers_are_all_reported_by_name(tmp_path):
     for read in (read_image, lambda f: build_cache([good, f], tmp_path/'c', stored=32, progress=False)):   # no check first
         with pytest.raises(ValueError) as e: read(bad_vr)
         assert str(bad_vr) in str(e.value) and 'NumberOfFrames (0028,0008)' in str(e.value) and 'expected an integer' in str(e.value)
+
+
+# --- issue 26.4: flipped, inverted, cropped, padded and rotated copies share their original's split
+
+def test_transformed_copies_share_their_originals_split(tmp_path):
+    "A horizontal and a vertical flip, a 5% crop on each side, a 5 degree rotation, 30 px of padding and an inverted copy, each of another training image."
+    from PIL import Image, ImageOps
+    from medrecipes.synth import make_btxrd
+    src = make_btxrd(tmp_path/'b', n=60, seed=4)
+    df = pd.read_csv(src/'dataset.csv')
+    made = {'hflip': ImageOps.mirror, 'vflip': ImageOps.flip, 'invert': ImageOps.invert,
+            'crop5': lambda g: g.crop((round(.05 * g.width), round(.05 * g.height), round(.95 * g.width), round(.95 * g.height))),
+            'rot5': lambda g: g.rotate(5, Image.BILINEAR), 'pad30': lambda g: ImageOps.expand(g, 30, 0)}
+    rows, of = [], {}
+    for k, (kind, f) in enumerate(made.items()):
+        o = df.iloc[5 * k + 2]
+        f(Image.open(src/'images'/o.image_id).convert('L')).save(src/'images'/f'copy_{kind}.jpeg', quality=85)
+        rows.append({**o.to_dict(), 'image_id': f'copy_{kind}.jpeg', 'center': 2 if kind == 'rot5' else o.center}); of[f'copy_{kind}.jpeg'] = o.image_id
+    pd.concat([df, pd.DataFrame(rows)], ignore_index=True).to_csv(tmp_path/'meta.csv', index=False)
+    kw = dict(meta=tmp_path/'meta.csv', img_dir=src/'images', size=32, bs=8, num_workers=0, device='cpu', progress=False)
+    for kind in SPLIT_KINDS:
+        s = XrayDataLoaders.from_btxrd(src, split=kind, **kw).split_df.set_index('image_id')
+        for c, o in of.items(): assert s.split[c] == s.split[o] and s.group[c] == s.group[o], (kind, c, o, s.split[c], s.split[o])
+        assert s.group.nunique() == len(s) - len(of)                  # the planted pairs, and no other group
+    assert s.split['copy_rot5.jpeg'] == 'test'                        # center-holdout: a copy from center 2 takes its original to test

@@ -8,7 +8,7 @@ Docs: `_docs/data.cache.html` in this repository, built by `make docs` (API refe
 
 # %% ../../nbs/12_data.cache.ipynb #c002
 from __future__ import annotations
-import fcntl, hashlib, json, logging, mmap, os, re, secrets, shutil, time
+import fcntl, functools, hashlib, json, logging, mmap, os, re, secrets, shutil, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -22,9 +22,11 @@ from .images import read_stored, describe_source, GRAY_INFO
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'VERIFY_MODES', 'CACHE_FOLDER', 'DUP_DISTANCE', 'DUP_MIN_CORRELATION', 'preprocessing_signature',
-           'file_stamp', 'content_hash', 'perceptual_hash', 'CacheGenerationError', 'ImageCache', 'build_cache',
-           'StoredImages', 'stored_images', 'thumbnail', 'near_duplicate_pairs', 'near_duplicate_groups', 'leak_report']
+__all__ = ['CACHE_VERSION', 'VERIFY_MODES', 'CACHE_FOLDER', 'DUP_DISTANCE', 'DUP_MIN_CORRELATION', 'DUP_MIN_DETAIL',
+           'DUP_QUERY_VIEWS', 'DUP_INDEX_VIEWS', 'preprocessing_signature', 'file_stamp', 'content_hash',
+           'perceptual_hash', 'CacheGenerationError', 'ImageCache', 'build_cache', 'StoredImages', 'stored_images',
+           'thumbnail', 'hamming_join', 'dup_view', 'dup_keys', 'aligned_similarity', 'NearDuplicates',
+           'near_duplicate_pairs', 'near_duplicate_groups', 'leak_report']
 
 # %% ../../nbs/12_data.cache.ipynb #c005
 # 3: 16-bit colour PNGs read at full depth, DICOM VOI LUT output scaled over the LUT's range (issue 26)
@@ -324,13 +326,11 @@ class StoredImages(Transform):
             i = self._cached(f)
             out.append(self.cache.hashes[i] if i is not None else perceptual_hash(self.encodes(f)))
         return out
-    def similarity(self, items, min_corr:float|None=None):
-        "`similar(i, j)` for `near_duplicate_pairs`: the thumbnails of items i and j (read once, from the cache when it holds them) correlate >= `min_corr` (default `DUP_MIN_CORRELATION`)."
-        thumbs, min_corr = {}, DUP_MIN_CORRELATION if min_corr is None else min_corr
-        def thumb(i):
-            if i not in thumbs: thumbs[i] = thumbnail(self.encodes(items[i]))
-            return thumbs[i]
-        return lambda i, j: float(thumb(i) @ thumb(j)) >= min_corr
+    def similarity(self, items, min_corr:float|None=None) -> NearDuplicates:
+        """`similar` for `near_duplicate_pairs` over `items` (read from the cache when it holds them): `similar(i, j)`, the
+        thumbnails of items i and j correlate >= `min_corr` (default `DUP_MIN_CORRELATION`); and the search and check of
+        turned, flipped, inverted, cropped, padded and rotated copies (`NearDuplicates`)."""
+        return NearDuplicates(lambda i: self.encodes(items[i]), len(items), min_corr)
     def signature(self) -> dict: return preprocessing_signature(self.stored, self.draft, self.min_side, self.window)
 
 def _pos(v, name, lo=1):
@@ -378,6 +378,7 @@ def stored_images(files:list, # every image file of the data set (the cache is b
 # %% ../../nbs/12_data.cache.ipynb #c012d
 DUP_DISTANCE = 4   # largest Hamming distance (of 64 bits) between the perceptual hashes of near-duplicates
 DUP_MIN_CORRELATION = 0.95   # ... and the least correlation of their 32 x 32 gray thumbnails (a candidate pair is confirmed)
+DUP_MIN_DETAIL = 0.85   # a turned, flipped, inverted, cropped, padded or rotated copy: the least correlation of the aligned views' detail
 
 def thumbnail(im:Image.Image, side:int=32) -> np.ndarray:
     "`im` as a `side` x `side` gray thumbnail (aspect not kept), zero mean and unit norm: the dot product of two is their correlation."
@@ -392,17 +393,228 @@ def _popcount(x:np.ndarray) -> np.ndarray:
     if hasattr(np, 'bitwise_count'): return np.bitwise_count(x)
     return np.unpackbits(np.ascontiguousarray(x).view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
 
+def hamming_join(q:np.ndarray, qown:np.ndarray, k:np.ndarray, kown:np.ndarray, max_distance:int, budget:int=4_000_000) -> tuple:
+    """Every pair of a query hash `q[a]` and an index hash `k[b]` (uint64) at most `max_distance` bits apart whose owners
+    differ: arrays (a, b, distance), sorted. A multi-index search, not every pair: the 64 bits are cut into
+    `max_distance + 1` bands, and two hashes that close agree on at least one band whole (pigeonhole), so only the hashes
+    sharing a band value (found by sorting and `searchsorted`) are compared; `budget` bounds the pairs held at once."""
+    q, k = np.asarray(q, np.uint64), np.asarray(k, np.uint64)
+    qown, kown = np.asarray(qown), np.asarray(kown)
+    nb = max_distance + 1
+    if nb > 16 or not len(q) or not len(k):   # bands too narrow to narrow anything: every pair, in chunks
+        a, b = np.meshgrid(np.arange(len(q)), np.arange(len(k)), indexing='ij'); a, b = a.ravel(), b.ravel()
+        d = _popcount(q[a] ^ k[b]); m = (d <= max_distance) & (qown[a] != kown[b])
+        return a[m], b[m], d[m]
+    cuts = np.linspace(0, 64, nb + 1).round().astype(int)
+    out = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        mask, sh = np.uint64((1 << (hi - lo)) - 1), np.uint64(64 - hi)
+        qb, kb = (q >> sh) & mask, (k >> sh) & mask
+        order = np.argsort(kb, kind='stable'); ks = kb[order]
+        first, last = np.searchsorted(ks, qb, 'left'), np.searchsorted(ks, qb, 'right')
+        cnt = last - first
+        ends = np.cumsum(cnt)
+        s = 0
+        while s < len(q):   # queries in chunks of at most `budget` pairs
+            e = max(s + 1, int(np.searchsorted(ends, (ends[s - 1] if s else 0) + budget, 'right')))
+            c = cnt[s:e]; tot = int(c.sum())
+            if tot:
+                a = np.repeat(np.arange(s, e), c)
+                starts = np.repeat(first[s:e] - (np.cumsum(c) - c), c)
+                b = order[starts + np.arange(tot)]
+                d = _popcount(q[a] ^ k[b]); m = (d <= max_distance) & (qown[a] != kown[b])
+                out.append(np.stack([a[m], b[m], d[m].astype(np.int64)]))
+            s = e
+    if not out: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    u = np.unique(np.concatenate(out, 1), axis=1)   # a pair that agrees on several bands once; sorted
+    return u[0], u[1], u[2]
+
+# --- transformed copies: flips, 90-degree turns, inversion, crops, pads and small rotations (issue 26)
+
+_DCT8 = 2 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(32)[None] + 1) / 64)   # scipy.fftpack.dct type II, first 8 rows
+_BITS = np.left_shift(np.uint64(1), np.arange(63, -1, -1, dtype=np.uint64))
+
+def _phash64(a:np.ndarray) -> np.ndarray:
+    "The 64-bit DCT hash of each 32 x 32 gray array in `a` (..., 32, 32), as `imagehash.phash` makes it: the low 8 x 8 DCT coefficients above their median."
+    f = (_DCT8 @ a @ _DCT8.T).reshape(*a.shape[:-2], 64)
+    return ((f > np.median(f, -1, keepdims=True)).astype(np.uint64) * _BITS).sum(-1, dtype=np.uint64)
+
+@functools.lru_cache(maxsize=4096)
+def _area(n:int, lo:float, hi:float, m:int) -> np.ndarray:
+    "The (m, n) matrix that resamples the stretch [lo, hi) (fractions) of n pixels to m by area averaging (continuous in lo and hi)."
+    lo, hi = lo * n, max(hi * n, lo * n + 1e-3)
+    e = lo + (hi - lo) * np.arange(m + 1) / m
+    i = np.arange(n)
+    w = np.clip(np.minimum(e[1:, None], i[None] + 1) - np.maximum(e[:-1, None], i[None]), 0, None)
+    w[w.sum(1) == 0, min(int(lo), n - 1)] = 1
+    return w / w.sum(1, keepdims=True)
+
+def _render(a:np.ndarray, box=(0., 0., 0., 0.), side:int=32) -> np.ndarray:
+    "The window of the 2-D `a` that `box` (the top, bottom, left and right fractions cut off) leaves, resampled to side x side."
+    t, b, l, r = (round(float(v), 6) for v in box)
+    return _area(a.shape[0], t, 1 - b, side) @ a @ _area(a.shape[1], l, 1 - r, side).T
+
+def _dihedral(a:np.ndarray, d:int) -> np.ndarray:
+    "`a` under transform `d` (0-15): bits 1-2 turn it by 90 degrees, bit 0 transposes it, bit 3 inverts it."
+    a = np.rot90(a, (d >> 1) & 3)
+    if d & 1: a = a.T
+    return 255 - a if d & 8 else a
+
+def _rotate(a:np.ndarray, deg:float) -> np.ndarray:
+    return np.asarray(Image.fromarray(np.ascontiguousarray(a, np.float32), 'F').rotate(deg, Image.BILINEAR), np.float32) if deg else a
+
+def _border_run(a:np.ndarray, cap:int, tol:int=6) -> int:
+    "How many leading rows of `a` are a uniform border: rows with max - min <= `tol`, then up to 10 rows mostly of their value (a pad's JPEG ringing)."
+    ok = (a.max(1) - a.min(1)) <= tol
+    k = 0
+    while k < cap and ok[k]: k += 1
+    if k >= 2:
+        c, e = np.median(a[:k]), 0
+        while k < cap and e < 10 and (np.abs(a[k] - c) <= 12).mean() >= .8: k += 1; e += 1
+    return k
+
+def dup_view(im:Image.Image, side:int=256) -> np.ndarray:
+    "`im` as the near-duplicate search sees it: gray, its uniform borders (a pad) trimmed, shrunk to fit `side` (aspect kept), float32."
+    g = np.asarray(im.convert('L'), np.float32)
+    h, w = g.shape
+    t, b = _border_run(g, h // 3), _border_run(g[::-1], h // 3)
+    l, r = _border_run(g.T, w // 3), _border_run(g.T[::-1], w // 3)
+    g = g[t:h - b, l:w - r]
+    h, w = g.shape; s = min(1., side / max(h, w))
+    return (_area(h, 0., 1., max(8, round(h * s))) @ g @ _area(w, 0., 1., max(8, round(w * s))).T).astype(np.float32)
+
+_GRID, _ROTATIONS, _C80 = (0., .05, .1), (-5., -2.5, 2.5, 5.), (.1, .1, .1, .1)
+DUP_QUERY_VIEWS = [(0, (0., 0., 0., 0.), 0.), (0, _C80, 0.)]   # (transform, window, degrees): an image as it is, and its centre
+DUP_INDEX_VIEWS = ([(d, (0., 0., 0., 0.), 0.) for d in range(16)]                                  # turned, flipped, inverted
+                   + [(0, (t, b, l, r), 0.) for t in _GRID for b in _GRID for l in _GRID for r in _GRID if t + b + l + r > 0]   # cropped <= 10% a side
+                   + [(0, _C80, th) for th in _ROTATIONS])                                             # rotated <= 5 degrees (the centre)
+
+def _view(v:np.ndarray, view, side:int=32) -> np.ndarray:
+    d, box, th = view
+    return _render(_rotate(_dihedral(v, d), th), box, side)
+
+def _small(v:np.ndarray, side:int=128) -> np.ndarray:
+    h, w = v.shape; s = min(1., side / max(h, w))
+    return v if s == 1 else _area(h, 0., 1., max(8, round(h * s))) @ v @ _area(w, 0., 1., max(8, round(w * s))).T
+
+def dup_keys(v:np.ndarray) -> tuple:
+    """The hashes of a `dup_view` `v`: 2 query hashes (`DUP_QUERY_VIEWS`) and 100 index hashes (`DUP_INDEX_VIEWS`: its 16
+    turns, flips and inversions, 80 windows that crop 0, 5 or 10% off each side, its centre rotated by +-2.5 and +-5 degrees).
+    A copy's query hash lands near one of its original's index hashes (or the other way round, for a pad)."""
+    p = _small(v); h, w = p.shape
+    rows = {(t, b): _area(h, t, 1 - b, 32) @ p for t in _GRID for b in _GRID}
+    cols = {(l, r): _area(w, l, 1 - r, 32).T for l in _GRID for r in _GRID}
+    full = rows[0., 0.] @ cols[0., 0.]
+    q = np.stack([full, rows[.1, .1] @ cols[.1, .1]])
+    i = np.stack([_dihedral(full, d) for d in range(16)]
+                 + [rows[t, b] @ cols[l, r] for t in _GRID for b in _GRID for l in _GRID for r in _GRID if t + b + l + r > 0]
+                 + [_view(p, (0, _C80, th)) for th in _ROTATIONS])
+    return _phash64(q), _phash64(i)
+
+def _ncc(a, b) -> float:
+    a = a - a.mean(); b = b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-9))
+
+def _detail(a:np.ndarray) -> np.ndarray:
+    "The band-pass detail of `a`, each neighbourhood scaled to unit contrast (so texture counts as much as the outlines)."
+    from scipy import ndimage
+    x = ndimage.gaussian_filter(a, .7) - ndimage.gaussian_filter(a, 2.5)
+    return x / np.sqrt(ndimage.gaussian_filter(x * x, 4) + 4.)
+
+def _climb(f, p:list, best:float, steps, p0:list, reach=(.05, 2.5)) -> tuple:
+    "Coordinate ascent of `f` over the window and angle `p`, within `reach` of `p0`: deterministic."
+    for st, tst in steps:
+        for _ in range(6):
+            better = False
+            for k in range(5):
+                for s in ((-st, st) if k < 4 else (-tst, tst)):
+                    p2 = list(p); p2[k] = round(p2[k] + s, 6)
+                    if k < 4 and not (0 <= p2[k] <= .3 and abs(p2[k] - p0[k]) <= reach[0] + 1e-9): continue
+                    if k == 4 and abs(p2[4] - p0[4]) > reach[1] + 1e-9: continue
+                    c = f(p2)
+                    if c > best + 1e-5: best, p, better = c, p2, True
+            if not better: break
+    return p, best
+
+def aligned_similarity(vq:np.ndarray, qview, vi:np.ndarray, iview, min_corr:float=DUP_MIN_CORRELATION, min_detail:float=DUP_MIN_DETAIL,
+                       side:int=128) -> tuple:
+    """How alike the view `qview` of `dup_view` `vq` and the view `iview` of `vi` are once aligned: the window and angle of
+    `iview` are refined (within 5% and 2.5 degrees) to the best 32 x 32 correlation, and when that reaches `min_corr` the
+    correlation of their `_detail` at `side` px (refined the same way when it falls short of `min_detail`, unless it is far
+    off). (32 px correlation, detail correlation or None)."""
+    d, box, th = iview
+    a = _dihedral(vi, d)
+    p0 = [*box, th]
+    rend = lambda p, s: _render(_rotate(a, p[4]), p[:4], s)
+    q = _view(vq, qview, 32)
+    p, coarse = _climb(lambda p: _ncc(q, rend(p, 32)), p0, _ncc(q, rend(p0, 32)), ((.01, 1.), (.005, .5)), p0)
+    if coarse < min_corr: return coarse, None
+    qd = _detail(_view(vq, qview, side))
+    f = lambda p: _ncc(qd, _detail(rend(p, side)))
+    fine = f(p)
+    if .5 < fine < min_detail: p, fine = _climb(f, p, fine, ((.004, .25), (.002, .12)), p0)   # aligned finer; far off: not a copy
+    return coarse, fine
+
+class NearDuplicates:
+    """The confirmation a candidate pair of `near_duplicate_pairs` needs, over `n` images that `read(i)` returns (PIL):
+    called as `similar(i, j)`, the 32 x 32 thumbnails of the two correlate >= `min_corr` (the hash candidates); `keys()`
+    and `aligned(i, j, qview, iview)` find and confirm turned, flipped, inverted, cropped, padded and rotated copies."""
+    def __init__(self, read, n:int, min_corr:float|None=None, min_detail:float|None=None):
+        self.read, self.n = read, n
+        self.min_corr = DUP_MIN_CORRELATION if min_corr is None else min_corr
+        self.min_detail = DUP_MIN_DETAIL if min_detail is None else min_detail
+        self._thumbs, self._keys = {}, None
+        self._views = functools.lru_cache(maxsize=512)(lambda i: dup_view(self.read(i)))   # a pure function of the image: any size gives the same answer
+    def thumb(self, i):
+        if i not in self._thumbs: self._thumbs[i] = thumbnail(self.read(i))
+        return self._thumbs[i]
+    def __call__(self, i:int, j:int) -> bool: return float(self.thumb(i) @ self.thumb(j)) >= self.min_corr
+    def keys(self) -> tuple:
+        "(query hashes n x 2, index hashes n x 100) of every image (`dup_keys`), computed once."
+        if self._keys is None:
+            ks = [dup_keys(self._views(i)) for i in range(self.n)]
+            self._keys = (np.stack([k[0] for k in ks]).reshape(self.n, -1), np.stack([k[1] for k in ks]).reshape(self.n, -1)) if ks else \
+                         (np.zeros((0, len(DUP_QUERY_VIEWS)), np.uint64), np.zeros((0, len(DUP_INDEX_VIEWS)), np.uint64))
+        return self._keys
+    def aligned(self, i:int, j:int, qview, iview) -> bool:
+        "Image i's view `qview` and image j's `iview` are the same picture (`aligned_similarity`)."
+        coarse, fine = aligned_similarity(self._views(i), qview, self._views(j), iview, self.min_corr, self.min_detail)
+        return fine is not None and fine >= self.min_detail
+
+def _transformed_pairs(similar:NearDuplicates, max_distance:int, skip:set) -> list:
+    "Pairs (i, j, distance) whose query and index hashes meet (`hamming_join`) and that `similar.aligned` confirms, best views first."
+    q, k = similar.keys()
+    n, nq, nk = len(q), q.shape[1], k.shape[1]
+    a, b, d = hamming_join(q.ravel(), np.repeat(np.arange(n), nq), k.ravel(), np.repeat(np.arange(n), nk), max_distance)
+    qi, qv, ki, kv = a // nq, a % nq, b // nk, b % nk
+    best = {}   # (query image, index image) -> its closest views
+    for o in np.lexsort((kv, qv, d, ki, qi)):
+        best.setdefault((int(qi[o]), int(ki[o])), (int(d[o]), int(qv[o]), int(kv[o])))
+    out, seen = [], set()
+    for (i, j) in sorted(best):
+        pair = (min(i, j), max(i, j))
+        if pair in skip or pair in seen: continue
+        tries = sorted(v + (x, y) for (x, y), v in ((xy, best[xy]) for xy in ((i, j), (j, i)) if xy in best))
+        for dist, qa, kb, x, y in tries:   # each direction's closest views
+            if similar.aligned(x, y, DUP_QUERY_VIEWS[qa], DUP_INDEX_VIEWS[kb]):
+                out.append((*pair, dist)); break
+        seen.add(pair)
+    return out
+
 def near_duplicate_pairs(hashes:list, # 16-hex-digit perceptual hashes (`medrecipes.data.cache.perceptual_hash`)
-                         max_distance:int=DUP_DISTANCE, chunk:int=512,
+                         max_distance:int=DUP_DISTANCE, chunk:int=512, # the search holds at most `chunk` x 8192 candidate pairs at once
                          similar=None, # `similar(i, j) -> bool` confirms a candidate pair (e.g. `StoredImages.similarity`); None: the hashes decide
                         ) -> list:
     """Every pair (i, j, distance), i < j, whose hashes differ in at most `max_distance` bits (and that `similar` confirms).
-    A 64-bit hash of simple, small images (a drawn digit) links look-alikes that are not copies; the thumbnail check drops them."""
-    h, out = _hash_bits(hashes), []
-    for s in range(0, len(h), chunk):
-        d = _popcount(h[s:s + chunk, None] ^ h[None, :])
-        for i, j in zip(*np.nonzero(d <= max_distance)):
-            if s + i < j and (similar is None or similar(int(s + i), int(j))): out.append((int(s + i), int(j), int(d[i, j])))
+    A 64-bit hash of simple, small images (a drawn digit) links look-alikes that are not copies; the thumbnail check drops them.
+    When `similar` is a `NearDuplicates` (what `StoredImages.similarity` returns), turned, flipped, inverted, cropped,
+    padded and rotated copies are found too (`dup_keys`) and confirmed on their aligned views (`aligned_similarity`).
+    Candidates come from a multi-index search on hash bands (`hamming_join`), not from every pair."""
+    h = _hash_bits(hashes)
+    a, b, d = hamming_join(h, np.arange(len(h)), h, np.arange(len(h)), max_distance, max(1, chunk) * 8192)
+    out = [(int(i), int(j), int(x)) for i, j, x in zip(a, b, d) if i < j and (similar is None or similar(int(i), int(j)))]
+    if isinstance(similar, NearDuplicates) and len(h) > 1:
+        out = sorted(out + _transformed_pairs(similar, max_distance, {(i, j) for i, j, _ in out}))
     return out
 
 def near_duplicate_groups(ids:list, hashes:list, max_distance:int=DUP_DISTANCE, similar=None) -> list:
