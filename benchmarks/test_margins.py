@@ -64,6 +64,7 @@ def main(argv=None):
                     help="ATEN_CPU_CAPABILITY values ('native' leaves it unset), or onednn-<isa> for ONEDNN_MAX_CPU_ISA=<ISA>")
     ap.add_argument('--jobs', type=int, default=2, help='runs at a time (one thread each)')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'test_margins'))
+    ap.add_argument('--rerun-failed', action='store_true', help="run again only the runs the results file records as failed, and rewrite it")
     ap.add_argument('--one', type=int, help=argparse.SUPPRESS)   # internal: measure one seed and print JSON
     a = ap.parse_args(argv)
     if a.one is not None:
@@ -71,7 +72,12 @@ def main(argv=None):
     import numpy as np, pandas as pd
     import torch
     from _common import machine
-    runs = [(c, s) for c in a.capabilities for s in a.seeds]
+    runs, kept = [(c, s) for c in a.capabilities for s in a.seeds], []
+    if a.rerun_failed:
+        old = pd.read_csv(Path(a.out).with_suffix('.csv'))
+        bad = old.error.notna() if 'error' in old else pd.Series(False, index=old.index)
+        runs, kept = [(r.asked, int(r.seed)) for r in old[bad].itertuples()], old[~bad].drop(columns=['error'], errors='ignore').to_dict('records')
+        a.seeds, a.capabilities = sorted(set(old.seed.astype(int))), list(dict.fromkeys(old.asked))
     procs, rows, t0 = [], [], time.time()
     def start(c, s):
         env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
@@ -94,7 +100,7 @@ def main(argv=None):
             print(f"{c:>8} seed {s}: cam acc {r['cam_valid_accuracy']:.3f}, tumours {r['cam_tumours_recognised']}, "
                   f"mass {r['cam_mean_mass']:.3f} ({r['cam_seconds']} s)", flush=True)
         time.sleep(0.5)
-    df = pd.DataFrame(rows).sort_values(['asked', 'seed'])
+    df = pd.DataFrame(kept + rows).sort_values(['asked', 'seed'])
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out.with_suffix('.csv'), index=False)
     th, lines = thresholds(), []

@@ -22,6 +22,8 @@ SHRINK = [
     ("learn.fit(100, 1e-4)", "learn.fit(1, 1e-4)"),
     ("arch='resnet18', precision='auto'", "arch='resnet10t', pretrained=False, precision='auto'"),
     ("learn.fit_one_cycle(10, 1e-3)", "learn.fit_one_cycle(1, 1e-3)"),
+    ("patch=128, bs=16", "patch=32, bs=8"),
+    ("rd_lambda=64.)", "rd_lambda=64., base_channels=8)"),
 ]
 
 
