@@ -113,10 +113,11 @@ def draft_loss_change(tmp_path, seed:int=0) -> tuple:
         Image.open(src/'images'/f).resize(s, Image.BICUBIC).save(src/'images'/f, quality=90)
     pix = []
     for f in sorted(os.listdir(src/'images'))[:6]:
-        a = np.asarray(read_stored(src/'images'/f, 64, 64), np.float32); b = np.asarray(read_stored(src/'images'/f, 64), np.float32)
-        # the DCT-scaled size rounds up (1283 px -> 161), so the shrunk short side can differ by one pixel (data seed 3)
-        assert a.shape[2:] == b.shape[2:] and all(abs(i - j) <= 1 for i, j in zip(a.shape[:2], b.shape[:2])), (a.shape, b.shape)
-        h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1]); a, b = a[:h, :w], b[:h, :w]
+        da, db = read_stored(src/'images'/f, 64, 64), read_stored(src/'images'/f, 64)
+        # the DCT-scaled size rounds up (1283 px -> 161), so the shrunk short side can differ by one pixel (data seed 3):
+        # compare on the full decode's grid
+        assert all(abs(i - j) <= 1 for i, j in zip(da.size, db.size)), (da.size, db.size)
+        a, b = np.asarray(da.resize(db.size, Image.BILINEAR) if da.size != db.size else da, np.float32), np.asarray(db, np.float32)
         if max(Image.open(src/'images'/f).size) >= 1024: assert not np.array_equal(a, b)          # the pixels do change
         pix.append(np.abs(a - b).mean())
     _, wd, vd = _fit_one_epoch(src, seed=seed, cache=True, draft=True, split='stratified', test_pct=0.25, valid_pct=0.25)
@@ -124,16 +125,17 @@ def draft_loss_change(tmp_path, seed:int=0) -> tuple:
     return np.array(pix), abs(vd[0] - vf[0]) / vf[0], abs(vd[1] - vf[1]) / vf[1]
 
 
-# Thresholds against benchmarks/test_margins.py's measurements (seeds 0-4, native/avx2/default ATen capabilities;
-# benchmarks/results/test_margins.md): the largest change seen stays well inside them.
-DRAFT_MAX_PIXEL_DIFF, DRAFT_MAX_LOSS_CHANGE = 3, 0.05
+# Thresholds against benchmarks/test_margins.py's measurements (data seeds 0-4 and five CPU float paths;
+# benchmarks/results/test_margins.md): the pixels (PIL's decoding, the same on every path) differ by at most 3.19 grey
+# levels on one image and 1.8 on average over six; the losses by at most 2.7%.
+DRAFT_MAX_PIXEL_DIFF, DRAFT_MAX_MEAN_PIXEL_DIFF, DRAFT_MAX_LOSS_CHANGE = 5, 3, 0.05
 
 
 @pytest.mark.trained
 def test_draft_decoding_changes_pixels_within_tolerance(tmp_path, train_seed):
     "Draft (DCT-scaled) decoding of large JPEGs: stored pixels within 3 grey levels on average, the epoch's loss within 5%."
     pix, dtrain, dvalid = draft_loss_change(tmp_path, train_seed)
-    assert (pix < DRAFT_MAX_PIXEL_DIFF).all(), pix
+    assert pix.mean() < DRAFT_MAX_MEAN_PIXEL_DIFF and (pix < DRAFT_MAX_PIXEL_DIFF).all(), pix
     assert dtrain < DRAFT_MAX_LOSS_CHANGE and dvalid < DRAFT_MAX_LOSS_CHANGE, (dtrain, dvalid)                 # train and valid loss
 
 
