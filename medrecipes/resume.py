@@ -156,7 +156,7 @@ def restore_training_state(learn:Learner, st:dict, path=None):
 
 # %% ../nbs/11_resume.ipynb #rs02
 RESUME_SAFE_KEYS = frozenset({'progress', 'num_workers', 'device', 'deterministic', 'resume', 'out_dir', 'logging', 'tracking',
-                              'hist_every', 'collapse_patience', 'cam_layer'})
+                              'hist_every', 'collapse_patience', 'cam_layer', 'cache_verify'})
 
 def dotted_keys(cfg, # a nested or flat config (dict or OmegaConf)
                 prefix:str='') -> dict:

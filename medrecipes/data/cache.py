@@ -463,8 +463,9 @@ def _dihedral(a:np.ndarray, d:int) -> np.ndarray:
 def _rotate(a:np.ndarray, deg:float) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(a, np.float32), 'F').rotate(deg, Image.BILINEAR), np.float32) if deg else a
 
-def _border_run(a:np.ndarray, cap:int, tol:int=6) -> int:
-    "How many leading rows of `a` are a uniform border: rows with max - min <= `tol`, then up to 10 rows mostly of their value (a pad's JPEG ringing)."
+def _border_run(a:np.ndarray, cap:int, tol:int=2) -> int:
+    """How many leading rows of `a` are a uniform border (a pad): rows with max - min <= `tol`, then up to 10 rows mostly of
+    their value (the pad's JPEG ringing). Strict: a dark background shrunk smooth is not a pad."""
     ok = (a.max(1) - a.min(1)) <= tol
     k = 0
     while k < cap and ok[k]: k += 1
@@ -488,12 +489,14 @@ DUP_QUERY_VIEWS = [(0, (0., 0., 0., 0.), 0.), (0, _C80, 0.)]   # (transform, win
 DUP_INDEX_VIEWS = ([(d, (0., 0., 0., 0.), 0.) for d in range(16)]                                  # turned, flipped, inverted
                    + [(0, (t, b, l, r), 0.) for t in _GRID for b in _GRID for l in _GRID for r in _GRID if t + b + l + r > 0]   # cropped <= 10% a side
                    + [(0, _C80, th) for th in _ROTATIONS])                                             # rotated <= 5 degrees (the centre)
+_MEETS = [[k for k, v in enumerate(DUP_INDEX_VIEWS) if (v[2] != 0) == (q == 1)] for q in range(len(DUP_QUERY_VIEWS))]   # the image: turns, flips, windows; its centre: rotations
 
 def _view(v:np.ndarray, view, side:int=32) -> np.ndarray:
     d, box, th = view
     return _render(_rotate(_dihedral(v, d), th), box, side)
 
 def _small(v:np.ndarray, side:int=128) -> np.ndarray:
+    "`v` shrunk to fit `side` (aspect kept; area averaging)."
     h, w = v.shape; s = min(1., side / max(h, w))
     return v if s == 1 else _area(h, 0., 1., max(8, round(h * s))) @ v @ _area(w, 0., 1., max(8, round(w * s))).T
 
@@ -518,12 +521,13 @@ def _ncc(a, b) -> float:
 def _detail(a:np.ndarray) -> np.ndarray:
     "The band-pass detail of `a`, each neighbourhood scaled to unit contrast (so texture counts as much as the outlines)."
     from scipy import ndimage
-    x = ndimage.gaussian_filter(a, .7) - ndimage.gaussian_filter(a, 2.5)
-    return x / np.sqrt(ndimage.gaussian_filter(x * x, 4) + 4.)
+    x = ndimage.gaussian_filter(a, .7, truncate=3.) - ndimage.gaussian_filter(a, 2.5, truncate=3.)
+    return x / np.sqrt(ndimage.gaussian_filter(x * x, 4, truncate=2.5) + 4.)
 
-def _climb(f, p:list, best:float, steps, p0:list, reach=(.05, 2.5)) -> tuple:
-    "Coordinate ascent of `f` over the window and angle `p`, within `reach` of `p0`: deterministic."
+def _climb(f, p:list, best:float, steps, p0:list, reach=(.05, 2.5), give_up:float=-1.) -> tuple:
+    "Coordinate ascent of `f` over the window and angle `p`, within `reach` of `p0` (deterministic); stops after a step size that ends below `give_up`."
     for st, tst in steps:
+        if best < give_up: break
         for _ in range(6):
             better = False
             for k in range(5):
@@ -543,14 +547,18 @@ def aligned_similarity(vq:np.ndarray, qview, vi:np.ndarray, iview, min_corr:floa
     correlation of their `_detail` at `side` px (refined the same way when it falls short of `min_detail`, unless it is far
     off). (32 px correlation, detail correlation or None)."""
     d, box, th = iview
-    a = _dihedral(vi, d)
-    p0 = [*box, th]
-    rend = lambda p, s: _render(_rotate(a, p[4]), p[:4], s)
-    q = _view(vq, qview, 32)
-    p, coarse = _climb(lambda p: _ncc(q, rend(p, 32)), p0, _ncc(q, rend(p0, 32)), ((.01, 1.), (.005, .5)), p0)
+    a = _dihedral(vi, d); a64 = _small(a, 64)   # the 32 px views are rendered from 64 px (fast), the detail from the view
+    p0, turned = [*box, th], {}
+    def rend(a, p, s):
+        if (id(a), p[4]) not in turned: turned[id(a), p[4]] = _rotate(a, p[4])   # each angle once
+        return _render(turned[id(a), p[4]], p[:4], s)
+    q = _view(_small(vq, 64), qview, 32)
+    start = _ncc(q, rend(a64, p0, 32))
+    if start < min_corr - .15: return start, None   # far off where the hashes met: not a copy
+    p, coarse = _climb(lambda p: _ncc(q, rend(a64, p, 32)), p0, start, ((.01, 1.), (.005, .5)), p0, give_up=min_corr - .05)
     if coarse < min_corr: return coarse, None
     qd = _detail(_view(vq, qview, side))
-    f = lambda p: _ncc(qd, _detail(rend(p, side)))
+    f = lambda p: _ncc(qd, _detail(rend(a, p, side)))
     fine = f(p)
     if .5 < fine < min_detail: p, fine = _climb(f, p, fine, ((.004, .25), (.002, .12)), p0)   # aligned finer; far off: not a copy
     return coarse, fine
@@ -558,13 +566,14 @@ def aligned_similarity(vq:np.ndarray, qview, vi:np.ndarray, iview, min_corr:floa
 class NearDuplicates:
     """The confirmation a candidate pair of `near_duplicate_pairs` needs, over `n` images that `read(i)` returns (PIL):
     called as `similar(i, j)`, the 32 x 32 thumbnails of the two correlate >= `min_corr` (the hash candidates); `keys()`
-    and `aligned(i, j, qview, iview)` find and confirm turned, flipped, inverted, cropped, padded and rotated copies."""
+    and `aligned(i, j, views)` find and confirm turned, flipped, inverted, cropped, padded and rotated copies (their
+    detail correlating >= `min_detail`, default `DUP_MIN_DETAIL`)."""
     def __init__(self, read, n:int, min_corr:float|None=None, min_detail:float|None=None):
         self.read, self.n = read, n
         self.min_corr = DUP_MIN_CORRELATION if min_corr is None else min_corr
         self.min_detail = DUP_MIN_DETAIL if min_detail is None else min_detail
         self._thumbs, self._keys = {}, None
-        self._views = functools.lru_cache(maxsize=512)(lambda i: dup_view(self.read(i)))   # a pure function of the image: any size gives the same answer
+        self._views = functools.lru_cache(maxsize=128)(lambda i: dup_view(self.read(i)))   # <= 32 MB; a pure function of the image: any size gives the same answer
     def thumb(self, i):
         if i not in self._thumbs: self._thumbs[i] = thumbnail(self.read(i))
         return self._thumbs[i]
@@ -576,29 +585,39 @@ class NearDuplicates:
             self._keys = (np.stack([k[0] for k in ks]).reshape(self.n, -1), np.stack([k[1] for k in ks]).reshape(self.n, -1)) if ks else \
                          (np.zeros((0, len(DUP_QUERY_VIEWS)), np.uint64), np.zeros((0, len(DUP_INDEX_VIEWS)), np.uint64))
         return self._keys
-    def aligned(self, i:int, j:int, qview, iview) -> bool:
-        "Image i's view `qview` and image j's `iview` are the same picture (`aligned_similarity`)."
-        coarse, fine = aligned_similarity(self._views(i), qview, self._views(j), iview, self.min_corr, self.min_detail)
-        return fine is not None and fine >= self.min_detail
+    def aligned(self, i:int, j:int, views:list) -> bool:
+        """Image i's view and image j's view are the same picture (`aligned_similarity`), for one of `views` [(query view,
+        index view)] whose hashes met: the two whose 32 x 32 thumbnails correlate best as they are are refined (a smooth
+        picture meets several windows equally well)."""
+        vi, vj = self._views(i), self._views(j)
+        qi = {q: _view(_small(vi, 64), q, 32) for q in {q for q, _ in views}}
+        start = lambda q, v: _ncc(qi[q], _view(_small(vj, 64), v, 32))
+        for q, v in sorted(views, key=lambda qv: -start(*qv))[:2]:
+            coarse, fine = aligned_similarity(vi, q, vj, v, self.min_corr, self.min_detail)
+            if fine is not None and fine >= self.min_detail: return True
+        return False
 
 def _transformed_pairs(similar:NearDuplicates, max_distance:int, skip:set) -> list:
     "Pairs (i, j, distance) whose query and index hashes meet (`hamming_join`) and that `similar.aligned` confirms, best views first."
     q, k = similar.keys()
-    n, nq, nk = len(q), q.shape[1], k.shape[1]
-    a, b, d = hamming_join(q.ravel(), np.repeat(np.arange(n), nq), k.ravel(), np.repeat(np.arange(n), nk), max_distance)
-    qi, qv, ki, kv = a // nq, a % nq, b // nk, b % nk
-    best = {}   # (query image, index image) -> its closest views
-    for o in np.lexsort((kv, qv, d, ki, qi)):
-        best.setdefault((int(qi[o]), int(ki[o])), (int(d[o]), int(qv[o]), int(kv[o])))
+    n, nk, parts = len(q), k.shape[1], []
+    for v, meets in enumerate(_MEETS):   # each query view against the index views it can meet
+        kk = k[:, meets]
+        a, b, d = hamming_join(q[:, v], np.arange(n), kk.ravel(), np.repeat(np.arange(n), len(meets)), max_distance)
+        parts.append(np.stack([a, np.full_like(a, v), b // len(meets), np.asarray(meets, np.int64)[b % len(meets)], d]))
+    qi, qv, ki, kv, d = np.concatenate(parts, 1) if parts else np.zeros((5, 0), np.int64)
+    met = {}   # (query image, index image) -> the views whose hashes met, closest first
+    for o in np.lexsort((kv, qv, d, ki, qi)): met.setdefault((int(qi[o]), int(ki[o])), []).append((int(d[o]), int(qv[o]), int(kv[o])))
     out, seen = [], set()
-    for (i, j) in sorted(best):
+    for (i, j) in sorted(met):
         pair = (min(i, j), max(i, j))
         if pair in skip or pair in seen: continue
-        tries = sorted(v + (x, y) for (x, y), v in ((xy, best[xy]) for xy in ((i, j), (j, i)) if xy in best))
-        for dist, qa, kb, x, y in tries:   # each direction's closest views
-            if similar.aligned(x, y, DUP_QUERY_VIEWS[qa], DUP_INDEX_VIEWS[kb]):
-                out.append((*pair, dist)); break
         seen.add(pair)
+        for x, y in ((i, j), (j, i)):   # either image may be the query (a crop of the other, or a pad)
+            if (x, y) not in met: continue
+            close = [m for m in met[x, y] if m[0] <= met[x, y][0][0] + 2][:8]   # the closest views (a smooth picture meets several)
+            if similar.aligned(x, y, [(DUP_QUERY_VIEWS[qa], DUP_INDEX_VIEWS[kb]) for _, qa, kb in close]):
+                out.append((*pair, close[0][0])); break
     return out
 
 def near_duplicate_pairs(hashes:list, # 16-hex-digit perceptual hashes (`medrecipes.data.cache.perceptual_hash`)
