@@ -54,6 +54,7 @@ class EntropyBottleneck(nn.Module):
         self.register_buffer('cdf_freqs', torch.zeros(channels, 0, dtype=torch.int32))
         self.register_buffer('cdf_offset', torch.zeros(channels, dtype=torch.int32))
         self.register_buffer('cdf_length', torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer('initialized', torch.zeros((), dtype=torch.bool))   # set by the first training batch (`_init_from`)
 
     def _logits_cumulative(self, x:torch.Tensor) -> torch.Tensor:
         "The logit of each channel's cumulative distribution at `x` (C x 1 x N)"
@@ -76,8 +77,20 @@ class EntropyBottleneck(nn.Module):
         lik = self._mass(v.float()).reshape(c, b, *y.shape[2:]).transpose(0, 1)
         return lik.clamp_min(1e-9)
 
+    @torch.no_grad()
+    def _init_from(self, y:torch.Tensor):
+        "Data-dependent start: widen or narrow each channel's density to the spread of the first training batch's latent (3 standard deviations, at least 1)"
+        sd = y.detach().float().transpose(0, 1).reshape(self.channels, -1).std(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():   # every rank starts from the same density
+            torch.distributed.all_reduce(sd); sd /= torch.distributed.get_world_size()
+        width = (3 * sd).clamp_min(1.)
+        m0 = F.softplus(self.matrices[0]) * (self.init_scale / width).view(-1, 1, 1).to(self.matrices[0].dtype)
+        self.matrices[0].copy_(torch.log(torch.expm1(m0.clamp_min(1e-6))))
+        self.initialized.fill_(True)
+
     def forward(self, y:torch.Tensor) -> tuple:
         "`(y_hat, likelihoods)`: additive uniform noise in training (a differentiable proxy of rounding), rounding in eval"
+        if self.training and not bool(self.initialized): self._init_from(y)
         y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
         return y_hat, self.likelihood(y_hat)
 
