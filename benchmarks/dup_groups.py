@@ -23,11 +23,11 @@ Rows are appended to `benchmarks/results/dup_groups.csv` (machine, versions, dat
 
     python benchmarks/dup_groups.py [--sizes 1000,2000,5000,10000] [--stored 128] [--data DIR]
 """
-import argparse, csv, datetime, os, platform, shutil, sys, tempfile, time
+import argparse, datetime, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
-from _common import machine
+from _common import machine, append_rows
 
 
 def load() -> str:
@@ -106,13 +106,7 @@ def main():
         print(f"{n:6d} images: hashes {t_hash:5.1f} s, keys {t_keys:6.1f} s, search {t_search:5.2f} s ({cand} candidate pairs), "
               f"confirm {t_confirm:6.1f} s; {total / n * 1000:5.1f} s per 1,000; planted {len(want & got)}/{len(want)}, "
               f"false pairs {len(got - want)}, of which the plain hash + thumbnail rule's {len(plain_pairs - want)} (load {row['load']})", flush=True)
-    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, 'a', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new: w.writeheader()
-        w.writerows(rows)
-    print(f"appended {len(rows)} rows to {out}")
+    append_rows(rows, a.out)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -27,11 +27,11 @@ processes take CPU time, and the absolute figures drop with them. Rows are appen
 
     python benchmarks/xray_data.py [--n 60] [--size 224] [--bs 16] [--threads 1] [--train-threads 2] [--repeats 3] [--no-train] [--verify-only]
 """
-import argparse, csv, datetime, os, platform, shutil, sys, tempfile, time
+import argparse, datetime, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 
-from _common import machine
+from _common import machine, append_rows
 
 
 def load() -> str:
@@ -158,13 +158,7 @@ def main():
 
 def write(rows, out, tmp):
     "Append `rows` to the results file `out`; remove the scratch folder."
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, 'a', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new: w.writeheader()
-        w.writerows(rows)
-    print(f"appended {len(rows)} rows to {out}")
+    append_rows(rows, out)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -46,7 +46,8 @@ def _model_and_pre(source, preprocess=None):
     lmbda = 0.
     if isinstance(source, (str, Path)):
         from medrecipes.core import load_checkpoint
-        model, pre, _ = load_sar_model(source); lmbda = float(load_checkpoint(source).get('rd_lambda') or 0.)
+        ck = load_checkpoint(source)
+        model, pre, _ = load_sar_model(ck); lmbda = float(ck.get('rd_lambda') or 0.)
     elif isinstance(source, tuple): model, pre = source
     elif hasattr(source, 'model') and hasattr(source, 'dls'):
         model, pre, lmbda = source.model, getattr(source.dls, 'preprocess', None), float(getattr(source, 'rd_lambda', 0.) or 0.)

@@ -550,6 +550,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
     split = 'test' if (data/'test').is_dir() else 'valid'
     files = sar_files(data/split)[:base['codec_images'] or None]
     clean_dir = data/'clean'/split
+    scenes = [(f, read_sar_image(f), np.load(clean_dir/f.name) if (clean_dir/f.name).is_file() else None) for f in files]   # read once
     rows = []
     names = []
     for tgt in targets:
@@ -560,18 +561,16 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
             train_sar(config, [*overrides, f'variant={v}', 'entropy=factorized', f'rd_lambda={float(lam)}', f'out_dir={run}', f'target={tgt}',
                                'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null'], **kwargs)
             model, pre, _ = load_sar_model(run/'checkpoints'/'best.pt')
-            for f in files:
-                a = read_sar_image(f); x01 = np.asarray(pre.encode(a), np.float32)
-                clean = np.asarray(pre.encode(np.load(clean_dir/f.name)), np.float32) if (clean_dir/f.name).is_file() else None
+            for f, a, c in scenes:
+                x01, clean = np.asarray(pre.encode(a), np.float32), None if c is None else np.asarray(pre.encode(c), np.float32)
                 info = compress((model, pre), a, run/'codec'/f'{f.stem}{CODEC_EXT}')
                 rec = decompress(info['path'], (model, pre), out='scaled')
                 rows.append(dict(codec=name, point=f'lambda={float(lam):g}', rd_lambda=float(lam), image=f.name, bpp=info['bpp'],
                                  estimate_bpp=info['estimate_bpp'], **_rd_scores(x01, rec, pre, clean)))
     learned = pd.DataFrame(rows)
     lo, hi = learned.bpp.min() * 0.7, learned.bpp.max() * 1.3
-    for f in files:
-        a = read_sar_image(f); x01 = np.asarray(pre.encode(a), np.float32)
-        clean = np.asarray(pre.encode(np.load(clean_dir/f.name)), np.float32) if (clean_dir/f.name).is_file() else None
+    for f, a, c in scenes:
+        x01, clean = np.asarray(pre.encode(a), np.float32), None if c is None else np.asarray(pre.encode(c), np.float32)
         for i, b in enumerate(np.geomspace(lo, hi, jpeg2000_points)):
             jr, jb = jpeg2000_roundtrip(x01, float(b))
             rows.append(dict(codec='jpeg2000', point=f'rate {i}', rd_lambda=np.nan, image=f.name, bpp=jb, estimate_bpp=np.nan, **_rd_scores(x01, jr, pre, clean)))

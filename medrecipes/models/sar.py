@@ -201,14 +201,14 @@ def compression_ratio(model:nn.Module, # a model with an `encoder`
     return (shape[1] * shape[2] * shape[3]) / (z.shape[1] * z.shape[2] * z.shape[3])
 
 # %% ../../nbs/06_models.sar.ipynb #c0load
-def load_sar_model(ckpt, # a SAR checkpoint (best.pt or latest.pt) of `medrecipes.sar`
+def load_sar_model(ckpt, # a SAR checkpoint (best.pt or latest.pt) of `medrecipes.sar`, or its loaded dict
                    device='cpu'):
     "The autoencoder, the fitted `SarPreprocess` and the patch size stored in a SAR checkpoint (loaded with `weights_only=True`)."
     from medrecipes.core import load_checkpoint
     from medrecipes.data.sar import SarPreprocess
-    ck = load_checkpoint(ckpt)
+    ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)   # a path, or a checkpoint already loaded
     for k in ('model_state_dict', 'model_config', 'preprocessing_params'):
-        if k not in ck or ck[k] is None: raise ValueError(f"{ckpt} is not a SAR checkpoint: it has no {k!r}")
+        if k not in ck or ck[k] is None: raise ValueError(f"{'the checkpoint' if isinstance(ckpt, dict) else ckpt} is not a SAR checkpoint: it has no {k!r}")
     model = sar_model(**{'quant_bits': None, **ck['model_config']})   # a checkpoint without the key predates quantisation
     model.load_state_dict(ck['model_state_dict'])
     return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocessing_params']), ck.get('patch')
