@@ -47,7 +47,7 @@ def install_wheels(wheels):
 
 def run_tests():
     code = "import torch; torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False\n" \
-           "import sys, pytest; sys.exit(pytest.main(['-q', '-m', 'cuda', '-p', 'no:cacheprovider', 'tests/test_kernels_ssim.py', 'tests/test_kernels_cbam.py']))"
+           "import sys, pytest; sys.exit(pytest.main(['-q', '-m', 'cuda', '-p', 'no:cacheprovider', 'tests/kernels/ssim/test_triton.py', 'tests/kernels/cbam/test_triton.py']))"
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     tail = (r.stdout + r.stderr).strip().splitlines()

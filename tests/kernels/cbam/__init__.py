@@ -1,0 +1,1 @@
+"CBAM: the public API and its dispatch (`test_op.py`), the C++ kernels (`test_cpp.py`), the Triton kernels (`test_triton.py`)."
