@@ -184,3 +184,22 @@ def test_lesion_is_the_cue():
             if sub == 'osteochondroma': assert brighter > 0.02 and brighter > 3 * darker        # bony outgrowth
             if sub == 'simple bone cyst': assert darker > 0.005 and brighter > 0.003          # lucency with a sclerotic rim
             if sub == 'osteosarcoma': assert darker > 0.005 and brighter > 0.01               # lysis and spicules
+
+def test_package_reexports_its_modules():
+    "`medrecipes.synth` is the public face of its three modules: exactly their public names, the same objects, no warning"
+    import subprocess, sys
+    import medrecipes.synth as pkg
+    from medrecipes.synth import xray, sar, digits, _common
+    names = [n for m in (xray, sar, digits) for n in m.__all__]
+    assert len(names) == len(set(names)) and sorted(pkg.__all__) == sorted(names)
+    for m in (xray, sar, digits):
+        for n in m.__all__: assert getattr(pkg, n) is getattr(m, n), f'medrecipes.synth.{n} is not {m.__name__}.{n}'
+    assert xray._check_int is sar._check_int is digits._check_int is _common._check_int   # one home for shared checks
+    assert sar._as_rng is digits._as_rng is _common._as_rng
+    # a fresh interpreter: importing every public name by the package path warns about nothing of ours
+    code = ('import warnings\nwith warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter("always")\n'
+            f'    from medrecipes.synth import {", ".join(pkg.__all__)}\n    from medrecipes.synth import *\n'
+            'print([f"{x.category.__name__}: {x.message}" for x in w if "medrecipes" in x.filename + str(x.message) '
+            'or x.filename == "<string>"])')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr
