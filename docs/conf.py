@@ -1,5 +1,6 @@
-"""Sphinx configuration of the medrecipes site: `make docs` (docs/build.py) stages the notebooks and API pages into
-`_proc/` and builds `_docs/` with this file (`sphinx-build -c docs _proc _docs`)."""
+"""Sphinx configuration of the medrecipes site: `make docs` (docs/build.py) stages the notebooks, the guide pages
+(`docs/pages/*.md`, `benchmarks/README.md`) and the API pages into `_proc/` and builds `_docs/` with this file
+(`sphinx-build -c docs _proc _docs`)."""
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ release = version = medrecipes.__version__
 copyright = 'medrecipes developers'
 
 extensions = ['myst_nb', 'sphinx.ext.autodoc', 'sphinx.ext.viewcode']
-source_suffix = {'.rst': 'restructuredtext', '.ipynb': 'myst-nb'}
+source_suffix = {'.rst': 'restructuredtext', '.ipynb': 'myst-nb', '.md': 'myst-nb'}   # .md: the guide pages
 root_doc = 'index'
 exclude_patterns = ['.doctrees', 'jupyter_execute', 'screenshots', '**/.ipynb_checkpoints']
 

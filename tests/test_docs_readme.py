@@ -1,5 +1,5 @@
 """README.md is generated from nbs/index.ipynb (docs/readme.py): the two must agree, section by section."""
-import importlib.util, json
+import importlib.util, json, re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,3 +32,32 @@ def test_readme_round_trip_and_rendering():
     code = {'cell_type': 'code', 'source': ['x = 1\n', 'print(x)'], 'outputs': [{'output_type': 'stream', 'name': 'stdout', 'text': ['1\n']}]}
     hidden = {'cell_type': 'code', 'source': ['#| hide\n', 'secret()'], 'outputs': []}
     assert readme.render_markdown({'cells': [code, hidden]}) == '```python\nx = 1\nprint(x)\n```\n\n1\n'
+
+
+README_TEXT = (ROOT/'README.md').read_text()
+
+
+def test_readme_is_a_quick_start():
+    "At most 150 lines, and the two commands exactly as the Makefile defines them and CI runs them."
+    n = len(README_TEXT.splitlines())
+    assert n <= 150, f'README.md has {n} lines; the quick start is at most 150 (move detail to docs/pages/)'
+    bash = '\n'.join(re.findall(r'```bash\n(.*?)```', README_TEXT, re.S))
+    commands = [l.split('#')[0].strip() for l in bash.splitlines()]
+    assert 'make demo' in commands and 'make test' in commands, 'README.md lost `make demo` / `make test`'
+    targets = re.findall(r'^([\w-]+):', (ROOT/'Makefile').read_text(), re.M)
+    assert {'demo', 'test', 'install'} <= set(targets), f'the Makefile lacks a target the README names: {targets}'
+    assert re.search(r'^make test$', (ROOT/'.ci'/'run').read_text(), re.M), 'CI (.ci/run) no longer runs `make test`'
+
+
+def test_readme_links_name_files_of_the_repository():
+    "Every relative link of the README names a file that exists, and every guide page is linked from it or a page."
+    links = re.findall(r'\]\(([^)\s]+)\)', README_TEXT)
+    rel = [l for l in links if not re.match(r'^[a-zA-Z][\w+.-]*:', l) and not l.startswith('#')]
+    assert len(rel) >= 10, f'README.md links only {len(rel)} repository files: {rel}'
+    missing = [l for l in rel if not (ROOT/l.partition('#')[0]).is_file()]
+    assert not missing, f'README.md links files that do not exist: {missing}'
+    pages = sorted((ROOT/'docs'/'pages').glob('*.md'))
+    linked = {(ROOT/l.partition('#')[0]).resolve() for l in rel}
+    for p in pages: linked |= {(p.parent/l.partition('#')[0]).resolve() for l in re.findall(r'\]\(([^)\s#]+)[^)]*\)', p.read_text())}
+    orphans = [p.name for p in pages if p.resolve() not in linked]
+    assert not orphans, f'guide pages no page links to: {orphans}'

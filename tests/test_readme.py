@@ -1,8 +1,9 @@
-"""Every Python block of the README runs, as a user would run it: in a fresh process, in a folder holding generated
-data at the paths the README names.
+"""Every Python block of the README, and of the guide pages the README links to (`docs/pages/*.md`,
+`benchmarks/README.md`), runs as a user would run it: in a fresh process, in a folder holding generated data at the
+paths the README names. A block that appears in several files runs once.
 
 The README shows real-size settings (224 px, 30 epochs, ImageNet weights). The test shrinks them with the textual
-replacements in `SHRINK`; each replacement must still find its text in the README (so a README change that the table
+replacements in `SHRINK`; each replacement must still find its text in the blocks (so a README change that the table
 no longer covers fails here instead of silently running the full-size block), and nothing else is changed."""
 import os, re, subprocess, sys, textwrap
 from pathlib import Path
@@ -11,6 +12,8 @@ import _procs as procs
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT/'README.md').read_text()
+# the files whose Python blocks run: the README first, then the guide pages
+DOC_FILES = [ROOT/'README.md', *sorted((ROOT/'docs'/'pages').glob('*.md')), ROOT/'benchmarks'/'README.md']
 
 # (text in the README, what the test runs instead): sizes, epochs, and no ImageNet download (no network in CI)
 SHRINK = [
@@ -28,17 +31,35 @@ SHRINK = [
 
 
 def python_blocks(text:str=README) -> list:
-    "The README's ```python blocks, with the line each starts on."
+    "The ```python blocks of a Markdown text, with the line each starts on."
     return [(text[:m.start()].count('\n') + 1, m.group(1)) for m in re.finditer(r"```python\n(.*?)```", text, re.S)]
 
 
-BLOCKS = python_blocks()
+def doc_blocks(files=DOC_FILES) -> list:
+    "(`file:line`, code) of every distinct Python block of `files`, in order; a repeated block keeps its first place."
+    seen, out = set(), []
+    for f in files:
+        if not f.exists(): continue
+        for line, code in python_blocks(f.read_text()):
+            if code not in seen: seen.add(code); out.append((f'{f.relative_to(ROOT)}:{line}', code))
+    return out
+
+
+BLOCKS = doc_blocks()
+
+
+def test_the_readme_shows_one_python_example_per_recipe():
+    readme = [code for _, code in python_blocks(README)]
+    for mod in ('medrecipes.xray', 'medrecipes.sar', 'medrecipes.folder'):
+        assert any(f'from {mod} import' in c for c in readme), f'README.md has no Python example of {mod}'
+    assert all(where in dict(BLOCKS) for where in [f'README.md:{l}' for l, _ in python_blocks(README)]), \
+        'a README block is missing from the blocks the test runs'
 
 
 def test_every_shrink_rule_still_matches_the_readme():
     code = '\n'.join(b for _, b in BLOCKS)
     missing = [old for old, _ in SHRINK if old not in code]
-    assert not missing, f"README no longer contains {missing}: update SHRINK in tests/test_readme.py"
+    assert not missing, f"the README and guide pages no longer contain {missing}: update SHRINK in tests/test_readme.py"
 
 
 @pytest.fixture(scope='module')
@@ -57,7 +78,7 @@ def _shrunk(code:str) -> str:
     return code
 
 
-@pytest.mark.parametrize('line,code', BLOCKS, ids=[f'README.md:{l}' for l, _ in BLOCKS])
+@pytest.mark.parametrize('line,code', BLOCKS, ids=[w for w, _ in BLOCKS])
 def test_readme_python_block_runs(line, code, data_root, tmp_path):
     work = tmp_path/'work'
     import shutil; shutil.copytree(data_root, work)
@@ -65,4 +86,4 @@ def test_readme_python_block_runs(line, code, data_root, tmp_path):
     script.write_text("import matplotlib; matplotlib.use('Agg')\n" + _shrunk(code))
     env = {**os.environ, 'MPLBACKEND': 'Agg'}
     r = procs.run([script], env=env, cwd=work, timeout=600)   # `python snippet.py`, forked from the tests' zygote
-    assert r.returncode == 0, f"README.md:{line} failed:\n{textwrap.indent(_shrunk(code), '  ')}\n--- stderr\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, f"{line} failed:\n{textwrap.indent(_shrunk(code), '  ')}\n--- stderr\n{r.stderr[-4000:]}"
