@@ -49,6 +49,8 @@ def main(argv=None):
     ap.add_argument('--lambdas', type=float, nargs='+', default=[8., 32., 128., 512.])
     ap.add_argument('--epochs', type=int, default=12)
     ap.add_argument('--clean-variants', nargs='*', default=['attention'], help='variants also trained against the clean reflectivity (despeckling compression); none: skip')
+    ap.add_argument('--entropies', nargs='+', default=['factorized'], choices=['factorized', 'hyperprior'], help='entropy models, each variant trained with each')
+    ap.add_argument('--clean-entropies', nargs='+', default=None, choices=['factorized', 'hyperprior'], help="entropy models of the clean-target runs (default: --entropies)")
     ap.add_argument('--n', type=int, default=32, help='training scenes (valid: n/4, test: n/8)')
     ap.add_argument('--size', type=int, default=128)
     ap.add_argument('--work', default=str(ROOT/'runs'/'sar_rd'))
@@ -58,7 +60,7 @@ def main(argv=None):
     import warnings; warnings.filterwarnings('ignore')
     import pandas as pd, torch, medrecipes
     from medrecipes.synth import make_sar
-    from medrecipes.sar import rd_curves, _md_table
+    from medrecipes.sar_experiments import rd_curves, _md_table
     from _common import machine
     work, out = Path(a.work), Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     data = work/'data'
@@ -67,7 +69,8 @@ def main(argv=None):
     t0 = time.time()
     curves = rd_curves('sar_demo', [f'data.path={data}', f'trainer.out_dir={work}', 'trainer.progress=false', f'trainer.max_epochs={a.epochs}',
                                     'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(a.lambdas),
-                        targets=('input', 'clean') if a.clean_variants else ('input',), clean_variants=tuple(a.clean_variants))
+                        targets=('input', 'clean') if a.clean_variants else ('input',), clean_variants=tuple(a.clean_variants),
+                        entropies=tuple(a.entropies), clean_entropies=tuple(a.clean_entropies) if a.clean_entropies else None)
     minutes = (time.time() - t0) / 60
     src = work/'rd_curves'
     for name, dst in (('rd.csv', '.csv'), ('rd_curves.csv', '_curves.csv'), ('rd_bd.csv', '_bd.csv'), ('rd.png', '.png')):
@@ -77,9 +80,9 @@ def main(argv=None):
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
-            f"{minutes:.1f} min for {(len(a.variants) + len(a.clean_variants)) * len(a.lambdas)} trainings and the coding.", '',
+            f"{minutes:.1f} min for {(len(a.variants) * len(a.entropies) + len(a.clean_variants) * len(a.clean_entropies or a.entropies)) * len(a.lambdas)} trainings and the coding.", '',
             f"Data: `make_sar(n_train={a.n}, n_valid={max(1, a.n // 4)}, n_test={max(1, a.n // 8)}, size={a.size}, seed=0, save_clean=True, "
-            f"mode='realistic')`; the `sar_demo` config, {a.epochs} epochs, `model.entropy=factorized`; every bpp is the whole "
+            f"mode='realistic')`; the `sar_demo` config with {' '.join(a.overrides) or 'no overrides'}, {a.epochs} epochs, entropy models {', '.join(a.entropies)}; every bpp is the whole "
             f".mrsar or .j2k file's. Means over the test scenes:", '',
             _md_table(curves.round(4)), '', "Bjøntegaard deltas (negative BD-rate and positive BD-quality: the test codec is better):", '',
             _md_table(bd.round(3)), '', f"Speed on this CPU ({torch.get_num_threads()} threads), seconds per megapixel over the test scenes "

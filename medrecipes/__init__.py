@@ -2,7 +2,9 @@
 
 Modules:
 
-- `medrecipes.callbacks`: Weighted loss in training and plain loss in validation, per-class recall, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
+- `medrecipes.callbacks`: The fastai callbacks every recipe shares: the switch between the training and the validation loss, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
+- `medrecipes.checkpoint`: What a recipe's checkpoint holds, in one place: the two kinds (classifier and SAR codec), the keys each must have, how to tell them apart, reading one with its keys checked, and where its settings are stored.
+- `medrecipes.classification_metrics`: Per-class recall while training, the report of an evaluated split (confusion matrix, per-class precision, recall and F1, macro F1, ROC-AUC), and calibration: NLL, Brier score, ECE, reliability bins and temperature scaling.
 - `medrecipes.classify`: `create_classifier`, `classifier_learner` and `ClassifierLearner`: what the X-ray and image-folder recipes share: a timm body with a fastai head (so `freeze`/`fine_tune` work), class-weighted training, `checkpoints/best.pt` and `latest.pt`, one `evaluate(split, which)`, one metrics writer, and `load_classifier` / `predict` for new images.
 - `medrecipes.cli`: `medrecipes train xray|sar|folder`, `train-all xray`, `compare sar`, `export-onnx`, `predict`, `synth btxrd|sar|digits`.
 - `medrecipes.codec`: A real bitrate: the quantised latent of a SAR autoencoder entropy-coded into a checked file, and the learned codec beside JPEG2000 at the same bits per pixel.
@@ -23,13 +25,17 @@ Modules:
 - `medrecipes.kernels.ssim.ops`: The SSIM op table: the two functions a fast backend implements, and the C++ backend.
 - `medrecipes.kernels.ssim.reference`: SSIM in plain PyTorch with autograd: the oracle every backend is tested against, and the path exporters trace.
 - `medrecipes.kernels.ssim.triton`: Fused SSIM forward and hand-written backward in Triton.
+- `medrecipes.losses`: Class weights from the training labels, and a cross-entropy weighted in training and plain in validation, exact under data-parallel training.
 - `medrecipes.metrics`: PSNR, SSIM, ENL ratio and EPI, as functions and as fastai metrics over the whole validation set.
 - `medrecipes.models.entropy`: A learned prior over the quantised latent, its integer coding tables, and a range coder that turns the latent into real bytes.
 - `medrecipes.models.sar`: Four convolutional autoencoders with one interface: an encoder that compresses a 1×H×W image 16-fold into a latent map, a decoder that rebuilds it through a sigmoid.
 - `medrecipes.predict`: `medrecipes predict CKPT INPUTS...`: a trained checkpoint on new files. Classifiers write `predictions.csv` (calibrated probabilities, optional test-time augmentation and Grad-CAM overlays), SAR codecs write codec files or reconstructions; unreadable inputs go to `errors.csv`.
 - `medrecipes.resume`: A run killed at any point continues from its last checkpoint and ends exactly as if it had never stopped.
-- `medrecipes.sar`: A 16x autoencoder codec for speckled radar images: loss 0.7 MSE + 0.3 (1 - SSIM), PSNR / SSIM / ENL ratio / EPI, TensorBoard, exact resume, a comparison of the four variants.
-- `medrecipes.synth`: A small, seeded, synthetic bone-tumour X-ray set written in the exact layout of the public BTXRD release
+- `medrecipes.sar`: A 16x autoencoder codec for speckled radar images: loss 0.7 MSE + 0.3 (1 - SSIM), PSNR / SSIM / ENL ratio / EPI, TensorBoard, exact resume, out-of-memory retries.
+- `medrecipes.sar_experiments`: Experiments with the SAR recipe: the four variants compared on the same data and seed, over several seeds, a latent-channels × bits sweep, and rate–distortion curves beside JPEG2000 with Bjøntegaard deltas.
+- `medrecipes.synth.digits`: A seeded image-folder classification set: handwritten-looking digits as PNG files in `<split>/<digit>/` folders
+- `medrecipes.synth.sar`: Seeded synthetic SAR intensity scenes, single-look or Sentinel-1-like, written as `.npy` images in `train/`, `valid/` and `test/` folders
+- `medrecipes.synth.xray`: A small, seeded, synthetic bone-tumour X-ray set written in the exact layout of the public BTXRD release
 - `medrecipes.xray`: `xray_learner`: EfficientNet-B0 on BTXRD radiographs with class-weighted training, per-class recall, a Malignant recall-collapse warning, early stopping, `best.pt`/`latest.pt` checkpoints and a held-out test evaluation, on the shared classifier core."""
 
 __version__ = "0.1.0"

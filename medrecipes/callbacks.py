@@ -1,6 +1,6 @@
-"""Weighted loss in training and plain loss in validation, per-class recall, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
+"""The fastai callbacks every recipe shares: the switch between the training and the validation loss, a collapse warning, one fit-only base, one collector of each epoch's scalars feeding the CSV, TensorBoard, W&B and text logs, a divergence guard, mixed precision and gradient accumulation for every recipe, best and final checkpoints.
 
-The callbacks every recipe shares: `FitOnlyCallback` (sits out `lr_find`, `validate` and `get_preds`), `EpochScalars` (one per-epoch collector feeding `TrainingLog`, `TensorBoardScalars`, `WandbTracker` and `TextLog`), `DivergenceGuard` (stops a run whose loss is not finite or explodes, raising `TrainingDiverged`), class-weighted training loss with an unweighted validation loss (`TrainValCrossEntropy` + `LossModeCallback`), per-class recall, mixed precision (`AutocastMixedPrecision`) and gradient accumulation (`EpochGradientAccumulation`).
+The callbacks every recipe shares: `FitOnlyCallback` (sits out `lr_find`, `validate` and `get_preds`), `EpochScalars` (one per-epoch collector feeding `TrainingLog`, `TensorBoardScalars`, `WandbTracker` and `TextLog`), `DivergenceGuard` (stops a run whose loss is not finite or explodes, raising `TrainingDiverged`), `LossModeCallback` (the class-weighted training loss of `medrecipes.losses` in training, the plain one in validation), `RecallCollapseCallback` (on the per-class recall of `medrecipes.classification_metrics`), mixed precision (`AutocastMixedPrecision`) and gradient accumulation (`EpochGradientAccumulation`).
 
 Docs: `_docs/callbacks.html` in this repository, built by `make docs` (API reference: `_docs/api/medrecipes.callbacks.html`)."""
 
@@ -22,17 +22,16 @@ from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import TrackerCallback
 from fastai.torch_core import find_bs
 from fastcore.foundation import L
-from .core import atomic_write, save_checkpoint, to_plain
+from .core import atomic_write, save_checkpoint, to_plain, moved_names
 from .distributed import is_rank0, is_distributed, reduce_sum, world_size
 
 # %% auto #0
-__all__ = ['WANDB_MODES', 'TRACKING_DEFAULTS', 'PRECISIONS', 'CPU_AUTO_PRECISION', 'FitOnlyCallback', 'class_weights',
-           'TrainValCrossEntropy', 'LossModeCallback', 'ClassRecall', 'recall_metrics', 'RecallCollapseWarning',
-           'RecallCollapseCallback', 'epoch_offset', 'run_epoch', 'EpochScalars', 'epoch_scalars', 'scalar_tags',
-           'plot_curves', 'TrainingLog', 'TensorBoardScalars', 'import_wandb', 'WandbTracker', 'TextLog',
-           'resolve_tracking', 'tracker_callbacks', 'TrainingDiverged', 'DivergenceGuard', 'cpu_bf16_native',
-           'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation', 'training_callbacks',
-           'interactive', 'progress_bars']
+__all__ = ['WANDB_MODES', 'TRACKING_DEFAULTS', 'PRECISIONS', 'CPU_AUTO_PRECISION', 'FitOnlyCallback', 'LossModeCallback',
+           'RecallCollapseWarning', 'RecallCollapseCallback', 'epoch_offset', 'run_epoch', 'EpochScalars',
+           'epoch_scalars', 'scalar_tags', 'plot_curves', 'TrainingLog', 'TensorBoardScalars', 'import_wandb',
+           'WandbTracker', 'TextLog', 'resolve_tracking', 'tracker_callbacks', 'TrainingDiverged', 'DivergenceGuard',
+           'cpu_bf16_native', 'resolve_precision', 'AutocastMixedPrecision', 'EpochGradientAccumulation',
+           'training_callbacks', 'interactive', 'progress_bars']
 
 # %% ../nbs/10_callbacks.ipynb #cb02
 class FitOnlyCallback(Callback):
@@ -41,30 +40,6 @@ class FitOnlyCallback(Callback):
     def before_fit(self): self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
 
 # %% ../nbs/10_callbacks.ipynb #c005
-def class_weights(labels, # training labels (the training split only)
-                  classes:list, # class names, in model output order
-                 ) -> torch.Tensor:
-    "Balanced class weights `n / (k * n_c)` from the training labels; a class with no image is an error."
-    counts = pd.Series(list(labels)).value_counts().reindex(classes, fill_value=0)
-    if (counts == 0).any(): raise ValueError(f"no training images of class(es) {counts.index[counts == 0].tolist()}: cannot weight the loss")
-    return torch.tensor((counts.sum() / (len(classes) * counts)).values, dtype=torch.float32)
-
-class TrainValCrossEntropy(nn.Module):
-    "Cross-entropy weighted by `weight` while training and unweighted in validation."
-    def __init__(self, weight:torch.Tensor|None=None, reduction:str='mean'):
-        super().__init__()
-        self.register_buffer('weight', None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-        self.reduction, self.distributed_mean = reduction, False
-    def forward(self, pred, targ):
-        w = self.weight.to(pred.device, pred.dtype) if (self.training and self.weight is not None) else None
-        if w is not None and self.distributed_mean and self.reduction == 'mean' and is_distributed():
-            t = targ.long()
-            den = w[t].sum().detach().clone(); torch.distributed.all_reduce(den)
-            return F.cross_entropy(pred, t, weight=w, reduction='sum') / (den / world_size())
-        return F.cross_entropy(pred, targ.long(), weight=w, reduction=self.reduction)
-    def activation(self, x): return F.softmax(x, dim=-1)
-    def decodes(self, x): return x.argmax(dim=-1)
-
 class LossModeCallback(Callback):
     "Put a loss with a train/eval mode into training mode for training and eval mode for validation."
     order = -5
@@ -74,23 +49,9 @@ class LossModeCallback(Callback):
     def before_validate(self): self._set(False)
     def after_fit(self): self._set(False)
 
-# %% ../nbs/10_callbacks.ipynb #c008
-class ClassRecall(Metric):
-    "Recall of one class over the whole validation set (NaN if the class has no validation images)."
-    def __init__(self, idx:int, name:str): self.idx, self._name = idx, name
-    def reset(self): self.tp, self.n = 0, 0
-    def accumulate(self, learn):
-        pred, y = learn.pred.argmax(dim=-1), learn.y
-        m = y == self.idx
-        self.n += int(m.sum()); self.tp += int((pred[m] == self.idx).sum())
-    @property
-    def value(self): return self.tp / self.n if self.n else float('nan')
-    @property
-    def name(self): return self._name
-
-def recall_metrics(classes:list) -> list:
-    "One `ClassRecall` per class, named `recall_<class>`."
-    return [ClassRecall(i, f'recall_{c.lower()}') for i, c in enumerate(classes)]
+__getattr__ = moved_names(__name__, {'class_weights': 'medrecipes.losses', 'TrainValCrossEntropy': 'medrecipes.losses',
+                                     'ClassRecall': 'medrecipes.classification_metrics',
+                                     'recall_metrics': 'medrecipes.classification_metrics'})
 
 # %% ../nbs/10_callbacks.ipynb #c011
 class RecallCollapseWarning(UserWarning): "The recall of a watched class has been 0 for several epochs."

@@ -15,7 +15,6 @@ import torch.nn as nn, torch.nn.functional as F
 import timm
 import matplotlib.pyplot as plt
 from PIL import Image
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 from fastai.vision.learner import create_timm_model, default_split
 from fastai.vision.augment import Resize, ResizeMethod, PadMode
 from fastai.data.transforms import ToTensor
@@ -26,18 +25,19 @@ from fastai.callback.core import Callback
 from fastai.vision.augment import Flip, Dihedral, flip_mat, dihedral_mat
 from fastcore.basics import noop
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
-from .core import load_checkpoint, save_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
+from .core import save_checkpoint, atomic_write, atomic_write_text, to_plain, to_json, moved_names
 from .data.images import ClassifierImage, read_stored
-from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, recall_metrics, DivergenceGuard,
-                                  resolve_precision, training_callbacks, FitOnlyCallback)
+from .checkpoint import read_checkpoint, checkpoint_name, classifier_args, load_weights
+from .callbacks import LossModeCallback, DivergenceGuard, resolve_precision, training_callbacks, FitOnlyCallback
+from .losses import class_weights, TrainValCrossEntropy
+from .classification_metrics import recall_metrics
+import medrecipes.classification_metrics as clm   # the metrics `evaluate` reports (their old names here: `__getattr__` below)
 from fastai.callback.training import GradientClip
 from .resume import ResumableLearner, ResumeCheckpoint
 from .distributed import is_rank0, load_checkpoint_dist
 
 # %% auto #0
-__all__ = ['FLIP_DIMS', 'create_classifier', 'classification_metrics', 'negative_log_likelihood', 'brier_score',
-           'reliability_bins', 'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report',
-           'plot_reliability', 'train_flips', 'tta_probs', 'FlipInput', 'plot_confusion_matrix',
+__all__ = ['FLIP_DIMS', 'create_classifier', 'train_flips', 'tta_probs', 'FlipInput', 'plot_confusion_matrix',
            'save_classification_results', 'data_fingerprint', 'ClassifierLearner', 'recorder_kept',
            'TemperatureScaling', 'classifier_learner', 'load_classifier', 'stored_input', 'preprocess', 'predict']
 
@@ -75,107 +75,7 @@ def create_classifier(arch:str, # a timm model name
     return model
 
 # %% ../nbs/15_classify.ipynb #c010
-def classification_metrics(y:np.ndarray, # true class indices
-                           probs:np.ndarray, # predicted probabilities, N x n_classes
-                           classes:list) -> dict:
-    "Confusion matrix, per-class precision/recall/F1, accuracy, macro F1 and one-vs-rest ROC-AUC; absent classes marked."
-    y, probs = np.asarray(y).astype(int), np.asarray(probs, dtype=np.float64)
-    k = len(classes); labels = list(range(k)); pred = probs.argmax(1)
-    cm = confusion_matrix(y, pred, labels=labels)
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    present = [i for i in labels if cm[i, :].sum() + cm[:, i].sum() > 0]   # in the truth or in the predictions
-    absent = [classes[i] for i in labels if i not in present]
-    nan = float('nan')
-    per_class = {c: ({'precision': float(p[i]), 'recall': float(r[i]), 'f1': float(f[i]), 'support': int(s[i])} if i in present
-                     else {'precision': nan, 'recall': nan, 'f1': nan, 'support': 0}) for i, c in enumerate(classes)}
-    auc = {}
-    for i, c in enumerate(classes):  # one-vs-rest; undefined when the split lacks the class or has only it
-        yi = (y == i).astype(int)
-        auc[c] = float(roc_auc_score(yi, probs[:, i])) if 0 < yi.sum() < len(yi) else nan
-    finite = [v for v in auc.values() if not np.isnan(v)]
-    return {'n': int(len(y)), 'classes': list(classes), 'accuracy': float((pred == y).mean()) if len(y) else nan,
-            'confusion_matrix': cm.tolist(), 'per_class': per_class, 'absent_classes': absent,
-            'macro_f1': float(np.mean([f[i] for i in present])) if present else nan,
-            'roc_auc_ovr': auc, 'roc_auc_ovr_macro': float(np.mean(finite)) if finite else nan}
-
-# %% ../nbs/15_classify.ipynb #cal01
-def _np64(a) -> np.ndarray:
-    return a.detach().double().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
-
-def _labels(y, n) -> np.ndarray:
-    y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y).astype(int).reshape(-1)
-    if len(y) != n: raise ValueError(f"{len(y)} labels for {n} rows of probabilities")
-    return y
-
-def negative_log_likelihood(probs, y) -> float:
-    "Mean negative log-likelihood of the true classes `y` under `probs` (N x classes)."
-    p = _np64(probs); y = _labels(y, len(p))
-    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float('nan')
-
-def brier_score(probs, y) -> float:
-    "Multi-class Brier score: the mean over images of the squared distance between `probs` and the one-hot truth."
-    p = _np64(probs); y = _labels(y, len(p))
-    return float(((p - np.eye(p.shape[1])[y]) ** 2).sum(1).mean()) if len(y) else float('nan')
-
-def reliability_bins(probs, y, n_bins:int=15) -> dict:
-    "Per equal-width bin of top-class confidence: the bin's edges, its mean confidence, its accuracy and its count."
-    p = _np64(probs); y = _labels(y, len(p))
-    conf, pred = p.max(1), p.argmax(1)
-    b = np.minimum((conf * n_bins).astype(int), n_bins - 1)    # a confidence of exactly 1 in the last bin
-    cnt = np.bincount(b, minlength=n_bins)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        mconf = np.bincount(b, conf, n_bins) / cnt
-        acc = np.bincount(b, (pred == y).astype(float), n_bins) / cnt
-    return dict(edges=np.linspace(0, 1, n_bins + 1).tolist(), confidence=mconf.tolist(), accuracy=acc.tolist(), count=cnt.tolist())
-
-def expected_calibration_error(probs, y, n_bins:int=15) -> float:
-    "ECE: the gap between top-class confidence and accuracy, averaged over `n_bins` confidence bins weighted by their counts."
-    r = reliability_bins(probs, y, n_bins); cnt = np.array(r['count'])
-    if cnt.sum() == 0: return float('nan')
-    gap = np.abs(np.nan_to_num(np.array(r['accuracy'])) - np.nan_to_num(np.array(r['confidence'])))
-    return float((gap * cnt).sum() / cnt.sum())
-
-def scaled_probs(logits, temperature:float|None=1.) -> torch.Tensor:
-    "`softmax(logits / temperature)` in float32 (`temperature` None: 1)."
-    z = torch.as_tensor(logits).float()
-    return F.softmax(z / float(temperature or 1.), dim=-1)
-
-def fit_temperature(logits, # validation logits, N x classes
-                    y, # their true class indices
-                    bounds:tuple=(0.05, 20.), # the range searched
-                   ) -> float:
-    "The temperature `T` minimising the NLL of `softmax(logits / T)` on `y`; 1 when scaling does not help."
-    from scipy.optimize import minimize_scalar
-    z = torch.as_tensor(_np64(logits)); t = torch.as_tensor(_labels(y, len(z)))
-    if len(t) == 0: raise ValueError("fit_temperature needs at least one labelled image")
-    if not torch.isfinite(z).all(): raise ValueError("fit_temperature: the logits hold NaN or infinite values")
-    nll = lambda lt: float(F.cross_entropy(z / math.exp(lt), t))
-    r = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method='bounded', options=dict(xatol=1e-5))
-    return float(math.exp(r.x)) if nll(r.x) < nll(0.) else 1.
-
-def calibration_report(logits, y, temperature:float|None=None, n_bins:int=15) -> dict:
-    "NLL, ECE and Brier score of `softmax(logits)` ('before') and of `softmax(logits / temperature)` ('after'), with reliability bins."
-    def one(p): return dict(nll=negative_log_likelihood(p, y), ece=expected_calibration_error(p, y, n_bins),
-                            brier=brier_score(p, y), reliability=reliability_bins(p, y, n_bins))
-    res = dict(temperature=temperature, n_bins=n_bins, before=one(scaled_probs(logits)))
-    if temperature is not None: res['after'] = one(scaled_probs(logits, temperature))
-    return res
-
-def plot_reliability(report:dict, # from `calibration_report`
-                     fname:str|Path, title:str='Reliability'):
-    "A reliability diagram (accuracy against confidence per bin, before and after temperature scaling) into a PNG, atomically."
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.plot([0, 1], [0, 1], ls='--', c='gray', lw=1, label='perfect calibration')
-    for key, c in (('before', 'tab:red'), ('after', 'tab:blue')):
-        if key not in report: continue
-        r = report[key]; cf, ac = np.array(r['reliability']['confidence']), np.array(r['reliability']['accuracy'])
-        ok = np.array(r['reliability']['count']) > 0
-        lab = f"{key}: ECE {r['ece']:.3f}" if key == 'before' else f"after (T={report['temperature']:.2f}): ECE {r['ece']:.3f}"
-        ax.plot(cf[ok], ac[ok], marker='o', c=c, label=lab)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence (top-class probability)', ylabel='accuracy', title=title)
-    ax.legend(loc='upper left', fontsize=8); fig.tight_layout()
-    try: atomic_write(fname, lambda t: fig.savefig(t, format='png', dpi=100))
-    finally: plt.close(fig)
+__getattr__ = moved_names(__name__, {n: 'medrecipes.classification_metrics' for n in ['classification_metrics', 'negative_log_likelihood', 'brier_score', 'reliability_bins', 'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report', 'plot_reliability']})
 
 # %% ../nbs/15_classify.ipynb #cal02
 FLIP_DIMS = {'h': (-1,), 'v': (-2,), 'hv': (-2, -1)}   # a flip's name -> the tensor dims it reverses (B x C x H x W)
@@ -199,7 +99,7 @@ def tta_probs(model:nn.Module, xb:torch.Tensor, # a normalised batch, B x C x H 
               temperature:float|None=None) -> torch.Tensor:
     "Class probabilities of `xb` averaged over the image and its `flips`, each `softmax(logits / temperature)`."
     views = [()] + [FLIP_DIMS[f] for f in _check_flips(flips)]
-    return torch.stack([scaled_probs(model(xb.flip(d) if d else xb), temperature) for d in views]).mean(0)
+    return torch.stack([clm.scaled_probs(model(xb.flip(d) if d else xb), temperature) for d in views]).mean(0)
 
 class FlipInput(Callback):
     "Flip every input batch along `dims` (test-time augmentation through `get_preds`)."
@@ -229,7 +129,7 @@ def save_classification_results(res:dict, # from `classification_metrics` (plus 
     cm = pd.DataFrame(res['confusion_matrix'], index=[f'true_{c}' for c in classes], columns=[f'pred_{c}' for c in classes])
     atomic_write(path/f'{split}_confusion_matrix.csv', lambda t: cm.to_csv(t))
     plot_confusion_matrix(res['confusion_matrix'], classes, path/f'{split}_confusion_matrix.png', f'Confusion matrix ({split})')
-    if res.get('calibration'): plot_reliability(res['calibration'], path/f'{split}_reliability.png', f'Reliability ({split})')
+    if res.get('calibration'): clm.plot_reliability(res['calibration'], path/f'{split}_reliability.png', f'Reliability ({split})')
     atomic_write_text(path/f'{split}_metrics.json', to_json(res))
     return path
 
@@ -273,19 +173,19 @@ class ClassifierLearner(ResumableLearner):
         dl = self.split_dl(split)
         self.load_weights(which)
         logits, targs = self.split_logits(dl)
-        probs, vocab = scaled_probs(logits), list(self.dls.vocab)
-        res = classification_metrics(targs.numpy(), probs.numpy(), vocab)
+        probs, vocab = clm.scaled_probs(logits), list(self.dls.vocab)
+        res = clm.classification_metrics(targs.numpy(), probs.numpy(), vocab)
         res.update(split=split, checkpoint=which, loss=float(F.nll_loss(probs.clamp_min(1e-12).log(), targs)))
-        res['calibration'] = calibration_report(logits, targs, self.temperature)   # before and after temperature scaling
+        res['calibration'] = clm.calibration_report(logits, targs, self.temperature)   # before and after temperature scaling
         flips = getattr(self, 'checkpoint_meta', {}).get('tta_flips') or []
         if tta and flips:
             t = self.temperature
-            tp = torch.stack([scaled_probs(logits, t)] + [scaled_probs(self.split_logits(dl, f)[0], t) for f in flips]).mean(0)
-            m = classification_metrics(targs.numpy(), tp.numpy(), vocab)
+            tp = torch.stack([clm.scaled_probs(logits, t)] + [clm.scaled_probs(self.split_logits(dl, f)[0], t) for f in flips]).mean(0)
+            m = clm.classification_metrics(targs.numpy(), tp.numpy(), vocab)
             res['tta'] = dict(flips=flips, temperature=t, accuracy=m['accuracy'], macro_f1=m['macro_f1'],
                               roc_auc_ovr_macro=m['roc_auc_ovr_macro'], confusion_matrix=m['confusion_matrix'],
-                              nll=negative_log_likelihood(tp, targs), ece=expected_calibration_error(tp, targs),
-                              brier=brier_score(tp, targs))
+                              nll=clm.negative_log_likelihood(tp, targs), ece=clm.expected_calibration_error(tp, targs),
+                              brier=clm.brier_score(tp, targs))
         if save and is_rank0() and self.run_dir is not None: save_classification_results(res, self.run_dir, split)
         return res
 
@@ -317,8 +217,8 @@ class TemperatureScaling(FitOnlyCallback):
                 model.load_state_dict(st['model_state_dict'])
                 with recorder_kept(learn): logits, targs = learn.split_logits(learn.dls.valid)
                 if not len(targs): return
-                t = fit_temperature(logits, targs)
-                rep = calibration_report(logits, targs, t); rep['split'] = 'valid'
+                t = clm.fit_temperature(logits, targs)
+                rep = clm.calibration_report(logits, targs, t); rep['split'] = 'valid'
                 for k in ('before', 'after'): rep[k].pop('reliability')
                 if is_rank0(): save_checkpoint(fn, **{**st, 'temperature': t, 'calibration': rep})
                 if Path(fn) == Path(ck.fname): learn.temperature = t   # the weights the learner ends with
@@ -362,15 +262,16 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
 
 # %% ../nbs/15_classify.ipynb #c016
 def load_classifier(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
-                    device='cpu') -> tuple:
-    "Rebuild the classifier of a checkpoint in eval mode; returns `(model, checkpoint)`."
-    where = ckpt if not isinstance(ckpt, dict) else 'checkpoint'
-    ck = load_checkpoint(ckpt) if not isinstance(ckpt, dict) else ckpt
-    for k in ('model_state_dict', 'arch', 'class_names', 'normalization'):
-        if k not in ck: raise KeyError(f"{where} has no {k!r}: not a classifier checkpoint")
-    model = create_classifier(ck['arch'], len(ck['class_names']), pretrained=False, **(ck.get('model_kwargs') or {}))
-    try: model.load_state_dict(ck['model_state_dict'])
-    except RuntimeError as e: raise ValueError(f"{where}: the weights do not fit arch={ck['arch']!r} as `create_classifier` builds it ({e})") from e
+                    device='cpu',
+                    name=None, # how error messages call the checkpoint (default: its path, or 'checkpoint')
+                   ) -> tuple:
+    "Rebuild the classifier of a checkpoint (read and checked by `medrecipes.checkpoint`) in eval mode; returns `(model, checkpoint)`."
+    name = checkpoint_name(ckpt, name)
+    ck = read_checkpoint(ckpt, 'classifier', name)
+    args = classifier_args(ck)
+    try: model = create_classifier(pretrained=False, **args)
+    except Exception as e: raise ValueError(f"{name}: cannot build arch={args['arch']!r} with create_classifier ({type(e).__name__}: {e})") from e
+    model = load_weights(model, ck, name, f"arch={args['arch']!r} as `create_classifier` builds it")
     return model.to(device).eval(), ck
 
 def stored_input(item, # a path (str or Path), PIL image or array

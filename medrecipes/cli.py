@@ -163,7 +163,8 @@ def _run(args) -> int:
             from medrecipes.folder import train_folder
             say(json.dumps(train_folder(cfg), indent=2, default=str))
         elif args.recipe == 'sar':
-            from medrecipes.sar import train_sar, compare_sar
+            from medrecipes.sar import train_sar
+            from medrecipes.sar_experiments import compare_sar
             if args.command == 'train': say(json.dumps(train_sar(cfg), indent=2, default=str))
             else:
                 df = compare_sar(cfg); table(df)

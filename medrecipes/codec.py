@@ -14,21 +14,19 @@ import numpy as np, pandas as pd, torch
 import torch.nn as nn
 from PIL import Image
 from .core import atomic_write
-from .kernels import ssim
-from .metrics import psnr, epi, enl_ratio
 from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
 
 # %% auto #0
 __all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'STRIP_CONTEXT', 'model_digest', 'encode_strips',
            'iter_decoded_strips', 'decode_strips', 'encode_latent', 'decode_latent', 'codec_bytes', 'read_codec_file',
            'compress', 'estimate_looks', 'synthesize_speckle', 'decompress', 'geotiff_tags', 'codec_metrics',
-           'jpeg2000_roundtrip', 'compare_codecs', 'bd_rate', 'bd_psnr']
+           'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs', 'bd_rate', 'bd_psnr']
 
 # %% ../nbs/19_codec.ipynb #c005
 CODEC_MAGIC = b'MRSC'   # 4 bytes
 CODEC_VERSION = 2
 CODEC_EXT = '.mrsar'
-CODINGS = ('uniform', 'factorized')   # the latent as `quant_bits`-bit codes (zlib), or range-coded under the factorized prior
+CODINGS = ('uniform', 'factorized', 'hyperprior')   # the latent as `quant_bits`-bit codes (zlib), or range-coded under the model's learned prior
 # magic, version, coding, bits, flags, height, width, model digest, lambda, looks, payload length; then payload, CRC-32
 _HEAD = struct.Struct('<4sBBBBII8sffI')
 
@@ -45,9 +43,9 @@ def _model_and_pre(source, preprocess=None):
     "`(model, preprocess, lambda)` from a `SarLearner`, a checkpoint path, a `(model, preprocess)` pair or a model with `preprocess=`"
     lmbda = 0.
     if isinstance(source, (str, Path)):
-        from medrecipes.core import load_checkpoint
-        ck = load_checkpoint(source)
-        model, pre, _ = load_sar_model(ck); lmbda = float(ck.get('rd_lambda') or 0.)
+        from medrecipes.checkpoint import read_checkpoint
+        ck = read_checkpoint(source, 'sar')   # read once: the model and the lambda it was trained for
+        model, pre, _ = load_sar_model(ck, name=source); lmbda = float(ck.get('rd_lambda') or 0.)
     elif isinstance(source, tuple): model, pre = source
     elif hasattr(source, 'model') and hasattr(source, 'dls'):
         model, pre, lmbda = source.model, getattr(source.dls, 'preprocess', None), float(getattr(source, 'rd_lambda', 0.) or 0.)
@@ -56,15 +54,15 @@ def _model_and_pre(source, preprocess=None):
     if not isinstance(model, SarAutoencoder): raise ValueError(f"expected a SAR autoencoder (learner, checkpoint or model), got {type(model).__name__}")
     if model.entropy_bottleneck is None and not model.quant_bits:
         raise ValueError("this SAR model has a float latent (quant_bits=0 and no entropy model): it defines no bitrate and no codec file; "
-                         "train one with model.entropy=factorized (or model.quant_bits > 0)")
+                         "train one with model.entropy=factorized or hyperprior (or model.quant_bits > 0)")
     if model.entropy_bottleneck is not None and not model.entropy_bottleneck.updated:
         raise ValueError("this SAR model's entropy model has no coding tables: call `model.update()` once after training "
                          "(the SAR recipe stores them in every checkpoint)")
     if pre is None or not pre.fitted: raise ValueError("no fitted SarPreprocess: pass `preprocess=` (the run's dls.preprocess) with a bare model")
     return model, pre, lmbda
 
-STRIP_ROWS = 1024   # images taller than this are coded in strips of this many rows (a multiple of 16): memory bounded by the width
-STRIP_CONTEXT = 128 # rows of image context above and below each strip (8 latent rows for the decoder): seams far below the coding error
+STRIP_ROWS = 1024   # images are coded in tiles of this many rows and columns (a multiple of 16): memory bounded by the tile, not the image
+STRIP_CONTEXT = 128 # pixels of image context around each tile (8 latent rows and columns for the decoder): seams far below the coding error
 
 class _Rows:
     "Rows of an image in its own units, mirrored past the bottom and right edges to multiples of 16 (numpy's symmetric padding); a file is read by windows"
@@ -86,37 +84,48 @@ class _Rows:
         return np.pad(rows, ((0, 0), (0, self.W - self.w)), mode='symmetric')
 
 @torch.no_grad()
-def encode_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT) -> np.ndarray:
-    "The integer latent (C x H/16 x W/16) of an image, encoded in strips of `strip_rows` rows with `context` rows of image around each"
-    if strip_rows % SAR_DOWNSAMPLE or context % SAR_DOWNSAMPLE: raise ValueError(f"strip_rows and context must be multiples of {SAR_DOWNSAMPLE}")
+def encode_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None) -> np.ndarray:
+    "The integer latent (C x H/16 x W/16) of an image, encoded in tiles of `strip_rows` x `tile_cols` (default: square) with `context` pixels of image around each"
+    tile_cols = tile_cols or strip_rows
+    if strip_rows % SAR_DOWNSAMPLE or tile_cols % SAR_DOWNSAMPLE or context % SAR_DOWNSAMPLE:
+        raise ValueError(f"strip_rows, tile_cols and context must be multiples of {SAR_DOWNSAMPLE}")
     was = model.training; model.eval()
     try:
         p = next(model.parameters()); s = SAR_DOWNSAMPLE
         codes = np.empty((model.latent_channels, rows.H // s, rows.W // s), np.int32)
         for r0 in range(0, rows.H, strip_rows):
             r1 = min(r0 + strip_rows, rows.H); a0, a1 = max(0, r0 - context), min(rows.H, r1 + context)
-            q = model.compress(torch.from_numpy(rows.scaled(a0, a1))[None, None].to(p.device, p.dtype))
-            if model.entropy_bottleneck is not None: q = torch.from_numpy(model.entropy_bottleneck.symbols(q))   # clamped into the coding ranges
-            codes[:, r0 // s:r1 // s] = q[0, :, (r0 - a0) // s:(r1 - a0) // s].cpu().numpy()
+            block = rows.scaled(a0, a1)                       # the strip's rows with their context, read once
+            for c0 in range(0, rows.W, tile_cols):
+                c1 = min(c0 + tile_cols, rows.W); b0, b1 = max(0, c0 - context), min(rows.W, c1 + context)
+                q = model.compress(torch.from_numpy(np.ascontiguousarray(block[:, b0:b1]))[None, None].to(p.device, p.dtype))
+                if model.entropy_bottleneck is not None: q = torch.from_numpy(model.entropy_bottleneck.symbols(q))   # into the coding ranges
+                codes[:, r0 // s:r1 // s, c0 // s:c1 // s] = q[0, :, (r0 - a0) // s:(r1 - a0) // s, (c0 - b0) // s:(c1 - b0) // s].cpu().numpy()
+            del block
     finally: model.train(was)
     return codes
 
-def iter_decoded_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT):
-    "`(y0, y1, rows)` of the [0, 1] image (cropped to `shape`), decoded strip by strip with `context` rows of latent context around each"
+def iter_decoded_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None):
+    "`(y0, y1, rows)` of the [0, 1] image (cropped to `shape`), decoded strip by strip, each strip tile by tile (`tile_cols` wide, default square) with `context` pixels of latent context around each tile"
     was = model.training; model.eval(); s = SAR_DOWNSAMPLE
-    h, w = shape; H = codes.shape[1] * s
+    h, w = shape; H, W = codes.shape[1] * s, codes.shape[2] * s; tile_cols = tile_cols or strip_rows
     try:
         p = next(model.parameters())
         for r0 in range(0, min(H, h), strip_rows):
             r1 = min(r0 + strip_rows, H, h); l0, l1 = max(0, (r0 - context) // s), min(codes.shape[1], -(-(r1 + context) // s))
-            with torch.no_grad(): r = model.decompress(torch.from_numpy(np.ascontiguousarray(codes[:, l0:l1], np.int32))[None].to(p.device))
-            yield r0, r1, r[0, 0, r0 - l0 * s:r1 - l0 * s, :w].float().cpu().numpy()
+            strip = np.empty((r1 - r0, min(W, w)), np.float32)
+            for c0 in range(0, min(W, w), tile_cols):
+                c1 = min(c0 + tile_cols, W, w); m0, m1 = max(0, (c0 - context) // s), min(codes.shape[2], -(-(c1 + context) // s))
+                with torch.no_grad(): r = model.decompress(torch.from_numpy(np.ascontiguousarray(codes[:, l0:l1, m0:m1], np.int32))[None].to(p.device))
+                strip[:, c0:c1] = r[0, 0, r0 - l0 * s:r1 - l0 * s, c0 - m0 * s:c1 - m0 * s].float().cpu().numpy()
+                del r
+            yield r0, r1, strip
     finally: model.train(was)
 
-def decode_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT) -> np.ndarray:
-    "The [0, 1] image (cropped to `shape`) decoded strip by strip (`iter_decoded_strips`) into one array"
+def decode_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None) -> np.ndarray:
+    "The [0, 1] image (cropped to `shape`) decoded tile by tile (`iter_decoded_strips`) into one array"
     out = np.empty(tuple(shape), np.float32)
-    for r0, r1, strip in iter_decoded_strips(model, codes, shape, strip_rows, context): out[r0:r1] = strip
+    for r0, r1, strip in iter_decoded_strips(model, codes, shape, strip_rows, context, tile_cols): out[r0:r1] = strip
     return out
 
 def _code_dtype(bits): return np.dtype('u1') if bits <= 8 else np.dtype('<u2')
@@ -125,13 +134,13 @@ def _latent_shape(model, height, width): return (model.latent_channels, -(-heigh
 
 def encode_latent(model:SarAutoencoder, codes:np.ndarray) -> tuple:
     "`(coding, payload bytes)` of a latent's codes: range-coded with the entropy model's stored tables, or `quant_bits`-bit codes zlib-coded"
-    if model.entropy_bottleneck is not None: return 'factorized', model.entropy_bottleneck.encode(codes)
+    if model.entropy_bottleneck is not None: return model.entropy, model.entropy_bottleneck.encode(codes)
     return 'uniform', zlib.compress(np.ascontiguousarray(codes.astype(_code_dtype(model.quant_bits))).tobytes(), 9)
 
 def decode_latent(model:SarAutoencoder, head:dict, payload:bytes, name='') -> np.ndarray:
     "The codes `encode_latent` coded, for the image size in `head`; a payload that does not decode to that shape is an error naming `name`"
     shape = _latent_shape(model, head['height'], head['width'])
-    if head['coding'] == 'factorized':
+    if head['coding'] in ('factorized', 'hyperprior'):
         try: return model.entropy_bottleneck.decode(payload, shape[1:])
         except Exception as e: raise ValueError(f"{name}: the latent stream does not decode ({e})") from None
     try: raw = zlib.decompress(payload)
@@ -231,7 +240,7 @@ def decompress(path:str|Path, # a file `compress` wrote
     if head['model_digest'] != model_digest(model, pre):
         raise ValueError(f"{path}: written by a different model or preprocessing (digest {head['model_digest']}); "
                          f"this {model.config['variant']} model's digest is {model_digest(model, pre)}")
-    want = 'factorized' if model.entropy_bottleneck is not None else 'uniform'
+    want = model.entropy if model.entropy_bottleneck is not None else 'uniform'
     if head['coding'] != want: raise ValueError(f"{path}: coded as {head['coding']!r}, but the model codes {want!r}")
     codes = decode_latent(model, head, payload, path)
     if out_path is not None: return _decode_to_file(model, pre, codes, head, out, Path(out_path), speckle, looks, seed)
@@ -299,6 +308,8 @@ def codec_metrics(orig01:np.ndarray, # the original, scaled to [0, 1] by the run
                   preprocess, # the fitted `SarPreprocess` (decodes to dB and linear intensity)
                  ) -> dict:
     "PSNR, SSIM and EPI on the [0, 1] dB scale and on linear intensity (divided by the clip's upper end), ENL ratio in linear intensity"
+    from medrecipes.kernels import ssim                    # imported here: coding a scene needs neither (nor fastai, which metrics imports)
+    from medrecipes.metrics import psnr, epi, enl_ratio
     lin = lambda x: np.asarray(preprocess.decode_linear(np.asarray(x, np.float32)), np.float32)
     top = float(lin(np.ones(1, np.float32))[0])
     o, r, ol, rl = _t(orig01), _t(np.clip(rec01, 0, 1)), _t(lin(orig01) / top), _t(lin(np.clip(rec01, 0, 1)) / top)
@@ -325,6 +336,26 @@ def jpeg2000_roundtrip(x01:np.ndarray, # a [0, 1] image
         rate *= got / bpp
     with Image.open(io.BytesIO(best[0])) as j: rec = np.asarray(j, dtype=np.float32) / 65535
     return rec, best[1]
+
+def jpegxl_roundtrip(x01:np.ndarray, # a [0, 1] image
+                     bpp:float, # the bitrate to hit, bits per pixel of the whole .jxl file
+                     tol:float=0.03, # relative tolerance on the bitrate
+                     effort:int=7, # libjxl's encoder effort (1 fast .. 9 thorough; 7 is cjxl's default)
+                    ) -> tuple:
+    "`(reconstruction in [0, 1], bits per pixel of the file)`: JPEG-XL (libjxl through imagecodecs, lossy VarDCT) of the 16-bit image at `bpp`, found by bisecting the Butteraugli distance"
+    try: import imagecodecs
+    except ImportError: raise ImportError("JPEG-XL needs imagecodecs (pip install imagecodecs)") from None
+    if not imagecodecs.JPEGXL.available: raise RuntimeError("this imagecodecs has no JPEG-XL (libjxl) codec")
+    a = np.round(np.clip(np.asarray(x01, np.float64), 0, 1) * 65535).astype(np.uint16)
+    enc = lambda d: imagecodecs.jpegxl_encode(a, distance=float(d), effort=effort)
+    lo, hi, best = np.log(0.05), np.log(25.), None          # the file shrinks as the distance grows
+    for _ in range(14):
+        d = float(np.exp((lo + hi) / 2)); data = enc(d); got = 8 * len(data) / a.size
+        if best is None or abs(got - bpp) < abs(best[1] - bpp): best = (data, got)
+        if abs(got / bpp - 1) < tol: break
+        if got > bpp: lo = np.log(d)
+        else: hi = np.log(d)
+    return imagecodecs.jpegxl_decode(best[0]).astype(np.float32) / 65535, best[1]
 
 def compare_codecs(learn_or_model, # a `SarLearner`, checkpoint path or model (with `preprocess=`)
                    images, # 2-D images in the run's units, or files

@@ -105,7 +105,7 @@ class SarModel:
     base_channels:int=32
     quant_bits:Optional[int]=None # uniform quantisation of the latent, bits per value (null: 8, or none with `entropy`; 0: a float latent, no bitrate)
     quant_proxy:str='ste'         # the quantiser in training: ste (straight-through) | noise (additive uniform)
-    entropy:Optional[str]=None    # factorized: a learned prior over an integer latent, range-coded files, the rate-distortion loss (null: off)
+    entropy:Optional[str]=None    # factorized | hyperprior: a learned prior over an integer latent (per channel, or a Gaussian per value whose scale is sent as side information), range-coded files, the rate-distortion loss (null: off)
 
 @dataclass
 class SarData:
@@ -142,7 +142,7 @@ class SarTrainer:
     codec_images:int=8            # test (else valid) images coded into real files for the bitrate and JPEG2000 beside it (0: off)
     sweep_latent_channels:Any=None  # compare: a rate-distortion sweep over these latent channels, e.g. [4, 8, 16] (null: off)
     sweep_quant_bits:Any=None     # ... times these quantisation bits, e.g. [4, 8]; rd.csv and rd.png in out_dir/rd
-    sweep_rd_lambda:Any=None      # compare: rate-distortion curves, every variant with model.entropy=factorized at these rd_lambda, e.g. [16, 64, 256, 1024], beside JPEG2000 with BD-rates (null: off)
+    sweep_rd_lambda:Any=None      # compare: rate-distortion curves, every variant with model.entropy (factorized when null) at these rd_lambda, e.g. [16, 64, 256, 1024], beside JPEG2000 with BD-rates (null: off)
     compare_seeds:Any=None        # compare: every variant once per seed, e.g. [0, 1, 2]: mean and spread (null: the one `seed`)
 
 @dataclass

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, DictConfig, ListConfig
 
 # %% auto #0
 __all__ = ['set_seed', 'default_device', 'to_plain', 'to_json', 'atomic_write', 'atomic_write_text', 'save_checkpoint',
-           'load_checkpoint', 'parse_overrides', 'load_config', 'save_config']
+           'load_checkpoint', 'parse_overrides', 'load_config', 'save_config', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #c005
 def set_seed(seed:int, # seed for Python, NumPy and PyTorch (all devices)
@@ -146,3 +146,16 @@ def load_config(defaults:dict, # the recipe's defaults: every known key
 def save_config(cfg:dict, path:str|Path) -> Path:
     "Save a resolved config as YAML, atomically."
     return atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
+
+# %% ../nbs/00_core.ipynb #mv01
+import importlib, warnings
+
+def moved_names(module:str, # the old module's name (`__name__`)
+                names:dict, # each moved name -> the module that holds it now
+               ):
+    "A module `__getattr__` serving names that moved to other modules, for one release: each use warns (`DeprecationWarning`) with the new path."
+    def __getattr__(name):
+        if name not in names: raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} is deprecated: it moved to {names[name]}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(names[name]), name)
+    return __getattr__

@@ -12,17 +12,17 @@ import argparse, contextlib, json, os, sys, warnings
 from pathlib import Path
 import numpy as np, torch
 import torch.nn as nn
-from .core import load_checkpoint, atomic_write, to_plain
+from .core import atomic_write, to_plain
+from .checkpoint import CHECKPOINT_KEYS, read_checkpoint, classifier_input_size, sar_patch
+from .checkpoint import checkpoint_kind as _checkpoint_kind   # public in medrecipes.checkpoint (see `__getattr__` below)
 
 # %% auto #0
-__all__ = ['DEFAULT_OPSET', 'ONNX_ATOL', 'CLASSIFIER_KEYS', 'SAR_KEYS', 'OnnxMismatchError', 'checkpoint_kind',
-           'checkpoint_parts', 'export_module', 'check_onnx', 'float32_error', 'export_onnx', 'export_onnx_main']
+__all__ = ['DEFAULT_OPSET', 'ONNX_ATOL', 'OnnxMismatchError', 'checkpoint_parts', 'export_module', 'check_onnx', 'float32_error',
+           'export_onnx', 'export_onnx_main']
 
 # %% ../nbs/18_export.ipynb #c005
 DEFAULT_OPSET = 20      # torch.onnx's default for the dynamo exporter; ONNX Runtime >= 1.17 runs it
 ONNX_ATOL = 1e-4        # largest |onnx - torch| accepted in float32
-CLASSIFIER_KEYS = ('model_state_dict', 'arch', 'class_names')
-SAR_KEYS = ('model_state_dict', 'model_config', 'preprocessing_params')
 
 class OnnxMismatchError(RuntimeError):
     "ONNX Runtime's outputs differ from PyTorch's by more than the tolerance; `.result` holds what `export_onnx` measured."
@@ -31,52 +31,37 @@ class OnnxMismatchError(RuntimeError):
 from .kernels import reference_kernels  # the plain-PyTorch kernels, in-process (no os.environ)
 
 # %% ../nbs/18_export.ipynb #c008
-def checkpoint_kind(ck:dict, path='checkpoint') -> str:
-    "'classifier' or 'sar', from the keys of a loaded checkpoint; a clear error for anything else."
-    if not isinstance(ck, dict): raise ValueError(f"{path} does not hold a checkpoint dict (got {type(ck).__name__})")
-    if all(k in ck for k in CLASSIFIER_KEYS): return 'classifier'
-    if all(k in ck for k in SAR_KEYS): return 'sar'
-    raise ValueError(f"{path} is neither a classifier checkpoint (keys {', '.join(CLASSIFIER_KEYS)}) nor a SAR checkpoint "
-                     f"(keys {', '.join(SAR_KEYS)}); it has the keys {', '.join(map(str, ck)) or 'none'}")
+_MOVED = {'checkpoint_kind': ('medrecipes.checkpoint.checkpoint_kind', lambda: _checkpoint_kind),
+          'CLASSIFIER_KEYS': ("medrecipes.checkpoint.CHECKPOINT_KEYS['classifier']", lambda: CHECKPOINT_KEYS['classifier']),
+          'SAR_KEYS': ("medrecipes.checkpoint.CHECKPOINT_KEYS['sar']", lambda: CHECKPOINT_KEYS['sar'])}
 
-def _find(d, key):
-    "The value of `key` in a (possibly nested) config dict: the top level first, then the sub-dicts; None if absent."
-    if not isinstance(d, dict): return None
-    if d.get(key) is not None: return d[key]
-    for v in d.values():
-        if (r := _find(v, key)) is not None: return r
-    return None
+def __getattr__(name):
+    "`checkpoint_kind`, `CLASSIFIER_KEYS` and `SAR_KEYS`, which moved to `medrecipes.checkpoint`, for one more release"
+    if name not in _MOVED: raise AttributeError(f"module 'medrecipes.export' has no attribute {name!r}")
+    new, get = _MOVED[name]
+    warnings.warn(f"medrecipes.export.{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2)
+    return get()
 
 def _json(o) -> str: return json.dumps(to_plain(o))
 
-def _load_state(model, ck, path):
-    try: model.load_state_dict(ck['model_state_dict'])
-    except Exception as e: raise ValueError(f"{path}: the weights do not fit the model the checkpoint describes ({e})") from e
-    return model.eval()
-
 def _classifier_parts(ck, path):
-    from medrecipes.classify import create_classifier   # the one builder of the classifiers (imports fastai)
-    names, norm, arch = list(ck['class_names']), ck.get('normalization') or {}, ck['arch']
-    size = _find(ck.get('config'), 'size') or _find(norm, 'size')
+    from medrecipes.classify import load_classifier   # the one loader of the classifiers (imports fastai)
+    size = classifier_input_size(ck)
     if size is None: raise ValueError(f"{path}: no input size: expected config['size'] or normalization['size'] in the checkpoint")
-    size = int(size)
-    try: model = create_classifier(arch, len(names), pretrained=False, **(ck.get('model_kwargs') or {}))
-    except Exception as e: raise ValueError(f"{path}: cannot build arch={arch!r} with create_classifier ({type(e).__name__}: {e})") from e
-    model = _load_state(model, ck, path)
+    model, _ = load_classifier(ck, name=path)
+    names, norm = list(ck['class_names']), ck['normalization']
     meta = dict(kind='classifier', arch=str(ck['arch']), class_names=_json(names), normalization=_json(norm),
                 input_size=str(size), input_layout='B x 3 x size x size, normalised with normalization mean/std',
                 output='logits (softmax gives class probabilities in class_names order)')
     return [dict(suffix='', module=model, input_name='image', output_name='logits', shape=(3, size, size), dist='normal', meta=meta)]
 
 def _sar_parts(ck, path):
-    from medrecipes.models.sar import sar_model, SAR_DOWNSAMPLE
-    cfg = ck['model_config']
-    if not isinstance(cfg, dict): raise ValueError(f"{path}: model_config must be a dict of sar_model arguments, got {cfg!r}")
-    patch = ck.get('patch') or _find(ck.get('config'), 'patch')
+    from medrecipes.models.sar import load_sar_model, SAR_DOWNSAMPLE
+    patch = sar_patch(ck)
     if patch is None: raise ValueError(f"{path}: no patch size: expected 'patch' (or config['patch']) in the SAR checkpoint")
-    patch = int(patch)
     if patch % SAR_DOWNSAMPLE: raise ValueError(f"{path}: patch {patch} is not a multiple of {SAR_DOWNSAMPLE}")
-    model = _load_state(sar_model(**{'quant_bits': None, **cfg}), ck, path)   # without the key: a float latent (older checkpoints)
+    model, _, _ = load_sar_model(ck, name=path)
+    cfg = ck['model_config']
     c_in, c_lat, p = model.in_channels, model.latent_channels, patch // SAR_DOWNSAMPLE
     base = dict(model_config=_json(cfg), preprocess=_json(ck['preprocessing_params']), patch=str(patch), downsample=str(SAR_DOWNSAMPLE))
     # a quantised codec's encoder ends in its quantiser: the file gives the rounded latent the decoder takes (codes / (2^bits - 1));
@@ -98,8 +83,8 @@ class _LatentScale(nn.Module):
 def checkpoint_parts(checkpoint:str|Path) -> tuple:
     "`(kind, parts)`: the checkpoint's kind and the modules to export (eval mode) with their input specs and metadata."
     path = Path(checkpoint)
-    ck = load_checkpoint(path)
-    kind = checkpoint_kind(ck, path)
+    ck = read_checkpoint(path)   # read once, its kind checked (`medrecipes.checkpoint`)
+    kind = _checkpoint_kind(ck, path)
     return kind, (_classifier_parts if kind == 'classifier' else _sar_parts)(ck, path)
 
 # %% ../nbs/18_export.ipynb #c010

@@ -23,7 +23,9 @@ from fastai.torch_core import find_bs
 from fastcore.foundation import L
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
-from .callbacks import (class_weights, TrainValCrossEntropy, LossModeCallback, TrainingLog, recall_metrics, PRECISIONS, progress_bars, interactive,
+from .losses import class_weights, TrainValCrossEntropy
+from .classification_metrics import recall_metrics
+from .callbacks import (LossModeCallback, TrainingLog, PRECISIONS, progress_bars, interactive,
                                    cpu_bf16_native, resolve_precision, AutocastMixedPrecision, EpochGradientAccumulation,
                                    TensorBoardScalars, WANDB_MODES, import_wandb, WandbTracker, DivergenceGuard,
                                    TRACKING_DEFAULTS, resolve_tracking, tracker_callbacks)

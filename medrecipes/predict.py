@@ -1,6 +1,6 @@
 """`medrecipes predict CKPT INPUTS...`: a trained checkpoint on new files. Classifiers write `predictions.csv` (calibrated probabilities, optional test-time augmentation and Grad-CAM overlays), SAR codecs write codec files or reconstructions; unreadable inputs go to `errors.csv`.
 
-Everything needed is read from the checkpoint: a classifier (`arch`, `class_names`, `normalization`, `model_kwargs`, and `temperature` and `tta_flips` when training wrote them) is served by `medrecipes.classify.load_classifier` and `predict`; a SAR codec (`model_config`, `preprocessing_params`, `patch`) by `medrecipes.sar.load_sar_model`. Inputs are files, folders, glob patterns or CSV files of paths; each unreadable input is a row of `errors.csv` with its reason, never a silent gap. Grad-CAM comes from `torchcam`.
+Everything needed is read from the checkpoint: a classifier (`arch`, `class_names`, `normalization`, `model_kwargs`, and `temperature` and `tta_flips` when training wrote them) is served by `medrecipes.classify.load_classifier` and `predict`; a SAR codec (`model_config`, `preprocessing_params`, `patch`) by `medrecipes.models.sar.load_sar_model`, both reading it through `medrecipes.checkpoint`. Inputs are files, folders, glob patterns or CSV files of paths; each unreadable input is a row of `errors.csv` with its reason, never a silent gap. Grad-CAM comes from `torchcam`.
 
 Docs: `_docs/predict.html` in this repository, built by `make docs` (API reference: `_docs/api/medrecipes.predict.html`)."""
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 import torch.nn as nn, torch.nn.functional as F
-from .core import load_checkpoint, default_device, atomic_write
+from .core import default_device, atomic_write
+from .checkpoint import checkpoint_kind, find_key
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'SAR_EXTS', 'PATH_COLUMNS', 'input_items', 'collect_inputs', 'file_sha256', 'cam_target_layer',
@@ -207,13 +208,12 @@ def predict_images(ckpt:str|Path, # a classifier checkpoint (best.pt or latest.p
     input folders `skipped` as not images. No image found at all is an error."""
     from medrecipes.classify import load_classifier, predict, preprocess, stored_input
     from medrecipes.data.images import read_image
-    from medrecipes.export import _find
     items, skipped = input_items(inputs)
     if not items: raise ValueError(_no_images(inputs, skipped))
     ckpt = Path(ckpt); dev = default_device(device)
     model, ck = load_classifier(ckpt, dev)
     classes, sha = list(ck['class_names']), file_sha256(ckpt)
-    cam_layer = cam_layer or _find(ck.get('config'), 'cam_layer')
+    cam_layer = cam_layer or find_key(ck.get('config'), 'cam_layer')
     if cam: cam_layer = _check_layer(model, cam_layer or cam_target_layer(model))
     out = None if out is None else Path(out)
     cols = ['path', 'prediction', 'probability', *[f'prob_{c}' for c in classes], *(['cam'] if cam and out is not None else [])]
@@ -296,7 +296,7 @@ def cam_grid(ckpt, # a classifier checkpoint (path or loaded), or `(model, check
 
 # %% ../nbs/21_predict.ipynb #c013
 def _sar_parts(ckpt, device):
-    from medrecipes.sar import load_sar_model
+    from medrecipes.models.sar import load_sar_model
     model, pre, patch = load_sar_model(ckpt, device)
     if patch is None: raise ValueError(f"{ckpt}: the SAR checkpoint has no 'patch' (the tile size it was trained on)")
     return model, pre, int(patch)
@@ -396,8 +396,7 @@ def predict_checkpoint(ckpt:str|Path, # a classifier or SAR checkpoint
                        units:str|None=None, # SAR reconstructions: 'linear', 'db' or 'scaled' (default: the training units)
                       ) -> dict:
     "Run a checkpoint on `inputs`, the recipe read from the checkpoint: `predict_images`, `compress_sar` or `reconstruct_sar_files`."
-    from medrecipes.export import checkpoint_kind
-    kind = checkpoint_kind(load_checkpoint(ckpt), str(ckpt))
+    kind = checkpoint_kind(ckpt)   # reads the file, its keys checked: an error names it when it is neither kind
     if kind == 'classifier':
         if sar != 'reconstruct' or units is not None: raise ValueError(f"{ckpt} is a classifier checkpoint: --sar and --units apply to SAR checkpoints")
         return dict(kind=kind, **predict_images(ckpt, inputs, out, bs, device, calibrated, tta, cam, cam_layer, progress))

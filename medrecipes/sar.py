@@ -1,6 +1,6 @@
-"""A 16x autoencoder codec for speckled radar images: loss 0.7 MSE + 0.3 (1 - SSIM), PSNR / SSIM / ENL ratio / EPI, TensorBoard, exact resume, a comparison of the four variants.
+"""A 16x autoencoder codec for speckled radar images: loss 0.7 MSE + 0.3 (1 - SSIM), PSNR / SSIM / ENL ratio / EPI, TensorBoard, exact resume, out-of-memory retries.
 
-The SAR reconstruction recipe: `sar_learner` trains a codec with the loss 0.7·MSE + 0.3·(1 − SSIM), PSNR/SSIM/ENL ratio/EPI every epoch, TensorBoard scalars, images and histograms, ReduceLROnPlateau, gradient clipping, early stopping and resumable checkpoints; `train_sar` runs one configured run, `compare_sar` all four variants into one table, `reconstruct_sar` applies a checkpoint to a whole image.
+The SAR reconstruction recipe: `sar_learner` trains a codec with the loss 0.7·MSE + 0.3·(1 − SSIM), PSNR/SSIM/ENL ratio/EPI every epoch, TensorBoard scalars, images and histograms, ReduceLROnPlateau, gradient clipping, early stopping and resumable checkpoints; `train_sar` runs one configured run, `reconstruct_sar` applies a checkpoint to a whole image. The experiments built on `train_sar` (the variants compared, over several seeds, the latent and bit-depth sweep, the rate–distortion curves) are in `medrecipes.sar_experiments`.
 
 Docs: `_docs/sar.html` in this repository, built by `make docs` (API reference: `_docs/api/medrecipes.sar.html`)."""
 
@@ -20,7 +20,7 @@ from fastai.callback.training import GradientClip
 from fastai.data.core import TfmdDL
 from fastai.optimizer import Adam
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
-from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
+from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json, moved_names
 from .kernels import ssim
 from .metrics import psnr, epi, enl_ratio, ImageMetric, PSNRMetric, SSIMMetric, ENLRatioMetric, EPIMetric
 from .callbacks import FitOnlyCallback, epoch_scalars, TextLog, DivergenceGuard, training_callbacks, tracker_callbacks, progress_bars, interactive
@@ -31,11 +31,9 @@ from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARI
 _all_ = ['load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
 
 # %% auto #0
-__all__ = ['SAR_DEFAULTS', 'ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SEED_FIGURES', 'SarLoss', 'SarRDLoss', 'RateMetric',
-           'EntropyTables', 'SarTensorBoard', 'SarLearner', 'sar_metrics', 'sar_learner', 'reconstruct_sar',
-           'sar_config', 'next_batch_size', 'train_sar', 'sar_targets', 'compare_sar', 'compare_seeds', 'rd_sweep',
-           'plot_rd', 'rd_curves', 'plot_rd_curves', 'load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage',
-           'sar_model', 'SAR_VARIANTS']
+__all__ = ['SAR_DEFAULTS', 'SarLoss', 'SarRDLoss', 'RateMetric', 'EntropyTables', 'SarTensorBoard', 'SarLearner', 'sar_metrics',
+           'sar_learner', 'reconstruct_sar', 'sar_config', 'next_batch_size', 'train_sar', 'load_sar_model',
+           'SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']
 
 # %% ../nbs/20_sar.ipynb #c005
 class SarLoss(nn.Module):
@@ -57,7 +55,7 @@ class SarRDLoss(SarLoss):
                  rd_lambda:float, # weight of the distortion against the rate: larger, more bits and less distortion
                  mse_weight:float=0.7, ssim_weight:float=0.3, data_range:float=1.0, win_size:int=11):
         super().__init__(mse_weight, ssim_weight, data_range, win_size)
-        if getattr(model, 'entropy_bottleneck', None) is None: raise ValueError("SarRDLoss needs a SAR model with an entropy model (entropy='factorized')")
+        if getattr(model, 'entropy_bottleneck', None) is None: raise ValueError("SarRDLoss needs a SAR model with an entropy model (entropy='factorized' or 'hyperprior')")
         if not rd_lambda > 0: raise ValueError(f"rd_lambda must be > 0, got {rd_lambda}")
         self.rd_lambda, self._model = float(rd_lambda), [model]   # in a list: not a submodule of the loss
     def forward(self, pred, targ):
@@ -387,229 +385,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
     if is_rank0(): atomic_write_text(out/'summary.json', to_json(summary))
     return summary
 
-# %% ../nbs/20_sar.ipynb #c021
-def _md_table(df:pd.DataFrame) -> str:
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ['| ' + ' | '.join(df.columns) + ' |', '|' + '---|' * len(df.columns)]
-    lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
-    return '\n'.join(lines) + '\n'
-
-ENL_RATIO_TARGET = (0.7, 1.3)   # the speckle statistics a codec should keep
-ATTENTION_GAIN_TARGET_DB = 0.5  # PSNR the attention variant should gain over the residual one
-
-def sar_targets(df:pd.DataFrame) -> list:
-    "The recipe's targets checked on a comparison table: lines of text (ENL ratio per variant, attention over residual)"
-    lo, hi = ENL_RATIO_TARGET
-    lines = [f"{r.variant}: ENL ratio {r.enl_ratio:.3f} {'within' if lo <= r.enl_ratio <= hi else 'OUTSIDE'} {lo}-{hi}" for r in df.itertuples()]
-    if {'attention', 'residual'} <= set(df.variant):
-        g = float(df.loc[df.variant == 'attention', 'psnr'].iloc[0] - df.loc[df.variant == 'residual', 'psnr'].iloc[0])
-        lines.append(f"attention - residual: {g:+.3f} dB PSNR; target >= {ATTENTION_GAIN_TARGET_DB} dB "
-                     f"{'met' if g >= ATTENTION_GAIN_TARGET_DB else 'NOT met'}")
-    return lines
-
-def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> pd.DataFrame:
-    """Train and evaluate each SAR variant with the same data, seed and config; write comparison.csv and comparison.md (table and targets).
-    With `compare_seeds` (e.g. [0, 1, 2]) every variant is trained once per seed (`out_dir/seed<N>/`) and the table gives each figure's
-    mean and spread over the seeds (`compare_seeds`)."""
-    base = sar_config(config, overrides, **kwargs)
-    if base.get('compare_seeds'): return compare_seeds(config, overrides, variants, base['compare_seeds'], **kwargs)
-    out = Path(base['out_dir']); rows = []
-    for v in variants:
-        s = train_sar(config, [*overrides, f'variant={v}', f"out_dir={out/v}"], **kwargs)
-        split = 'test' if 'test_psnr' in s else 'valid'
-        rows.append(dict(variant=v, params=s['params'], psnr=s[f'{split}_psnr'], ssim=s[f'{split}_ssim'], enl_ratio=s[f'{split}_enl_ratio'],
-                         epi=s[f'{split}_epi'], bpp=s.get('learned_bpp'), jpeg2000_psnr=s.get('jpeg2000_psnr_db'),
-                         epochs=s['epochs_run'], sec_per_epoch=s['seconds_per_epoch'], peak_memory_mb=s['peak_memory_mb'],
-                         bs=s['bs_used'], evaluated_on=split))
-    df = pd.DataFrame(rows)
-    lo, hi = ENL_RATIO_TARGET
-    df.insert(5, 'enl_ratio_ok', df.enl_ratio.between(lo, hi))
-    if 'baseline' in set(df.variant):
-        df.insert(6, 'psnr_gain_db', df.psnr - float(df.loc[df.variant == 'baseline', 'psnr'].iloc[0]))
-    if 'residual' in set(df.variant):
-        df.insert(7, 'gain_over_residual_db', df.psnr - float(df.loc[df.variant == 'residual', 'psnr'].iloc[0]))
-    if df.bpp.isna().all(): df = df.drop(columns=['bpp', 'jpeg2000_psnr'])
-    df.attrs['targets'] = sar_targets(df)
-    if is_rank0():
-        atomic_write(out/'comparison.csv', lambda t: df.to_csv(t, index=False))
-        atomic_write_text(out/'comparison.md', _md_table(df) + '\nTargets:\n' + ''.join(f'- {l}\n' for l in df.attrs['targets']))
-    if base.get('sweep_latent_channels') and base.get('sweep_quant_bits'):
-        df.attrs['rd'] = rd_sweep(config, overrides, variants, base['sweep_latent_channels'], base['sweep_quant_bits'], **kwargs)
-    if base.get('sweep_rd_lambda'):
-        df.attrs['rd_curves'] = rd_curves(config, overrides, variants, base['sweep_rd_lambda'], **kwargs)
-    return df
-
-SEED_FIGURES = ('psnr', 'ssim', 'enl_ratio', 'epi', 'bpp', 'jpeg2000_psnr', 'gain_over_residual_db', 'sec_per_epoch')
-
-def compare_seeds(config=None, overrides=(), variants=SAR_VARIANTS,
-                  seeds=(0, 1, 2), # one full comparison per seed (initial weights, patches drawn, batch order)
-                  **kwargs) -> pd.DataFrame:
-    """Every variant once per seed: `out_dir/seed<N>/comparison.csv` each, and in `out_dir` comparison_seeds.csv (every row),
-    comparison.csv (per variant: `<figure>_mean`, `<figure>_std`, `<figure>_min`, `<figure>_max` over the seeds, the PSNR rank in
-    each seed) and comparison.md (mean +/- standard deviation, the targets judged on the means and per seed, the wall time)."""
-    base = sar_config(config, overrides, **kwargs)
-    out, seeds, t0 = Path(base['out_dir']), [int(s) for s in seeds], time.time()
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds): raise ValueError(f"compare_seeds must list at least two different seeds, not {seeds}")
-    runs = []
-    for s in seeds:
-        df = compare_sar(config, [*overrides, f'seed={s}', f"out_dir={out/f'seed{s}'}", 'compare_seeds=null'], variants, **kwargs)
-        df.insert(1, 'seed', s); df['psnr_rank'] = df.psnr.rank(ascending=False, method='min').astype(int)
-        runs.append(df)
-    allr = pd.concat(runs, ignore_index=True)
-    figs = [f for f in SEED_FIGURES if f in allr and allr[f].notna().any()]
-    g = allr.groupby('variant', sort=False)
-    agg = pd.DataFrame({'variant': list(g.groups)})
-    for f in figs:
-        for stat in ('mean', 'std', 'min', 'max'): agg[f'{f}_{stat}'] = g[f].agg(stat).values
-    agg['enl_ratio_ok_seeds'] = g.enl_ratio_ok.sum().astype(int).values
-    agg['psnr_ranks'] = g.psnr_rank.apply(lambda r: '/'.join(map(str, r))).values
-    agg['seeds'] = len(seeds)
-    minutes = (time.time() - t0) / 60
-    ranking_stable = allr.pivot(index='seed', columns='variant', values='psnr_rank').nunique().eq(1).all()
-    mean = pd.DataFrame({'variant': agg.variant, 'psnr': agg.psnr_mean, 'enl_ratio': agg.enl_ratio_mean})
-    targets = [f"mean over seeds {seeds}: {l}" for l in sar_targets(mean)]
-    if 'gain_over_residual_db' in figs:
-        per = allr[allr.variant == 'attention'].gain_over_residual_db
-        targets.append(f"attention - residual per seed: {', '.join(f'{v:+.3f}' for v in per)} dB "
-                       f"(met in {int((per >= ATTENTION_GAIN_TARGET_DB).sum())} of {len(per)})")
-    targets += [f"PSNR ranking {'the same' if ranking_stable else 'NOT the same'} in every seed (ranks per seed: "
-                + '; '.join(f'{r.variant} {r.psnr_ranks}' for r in agg.itertuples()) + ')',
-                f"{len(seeds)} seeds x {len(variants)} variants took {minutes:.1f} min wall time"]
-    agg.attrs.update(targets=targets, runs=allr, minutes=minutes, ranking_stable=bool(ranking_stable))
-    if is_rank0():
-        atomic_write(out/'comparison_seeds.csv', lambda t: allr.to_csv(t, index=False))
-        atomic_write(out/'comparison.csv', lambda t: agg.to_csv(t, index=False))
-        pm = lambda f: [f"{m:.4g} ± {s:.2g}" for m, s in zip(agg[f'{f}_mean'], agg[f'{f}_std'])]
-        show = pd.DataFrame({'variant': agg.variant, **{f: pm(f) for f in figs}, 'enl_ratio_ok (seeds)': agg.enl_ratio_ok_seeds,
-                             'psnr rank per seed': agg.psnr_ranks})
-        atomic_write_text(out/'comparison.md', _md_table(show) + f'\nMean ± standard deviation over seeds {seeds}.\n\nTargets:\n'
-                          + ''.join(f'- {l}\n' for l in targets))
-    return agg
-
-def rd_sweep(config=None, overrides=(), variants=('residual', 'attention'),
-             latent_channels=(4, 8, 16), # latent channels to train
-             quant_bits=(4, 8), # quantisation bits to train
-             **kwargs) -> pd.DataFrame:
-    "Train every variant x latent channels x bits; PSNR against real-file bpp with JPEG2000 at the same rates: rd.csv, rd.png in out_dir/rd"
-    base = sar_config(config, overrides, **kwargs)
-    out = Path(base['out_dir'])/'rd'; rows = []
-    for v in variants:
-        for c in latent_channels:
-            for b in quant_bits:
-                o = [*overrides, f'variant={v}', f'latent_channels={int(c)}', f'quant_bits={int(b)}', f"out_dir={out/f'{v}_c{int(c)}_b{int(b)}'}",
-                     'sweep_latent_channels=null', 'sweep_quant_bits=null']
-                s = train_sar(config, o, **kwargs)
-                rows.append(dict(variant=v, latent_channels=int(c), quant_bits=int(b), bpp=s['learned_bpp'], psnr_db=s['learned_psnr_db'],
-                                 ssim_db=s['learned_ssim_db'], enl_ratio=s['learned_enl_ratio'], jpeg2000_bpp=s['jpeg2000_bpp'],
-                                 jpeg2000_psnr_db=s['jpeg2000_psnr_db'], jpeg2000_ssim_db=s['jpeg2000_ssim_db'], jpeg2000_enl_ratio=s['jpeg2000_enl_ratio']))
-    df = pd.DataFrame(rows)
-    if is_rank0():
-        atomic_write(out/'rd.csv', lambda t: df.to_csv(t, index=False))
-        plot_rd(df, out/'rd.png')
-    return df
-
-def plot_rd(df:pd.DataFrame, # `rd_sweep`'s table (or its rd.csv)
-            path:str|Path): # the PNG to write
-    "PSNR against the measured bits per pixel for every variant, and JPEG2000 at the same rates"
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for v, g in df.groupby('variant'):
-        g = g.sort_values('bpp'); ax.plot(g.bpp, g.psnr_db, 'o-', label=v)
-        for r in g.itertuples(): ax.annotate(f'{r.latent_channels}x{r.quant_bits}b', (r.bpp, r.psnr_db), fontsize=7, xytext=(3, -9), textcoords='offset points')
-    j = df.sort_values('jpeg2000_bpp'); ax.plot(j.jpeg2000_bpp, j.jpeg2000_psnr_db, 's--k', label='JPEG2000')
-    ax.set_xlabel('bits per pixel (coded stream, measured)'); ax.set_ylabel('PSNR (dB scale, [0, 1])'); ax.set_xscale('log'); ax.grid(alpha=.3); ax.legend()
-    ax.set_title('rate-distortion: latent channels x quantisation bits')
-    fig.tight_layout(); atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)
-
-def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
-    "PSNR and SSIM ([0, 1] dB scale) against the speckled original and, when given, against the clean reflectivity; the ENL ratio"
-    from medrecipes.codec import codec_metrics
-    m = codec_metrics(x01, rec01, pre)
-    r = dict(psnr_db=m['psnr_db'], ssim_db=m['ssim_db'], psnr_linear=m['psnr_linear'], enl_ratio=m['enl_ratio'])
-    if clean01 is not None:
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-        r.update(psnr_clean_db=float(psnr(t(np.clip(rec01, 0, 1)), t(clean01))), ssim_clean_db=float(ssim(t(np.clip(rec01, 0, 1)), t(clean01), 1.0, reduction='none')))
-    return r
-
-def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
-              rd_lambdas=(16, 64, 256, 1024), # the rate-distortion weights to train, one model each
-              jpeg2000_points:int=8, # JPEG2000 rates, spread geometrically over the learned files' range (and a little beyond)
-              targets=('input',), # also 'clean': variants trained against the clean reflectivity (`data.target=clean`), named '<variant>+clean'
-              clean_variants=None, # the variants trained with the 'clean' target (default: all of `variants`)
-              **kwargs) -> pd.DataFrame:
-    """Train every variant with the factorized entropy model at each λ; code the first `codec_images` test (else valid) images
-    into real files; score PSNR and SSIM against the speckled original and, where the data holds `clean/<split>/` (`make_sar(...,
-    save_clean=True)`), against the clean reflectivity; JPEG2000 over the same range of file sizes; the Bjøntegaard deltas of
-    each variant against JPEG2000 (and attention against residual). Writes rd.csv (every image and point), rd_curves.csv (the
-    means per point), rd_bd.csv, rd.md and rd.png in `out_dir/rd_curves`; returns the curves, the deltas in `.attrs['bd']`."""
-    from medrecipes.codec import compress, decompress, jpeg2000_roundtrip, bd_rate, bd_psnr, CODEC_EXT
-    from medrecipes.data.sar import sar_files, read_sar_image
-    base = sar_config(config, overrides, **kwargs)
-    out, data = Path(base['out_dir'])/'rd_curves', Path(base['data_path'])
-    split = 'test' if (data/'test').is_dir() else 'valid'
-    files = sar_files(data/split)[:base['codec_images'] or None]
-    clean_dir = data/'clean'/split
-    scenes = [(f, read_sar_image(f), np.load(clean_dir/f.name) if (clean_dir/f.name).is_file() else None) for f in files]   # read once
-    rows = []
-    names = []
-    for tgt in targets:
-      for v in (variants if tgt == 'input' or clean_variants is None else clean_variants):
-        name = v if tgt == 'input' else f'{v}+{tgt}'; names.append(name)
-        for lam in rd_lambdas:
-            run = out/f"{name.replace('+', '_')}_lambda{float(lam):g}"
-            train_sar(config, [*overrides, f'variant={v}', 'entropy=factorized', f'rd_lambda={float(lam)}', f'out_dir={run}', f'target={tgt}',
-                               'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null'], **kwargs)
-            model, pre, _ = load_sar_model(run/'checkpoints'/'best.pt')
-            for f, a, c in scenes:
-                x01, clean = np.asarray(pre.encode(a), np.float32), None if c is None else np.asarray(pre.encode(c), np.float32)
-                info = compress((model, pre), a, run/'codec'/f'{f.stem}{CODEC_EXT}')
-                rec = decompress(info['path'], (model, pre), out='scaled')
-                rows.append(dict(codec=name, point=f'lambda={float(lam):g}', rd_lambda=float(lam), image=f.name, bpp=info['bpp'],
-                                 estimate_bpp=info['estimate_bpp'], **_rd_scores(x01, rec, pre, clean)))
-    learned = pd.DataFrame(rows)
-    lo, hi = learned.bpp.min() * 0.7, learned.bpp.max() * 1.3
-    for f, a, c in scenes:
-        x01, clean = np.asarray(pre.encode(a), np.float32), None if c is None else np.asarray(pre.encode(c), np.float32)
-        for i, b in enumerate(np.geomspace(lo, hi, jpeg2000_points)):
-            jr, jb = jpeg2000_roundtrip(x01, float(b))
-            rows.append(dict(codec='jpeg2000', point=f'rate {i}', rd_lambda=np.nan, image=f.name, bpp=jb, estimate_bpp=np.nan, **_rd_scores(x01, jr, pre, clean)))
-    df = pd.DataFrame(rows)
-    curves = df.groupby(['codec', 'point'], sort=False).mean(numeric_only=True).reset_index().sort_values(['codec', 'bpp'])
-    qual = [q for q in ('psnr_db', 'ssim_db', 'psnr_clean_db') if q in curves and curves[q].notna().all()]
-    j, bd = curves[curves.codec == 'jpeg2000'], []
-    def delta(anchor, test, name_a, name_t):
-        for q in qual:
-            r = dict(test=name_t, anchor=name_a, quality=q)
-            for k, fn in (('bd_rate_pct', bd_rate), ('bd_quality', bd_psnr)):
-                try: r[k] = fn(anchor.bpp, anchor[q], test.bpp, test[q])
-                except ValueError as e: r[k], r['note'] = np.nan, str(e)
-            bd.append(r)
-    for v in names: delta(j, curves[curves.codec == v], 'jpeg2000', v)
-    if {'residual', 'attention'} <= set(variants):
-        delta(curves[curves.codec == 'residual'], curves[curves.codec == 'attention'], 'residual', 'attention')
-    bd = pd.DataFrame(bd)
-    curves.attrs['bd'] = bd
-    if is_rank0():
-        atomic_write(out/'rd.csv', lambda t: df.to_csv(t, index=False))
-        atomic_write(out/'rd_curves.csv', lambda t: curves.to_csv(t, index=False))
-        atomic_write(out/'rd_bd.csv', lambda t: bd.to_csv(t, index=False))
-        atomic_write_text(out/'rd.md', _md_table(curves.round(4)) + '\nBjøntegaard deltas (negative BD-rate, positive BD-quality: the test codec is better):\n\n'
-                          + _md_table(bd.round(3)))
-        plot_rd_curves(curves, out/'rd.png')
-    return curves
-
-def plot_rd_curves(curves:pd.DataFrame, # `rd_curves`'s table (or its rd_curves.csv)
-                   path:str|Path): # the PNG to write
-    "PSNR and SSIM against the files' bits per pixel, each variant and JPEG2000; against the clean reflectivity too when scored"
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    panels = [(q, l) for q, l in (('psnr_db', 'PSNR vs speckled original (dB)'), ('ssim_db', 'SSIM vs speckled original'),
-                                  ('psnr_clean_db', 'PSNR vs clean reflectivity (dB)')) if q in curves and curves[q].notna().all()]
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, (q, label) in zip(axs[0], panels):
-        for c, g in curves.groupby('codec', sort=False):
-            g = g.sort_values('bpp'); ax.plot(g.bpp, g[q], 's--k' if c == 'jpeg2000' else 'o-', label='JPEG2000' if c == 'jpeg2000' else c)
-        ax.set_xlabel('bits per pixel (whole file)'); ax.set_ylabel(label); ax.set_xscale('log'); ax.grid(alpha=.3)
-    axs[0][0].legend(); fig.tight_layout()
-    atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)
+# %% ../nbs/20_sar.ipynb #moved
+__getattr__ = moved_names(__name__, {n: 'medrecipes.sar_experiments' for n in [   # the experiments, moved
+    'compare_sar', 'compare_seeds', 'rd_sweep', 'plot_rd', 'rd_curves', 'plot_rd_curves', 'sar_targets', 'ENL_RATIO_TARGET',
+    'ATTENTION_GAIN_TARGET_DB', 'SEED_FIGURES', '_md_table', '_rd_scores']})

@@ -16,7 +16,8 @@ from .core import (set_seed, default_device, load_config, save_config, load_chec
                              atomic_write_text, to_plain, to_json)
 from .data.xray import *
 from .callbacks import *
-from .classify import (create_classifier, classification_metrics, ClassifierLearner, classifier_learner,
+from .classification_metrics import classification_metrics
+from .classify import (create_classifier, ClassifierLearner, classifier_learner,
                                  data_fingerprint, load_classifier, predict)
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .distributed import init_distributed, distributed, is_rank0, load_checkpoint_dist

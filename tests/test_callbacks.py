@@ -139,3 +139,36 @@ def test_fresh_start_after_a_kill_in_the_first_epoch_purges_the_old_events(digit
     ea = EventAccumulator(str(tmp_path/'tensorboard')).Reload()
     for tag in ('loss/train', 'loss/valid', 'lr'): assert [e.step for e in ea.Scalars(tag)] == [0, 1], tag
     np.testing.assert_allclose([e.value for e in ea.Scalars('loss/valid')], pd.read_csv(tmp_path/'training_log.csv').val_loss, rtol=1e-6)
+
+
+@pytest.mark.parametrize('name,new', [('class_weights', 'medrecipes.losses'), ('TrainValCrossEntropy', 'medrecipes.losses'),
+                                      ('ClassRecall', 'medrecipes.classification_metrics'),
+                                      ('recall_metrics', 'medrecipes.classification_metrics')])
+def test_losses_and_metrics_that_moved_still_import_from_callbacks_with_a_warning(name, new):
+    "Losses and classification metrics have their own modules; medrecipes.callbacks keeps the callbacks, and the old paths warn for one release."
+    import importlib
+    import medrecipes.callbacks as C
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        assert getattr(C, name) is getattr(importlib.import_module(new), name)
+    assert [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)] == [f'medrecipes.callbacks.{name} is deprecated: it moved to {new}.{name}']
+    assert name not in C.__all__
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"): C.nothing_here
+
+
+def test_callbacks_module_holds_callbacks_and_no_losses_or_metrics():
+    "Every class medrecipes.callbacks defines is a fastai callback (or a warning / error it raises)."
+    import inspect
+    import medrecipes.callbacks as C
+    from fastai.callback.core import Callback
+    classes = [getattr(C, n) for n in C.__all__ if inspect.isclass(getattr(C, n))]
+    assert classes and all(issubclass(c, (Callback, Warning, Exception)) for c in classes), classes
+
+
+def test_losses_module():
+    from medrecipes.losses import class_weights, TrainValCrossEntropy
+    w = class_weights(['a'] * 6 + ['b'] * 3 + ['c'], ['a', 'b', 'c'])
+    assert torch.allclose(w, torch.tensor([10 / 18, 10 / 9, 10 / 3]))
+    with pytest.raises(ValueError, match=r"\['c'\]"): class_weights(['a', 'b'], ['a', 'b', 'c'])
+    lf, p, t = TrainValCrossEntropy(w), torch.randn(7, 3), torch.tensor([0, 1, 2, 2, 1, 0, 0])
+    assert torch.allclose(lf.train()(p, t), F.cross_entropy(p, t, weight=w)) and torch.allclose(lf.eval()(p, t), F.cross_entropy(p, t))

@@ -8,8 +8,8 @@ from PIL import Image
 from medrecipes.synth import make_digits
 from medrecipes.data.folder import FolderDataLoaders
 from medrecipes import classify
-from medrecipes.classify import (create_classifier, classification_metrics, classifier_learner, load_classifier, predict,
-                                 data_fingerprint)
+from medrecipes.classify import create_classifier, classifier_learner, load_classifier, predict, data_fingerprint
+from medrecipes.classification_metrics import classification_metrics
 
 CONTRACT = {'model_state_dict', 'optimizer_state_dict', 'config', 'arch', 'class_names', 'normalization', 'model_kwargs',
             'data_fingerprint', 'loop', 'recorder', 'callbacks', 'rng', 'history', 'epoch'}
@@ -187,3 +187,26 @@ def test_precision_accumulation_and_clipping_for_both_classifiers(dls, btxrd, tm
     xdls = XrayDataLoaders.from_btxrd(btxrd, split='center', size=32, bs=16, num_workers=0, seed=0)
     x = xray_learner(xdls, arch='resnet10t', pretrained=False, out_dir=tmp_path/'x', precision='bf16', accumulate=3, clip_grad=1.)
     assert {'AutocastMixedPrecision', 'EpochGradientAccumulation', 'GradientClip'} <= kinds(x) and x.precision == 'bf16'
+
+
+MOVED_FROM_CLASSIFY = ['classification_metrics', 'negative_log_likelihood', 'brier_score', 'reliability_bins',
+                       'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report', 'plot_reliability']
+
+@pytest.mark.parametrize('name', MOVED_FROM_CLASSIFY)
+def test_metrics_that_moved_still_import_from_classify_with_a_warning(name):
+    "The classification and calibration metrics live in medrecipes.classification_metrics; the old path warns for one release."
+    import medrecipes.classification_metrics as M
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        assert getattr(classify, name) is getattr(M, name)
+    assert [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)] == \
+        [f'medrecipes.classify.{name} is deprecated: it moved to medrecipes.classification_metrics.{name}']
+    assert name not in classify.__all__ and name in M.__all__
+
+
+def test_from_import_of_a_moved_name_warns_and_unknown_names_still_fail():
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        from medrecipes.classify import scaled_probs
+    assert any('medrecipes.classification_metrics.scaled_probs' in str(x.message) for x in w)
+    with pytest.raises(ImportError): from medrecipes.classify import no_such_name   # noqa: F401

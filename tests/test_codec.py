@@ -52,11 +52,11 @@ def test_cli_refuses_damaged_files(ckpt, tmp_path, capsys):
     assert not (tmp_path / 'x.npy').exists()
 
 
-@pytest.fixture(scope='module')
-def rd_ckpt(tmp_path_factory):
-    "A checkpoint of a model with the factorized entropy model and its coding tables (encoder spread like a trained one's)"
+@pytest.fixture(scope='module', params=['factorized', 'hyperprior'])
+def rd_ckpt(tmp_path_factory, request):
+    "A checkpoint of a model with an entropy model (factorized prior, or scale hyperprior) and its coding tables (encoder spread like a trained one's)"
     torch.manual_seed(1)
-    m = sar_model('residual', latent_channels=8, base_channels=8, entropy='factorized').eval()
+    m = sar_model('residual', latent_channels=8, base_channels=8, entropy=request.param).eval()
     torch.nn.init.normal_(m.encoder.head.weight, std=3.)
     m.update()
     pre = SarPreprocess('linear', clip=(-25., 5.))
@@ -125,7 +125,7 @@ def test_entropy_coded_cli_reports_the_files_bits(rd_ckpt, tmp_path, capsys):
     size = (tmp_path / 'img.mrsar').stat().st_size
     assert f"{size} bytes, {8 * size / img.size:.4f} bits per pixel" in out and 'estimated' in out, out
     head, _ = read_codec_file(tmp_path / 'img.mrsar')
-    assert head['coding'] == 'factorized' and head['lmbda'] == 64.
+    assert head['coding'] == torch.load(rd_ckpt, weights_only=True)['model_config']['entropy'] and head['lmbda'] == 64.
 
 
 def test_strips_code_as_the_whole_image_does(rd_ckpt, tmp_path):
@@ -138,8 +138,15 @@ def test_strips_code_as_the_whole_image_does(rd_ckpt, tmp_path):
     whole = encode_strips(model, _Rows(img, pre), strip_rows=1024)
     strips = encode_strips(model, _Rows(img, pre), strip_rows=64)
     assert whole.shape == (8, 25, 6) and (strips == whole).mean() > 0.999, (strips != whole).sum()
+    wide = make_sar_scene((96, 400), rng=7, mode='realistic')                                 # tiles across the width as well
+    whole_w = encode_strips(model, _Rows(wide, pre), strip_rows=1024)
+    tiles = encode_strips(model, _Rows(wide, pre), strip_rows=32, tile_cols=64)               # 7 columns of tiles, each seeing 128 px around it
+    assert (tiles == whole_w).mean() > 0.999, (tiles != whole_w).sum()
+    np.testing.assert_allclose(decode_strips(model, whole_w, wide.shape, strip_rows=32, tile_cols=64),
+                               decode_strips(model, whole_w, wide.shape, strip_rows=1024), atol=1e-5)
     r_whole, r_strips = decode_strips(model, whole, img.shape, strip_rows=1024), decode_strips(model, whole, img.shape, strip_rows=48)
     np.testing.assert_allclose(r_strips, r_whole, atol=1e-5)
+    with pytest.raises(ValueError, match='multiples of 16'): encode_strips(model, _Rows(img, pre), strip_rows=64, tile_cols=40)
     # the file: the same whichever way it was made, and the strip decode written straight to .npy equals the array decode
     compress(rd_ckpt, img, tmp_path / 'a.mrsar'); compress(rd_ckpt, img, tmp_path / 'b.mrsar', strip_rows=64)
     ha, pa = read_codec_file(tmp_path / 'a.mrsar'); hb, pb = read_codec_file(tmp_path / 'b.mrsar')

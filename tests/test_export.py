@@ -196,7 +196,7 @@ def test_errors_name_the_file_and_what_was_expected(sar_ckpts, xray_ckpt, tmp_pa
     (tmp_path/'junk.pt').write_bytes(b'not a checkpoint')
     with pytest.raises(ValueError, match='cannot load checkpoint .*junk.pt'): export_onnx(tmp_path/'junk.pt')
     save_checkpoint(tmp_path/'other.pt', model_state_dict={}, epoch=1)
-    with pytest.raises(ValueError, match=r"other\.pt is neither a classifier checkpoint \(keys model_state_dict, arch, class_names\) "
+    with pytest.raises(ValueError, match=r"other\.pt is neither a classifier checkpoint \(keys model_state_dict, arch, class_names, normalization\) "
                                          r"nor a SAR checkpoint \(keys model_state_dict, model_config, preprocessing_params\)"):
         export_onnx(tmp_path/'other.pt')
     ck = load_checkpoint(xray_ckpt)

@@ -154,3 +154,18 @@ def test_enl_on_the_generators_homogeneous_regions():
     # the bias came from selecting on the estimation pixels, which a mask known in advance does not do
     b = _blocks(x, 16)
     assert abs(float((b.mean(-1) ** 2)[inside].sum() / b.var(-1, unbiased=False)[inside].sum()) / 4.4 - 1) < 0.05
+
+
+def test_classification_metrics_have_their_own_module():
+    "medrecipes.metrics holds the image metrics; the classifiers' recall, report and calibration are in medrecipes.classification_metrics."
+    import numpy as np
+    import medrecipes.metrics as IM, medrecipes.classification_metrics as CM
+    assert not set(IM.__all__) & set(CM.__all__)
+    r = CM.ClassRecall(2, 'recall_c'); r.reset()
+    class _L: pass
+    l = _L(); l.pred, l.y = torch.tensor([[0, 0, 1.], [1, 0, 0], [0, 0, 1]]), torch.tensor([2, 2, 2]); r.accumulate(l)
+    assert r.value == pytest.approx(2 / 3) and [m.name for m in CM.recall_metrics(['A', 'Bb'])] == ['recall_a', 'recall_bb']
+    x = torch.tensor([[3., 0, 0], [0, 3., 0], [0, 0, 3.], [3., 0, 0]]); y = np.array([0, 1, 2, 1])
+    assert CM.negative_log_likelihood(CM.scaled_probs(x), y) == pytest.approx(float(F.cross_entropy(x, torch.tensor(y))), rel=1e-5)
+    m = CM.classification_metrics(np.array([0, 0, 1]), np.eye(3)[[0, 0, 1]], ['A', 'B', 'C'])
+    assert m['macro_f1'] == 1. and m['absent_classes'] == ['C']

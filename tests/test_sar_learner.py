@@ -5,7 +5,8 @@ import numpy as np, pandas as pd, pytest, torch
 from medrecipes.core import load_checkpoint
 from medrecipes.synth import make_sar
 from medrecipes.data.sar import SarDataLoaders, SarPreprocess
-from medrecipes.sar import sar_learner, train_sar, compare_sar, reconstruct_sar, load_sar_model, SarTensorBoard
+from medrecipes.sar import sar_learner, train_sar, reconstruct_sar, load_sar_model, SarTensorBoard
+from medrecipes.sar_experiments import compare_sar
 import _procs as procs
 
 SMALL = dict(patch=32, bs=8, patches_per_image=3, base_channels=8, progress=False, device='cpu')

@@ -126,21 +126,27 @@ def test_errors():
         assert sum(isinstance(mod, KernelCBAM) for mod in sar_model('attention').modules()) == 8
 
 
-def test_entropy_model_option():
-    "entropy='factorized': an integer latent under a learned prior; eval forward = decompress(compress); config rebuilds it, tables included"
-    from medrecipes.models.entropy import EntropyBottleneck
+@pytest.mark.parametrize('entropy', ['factorized', 'hyperprior'])
+def test_entropy_model_option(entropy):
+    "entropy='factorized' or 'hyperprior': an integer latent under a learned prior; eval forward = decompress(compress); config rebuilds it, tables included"
+    from medrecipes.models.entropy import EntropyBottleneck, ScaleHyperprior
     torch.manual_seed(0)
-    m = sar_model('residual', latent_channels=4, base_channels=8, entropy='factorized').eval()
-    assert isinstance(m.entropy_bottleneck, EntropyBottleneck) and m.quant_bits is None and isinstance(m.quantizer, torch.nn.Identity)
-    assert m.config['entropy'] == 'factorized' and m.config['quant_bits'] is None and m.config['latent_scale'] == 16.
+    m = sar_model('residual', latent_channels=4, base_channels=8, entropy=entropy).eval()
+    kind = EntropyBottleneck if entropy == 'factorized' else ScaleHyperprior
+    assert isinstance(m.entropy_bottleneck, kind) and m.quant_bits is None and isinstance(m.quantizer, torch.nn.Identity)
+    assert m.config['entropy'] == entropy and m.config['quant_bits'] is None and m.config['latent_scale'] == 16.
     x = torch.rand(2, 1, 32, 48)
     q = m.compress(x)
     assert q.dtype == torch.int32 and q.shape == (2, 4, 2, 3)
     with torch.no_grad(): torch.testing.assert_close(m(x), m.decompress(q))          # eval: rounding, as the file holds
     n = x.shape[0] * x.shape[-2] * x.shape[-1]
-    assert m.likelihoods.shape == q.shape and m.rate_bpp(n) > 0
+    # the likelihoods: one per latent value (and, for the hyperprior, one per hyper-latent value after them)
+    n_hyper = 0 if entropy == 'factorized' else 2 * 4 * 1 * 1
+    assert m.likelihoods.numel() == q.numel() + n_hyper and m.rate_bpp(n) > 0
     m.train(); y = m(x); m.rate_bpp(n).backward()                                     # training: the rate has gradients
-    assert m.encoder.head.weight.grad is not None and m.entropy_bottleneck.matrices[0].grad is not None
+    prior = m.entropy_bottleneck if entropy == 'factorized' else m.entropy_bottleneck.z_bottleneck
+    assert m.encoder.head.weight.grad is not None and prior.matrices[0].grad is not None
+    if entropy == 'hyperprior': assert m.entropy_bottleneck.h_a[0].weight.grad is not None and m.entropy_bottleneck.h_s[-1].weight.grad is not None
     m.eval().update()
     m2 = sar_model(**m.config); m2.load_state_dict(m.state_dict())                    # the coding tables travel in the state dict
     assert torch.equal(m2.entropy_bottleneck.cdf_freqs, m.entropy_bottleneck.cdf_freqs) and m2.entropy_bottleneck.updated

@@ -9,7 +9,8 @@ from medrecipes.core import load_checkpoint, set_seed
 from medrecipes.synth import make_sar
 from medrecipes.data.sar import SarDataLoaders
 from medrecipes.kernels import ssim
-from medrecipes.sar import sar_learner, train_sar, rd_curves, SarRDLoss, load_sar_model
+from medrecipes.sar import sar_learner, train_sar, SarRDLoss, load_sar_model
+from medrecipes.sar_experiments import rd_curves
 import _procs as procs
 
 SMALL = dict(patch=32, bs=8, patches_per_image=3, base_channels=8, progress=False, device='cpu')
@@ -34,22 +35,24 @@ def test_rd_loss_is_lambda_distortion_plus_bits(sar_data):
     with pytest.raises(ValueError, match='rd_lambda must be > 0'): SarRDLoss(m, 0.)
 
 
-def test_rd_run_writes_tables_and_reports_the_files_bits(sar_data, tmp_path):
+@pytest.mark.parametrize('entropy', ['factorized', 'hyperprior'])
+def test_rd_run_writes_tables_and_reports_the_files_bits(sar_data, tmp_path, entropy):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=2, variant='residual', entropy='factorized', rd_lambda=32., lr=2e-3,
+        s = train_sar(data_path=sar_data, out_dir=tmp_path, epochs=2, variant='residual', entropy=entropy, rd_lambda=32., lr=2e-3,
                       codec_images=2, **SMALL)
     for name in ('best.pt', 'latest.pt'):
         ck = load_checkpoint(tmp_path/'checkpoints'/name)
-        assert ck['rd_lambda'] == 32. and ck['model_config']['entropy'] == 'factorized'
+        assert ck['rd_lambda'] == 32. and ck['model_config']['entropy'] == entropy
         model, pre, _ = load_sar_model(tmp_path/'checkpoints'/name)
         eb = model.entropy_bottleneck
         assert eb.updated
-        saved = eb.cdf_freqs.clone(); eb.update()
-        assert torch.equal(saved, eb.cdf_freqs)        # the stored tables are the trained density's own (rebuilt: the same integers)
+        prior = eb if entropy == 'factorized' else eb.z_bottleneck   # the learned density's tables (the hyperprior's Gaussian tables are fixed)
+        saved = prior.cdf_freqs.clone(); eb.update()
+        assert torch.equal(saved, prior.cdf_freqs)     # the stored tables are the trained density's own (rebuilt: the same integers)
     codec = pd.read_csv(tmp_path/'codec.csv')
     learned = codec[codec.codec.str.startswith('learned')]
-    assert learned.codec.str.contains('factorized').all() and len(learned) == 2
+    assert learned.codec.str.contains(entropy).all() and len(learned) == 2
     assert (learned.bpp > learned.stream_bpp).all() and learned.estimate_bpp.notna().all()
     np.testing.assert_allclose(s['learned_bpp'], learned.bpp.mean())
     assert 'bpp' in pd.read_csv(tmp_path/'training_log.csv').columns if (tmp_path/'training_log.csv').exists() else True
@@ -103,18 +106,28 @@ def test_clean_target_run_scores_against_the_reflectivity(sar_data, tmp_path):
 
 
 def test_rd_curves_and_bd_rates(sar_data, tmp_path):
-    "Two lambdas per variant, JPEG2000 over the same file sizes, PSNR against the original and the clean reflectivity, the deltas"
+    """Two lambdas per variant and entropy model, JPEG2000 and JPEG-XL over the same file sizes, PSNR against the original and
+    the clean reflectivity, the deltas (against both references, and the hyperprior against the factorized prior)"""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         c = rd_curves(data_path=sar_data, out_dir=tmp_path, variants=('baseline',), rd_lambdas=(4., 256.), jpeg2000_points=4, epochs=1,
-                      lr=3e-3, **SMALL)
+                      lr=3e-3, entropies=('factorized', 'hyperprior'), **SMALL)
     out = tmp_path/'rd_curves'
     rows = pd.read_csv(out/'rd.csv')
-    assert set(rows.codec) == {'baseline', 'jpeg2000'} and len(rows) == 2 * 2 + 4 * 2           # 2 test images
-    for f in (out/'baseline_lambda4'/'codec').glob('*.mrsar'):                               # every bpp is a file's size
-        r = rows[(rows.codec == 'baseline') & (rows.rd_lambda == 4.) & (rows.image == f.stem + '.npy')]
-        assert r.bpp.iloc[0] == 8 * f.stat().st_size / 64 ** 2
+    assert set(rows.codec) == {'baseline', 'baseline+hyperprior', 'jpeg2000', 'jpegxl'} and len(rows) == 2 * 2 * 2 + 2 * 4 * 2   # 2 test images
+    for name in ('baseline_lambda4', 'baseline_hyperprior_lambda4'):                         # every bpp is a file's size
+        files = list((out/name/'codec').glob('*.mrsar')); assert len(files) == 2
+        for f in files:
+            r = rows[(rows.codec == name.replace('_lambda4', '').replace('_', '+')) & (rows.rd_lambda == 4.) & (rows.image == f.stem + '.npy')]
+            assert r.bpp.iloc[0] == 8 * f.stat().st_size / 64 ** 2
+    j2, jx = (rows[rows.codec == k].sort_values(['image', 'point']) for k in ('jpeg2000', 'jpegxl'))   # the two references at the same rates
+    # at the top rate both hit the asked size; below, JPEG2000's header (~180 bytes: 0.35 bpp of a 64x64 image) is its floor, JPEG-XL's is lower
+    top = j2.point == j2.point.max()
+    np.testing.assert_allclose(jx.bpp.values[top.values], j2.bpp.values[top.values], rtol=0.1)
+    assert (jx.bpp.values <= j2.bpp.values * 1.1).all()
     assert {'psnr_db', 'ssim_db', 'psnr_clean_db', 'ssim_clean_db'} <= set(c.columns) and c.psnr_clean_db.notna().all()
     bd = pd.read_csv(out/'rd_bd.csv')
-    assert set(bd.quality) == {'psnr_db', 'ssim_db', 'psnr_clean_db'} and (bd.anchor == 'jpeg2000').all()
+    assert set(bd.quality) == {'psnr_db', 'ssim_db', 'psnr_clean_db'} and set(bd.anchor) == {'jpeg2000', 'jpegxl', 'baseline'}
+    assert set(bd[bd.anchor == 'baseline'].test) == {'baseline+hyperprior'}
     assert (out/'rd.png').read_bytes()[:4] == b'\x89PNG' and 'Bjøntegaard' in (out/'rd.md').read_text()
+    with pytest.raises(ValueError, match="unknown entropy model 'gaussian'"): rd_curves(data_path=sar_data, out_dir=tmp_path, entropies=('gaussian',), **SMALL)

@@ -8,13 +8,14 @@ Docs: `_docs/models.entropy.html` in this repository, built by `make docs` (API 
 
 # %% ../../nbs/05a_models.entropy.ipynb #c002
 from __future__ import annotations
-import copy, math
+import copy, math, struct
 import numpy as np, torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CDF_PRECISION', 'quantize_pmf', 'EntropyBottleneck']
+__all__ = ['CDF_PRECISION', 'SCALE_LEVELS', 'FRAC_BITS', 'ESCAPE_BITS', 'quantize_pmf', 'EntropyBottleneck', 'scale_table',
+           'gaussian_mass', 'ScaleHyperprior']
 
 # %% ../../nbs/05a_models.entropy.ipynb #c005
 CDF_PRECISION = 16     # the integer frequencies of every coding table sum to 2**16
@@ -155,4 +156,174 @@ class EntropyBottleneck(nn.Module):
         for c in range(self.channels):
             s = dec.decode(constriction.stream.model.Categorical(freqs[c, :lens[c]].astype(np.float64), perfect=False), n)
             out[c] = (s.astype(np.int64) + offs[c]).reshape(shape)
+        return out
+
+# %% ../../nbs/05a_models.entropy.ipynb #c014
+SCALE_LEVELS = 48       # the coding scales 2**(i/4 - 3), i = 0 .. 47: 0.125 to 430 quantisation steps
+FRAC_BITS = 12          # the integer hyper-decoder's fixed point: activations and weights in units of 2**-12
+
+ESCAPE_BITS = 24        # a value may lie up to 2**24 beyond its coding table (escape-coded: rare by construction)
+
+def _encode_escapes(enc, e:np.ndarray):
+    "Code the non-negative overflows `e` of escaped values: each one's bit length, then its bits below the leading one (uniform models)"
+    import constriction
+    if not e.size: return
+    nb = np.array([int(x).bit_length() for x in e], np.int32)
+    if nb.max() > ESCAPE_BITS: raise ValueError(f"a latent value lies {int(e.max())} beyond its coding table; at most 2**{ESCAPE_BITS} can be coded")
+    enc.encode(nb, constriction.stream.model.Uniform(ESCAPE_BITS + 1))
+    for x, b in zip(e.tolist(), nb.tolist()):
+        if b >= 2: enc.encode(np.array([x - (1 << (b - 1))], np.int32), constriction.stream.model.Uniform(1 << (b - 1)))
+
+def _decode_escapes(dec, n:int) -> np.ndarray:
+    "The `n` overflows `_encode_escapes` wrote"
+    import constriction
+    nb = dec.decode(constriction.stream.model.Uniform(ESCAPE_BITS + 1), n)
+    return np.array([b if b < 2 else (1 << (b - 1)) + int(dec.decode(constriction.stream.model.Uniform(1 << (b - 1)), 1)[0]) for b in nb.tolist()], np.int64)
+
+def scale_table(levels:int=SCALE_LEVELS) -> np.ndarray:
+    "The Gaussian scales (in quantisation steps) of the hyperprior's coding tables: `2**(i/4 - 3)` (float64)"
+    return 2. ** (np.arange(levels) / 4 - 3)
+
+def _normal_cdf(x:torch.Tensor) -> torch.Tensor: return 0.5 * torch.erfc(-x * (2 ** -0.5))
+
+def gaussian_mass(y:torch.Tensor, sigma:torch.Tensor) -> torch.Tensor:
+    "The probability of the unit interval around `y` under a zero-mean Gaussian of scale `sigma` (computed in the lower tail: no 1 - 1 cancellation)"
+    v = y.abs()
+    return _normal_cdf((0.5 - v) / sigma) - _normal_cdf((-0.5 - v) / sigma)
+
+def _pad4(x:torch.Tensor) -> torch.Tensor:
+    "Zero-pad the last two dimensions to multiples of 4 (the hyper-latent is 4 times smaller)"
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % 4, 0, -h % 4))
+
+class ScaleHyperprior(nn.Module):
+    "The scale hyperprior of Ballé et al. (2018), as CompressAI's `ScaleHyperprior`: a Gaussian conditional on a hyper-latent `z`, whose scales an integer hyper-decoder computes bitwise identically everywhere"
+    def __init__(self, channels:int, # latent channels
+                 hyper_channels:int|None=None, # channels of the hyper-latent and of the hyper-networks (default: `channels`)
+                 init_log2_scale:float=4., # the hyper-decoder's initial output: log2 of the latent's scale in quantisation steps
+                 tail_mass:float=1e-9, # probability mass left outside each coding table
+                ):
+        super().__init__()
+        n = hyper_channels or channels
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"`hyper_channels` must be a positive int, got {hyper_channels!r}")
+        self.channels, self.hyper_channels, self.tail_mass = channels, n, float(tail_mass)
+        self.h_a = nn.Sequential(nn.Conv2d(channels, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, n, 3, 2, 1), nn.ReLU(), nn.Conv2d(n, n, 3, 2, 1))
+        self.h_s = nn.Sequential(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(n, n, 3, 1, 1), nn.ReLU(),
+                                 nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(n, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, channels, 3, 1, 1))
+        with torch.no_grad(): self.h_s[-1].bias.fill_(float(init_log2_scale))
+        self.z_bottleneck = EntropyBottleneck(n)
+        self.log2_min, self.log2_max = -3., (SCALE_LEVELS - 1) / 4 - 3
+        # the coding tables of the SCALE_LEVELS Gaussians, packed: table i holds the symbols -half[i] .. half[i] at freqs[start[i]:]
+        self.register_buffer('cdf_freqs', torch.zeros(0, dtype=torch.int32))
+        self.register_buffer('cdf_start', torch.zeros(SCALE_LEVELS, dtype=torch.int32))
+        self.register_buffer('cdf_half', torch.zeros(SCALE_LEVELS, dtype=torch.int32))
+
+    def _log2_scales(self, z_hat:torch.Tensor, shape) -> torch.Tensor:
+        "The hyper-decoder's log2 scales (floating point, as in training), cropped to the latent's spatial `shape`"
+        return self.h_s(z_hat)[..., :shape[0], :shape[1]].clamp(self.log2_min, self.log2_max)
+
+    def forward(self, y:torch.Tensor) -> tuple:
+        "`(y_hat, likelihoods)`: additive uniform noise in training, rounding in eval; the likelihoods of the latent and of the hyper-latent, flattened into one vector"
+        if y.shape[1] != self.channels: raise ValueError(f"the hyperprior models {self.channels} channels, got a latent of shape {tuple(y.shape)}")
+        z = self.h_a(_pad4(y.abs()))
+        z_hat, lik_z = self.z_bottleneck(z)
+        sigma = 2. ** self._log2_scales(z_hat, y.shape[-2:])
+        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
+        lik_y = gaussian_mass(y_hat.float(), sigma.float()).clamp_min(1e-9)
+        return y_hat, torch.cat([lik_y.reshape(-1), lik_z.reshape(-1)])
+
+    def likelihood(self, y:torch.Tensor) -> torch.Tensor:
+        "The likelihoods (latent and hyper-latent, flattened) of a rounded latent, as in eval"
+        was = self.training; self.eval()
+        try:
+            with torch.no_grad(): return self.forward(y.float())[1]
+        finally: self.train(was)
+
+    @torch.no_grad()
+    def update(self, max_symbols:int=1 << 14) -> 'ScaleHyperprior':
+        "Build the integer coding tables of the hyper-latent's prior and of the `SCALE_LEVELS` Gaussians (float64, on the CPU)"
+        self.z_bottleneck.update()
+        sig = torch.from_numpy(scale_table())
+        mult = -float(torch.special.ndtri(torch.tensor(self.tail_mass / 2, dtype=torch.float64)))   # the tails left out, in scales
+        half = torch.ceil(sig * mult).to(torch.int64).clamp(1, max_symbols // 2)
+        freqs, start = [], []
+        for s, L in zip(sig.tolist(), half.tolist()):
+            k = torch.arange(-L, L + 1, dtype=torch.float64)
+            start.append(sum(len(f) for f in freqs)); freqs.append(quantize_pmf(gaussian_mass(k, torch.tensor(s, dtype=torch.float64)).numpy()))
+        dev = self.cdf_freqs.device
+        self.cdf_freqs = torch.from_numpy(np.concatenate(freqs)).to(dev)
+        self.cdf_start = torch.tensor(start, dtype=torch.int32, device=dev); self.cdf_half = half.to(torch.int32).to(dev)
+        return self
+
+    @property
+    def updated(self) -> bool: return self.cdf_freqs.numel() > 0 and self.z_bottleneck.updated
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + 'cdf_freqs' in state_dict: self.cdf_freqs = torch.empty_like(state_dict[prefix + 'cdf_freqs'], device=self.cdf_freqs.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def scale_indices(self, z_sym:np.ndarray, shape) -> np.ndarray:
+        "The coding table of every latent value (int64, C x h x w) from the hyper-latent's symbols (Cz x h/4 x w/4), in exact integer arithmetic"
+        one = float(1 << FRAC_BITS)
+        a = torch.from_numpy(np.asarray(z_sym, np.int64)).to(torch.float64)[None] * one
+        for m in self.h_s:
+            if isinstance(m, nn.Upsample): a = a.repeat_interleave(2, -2).repeat_interleave(2, -1)
+            elif isinstance(m, nn.ReLU): a = a.clamp_min(0)
+            else:
+                w = torch.round(m.weight.detach().cpu().double() * one); b = torch.round(m.bias.detach().cpu().double() * one * one)
+                a = F.conv2d(a, w, b, m.stride, m.padding)
+                if a.numel() and not bool(a.abs().max() < 2. ** 52):
+                    raise OverflowError("the integer hyper-decoder left the range of exact float64 integers: the hyper-latent is out of range")
+                a = torch.floor(a / one)
+        a = a[0, :, :shape[0], :shape[1]]
+        i = torch.floor((4 * a + 12 * one + one / 2) / one)     # round(4 * (log2 scale + 3)): the nearest scale on the grid
+        return i.clamp(0, SCALE_LEVELS - 1).to(torch.int64).numpy()
+
+    def symbols(self, y:torch.Tensor) -> np.ndarray:
+        "The integer symbols of a latent (int32, B x C x h x w): rounded (`encode` codes values beyond a table with escapes)"
+        if not self.updated: raise RuntimeError("the hyperprior has no coding tables: call `update()` after training")
+        return torch.round(y.detach().float()).to(torch.int32).cpu().numpy()
+
+    def _hyper(self, q:np.ndarray) -> np.ndarray:
+        "The hyper-latent's symbols of a latent's symbols (C x h x w)"
+        p = next(self.h_a.parameters())
+        z = self.h_a(_pad4(torch.from_numpy(np.abs(q.astype(np.float32)))[None].to(p.device, p.dtype)))
+        return self.z_bottleneck.symbols(z)[0]
+
+    def _tables(self, i:int) -> tuple:
+        L, s = int(self.cdf_half[i]), int(self.cdf_start[i])
+        return L, self.cdf_freqs[s:s + 2 * L + 1].cpu().numpy().astype(np.float64)
+
+    def encode(self, q:np.ndarray) -> bytes:
+        "Range-code one latent's symbols (C x h x w): the hyper-latent under its factorized prior, then every value under its Gaussian, the values of each table together"
+        import constriction
+        if not self.updated: raise RuntimeError("the hyperprior has no coding tables: call `update()` after training")
+        with torch.no_grad(): zq = self._hyper(q)
+        zdata = self.z_bottleneck.encode(zq)
+        idx = self.scale_indices(zq, q.shape[1:])
+        enc = constriction.stream.queue.RangeEncoder()
+        for i in np.unique(idx):
+            L, f = self._tables(int(i)); v = q[idx == i].astype(np.int64)
+            enc.encode((np.clip(v, -L, L) + L).astype(np.int32), constriction.stream.model.Categorical(f, perfect=False))
+            _encode_escapes(enc, np.abs(v[np.abs(v) >= L]) - L)     # a table's edge symbol is an escape: how far beyond it the value lies
+        return struct.pack('<I', len(zdata)) + zdata + enc.get_compressed().astype('<u4').tobytes()
+
+    def decode(self, data:bytes, shape:tuple) -> np.ndarray:
+        "The symbols (C x h x w, int32) `encode` wrote for a latent of spatial `shape` (h, w)"
+        import constriction
+        if len(data) < 4: raise ValueError(f"a hyperprior stream starts with its hyper-latent's length (4 bytes), got {len(data)} bytes")
+        n = struct.unpack_from('<I', data)[0]
+        if 4 + n > len(data) or n % 4 or (len(data) - 4 - n) % 4: raise ValueError(f"the hyper-latent's length ({n} bytes) does not fit the {len(data)}-byte stream")
+        h, w = shape
+        zq = self.z_bottleneck.decode(data[4:4 + n], (-(-h // 4), -(-w // 4)))
+        idx = self.scale_indices(zq, shape)
+        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data[4 + n:], '<u4').astype(np.uint32))
+        out = np.empty(idx.shape, np.int32)
+        for i in np.unique(idx):
+            L, f = self._tables(int(i)); m = idx == i
+            v = dec.decode(constriction.stream.model.Categorical(f, perfect=False), int(m.sum())).astype(np.int64) - L
+            edge = np.abs(v) == L
+            if edge.any(): v[edge] = np.sign(v[edge]) * (L + _decode_escapes(dec, int(edge.sum())))
+            out[m] = v
         return out

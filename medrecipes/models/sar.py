@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .entropy import EntropyBottleneck
+from .entropy import EntropyBottleneck, ScaleHyperprior
 
 # %% auto #0
 __all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'ENTROPY_MODELS', 'ConvBnRelu', 'LiteBlock', 'PreActBlock', 'default_cbam',
@@ -116,7 +116,7 @@ class LatentQuantizer(nn.Module):
         if self.proxy == 'noise': return u + (torch.rand_like(u) - 0.5) / self.levels
         return u + (torch.round(u * self.levels) / self.levels - u).detach()   # forward: rounded; backward: identity
 
-ENTROPY_MODELS = ('factorized',)
+ENTROPY_MODELS = ('factorized', 'hyperprior')   # a learned prior per channel; a Gaussian per value, its scale sent as side information
 
 class SarAutoencoder(nn.Module):
     "An autoencoder for 1 x H x W SAR images in [0, 1]: `encoder` (16x fewer values) then `decoder`"
@@ -127,7 +127,7 @@ class SarAutoencoder(nn.Module):
                  cbam=None, # for 'attention': a callable channels -> module; default `medrecipes.kernels.CBAM`
                  quant_bits:int|None|str='auto', # bits per latent value (uniform quantisation); 0 or None: a float latent; 'auto': 8, or None with `entropy`
                  quant_proxy:str='ste', # the quantiser in training: 'ste' (straight-through rounding) or 'noise' (additive uniform)
-                 entropy:str|None=None, # 'factorized': integer latent with a learned prior (`EntropyBottleneck`), range-coded; replaces `quant_bits`
+                 entropy:str|None=None, # 'factorized' (`EntropyBottleneck`) or 'hyperprior' (`ScaleHyperprior`): an integer latent under a learned prior, range-coded; replaces `quant_bits`
                  latent_scale:float=16., # with `entropy`: the encoder's output times this is rounded to integers (the decoder gets them divided back): a fine initial step
                 ):
         super().__init__()
@@ -150,7 +150,8 @@ class SarAutoencoder(nn.Module):
         if entropy and not latent_scale > 0: raise ValueError(f"`latent_scale` must be > 0, got {latent_scale!r}")
         self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam)
         self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
-        self.entropy_bottleneck = EntropyBottleneck(latent_channels) if entropy == 'factorized' else None
+        # the entropy model (either kind keeps this attribute name): likelihoods in training, integer tables and the range coder after `update()`
+        self.entropy_bottleneck = {'factorized': EntropyBottleneck, 'hyperprior': ScaleHyperprior}[entropy](latent_channels) if entropy else None
         self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam)
         self.quant_bits, self.entropy, self.likelihoods, self.latent_scale = quant_bits, entropy, None, float(latent_scale)
     def forward(self, x):
@@ -201,14 +202,14 @@ def compression_ratio(model:nn.Module, # a model with an `encoder`
     return (shape[1] * shape[2] * shape[3]) / (z.shape[1] * z.shape[2] * z.shape[3])
 
 # %% ../../nbs/06_models.sar.ipynb #c0load
-def load_sar_model(ckpt, # a SAR checkpoint (best.pt or latest.pt) of `medrecipes.sar`, or its loaded dict
-                   device='cpu'):
-    "The autoencoder, the fitted `SarPreprocess` and the patch size stored in a SAR checkpoint (loaded with `weights_only=True`)."
-    from medrecipes.core import load_checkpoint
+def load_sar_model(ckpt, # a SAR checkpoint (best.pt or latest.pt) of `medrecipes.sar`: its path, or the checkpoint loaded
+                   device='cpu',
+                   name=None, # how error messages call the checkpoint (default: its path, or 'checkpoint')
+                  ):
+    "The autoencoder, the fitted `SarPreprocess` and the patch size stored in a SAR checkpoint, read and checked by `medrecipes.checkpoint` (`weights_only=True`)."
+    from medrecipes.checkpoint import checkpoint_name, read_checkpoint, sar_model_config, sar_patch, load_weights
     from medrecipes.data.sar import SarPreprocess
-    ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)   # a path, or a checkpoint already loaded
-    for k in ('model_state_dict', 'model_config', 'preprocessing_params'):
-        if k not in ck or ck[k] is None: raise ValueError(f"{'the checkpoint' if isinstance(ckpt, dict) else ckpt} is not a SAR checkpoint: it has no {k!r}")
-    model = sar_model(**{'quant_bits': None, **ck['model_config']})   # a checkpoint without the key predates quantisation
-    model.load_state_dict(ck['model_state_dict'])
-    return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocessing_params']), ck.get('patch')
+    name = checkpoint_name(ckpt, name)
+    ck = read_checkpoint(ckpt, 'sar', name)   # a path, or a checkpoint already loaded
+    model = load_weights(sar_model(**sar_model_config(ck, name)), ck, name)
+    return model.to(device).eval(), SarPreprocess.from_dict(ck['preprocessing_params']), sar_patch(ck)
