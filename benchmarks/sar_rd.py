@@ -1,8 +1,9 @@
-"""Rate–distortion curves of the learned SAR codec (factorized entropy model, rate–distortion loss) against JPEG2000.
+"""Rate–distortion curves of the learned SAR codec (factorized prior or scale hyperprior, rate–distortion loss) against JPEG2000 and JPEG-XL.
 
 Generates realistic Sentinel-1-like scenes with their clean reflectivity (`make_sar(..., save_clean=True)`), trains each
-variant at several λ with `medrecipes.sar.rd_curves` (the `sar_demo` settings unless overridden), codes the test scenes
-into real `.mrsar` files, and puts them beside JPEG2000 (OpenJPEG) over the same range of file sizes, scored against
+variant at several λ with `medrecipes.sar_experiments.rd_curves` (the `sar_demo` settings unless overridden), codes the test
+scenes into real `.mrsar` files, and puts them beside JPEG2000 (OpenJPEG) and JPEG-XL (libjxl, where imagecodecs is
+installed) over the same range of file sizes, scored against
 the speckled original and against the clean reflectivity. Every bpp is the whole file's (8 x bytes / pixels).
 
     python benchmarks/sar_rd.py                                   # residual and attention, lambda 8 32 128 512; attention against clean too

@@ -5,7 +5,7 @@ import numpy as np, pytest, torch
 from PIL import Image
 from medrecipes.synth import make_digits
 from medrecipes.data.folder import FolderDataLoaders, scan_class_folders
-from medrecipes.callbacks import class_weights
+from medrecipes.losses import class_weights
 
 
 @pytest.fixture(scope='module')
