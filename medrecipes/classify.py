@@ -25,21 +25,21 @@ from fastai.callback.core import Callback
 from fastai.vision.augment import Flip, Dihedral, flip_mat, dihedral_mat
 from fastcore.basics import noop
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle, fine_tune and the progress bar
-from .core import save_checkpoint, atomic_write, atomic_write_text, to_plain, to_json, moved_names
+from .core import save_checkpoint, atomic_write, atomic_write_text, to_plain, to_json, moved_names, set_seed, save_config
 from .data.images import ClassifierImage, read_stored
 from .checkpoint import read_checkpoint, checkpoint_name, classifier_args, load_weights
-from .callbacks import LossModeCallback, DivergenceGuard, resolve_precision, training_callbacks, FitOnlyCallback
+from .callbacks import LossModeCallback, DivergenceGuard, resolve_precision, training_callbacks, FitOnlyCallback, progress_bars, interactive
 from .losses import class_weights, TrainValCrossEntropy
 from .classification_metrics import recall_metrics
 import medrecipes.classification_metrics as clm   # the metrics `evaluate` reports (their old names here: `__getattr__` below)
 from fastai.callback.training import GradientClip
-from .resume import ResumableLearner, ResumeCheckpoint
-from .distributed import is_rank0, load_checkpoint_dist
+from .resume import ResumableLearner, ResumeCheckpoint, resume_path
+from .distributed import is_rank0, load_checkpoint_dist, init_distributed, distributed
 
 # %% auto #0
 __all__ = ['FLIP_DIMS', 'create_classifier', 'train_flips', 'tta_probs', 'FlipInput', 'plot_confusion_matrix',
-           'save_classification_results', 'data_fingerprint', 'ClassifierLearner', 'recorder_kept',
-           'TemperatureScaling', 'classifier_learner', 'load_classifier', 'stored_input', 'preprocess', 'predict']
+           'save_classification_results', 'ClassifierLearner', 'recorder_kept', 'TemperatureScaling',
+           'classifier_learner', 'run_classifier', 'load_classifier', 'stored_input', 'preprocess', 'predict']
 
 # %% ../nbs/15_classify.ipynb #c005
 def _hub_error(arch, e) -> RuntimeError:
@@ -75,7 +75,18 @@ def create_classifier(arch:str, # a timm model name
     return model
 
 # %% ../nbs/15_classify.ipynb #c010
-__getattr__ = moved_names(__name__, {n: 'medrecipes.classification_metrics' for n in ['classification_metrics', 'negative_log_likelihood', 'brier_score', 'reliability_bins', 'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report', 'plot_reliability']})
+_moved = moved_names(__name__, {n: 'medrecipes.classification_metrics' for n in ['classification_metrics', 'negative_log_likelihood', 'brier_score', 'reliability_bins', 'expected_calibration_error', 'scaled_probs', 'fit_temperature', 'calibration_report', 'plot_reliability']})
+
+def __getattr__(name):
+    "Old names of this module, for one release: the metrics (moved to `medrecipes.classification_metrics`) and `data_fingerprint`."
+    if name == 'data_fingerprint':
+        warnings.warn("medrecipes.classify.data_fingerprint is deprecated: it moved to medrecipes.data.xray.split_fingerprint; "
+                      "the data loaders give their own (XrayDataLoaders.data_fingerprint, FolderDataLoaders.data_fingerprint)",
+                      DeprecationWarning, stacklevel=2)
+        from medrecipes.data.xray import split_fingerprint
+        return split_fingerprint
+    return _moved(name)
+
 
 # %% ../nbs/15_classify.ipynb #cal02
 FLIP_DIMS = {'h': (-1,), 'v': (-2,), 'hv': (-2, -1)}   # a flip's name -> the tensor dims it reverses (B x C x H x W)
@@ -134,11 +145,6 @@ def save_classification_results(res:dict, # from `classification_metrics` (plus 
     return path
 
 # %% ../nbs/15_classify.ipynb #c014
-def data_fingerprint(items) -> str:
-    "A short hash of what a data split is: `items` are (name, split) pairs, in any order."
-    pairs = sorted((str(a), str(b)) for a, b in items)
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
-
 class ClassifierLearner(ResumableLearner):
     "A resumable classifier `Learner`: `evaluate(split, which)` on its checkpoints, results in `run_dir`."
     run_dir = None
@@ -233,7 +239,7 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
                        class_weighted:bool=True, # weight the training loss by inverse class frequency (training split only)
                        patience:int|None=None, # early stopping patience in epochs (None: off)
                        config:dict|None=None, # the resolved config, stored in every checkpoint
-                       data_fingerprint:str|None=None, # what the data split is (see `data_fingerprint`), stored in every checkpoint
+                       data_fingerprint:str|None=None, # what the data split is, stored in every checkpoint (default: `dls.data_fingerprint`)
                        precision:str='fp32', # 'fp32', 'bf16', 'fp16' or 'auto' (`medrecipes.callbacks.resolve_precision`)
                        accumulate:int=1, # update the weights every this many batches
                        clip_grad:float|None=None, # gradient clipping norm (None or 0: off)
@@ -242,6 +248,7 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
                        **kwargs) -> ClassifierLearner:
     "A classifier `Learner` with the shared model, loss, metrics and checkpoints."
     vocab, model_kwargs = list(dls.vocab), dict(model_kwargs or {})
+    if data_fingerprint is None: data_fingerprint = getattr(dls, 'data_fingerprint', None)   # the loaders own it
     model = create_classifier(arch, len(vocab), pretrained=pretrained, weights=weights, **model_kwargs)
     weight = class_weights(dls.train_labels(), vocab) if class_weighted else None
     run_dir = Path(run_dir)
@@ -259,6 +266,49 @@ def classifier_learner(dls, # `DataLoaders` with `vocab`, `normalization` and `t
                                  class_weights=None if weight is None else weight.tolist(), config=config,
                                  data_fingerprint=data_fingerprint, tta_flips=train_flips(dls))
     return learn
+
+# %% ../nbs/15_classify.ipynb #run01
+import contextlib, time
+from types import SimpleNamespace
+
+def run_classifier(cfg:dict, # a resolved, nested config (`medrecipes.config.resolve_config`: checked there)
+                   make_dls, # `make_dls(cfg)`: the recipe's data loaders (with `data_fingerprint`)
+                   make_learner, # `make_learner(dls, cfg)`: the recipe's `ClassifierLearner`; results go to its `run_dir`
+                   summarize, # `summarize(run)`: the recipe's summary of the finished run (`run`: see below)
+                   splits=('test',), # evaluated on the best checkpoint after the fit ('test' is skipped where `dls.has_test()` is false)
+                   write_files=None, # `write_files(run)`: more files for the run directory (rank 0, before the fit)
+                  ) -> dict:
+    """One classifier run, the same steps for every classification recipe; returns `summarize(run)`, also written to
+    `summary.json`. `run` holds `cfg`, `dls`, `learn`, `dir`, `previous` (the run directory's earlier summary),
+    `resumed_from`, `train_seconds`, `epochs_this_fit`, `epochs_run` and `results` (`evaluate`'s, by split)."""
+    t = cfg['trainer']
+    init_distributed(t['device'])   # a no-op unless launched by torchrun / accelerate launch; before the loaders (picks the GPU)
+    set_seed(t['seed'], deterministic=t.get('deterministic', False))
+    dls = make_dls(cfg)
+    learn = make_learner(dls, cfg)
+    d = Path(learn.run_dir)
+    run = SimpleNamespace(cfg=cfg, dls=dls, learn=learn, dir=d, previous=json.loads((d/'summary.json').read_text()) if (d/'summary.json').is_file() else {})
+    run.resumed_from = resume_path(t['resume'], learn)
+    if run.resumed_from is not None: learn.resume(run.resumed_from)   # checks config and data before anything is written
+    if is_rank0():
+        save_config(cfg, d/'config.yaml')
+        leaks = getattr(dls, 'leak_report', None)   # near-duplicates across the splits
+        if leaks is not None and len(leaks): atomic_write(d/'leak_report.csv', lambda f: leaks.to_csv(f, index=False))
+        if write_files is not None: write_files(run)
+    fit = learn.fit_one_cycle if t['schedule'] == 'one_cycle' else learn.fit
+    with distributed(learn, sync_bn=t['sync_bn']):
+        t0 = time.time()
+        with progress_bars(learn, t['progress']): fit(t['max_epochs'], t['lr'], wd=t['wd'])
+        run.train_seconds, run.epochs_this_fit, run.results = time.time() - t0, getattr(learn, 'epochs_this_fit', 0), {}
+        run.epochs_run = len(learn.recorder.values)   # before the evaluations (`get_preds` starts new recorder lists)
+        for split in splits:   # sharded over the ranks and gathered: every image once, results on every rank
+            if split == 'test' and not dls.has_test(): continue
+            with (contextlib.nullcontext() if t['progress'] and interactive() else learn.no_bar()):   # no bar when progress is off
+                run.results[split] = learn.evaluate(split, 'best')
+    summary = summarize(run)
+    if is_rank0(): atomic_write_text(d/'summary.json', to_json(summary))
+    return summary
+
 
 # %% ../nbs/15_classify.ipynb #c016
 def load_classifier(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint

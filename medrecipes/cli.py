@@ -68,7 +68,7 @@ def _parser():
     s.add_argument('--duplicates', type=int, default=0, help='btxrd: plant this many near-duplicate images (listed in duplicates.csv)')
     k = sub.add_parser('codec', help='SAR codec files: compress an image with a checkpoint, or decompress a file')
     k.add_argument('action', choices=('compress', 'decompress'))
-    k.add_argument('checkpoint', help='a SAR checkpoint (best.pt) with an entropy model (model.entropy=factorized) or quant_bits > 0')
+    k.add_argument('checkpoint', help='a SAR checkpoint (best.pt) with an entropy model (model.entropy=factorized or hyperprior) or quant_bits > 0')
     k.add_argument('input', help='compress: an image (.npy/.tif/.png) in the run\'s units; decompress: a .mrsar file')
     k.add_argument('output', help='compress: the .mrsar file to write; decompress: the .npy or .tif to write (strip by strip; a GeoTIFF source keeps its georeferencing)')
     k.add_argument('--out', choices=('linear', 'db', 'scaled'), default='linear', help='decompress: units of the image written')

@@ -17,10 +17,11 @@ from .core import atomic_write
 from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
 
 # %% auto #0
-__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'STRIP_CONTEXT', 'model_digest', 'encode_strips',
-           'iter_decoded_strips', 'decode_strips', 'encode_latent', 'decode_latent', 'codec_bytes', 'read_codec_file',
-           'compress', 'estimate_looks', 'synthesize_speckle', 'decompress', 'geotiff_tags', 'codec_metrics',
-           'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs', 'bd_rate', 'bd_psnr']
+__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'DECODE_CHUNK_ROWS', 'STRIP_CONTEXT',
+           'model_digest', 'encode_strips', 'iter_decoded_strips', 'decode_strips', 'encode_latent', 'decode_latent',
+           'codec_bytes', 'read_codec_file', 'compress', 'estimate_looks', 'synthesize_speckle', 'decompress',
+           'geotiff_tags', 'codec_metrics', 'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs', 'bd_rate',
+           'bd_psnr']
 
 # %% ../nbs/19_codec.ipynb #c005
 CODEC_MAGIC = b'MRSC'   # 4 bytes
@@ -61,7 +62,8 @@ def _model_and_pre(source, preprocess=None):
     if pre is None or not pre.fitted: raise ValueError("no fitted SarPreprocess: pass `preprocess=` (the run's dls.preprocess) with a bare model")
     return model, pre, lmbda
 
-STRIP_ROWS = 1024   # images are coded in tiles of this many rows and columns (a multiple of 16): memory bounded by the tile, not the image
+STRIP_ROWS = 512    # images are coded in tiles of this many rows and columns (a multiple of 16): memory bounded by the tile, not the image
+DECODE_CHUNK_ROWS = 128   # the decoder's full-resolution layers run on chunks of this many rows of a tile (`SarDecoder.forward`)
 STRIP_CONTEXT = 128 # pixels of image context around each tile (8 latent rows and columns for the decoder): seams far below the coding error
 
 class _Rows:
@@ -116,7 +118,7 @@ def iter_decoded_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_row
             strip = np.empty((r1 - r0, min(W, w)), np.float32)
             for c0 in range(0, min(W, w), tile_cols):
                 c1 = min(c0 + tile_cols, W, w); m0, m1 = max(0, (c0 - context) // s), min(codes.shape[2], -(-(c1 + context) // s))
-                with torch.no_grad(): r = model.decompress(torch.from_numpy(np.ascontiguousarray(codes[:, l0:l1, m0:m1], np.int32))[None].to(p.device))
+                with torch.no_grad(): r = model.decompress(torch.from_numpy(np.ascontiguousarray(codes[:, l0:l1, m0:m1], np.int32))[None].to(p.device), chunk_rows=DECODE_CHUNK_ROWS)
                 strip[:, c0:c1] = r[0, 0, r0 - l0 * s:r1 - l0 * s, c0 - m0 * s:c1 - m0 * s].float().cpu().numpy()
                 del r
             yield r0, r1, strip

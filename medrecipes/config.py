@@ -8,22 +8,53 @@ Docs: `_docs/config.html` in this repository, built by `make docs` (API referenc
 
 # %% ../nbs/08_config.ipynb #c002
 from __future__ import annotations
-import re, typing, yaml
+import math, re, typing, warnings, yaml
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 from omegaconf import OmegaConf, DictConfig
 from .core import to_plain
 
 # %% auto #0
-__all__ = ['RECIPE_CONFIGS', 'CONFIG_GROUPS', 'FLAT_RENAMES', 'FLAT_KEEP', 'LoggingConfig', 'XrayModel', 'XrayData',
-           'XrayTrainer', 'XrayCallbacks', 'XrayLogging', 'XrayConfig', 'SarModel', 'SarData', 'SarTrainer',
-           'SarCallbacks', 'SarLogging', 'SarConfig', 'FolderModel', 'FolderData', 'FolderTrainer', 'FolderCallbacks',
-           'FolderConfig', 'register_configs', 'recipe_defaults', 'default_config_dir', 'compose_config',
-           'ConfigKeyError', 'flat_keys', 'flatten_config', 'resolve_config']
+__all__ = ['CLIP_NORM', 'WANDB_SWITCH', 'PRECISION', 'XRAY_SPLIT', 'TRAINER_CHECKS', 'DATA_CHECKS', 'RECIPE_CONFIGS',
+           'CONFIG_GROUPS', 'FLAT_RENAMES', 'FLAT_KEEP', 'Check', 'at_least', 'off_or_at_least', 'positive', 'fraction',
+           'one_of', 'LoggingConfig', 'XrayModel', 'XrayData', 'XrayTrainer', 'XrayCallbacks', 'XrayLogging',
+           'XrayConfig', 'SarModel', 'SarData', 'SarTrainer', 'SarCallbacks', 'SarLogging', 'SarConfig', 'FolderModel',
+           'FolderData', 'FolderTrainer', 'FolderCallbacks', 'FolderConfig', 'register_configs', 'recipe_defaults',
+           'default_config_dir', 'compose_config', 'ConfigKeyError', 'flat_keys', 'unflatten_config', 'is_flat_config',
+           'flatten_config', 'RecipeConfig', 'check_ranges', 'check_config_value', 'resolve_config']
 
 # %% ../nbs/08_config.ipynb #c005
+class Check:
+    "A range check of one config value: `test(v)` says whether `v` is allowed, `says` what is (for the message naming the key)."
+    def __init__(self, test, says:str): self.test, self.says = test, says
+    def __call__(self, v, name:str):
+        if not self.test(v): raise ValueError(f"{name} must be {self.says}, not {v!r}")
+        return v
+    def __repr__(self): return f"Check({self.says!r})"
+
+def _int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def at_least(lo:int) -> Check: return Check(lambda v: _int(v) and v >= lo, f'an int >= {lo}')
+def off_or_at_least(lo:int) -> Check: return Check(lambda v: v is None or v is False or v == 0 or (_int(v) and v >= lo), f'an int >= {lo}, or 0/null for off')
+def positive() -> Check: return Check(lambda v: _num(v) and v > 0, 'a number > 0')
+def fraction() -> Check: return Check(lambda v: _num(v) and 0 <= v < 1, 'a number in [0, 1)')
+def one_of(*vals, null:bool=False) -> Check:
+    return Check(lambda v: (null and v is None) or (isinstance(v, str) and v in vals), f"one of {vals}{' or null' if null else ''}")
+CLIP_NORM = Check(lambda v: v is None or v is False or (_num(v) and v >= 0), 'a gradient norm > 0, or 0/null for no clipping')
+WANDB_SWITCH = Check(lambda v: v is True or v is False or v == 'auto', "true, false or 'auto'")
+
+# the allowed values the layers above define too (a test checks they agree): medrecipes.callbacks.PRECISIONS and
+# WANDB_MODES, medrecipes.data.xray.SPLIT_KINDS, medrecipes.models.sar.SAR_VARIANTS and ENTROPY_MODELS
+PRECISION = one_of('auto', 'fp32', 'bf16', 'fp16')
+XRAY_SPLIT = Check(lambda v: isinstance(v, str) and (v in ('stratified', 'center') or Path(v).is_file()),
+                   "one of ('stratified', 'center') or an existing split CSV")
+TRAINER_CHECKS = dict(max_epochs=at_least(1), lr=positive(), accumulate=at_least(1), seed=at_least(0), clip_grad=CLIP_NORM, precision=PRECISION)
+DATA_CHECKS = dict(size=at_least(8), batch_size=at_least(1), num_workers=at_least(0), cache_size=off_or_at_least(8),
+                   cache_verify=one_of('stamp', 'hash'), min_image_size=off_or_at_least(1), dup_distance=Check(lambda v: v is None or (_int(v) and v >= 0), 'an int >= 0 or null'))
+
 @dataclass
 class LoggingConfig:
     "Trackers: `training_log.csv`, TensorBoard, Weights & Biases (`wandb`: true, false or 'auto')."
@@ -32,6 +63,7 @@ class LoggingConfig:
     wandb:Any=False
     wandb_project:str='medrecipes'
     wandb_mode:str='offline'   # offline | online | disabled
+    checks:ClassVar[dict] = dict(wandb=WANDB_SWITCH, wandb_mode=one_of('offline', 'online', 'disabled'))   # range checks, after the type checks
 
 # --- X-ray (BTXRD) ---
 @dataclass
@@ -41,6 +73,7 @@ class XrayModel:
     drop_rate:float=0.2
     weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
     cam_layer:Optional[str]=None  # the module Grad-CAM reads (`medrecipes predict --cam`), e.g. 0.model.layer3; null: the body's last stage
+    checks:ClassVar[dict] = dict(drop_rate=fraction())
 
 @dataclass
 class XrayData:
@@ -61,6 +94,7 @@ class XrayData:
     draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size
     min_image_size:Optional[int]=None   # a smaller image (longer side) is an error (null: a quarter of the stored size)
     dup_distance:Optional[int]=4  # near-duplicates (perceptual hashes <= 4 of 64 bits apart) share a split (null: no check)
+    checks:ClassVar[dict] = dict(DATA_CHECKS, split=XRAY_SPLIT, valid_pct=fraction(), test_pct=fraction())
 
 @dataclass
 class XrayTrainer:
@@ -78,11 +112,13 @@ class XrayTrainer:
     device:str='auto'
     progress:bool=True
     resume:Any=False              # true / last: the run's latest checkpoint; or a checkpoint path
+    checks:ClassVar[dict] = dict(TRAINER_CHECKS, schedule=one_of('one_cycle', 'flat'))
 
 @dataclass
 class XrayCallbacks:
     patience:Optional[int]=5      # early stopping on the unweighted validation loss (null: off)
     collapse_patience:int=2       # warn when Malignant recall is 0 this many epochs in a row
+    checks:ClassVar[dict] = dict(patience=off_or_at_least(1), collapse_patience=at_least(1))
 
 @dataclass
 class XrayLogging(LoggingConfig):
@@ -106,6 +142,9 @@ class SarModel:
     quant_bits:Optional[int]=None # uniform quantisation of the latent, bits per value (null: 8, or none with `entropy`; 0: a float latent, no bitrate)
     quant_proxy:str='ste'         # the quantiser in training: ste (straight-through) | noise (additive uniform)
     entropy:Optional[str]=None    # factorized | hyperprior: a learned prior over an integer latent (per channel, or a Gaussian per value whose scale is sent as side information), range-coded files, the rate-distortion loss (null: off)
+    checks:ClassVar[dict] = dict(variant=one_of('baseline', 'resnet_lite', 'residual', 'attention'), latent_channels=at_least(1), base_channels=at_least(1),
+                                 quant_bits=Check(lambda v: v is None or (_int(v) and v >= 0), 'an int >= 0 or null'),
+                                 quant_proxy=one_of('ste', 'noise'), entropy=one_of('factorized', 'hyperprior', null=True))
 
 @dataclass
 class SarData:
@@ -119,6 +158,8 @@ class SarData:
     patches_per_image:int=8
     num_workers:int=0
     target:str='input'            # the distortion and metrics against: input (the speckled image) | clean (clean/<split>/<name>: despeckling compression)
+    checks:ClassVar[dict] = dict(patch=at_least(8), batch_size=at_least(1), patches_per_image=at_least(1), num_workers=at_least(0),
+                                 units=one_of('linear', 'db', 'amplitude', null=True), target=one_of('input', 'clean'))
 
 @dataclass
 class SarTrainer:
@@ -144,11 +185,15 @@ class SarTrainer:
     sweep_quant_bits:Any=None     # ... times these quantisation bits, e.g. [4, 8]; rd.csv and rd.png in out_dir/rd
     sweep_rd_lambda:Any=None      # compare: rate-distortion curves, every variant with model.entropy (factorized when null) at these rd_lambda, e.g. [16, 64, 256, 1024], beside JPEG2000 with BD-rates (null: off)
     compare_seeds:Any=None        # compare: every variant once per seed, e.g. [0, 1, 2]: mean and spread (null: the one `seed`)
+    checks:ClassVar[dict] = dict(TRAINER_CHECKS, schedule=one_of('plateau', 'one_cycle'), plateau_factor=Check(lambda v: _num(v) and 0 < v < 1, 'a number in (0, 1)'),
+                                 plateau_patience=at_least(0), mse_weight=Check(lambda v: _num(v) and v >= 0, 'a number >= 0'),
+                                 ssim_weight=Check(lambda v: _num(v) and v >= 0, 'a number >= 0'), rd_lambda=positive(), codec_images=at_least(0))
 
 @dataclass
 class SarCallbacks:
     patience:Optional[int]=20     # early stopping on the validation loss (null: off)
     hist_every:int=10             # TensorBoard weight and gradient histograms every this many epochs
+    checks:ClassVar[dict] = dict(patience=off_or_at_least(1), hist_every=at_least(1))
 
 @dataclass
 class SarLogging(LoggingConfig):
@@ -171,6 +216,7 @@ class FolderModel:
     drop_rate:float=0.0
     weights:Optional[str]=None    # a local weights file for `arch` (.pth, .bin, .safetensors) instead of the hub download
     cam_layer:Optional[str]=None  # the module Grad-CAM reads (`medrecipes predict --cam`), e.g. 0.model.layer3; null: the body's last stage
+    checks:ClassVar[dict] = dict(drop_rate=fraction())
 
 @dataclass
 class FolderData:
@@ -190,6 +236,7 @@ class FolderData:
     cache_verify:str='stamp'      # a cached file is unchanged if its size and mtime are (stamp), or also its content hash (hash: reads every file; for collections edited in place)
     draft:bool=True               # JPEG draft decoding (DCT scaling) down to >= 2 x size
     min_image_size:Optional[int]=None   # a smaller image (longer side) is an error (null: a quarter of the stored size)
+    checks:ClassVar[dict] = DATA_CHECKS
 
 @dataclass
 class FolderTrainer:
@@ -208,10 +255,12 @@ class FolderTrainer:
     out_dir:str='runs/folder'
     progress:bool=True
     sync_bn:bool=False
+    checks:ClassVar[dict] = dict(TRAINER_CHECKS, schedule=one_of('one_cycle', 'flat'))
 
 @dataclass
 class FolderCallbacks:
     patience:Optional[int]=None   # early stopping on the validation loss (null: off)
+    checks:ClassVar[dict] = dict(patience=off_or_at_least(1))
 
 @dataclass
 class FolderConfig:
@@ -308,6 +357,21 @@ def flat_keys(recipe:str) -> dict:
             out[k] = (g.name, f.name)
     return out
 
+def unflatten_config(flat:dict, # a config in the flat form (`flatten_config`)
+                     like:dict, # a nested config whose sections place the keys
+                     renames:dict=FLAT_RENAMES, keep=FLAT_KEEP) -> dict:
+    "The inverse of `flatten_config`: the flat keys of `flat` back into the sections of `like`; a key `like` does not place stays at the top."
+    where = {renames.get(f'{g}.{k}', k): (g, k) for g, sec in like.items() if isinstance(sec, Mapping) and g not in keep for k in sec}
+    out = {}
+    for k, v in flat.items():
+        if k in where: out.setdefault(where[k][0], {})[where[k][1]] = v
+        else: out[k] = v
+    return out
+
+def is_flat_config(cfg) -> bool:
+    "Whether `cfg` is in the flat form (as X-ray and SAR runs of earlier releases stored it in their checkpoints and `config.yaml`): no `model`, `data` or `trainer` section."
+    return isinstance(cfg, Mapping) and not any(isinstance(cfg.get(g), Mapping) for g in CONFIG_GROUPS if g not in FLAT_KEEP)
+
 def flatten_config(cfg:dict, # a composed, nested config
                    renames:dict=FLAT_RENAMES, # `group.key` -> flat key, for keys whose names differ
                    keep=FLAT_KEEP, # groups that stay nested
@@ -321,6 +385,31 @@ def flatten_config(cfg:dict, # a composed, nested config
             if fk in flat: raise ValueError(f"config keys {where[fk]} and {dotted} both set {fk!r}")
             flat[fk], where[fk] = v, dotted
     return flat
+
+class RecipeConfig(dict):
+    """A resolved recipe config as `xray_config` and `sar_config` return it: the nested `dict` of sections
+    (`cfg['trainer']['max_epochs']`) that `resolve_config` gives. For one release it also answers the flat keys these
+    functions returned before (`cfg['epochs']`, `cfg.get('data_path')`), with a `DeprecationWarning` naming the nested
+    key. `dict(cfg)` is the plain config (OmegaConf takes only plain dicts)."""
+    recipe = None
+    def __init__(self, recipe:str, cfg:dict=()): super().__init__(cfg); self.recipe = recipe
+    def _flat(self, k):
+        if not isinstance(k, str) or dict.__contains__(self, k) or self.recipe is None: return None
+        w = flat_keys(self.recipe).get(k)
+        if w: warnings.warn(f"config[{k!r}] (a flat key) is deprecated: the config is nested, read config[{w[0]!r}][{w[1]!r}] ({w[0]}.{w[1]})",
+                            DeprecationWarning, stacklevel=3)
+        return w
+    def __getitem__(self, k):
+        w = self._flat(k)
+        return dict.__getitem__(self, w[0])[w[1]] if w else dict.__getitem__(self, k)
+    def get(self, k, default=None):
+        w = self._flat(k)
+        return dict.__getitem__(self, w[0]).get(w[1], default) if w else dict.get(self, k, default)
+    def __setitem__(self, k, v):
+        w = self._flat(k)
+        if w: dict.__getitem__(self, w[0])[w[1]] = v
+        else: dict.__setitem__(self, k, v)
+    def copy(self): return RecipeConfig(self.recipe, {k: dict(v) if isinstance(v, dict) else v for k, v in self.items()})
 
 _TYPE_WORDS = {bool: 'true or false', int: 'an int', float: 'a number', str: 'a string'}
 
@@ -337,9 +426,14 @@ def _check_value(v, tp, name):
     if not ok: raise ValueError(f"{name} must be {_TYPE_WORDS.get(tp, tp)}{null}, not {v!r}")
     return float(v) if tp is float else str(v) if tp is str else v
 
+def _hints(cls) -> dict:
+    "The annotation of each field of dataclass `cls` (its class variables, such as `checks`, are no config keys)."
+    h = typing.get_type_hints(cls)
+    return {f.name: h[f.name] for f in fields(cls)}
+
 def _check_layer(layer:dict, cls, where:str, prefix='') -> dict:
     "Check the keys and value types of one nested layer against dataclass `cls`."
-    hints, out = typing.get_type_hints(cls), {}
+    hints, out = _hints(cls), {}
     for k, v in layer.items():
         name = f'{prefix}{k}'
         if k not in hints:
@@ -372,7 +466,7 @@ def _check_added(o, key, recipe):
     "Hydra's `+group.key=value` adds a key; a recipe's sections have a fixed set, so only a known key may be given."
     cls, parts = _schema(recipe), key.split('.')
     for i, part in enumerate(parts):
-        hints = typing.get_type_hints(cls) if is_dataclass(cls) else {}
+        hints = _hints(cls) if is_dataclass(cls) else {}
         if part not in hints:
             where = '.'.join(parts[:i]) or 'the config'
             raise ConfigKeyError(f"overrides: {o!r} adds unknown config key {part!r} to {where}; known keys: {', '.join(hints) or 'none'}")
@@ -398,7 +492,7 @@ def _key_type(recipe, key:str):
     "The annotation of the dotted config key `key` of `recipe`; None for a key the schema does not have (an error later, by name)."
     tp = _schema(recipe)
     for part in key.split('.'):
-        hints = typing.get_type_hints(tp) if is_dataclass(tp) else {}
+        hints = _hints(tp) if is_dataclass(tp) else {}
         if part not in hints: return None
         tp = hints[part]
     return tp
@@ -434,13 +528,34 @@ def _split_overrides(overrides, recipe):
     for k, v in keys: OmegaConf.update(out, k, _override_value(v, _key_type(recipe, k)), force_add=True)
     return choices, OmegaConf.to_container(out)
 
+def check_ranges(cfg:dict, # a nested config whose keys and types are checked
+                 recipe:str) -> dict:
+    "Check every value of `cfg` against the range checks its section's dataclass declares (`checks`); the errors name the dotted key."
+    for g in fields(_schema(recipe)):
+        sec = cfg.get(g.name)
+        if not isinstance(sec, Mapping): continue
+        for k, check in getattr(g.default_factory, 'checks', {}).items():
+            if k in sec: check(sec[k], f'{g.name}.{k}')
+    return cfg
+
+def check_config_value(recipe:str, # 'xray', 'sar' or 'folder'
+                       key:str, # the dotted config key: `trainer.accumulate`
+                       value, name:str|None=None, # how the message calls the value (default: `key`), e.g. a function's argument
+                      ):
+    "Check one value as `resolve_config` checks the config key `key` of `recipe` (its type, then its range); returns it."
+    tp, (g, k) = _key_type(recipe, key), key.split('.', 1)
+    if tp is None: raise ConfigKeyError(f"unknown config key {key!r} of recipe {recipe!r}")
+    value = _check_value(value, tp, name or key)
+    check = getattr(_hints(_schema(recipe))[g], 'checks', {}).get(k)
+    return check(value, name or key) if check else value
+
 def resolve_config(recipe:str, # 'xray', 'sar' or 'folder'
                    config=None, # a config object (dataclass or OmegaConf), a dict (nested or flat keys), a YAML file or a root config's name
                    overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings, applied last
                    config_dir:str|Path|None=None, # a config folder of one's own, searched before the package's
                    **kwargs, # nested sections or flat keys, applied after `config`, before `overrides`
                   ) -> dict:
-    "The recipe's full, checked, nested config: dataclass defaults, then `config`, then `kwargs`, then `overrides`."
+    "The recipe's full, checked, nested config (a plain dict): dataclass defaults, then `config`, then `kwargs`, then `overrides`; every value is type- and range-checked once, here."
     schema = _schema(recipe)
     choices, ov = _split_overrides(overrides, recipe)
     layers = [OmegaConf.structured(schema)]
@@ -464,4 +579,4 @@ def resolve_config(recipe:str, # 'xray', 'sar' or 'folder'
     if ov: layers.append(_nest(ov, recipe, 'overrides'))
     try: cfg = OmegaConf.merge(*layers)
     except Exception as e: raise ValueError(f"config of recipe {recipe!r}: {' '.join(str(e).split())}") from None
-    return OmegaConf.to_container(cfg, resolve=True)
+    return check_ranges(OmegaConf.to_container(cfg, resolve=True), recipe)

@@ -23,6 +23,7 @@ from fastai.torch_core import find_bs
 from fastcore.foundation import L
 import fastai.callback.schedule, fastai.callback.progress   # Learner.fit_one_cycle and the progress bar
 from .core import set_seed, default_device, load_config, save_config, load_checkpoint, atomic_write, atomic_write_text, to_plain, to_json
+from .config import check_config_value
 from .losses import class_weights, TrainValCrossEntropy
 from .classification_metrics import recall_metrics
 from .callbacks import (LossModeCallback, TrainingLog, PRECISIONS, progress_bars, interactive,
@@ -30,7 +31,7 @@ from .callbacks import (LossModeCallback, TrainingLog, PRECISIONS, progress_bars
                                    TensorBoardScalars, WANDB_MODES, import_wandb, WandbTracker, DivergenceGuard,
                                    TRACKING_DEFAULTS, resolve_tracking, tracker_callbacks)
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
-from .classify import ClassifierLearner, classifier_learner, data_fingerprint
+from .classify import ClassifierLearner, classifier_learner, run_classifier
 from .data.folder import FolderDataLoaders
 from .distributed import init_distributed, distributed, is_rank0, reduce_sum, broadcast_object, load_checkpoint_dist
 
@@ -38,30 +39,22 @@ from .distributed import init_distributed, distributed, is_rank0, reduce_sum, br
 _all_ = ['FolderDataLoaders']
 
 # %% auto #0
-__all__ = ['FOLDER_DEFAULTS', 'SCHEDULES', 'folder_fingerprint', 'FolderLearner', 'folder_learner', 'folder_config',
-           'folder_dls_from_config', 'train_folder', 'FolderDataLoaders']
+__all__ = ['FOLDER_DEFAULTS', 'SCHEDULES', 'FolderLearner', 'folder_learner', 'folder_config', 'folder_dls_from_config',
+           'train_folder', 'FolderDataLoaders']
 
 # %% ../nbs/17_folder.ipynb #c013
-def folder_fingerprint(dls:FolderDataLoaders) -> str:
-    "A short hash of the data: the sorted (file path relative to the data set folder, split) pairs."
-    return data_fingerprint((Path(f).relative_to(dls.path).as_posix(), s) for s, fs in dls.files.items() for f in fs)
+def _folder_fingerprint(dls:FolderDataLoaders) -> str:
+    "Deprecated: `dls.data_fingerprint`."
+    warnings.warn("medrecipes.folder.folder_fingerprint(dls) is deprecated: use dls.data_fingerprint "
+                  "(medrecipes.data.folder.FolderDataLoaders.data_fingerprint)", DeprecationWarning, stacklevel=2)
+    return dls.data_fingerprint
+
+def __getattr__(name):
+    if name == 'folder_fingerprint': return _folder_fingerprint   # for one release; the call warns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 class FolderLearner(ClassifierLearner):
     "A `ClassifierLearner` over a folder data set (its test split is the test folder)."
-
-def _check_int(v, name, lo):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"{name} must be an int >= {lo}, not {v!r}")
-    return int(v)
-
-def _check_clip(v, name):
-    if v is None or v is False: return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a gradient norm > 0, or 0/None for no clipping, not {v!r}")
-    return float(v) or None
-
-def _check_patience(v, name):
-    if v is None or v is False or v == 0: return None
-    return _check_int(v, name, 1)
 
 def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
                    arch:str='resnet18', # any timm model name
@@ -81,7 +74,9 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
     "A fastai `Learner` for image-folder classification with the recipe's loss, metrics, precision, trackers and checkpoints."
     vocab = list(dls.vocab)
     prec = resolve_precision(precision, dls.device)   # checked here: the config below records it
-    accumulate, clip_grad, patience = _check_int(accumulate, 'accumulate', 1), _check_clip(clip_grad, 'clip_grad'), _check_patience(patience, 'patience')
+    accumulate = check_config_value('folder', 'trainer.accumulate', accumulate, 'accumulate')   # the checks of the config keys (`medrecipes.config`)
+    clip_grad = check_config_value('folder', 'trainer.clip_grad', clip_grad, 'clip_grad') or None       # 0: off
+    patience = check_config_value('folder', 'callbacks.patience', patience, 'patience') or None
     tr = resolve_tracking(tracking)
     out_dir = Path(out_dir)
     if config is None: config = dict(arch=arch, pretrained=pretrained, drop_rate=drop_rate, size=dls.normalization['size'],
@@ -89,7 +84,7 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
     cb_list = [*tracker_callbacks(out_dir, tr, vocab, config),
                *(cbs or [])]
     learn = classifier_learner(dls, out_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
-                               class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=folder_fingerprint(dls),
+                               class_weighted=class_weighted, patience=patience, config=config,
                                precision=prec, accumulate=accumulate, clip_grad=clip_grad,
                                cbs=cb_list, metrics=metrics, learner_cls=FolderLearner, **kwargs)
     learn.out_dir, learn.results_dir, learn.tracking = out_dir, out_dir, tr
@@ -97,29 +92,15 @@ def folder_learner(dls:FolderDataLoaders, # from `FolderDataLoaders.from_folder`
     return learn
 
 # %% ../nbs/17_folder.ipynb #c017
-from .config import recipe_defaults, resolve_config
+from .config import recipe_defaults, resolve_config, RecipeConfig
 FOLDER_DEFAULTS = recipe_defaults('folder')   # every key, nested: derived from `medrecipes.config.FolderConfig`
 SCHEDULES = ('one_cycle', 'flat')
 
 def folder_config(cfg=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
                   overrides=(), # `group=choice`, `section.key=value` or `flat_key=value` strings, applied last
-                  **kwargs) -> dict:
-    "Resolve and check an image-folder config: `FOLDER_DEFAULTS`, then `cfg`, then `kwargs`, then `overrides`."
-    c = resolve_config('folder', cfg, overrides, **kwargs)
-    t, d = c['trainer'], c['data']
-    if t['schedule'] not in SCHEDULES: raise ValueError(f"trainer.schedule must be one of {SCHEDULES}, not {t['schedule']!r}")
-    if t['precision'] not in PRECISIONS: raise ValueError(f"trainer.precision must be one of {PRECISIONS}, not {t['precision']!r}")
-    _check_int(t['max_epochs'], 'trainer.max_epochs', 1); _check_int(t['accumulate'], 'trainer.accumulate', 1)
-    _check_int(t['seed'], 'trainer.seed', 0); _check_clip(t['clip_grad'], 'trainer.clip_grad')
-    _check_patience(c['callbacks']['patience'], 'callbacks.patience')
-    for k, lo in (('size', 8), ('batch_size', 1), ('num_workers', 0)): _check_int(d[k], f'data.{k}', lo)
-    if not isinstance(t['sync_bn'], bool): raise ValueError(f"trainer.sync_bn must be true or false, not {t['sync_bn']!r}")
-    for k in ('augment', 'flip'):
-        if not isinstance(d[k], bool): raise ValueError(f"data.{k} must be true or false, not {d[k]!r}")
-    if not isinstance(t['lr'], (int, float)) or isinstance(t['lr'], bool) or not t['lr'] > 0: raise ValueError(f"trainer.lr must be a number > 0, not {t['lr']!r}")
-    resolve_tracking({k: v for k, v in c['logging'].items() if k != 'wandb'}, 'logging')   # wandb: checked when the run starts
-    if c['logging']['wandb'] not in (True, False, 'auto'): raise ValueError(f"logging.wandb must be true, false or 'auto', not {c['logging']['wandb']!r}")
-    return c
+                  **kwargs) -> RecipeConfig:
+    "Resolve an image-folder config: `FOLDER_DEFAULTS`, then `cfg`, then `kwargs`, then `overrides`; checked by `resolve_config`."
+    return resolve_config('folder', cfg, overrides, **kwargs)
 
 def folder_dls_from_config(cfg:dict) -> FolderDataLoaders:
     "The `FolderDataLoaders` a resolved config describes."
@@ -130,51 +111,39 @@ def folder_dls_from_config(cfg:dict) -> FolderDataLoaders:
                                          cache=d['cache'], cache_dir=d['cache_dir'], cache_size=d['cache_size'], cache_verify=d['cache_verify'], draft=d['draft'],
                                          min_image_size=d['min_image_size'], dup_distance=d['dup_distance'], progress=t['progress'])
 
+def _folder_learner_from_config(dls:FolderDataLoaders, cfg:dict, cbs=None) -> FolderLearner:
+    m, t = cfg['model'], cfg['trainer']
+    return folder_learner(dls, arch=m['arch'], pretrained=m['pretrained'], drop_rate=m['drop_rate'], class_weighted=t['class_weighted'],
+                          precision=t['precision'], clip_grad=t['clip_grad'], accumulate=t['accumulate'],
+                          patience=cfg['callbacks']['patience'], out_dir=t['out_dir'], tracking=resolve_tracking(cfg['logging'], 'logging'),
+                          config=cfg, cbs=cbs, weights=m['weights'])
+
+def _folder_summary(run) -> dict:
+    "The image-folder summary of a finished `run_classifier` run."
+    learn, prev, n_fit, secs = run.learn, run.previous, run.epochs_this_fit, run.train_seconds
+    counts = run.dls.counts()
+    summary = dict(arch=run.cfg['model']['arch'], classes=list(run.dls.vocab), precision=learn.precision,
+                   images={s: int(counts[s].sum()) for s in counts.columns},
+                   epochs_run=run.epochs_run, epochs_this_fit=n_fit, resumed_from=None if run.resumed_from is None else str(run.resumed_from),
+                   train_seconds=round(secs, 2), seconds_per_epoch=round(secs / n_fit, 3) if n_fit else None,
+                   best_epoch=learn.ckpt_cb.best_epoch, best_valid_loss=learn.ckpt_cb.best_value)
+    if run.resumed_from is not None and n_fit == 0:   # a resume that trained nothing: keep the run's own timings
+        summary.update(train_seconds=prev.get('train_seconds'), seconds_per_epoch=prev.get('seconds_per_epoch'))
+    for split, r in run.results.items():
+        summary.update({f'{split}_accuracy': r['accuracy'], f'{split}_macro_f1': r['macro_f1'], f'{split}_loss': r['loss'],
+                        f'{split}_roc_auc_macro': r['roc_auc_ovr_macro']})
+    wb = next((c for c in learn.cbs if isinstance(c, WandbTracker)), None)
+    wb_dir = getattr(wb, 'run_dir', None) if wb is not None else None
+    summary.update(out_dir=str(learn.out_dir), best_checkpoint=str(learn.ckpt_cb.best), latest_checkpoint=str(learn.ckpt_cb.fname),
+                   results_dir=str(learn.results_dir), tracking={k: v for k, v in learn.tracking.items()},
+                   wandb_run_dir=broadcast_object(str(wb_dir) if wb_dir else None))   # rank 0's W&B run, on every rank
+    return summary
+
 def train_folder(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
                  overrides=(), # `group=choice`, `section.key=value` or `flat_key=value` strings
                  cbs=None, # extra callbacks for the learner
                  **kwargs) -> dict:
     "Train one image-folder classifier from a config, evaluate it on valid (and test); returns the summary (also `summary.json`)."
-    cfg = folder_config(config, overrides, **kwargs)
-    m, d, t = cfg['model'], cfg['data'], cfg['trainer']
-    init_distributed(t['device'])   # a no-op unless launched by torchrun / accelerate launch; before the loaders (picks the GPU)
-    set_seed(t['seed'], deterministic=t['deterministic'])
-    dls = folder_dls_from_config(cfg)
-    learn = folder_learner(dls, arch=m['arch'], pretrained=m['pretrained'], drop_rate=m['drop_rate'], class_weighted=t['class_weighted'],
-                           precision=t['precision'], clip_grad=t['clip_grad'], accumulate=t['accumulate'],
-                           patience=cfg['callbacks']['patience'], out_dir=t['out_dir'], tracking=resolve_tracking(cfg['logging'], 'logging'),
-                           config=cfg, cbs=cbs, weights=m.get('weights'))
-    out = learn.out_dir
-    prev = json.loads((out/'summary.json').read_text()) if (out/'summary.json').is_file() else {}
-    ck = resume_path(t['resume'], learn)
-    if ck is not None: learn.resume(ck)   # checks config and data before anything is written
-    if is_rank0():
-        save_config(cfg, out/'config.yaml')
-        leaks = getattr(dls, 'leak_report', None)   # near-duplicates across the split folders
-        if leaks is not None and len(leaks): atomic_write(out/'leak_report.csv', lambda t: leaks.to_csv(t, index=False))
-    fit = learn.fit_one_cycle if t['schedule'] == 'one_cycle' else learn.fit
-    counts = dls.counts()
-    with distributed(learn, sync_bn=t['sync_bn']):
-        t0 = time.time()
-        with progress_bars(learn, t['progress']): fit(t['max_epochs'], t['lr'], wd=t['wd'])
-        secs = time.time() - t0
-        n_fit = getattr(learn, 'epochs_this_fit', 0)
-        summary = dict(arch=m['arch'], classes=list(dls.vocab), precision=learn.precision,
-                       images={s: int(counts[s].sum()) for s in counts.columns},
-                       epochs_run=len(learn.recorder.values), epochs_this_fit=n_fit, resumed_from=None if ck is None else str(ck),
-                       train_seconds=round(secs, 2), seconds_per_epoch=round(secs / n_fit, 3) if n_fit else None,
-                       best_epoch=learn.ckpt_cb.best_epoch, best_valid_loss=learn.ckpt_cb.best_value)
-        if ck is not None and n_fit == 0:   # a resume that trained nothing: keep the run's own timings
-            summary.update(train_seconds=prev.get('train_seconds'), seconds_per_epoch=prev.get('seconds_per_epoch'))
-        for split in ('valid', 'test'):   # sharded over the ranks and gathered: every image once, results on every rank
-            if split == 'test' and not dls.has_test(): continue
-            with (contextlib.nullcontext() if t['progress'] and interactive() else learn.no_bar()): r = learn.evaluate(split, 'best')   # no bar when progress is off
-            summary.update({f'{split}_accuracy': r['accuracy'], f'{split}_macro_f1': r['macro_f1'], f'{split}_loss': r['loss'],
-                            f'{split}_roc_auc_macro': r['roc_auc_ovr_macro']})
-    wb = next((c for c in learn.cbs if isinstance(c, WandbTracker)), None)
-    wb_dir = getattr(wb, 'run_dir', None) if wb is not None else None
-    summary.update(out_dir=str(out), best_checkpoint=str(learn.ckpt_cb.best), latest_checkpoint=str(learn.ckpt_cb.fname),
-                   results_dir=str(learn.results_dir), tracking={k: v for k, v in learn.tracking.items()},
-                   wandb_run_dir=broadcast_object(str(wb_dir) if wb_dir else None))   # rank 0's W&B run, on every rank
-    if is_rank0(): atomic_write_text(out/'summary.json', to_json(summary))
-    return summary
+    return run_classifier(folder_config(config, overrides, **kwargs), folder_dls_from_config,
+                          lambda dls, cfg: _folder_learner_from_config(dls, cfg, cbs), _folder_summary, splits=('valid', 'test'))
+

@@ -350,7 +350,7 @@ def compress_sar(ckpt:str|Path, # a SAR checkpoint of a model with an entropy mo
     dev = default_device(device); model, pre, patch = _sar_parts(ckpt, dev); out = Path(out); used = set()
     if model.entropy_bottleneck is None and not model.quant_bits:
         raise ValueError(f"{ckpt}: this SAR model has a float latent (no entropy model, quant_bits=0), so it writes no codec file; "
-                         "train one with model.entropy=factorized (or model.quant_bits > 0), or use --sar reconstruct")
+                         "train one with model.entropy=factorized or hyperprior (or model.quant_bits > 0), or use --sar reconstruct")
     def work(p):
         info = compress((model, pre), p, out/f"{_unique_name(p.stem, used)}{CODEC_EXT}")
         return dict(output=info['path'], bytes=info['bytes'], bpp=info['bpp'], **({'estimate_bpp': info['estimate_bpp']} if 'estimate_bpp' in info else {}))

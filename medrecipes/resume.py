@@ -17,6 +17,7 @@ from fastai.callback.schedule import ParamScheduler
 from fastcore.xtras import ContextManagers
 from fastai.callback.tracker import TrackerCallback, ReduceLROnPlateau
 from .core import save_checkpoint, load_checkpoint, to_plain
+from .config import is_flat_config, unflatten_config
 from .callbacks import FitOnlyCallback, EpochScalars, epoch_scalars, epoch_offset, run_epoch
 from .distributed import (base_dl, is_rank0, rank, world_size, is_distributed, broadcast_object, all_gather_object,
                                     load_checkpoint_dist)
@@ -194,7 +195,9 @@ def check_resume(ckpt:dict, # the checkpoint to resume from
                              "test items into training. Resume the run that wrote it, or start afresh")
     if meta.get('config') is None: return {}
     if ckpt.get('config') is None: raise ValueError(f"cannot resume from checkpoint{where}: it holds no config to check this run's against")
-    a, b = dotted_keys(ckpt['config']), dotted_keys(meta['config'])
+    a, b = ckpt['config'], meta['config']
+    if is_flat_config(a) and not is_flat_config(b): a = unflatten_config(a, to_plain(b))   # a flat config of an earlier release
+    a, b = dotted_keys(a), dotted_keys(b)
     diff = {k: [a.get(k, _MISSING), b.get(k, _MISSING)] for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)}
     bad = {k: v for k, v in diff.items() if not _safe_key(k)}
     if bad:

@@ -235,17 +235,15 @@ def reconstruct_sar(ckpt:str|Path, # a SAR checkpoint (best.pt or latest.pt)
     return r if out == 'scaled' else np.asarray(pre.decode_db(r) if out == 'db' else pre.decode_linear(r), dtype=np.float32)
 
 # %% ../nbs/20_sar.ipynb #c017
-from .config import recipe_defaults, resolve_config, flatten_config
-SAR_DEFAULTS = flatten_config(recipe_defaults('sar'))   # every key, flat: derived from `medrecipes.config.SarConfig`
+from .config import recipe_defaults, resolve_config, RecipeConfig
+SAR_DEFAULTS = RecipeConfig('sar', recipe_defaults('sar'))   # every key, nested: derived from `medrecipes.config.SarConfig`
 
-def sar_config(config=None, overrides=(), **kwargs) -> dict:
-    "Resolve a SAR config (`medrecipes.config.resolve_config`: a config object, dict or YAML file, `kwargs`, overrides) into flat keys."
-    cfg = flatten_config(resolve_config('sar', config, overrides, **kwargs))
-    if cfg['schedule'] not in ('plateau', 'one_cycle'): raise ValueError(f"schedule must be 'plateau' or 'one_cycle', not {cfg['schedule']!r}")
-    if cfg['variant'] not in SAR_VARIANTS: raise ValueError(f"variant must be one of {SAR_VARIANTS}, not {cfg['variant']!r}")
-    if cfg['entropy'] not in (None, *ENTROPY_MODELS): raise ValueError(f"model.entropy must be one of {ENTROPY_MODELS} or null, not {cfg['entropy']!r}")
-    if cfg['quant_bits'] is None: cfg['quant_bits'] = 0 if cfg['entropy'] else 8   # null: 8 bits, or the entropy model's integers
-    return cfg
+def sar_config(config=None, overrides=(), **kwargs) -> RecipeConfig:
+    "Resolve a SAR config (`medrecipes.config.resolve_config`: a config object, dict or YAML file, `kwargs`, overrides; checked there) into the nested config."
+    cfg = resolve_config('sar', config, overrides, **kwargs)
+    m = cfg['model']
+    if m['quant_bits'] is None: m['quant_bits'] = 0 if m['entropy'] else 8   # null: 8 bits, or the entropy model's integers
+    return RecipeConfig('sar', cfg)
 
 def _clip(c):
     if c is None: return None
@@ -328,35 +326,36 @@ def train_sar(config:str|Path|None=None, # YAML config file
               cbs=None, # extra callbacks for the learner
               **kwargs) -> dict:
     "Train and evaluate one SAR autoencoder run; returns a summary (also written to `summary.json`)."
-    cfg = sar_config(config, overrides, **kwargs)
-    out = Path(cfg['out_dir']); bs, failed = int(cfg['bs']), []
-    init_distributed(cfg['device'])   # a no-op unless launched by torchrun / accelerate launch
-    device = default_device(cfg['device'])
+    cfg = dict(sar_config(config, overrides, **kwargs))   # the plain nested dict
+    m, d, t = cfg['model'], cfg['data'], cfg['trainer']
+    out = Path(t['out_dir']); bs, failed = int(d['batch_size']), []
+    init_distributed(t['device'])   # a no-op unless launched by torchrun / accelerate launch
+    device = default_device(t['device'])
     while True:
-        set_seed(cfg['seed'])
-        dls = SarDataLoaders.from_folder(cfg['data_path'], patch=cfg['patch'], bs=bs, units=cfg['units'], clip=_clip(cfg['clip']), calibration_db=cfg['calibration_db'], max_memory_mb=cfg['max_memory_mb'],
-                                         patches_per_image=cfg['patches_per_image'], seed=cfg['seed'], num_workers=cfg['num_workers'], device=device,
-                                         target=cfg['target'])
-        run_cfg = {**cfg, 'bs': bs}
-        learn = sar_learner(dls, variant=cfg['variant'], latent_channels=cfg['latent_channels'], base_channels=cfg['base_channels'],
-                            quant_bits=cfg['quant_bits'], quant_proxy=cfg['quant_proxy'], entropy=cfg['entropy'], rd_lambda=cfg['rd_lambda'],
-                            mse_weight=cfg['mse_weight'], ssim_weight=cfg['ssim_weight'], lr=cfg['lr'], clip_grad=cfg['clip_grad'],
-                            plateau=cfg['schedule'] == 'plateau', plateau_factor=cfg['plateau_factor'], plateau_patience=cfg['plateau_patience'],
-                            patience=cfg['patience'], out_dir=out, hist_every=cfg['hist_every'], config=run_cfg, cbs=cbs,
-                            precision=cfg['precision'], accumulate=cfg['accumulate'], tracking=cfg.get('logging'))
-        if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checked before anything is written
+        set_seed(t['seed'])
+        dls = SarDataLoaders.from_folder(d['path'], patch=d['patch'], bs=bs, units=d['units'], clip=_clip(d['clip']), calibration_db=d['calibration_db'], max_memory_mb=d['max_memory_mb'],
+                                         patches_per_image=d['patches_per_image'], seed=t['seed'], num_workers=d['num_workers'], device=device,
+                                         target=d['target'])
+        run_cfg = {**cfg, 'data': {**d, 'batch_size': bs}}   # the batch size this attempt uses
+        learn = sar_learner(dls, variant=m['variant'], latent_channels=m['latent_channels'], base_channels=m['base_channels'],
+                            quant_bits=m['quant_bits'], quant_proxy=m['quant_proxy'], entropy=m['entropy'], rd_lambda=t['rd_lambda'],
+                            mse_weight=t['mse_weight'], ssim_weight=t['ssim_weight'], lr=t['lr'], clip_grad=t['clip_grad'],
+                            plateau=t['schedule'] == 'plateau', plateau_factor=t['plateau_factor'], plateau_patience=t['plateau_patience'],
+                            patience=cfg['callbacks']['patience'], out_dir=out, hist_every=cfg['callbacks']['hist_every'], config=run_cfg, cbs=cbs,
+                            precision=t['precision'], accumulate=t['accumulate'], tracking=cfg['logging'])
+        if (ck := resume_path(t['resume'], learn)) is not None: learn.resume(ck)   # checked before anything is written
         if is_rank0(): save_config(run_cfg, out/'config.yaml')
         prev = _previous_figures(out/'summary.json')
-        fit = (lambda: learn.fit_one_cycle(cfg['epochs'], cfg['lr'])) if cfg['schedule'] == 'one_cycle' else (lambda: learn.fit(cfg['epochs'], cfg['lr']))
+        fit = (lambda: learn.fit_one_cycle(t['max_epochs'], t['lr'])) if t['schedule'] == 'one_cycle' else (lambda: learn.fit(t['max_epochs'], t['lr']))
         stop = lambda: 0.
         try:
             # memory: the process's one-time growth (kernels, thread pools, allocator) goes into a warm-up pass, and the memory
             # earlier runs freed goes back to the OS, so a variant's figure does not depend on what ran before it
-            _warm_up_process(dls, cfg['variant']); _warm_up(learn); gc.collect(); _malloc_trim()
+            _warm_up_process(dls, m['variant']); _warm_up(learn); gc.collect(); _malloc_trim()
             if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
             stop = _peak_rss_sampler(); t0 = time.time()
-            with distributed(learn, sync_bn=cfg['sync_bn']):
-                with progress_bars(learn, cfg['progress']): fit()
+            with distributed(learn, sync_bn=t['sync_bn']):
+                with progress_bars(learn, t['progress']): fit()
         except Exception as e:
             stop()
             if not _is_oom(e) or is_distributed(): raise
@@ -372,16 +371,16 @@ def train_sar(config:str|Path|None=None, # YAML config file
     figures = dict(train_seconds=round(secs, 2), seconds_per_epoch=round(secs / max(retrained, 1), 3), peak_memory_mb=round(peak, 1),
                    peak_memory_kind='cuda_max_allocated' if device.type == 'cuda' else 'cpu_rss_growth')
     if not retrained: figures = prev   # a resume of a finished run: the original run's figures (None when unknown), not the no-op's
-    summary = dict(variant=cfg['variant'], params=count_parameters(learn.model), compression=compression_ratio(learn.model, (1, cfg['patch'], cfg['patch'])),
+    summary = dict(variant=m['variant'], params=count_parameters(learn.model), compression=compression_ratio(learn.model, (1, d['patch'], d['patch'])),
                    bs_used=bs, bs_failed=failed, epochs_run=epochs_run, epochs_trained_now=retrained, **figures,
                    best_epoch=learn.ckpt_cb.best_epoch)
-    with distributed(learn), (contextlib.nullcontext() if cfg['progress'] and interactive() else learn.no_bar()):
+    with distributed(learn), (contextlib.nullcontext() if t['progress'] and interactive() else learn.no_bar()):
         summary.update({f'valid_{k}': v for k, v in learn.evaluate(which='best').items()})
-        test_dir = Path(cfg['data_path'])/'test'
+        test_dir = Path(d['path'])/'test'
         if test_dir.is_dir():
             summary.update({f'test_{k}': v for k, v in learn.evaluate(dls.tiles_dl(test_dir), which='best').items()})
-    if (cfg['quant_bits'] or cfg['entropy']) and cfg['codec_images']:   # the best weights are loaded: code real files (every rank: the same summary)
-        summary.update(_codec_summary(learn, Path(cfg['data_path']), int(cfg['codec_images']), out))
+    if (m['quant_bits'] or m['entropy']) and t['codec_images']:   # the best weights are loaded: code real files (every rank: the same summary)
+        summary.update(_codec_summary(learn, Path(d['path']), int(t['codec_images']), out))
     if is_rank0(): atomic_write_text(out/'summary.json', to_json(summary))
     return summary
 

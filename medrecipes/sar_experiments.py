@@ -47,8 +47,8 @@ def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> p
     With `compare_seeds` (e.g. [0, 1, 2]) every variant is trained once per seed (`out_dir/seed<N>/`) and the table gives each figure's
     mean and spread over the seeds (`compare_seeds`)."""
     base = sar_config(config, overrides, **kwargs)
-    if base.get('compare_seeds'): return compare_seeds(config, overrides, variants, base['compare_seeds'], **kwargs)
-    out = Path(base['out_dir']); rows = []
+    if base['trainer'].get('compare_seeds'): return compare_seeds(config, overrides, variants, base['trainer']['compare_seeds'], **kwargs)
+    out = Path(base['trainer']['out_dir']); rows = []
     for v in variants:
         s = train_sar(config, [*overrides, f'variant={v}', f"out_dir={out/v}"], **kwargs)
         split = 'test' if 'test_psnr' in s else 'valid'
@@ -68,10 +68,10 @@ def compare_sar(config=None, overrides=(), variants=SAR_VARIANTS, **kwargs) -> p
     if is_rank0():
         atomic_write(out/'comparison.csv', lambda t: df.to_csv(t, index=False))
         atomic_write_text(out/'comparison.md', _md_table(df) + '\nTargets:\n' + ''.join(f'- {l}\n' for l in df.attrs['targets']))
-    if base.get('sweep_latent_channels') and base.get('sweep_quant_bits'):
-        df.attrs['rd'] = rd_sweep(config, overrides, variants, base['sweep_latent_channels'], base['sweep_quant_bits'], **kwargs)
-    if base.get('sweep_rd_lambda'):
-        df.attrs['rd_curves'] = rd_curves(config, overrides, variants, base['sweep_rd_lambda'], **kwargs)
+    if base['trainer'].get('sweep_latent_channels') and base['trainer'].get('sweep_quant_bits'):
+        df.attrs['rd'] = rd_sweep(config, overrides, variants, base['trainer']['sweep_latent_channels'], base['trainer']['sweep_quant_bits'], **kwargs)
+    if base['trainer'].get('sweep_rd_lambda'):
+        df.attrs['rd_curves'] = rd_curves(config, overrides, variants, base['trainer']['sweep_rd_lambda'], entropies=(base['model'].get('entropy') or 'factorized',), **kwargs)
     return df
 
 # %% ../nbs/20a_sar_experiments.ipynb #x-seeds
@@ -84,7 +84,7 @@ def compare_seeds(config=None, overrides=(), variants=SAR_VARIANTS,
     comparison.csv (per variant: `<figure>_mean`, `<figure>_std`, `<figure>_min`, `<figure>_max` over the seeds, the PSNR rank in
     each seed) and comparison.md (mean +/- standard deviation, the targets judged on the means and per seed, the wall time)."""
     base = sar_config(config, overrides, **kwargs)
-    out, seeds, t0 = Path(base['out_dir']), [int(s) for s in seeds], time.time()
+    out, seeds, t0 = Path(base['trainer']['out_dir']), [int(s) for s in seeds], time.time()
     if len(seeds) < 2 or len(set(seeds)) != len(seeds): raise ValueError(f"compare_seeds must list at least two different seeds, not {seeds}")
     runs = []
     for s in seeds:
@@ -129,7 +129,7 @@ def rd_sweep(config=None, overrides=(), variants=('residual', 'attention'),
              **kwargs) -> pd.DataFrame:
     "Train every variant x latent channels x bits; PSNR against real-file bpp with JPEG2000 at the same rates: rd.csv, rd.png in out_dir/rd"
     base = sar_config(config, overrides, **kwargs)
-    out = Path(base['out_dir'])/'rd'; rows = []
+    out = Path(base['trainer']['out_dir'])/'rd'; rows = []
     for v in variants:
         for c in latent_channels:
             for b in quant_bits:
@@ -188,9 +188,9 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
     except ImportError: jxl = False
     from medrecipes.data.sar import sar_files, read_sar_image
     base = sar_config(config, overrides, **kwargs)
-    out, data = Path(base['out_dir'])/'rd_curves', Path(base['data_path'])
+    out, data = Path(base['trainer']['out_dir'])/'rd_curves', Path(base['data']['path'])
     split = 'test' if (data/'test').is_dir() else 'valid'
-    files = sar_files(data/split)[:base['codec_images'] or None]
+    files = sar_files(data/split)[:base['trainer']['codec_images'] or None]
     clean_dir = data/'clean'/split
     scenes = [(f, read_sar_image(f), np.load(clean_dir/f.name) if (clean_dir/f.name).is_file() else None) for f in files]   # read once
     rows = []

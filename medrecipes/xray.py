@@ -18,7 +18,7 @@ from .data.xray import *
 from .callbacks import *
 from .classification_metrics import classification_metrics
 from .classify import (create_classifier, ClassifierLearner, classifier_learner,
-                                 data_fingerprint, load_classifier, predict)
+                                 run_classifier, load_classifier, predict)
 from .resume import ResumableLearner, ResumeCheckpoint, resume_path
 from .distributed import init_distributed, distributed, is_rank0, load_checkpoint_dist
 
@@ -28,18 +28,24 @@ _all_ = ['XrayDataLoaders', 'Radiograph', 'XRAY_CLASSES', 'SPLIT_KINDS', 'read_b
          'load_classifier', 'predict']
 
 # %% auto #0
-__all__ = ['RUN_DIRS', 'XRAY_DEFAULTS', 'xray_fingerprint', 'XrayLearner', 'xray_learner', 'load_xray_model', 'predict_xray',
-           'xray_config', 'xray_dls_from_config', 'train_xray', 'train_all_xray', 'XrayDataLoaders', 'Radiograph',
-           'XRAY_CLASSES', 'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split', 'save_split',
-           'load_split', 'RecallCollapseWarning', 'create_classifier', 'classification_metrics', 'ClassifierLearner',
+__all__ = ['RUN_DIRS', 'XRAY_DEFAULTS', 'XrayLearner', 'xray_learner', 'load_xray_model', 'predict_xray', 'xray_config',
+           'xray_dls_from_config', 'train_xray', 'train_all_xray', 'XrayDataLoaders', 'Radiograph', 'XRAY_CLASSES',
+           'SPLIT_KINDS', 'read_btxrd_metadata', 'check_images', 'make_split', 'save_split', 'load_split',
+           'RecallCollapseWarning', 'create_classifier', 'classification_metrics', 'ClassifierLearner',
            'load_classifier', 'predict']
 
 # %% ../nbs/16_xray.ipynb #c005
 RUN_DIRS = {'stratified': 'stratified', 'center': 'center_holdout'}
 
-def xray_fingerprint(dls:XrayDataLoaders) -> str:
-    "A short hash of the split: the sorted (image_id, split) pairs."
-    return data_fingerprint(zip(dls.split_df.image_id, dls.split_df.split))
+def _xray_fingerprint(dls:XrayDataLoaders) -> str:
+    "Deprecated: `dls.data_fingerprint`."
+    warnings.warn("medrecipes.xray.xray_fingerprint(dls) is deprecated: use dls.data_fingerprint "
+                  "(medrecipes.data.xray.XrayDataLoaders.data_fingerprint)", DeprecationWarning, stacklevel=2)
+    return dls.data_fingerprint
+
+def __getattr__(name):
+    if name == 'xray_fingerprint': return _xray_fingerprint   # for one release; the call warns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 class XrayLearner(ClassifierLearner):
     "A `ClassifierLearner` whose test split is the BTXRD held-out test split."
@@ -71,7 +77,7 @@ def xray_learner(dls:XrayDataLoaders, # from `XrayDataLoaders.from_btxrd`
     tag = dls.split_name
     run_dir = Path(out_dir)/RUN_DIRS.get(tag, tag)
     learn = classifier_learner(dls, run_dir, arch, pretrained=pretrained, weights=weights, model_kwargs=dict(drop_rate=drop_rate),
-                               class_weighted=class_weighted, patience=patience, config=config, data_fingerprint=xray_fingerprint(dls),
+                               class_weighted=class_weighted, patience=patience, config=config,
                                cbs=[*tracker_callbacks(run_dir, {'tensorboard': False, **(tracking or {}), 'csv': True}, list(dls.vocab), config),
                                     RecallCollapseCallback('Malignant', collapse_patience), *(cbs or [])],
                                precision=precision, accumulate=accumulate, clip_grad=clip_grad,
@@ -93,69 +99,58 @@ def predict_xray(ckpt:str|Path|dict, # checkpoint path or loaded checkpoint
     return predict(ckpt, files, bs=bs, device=device, open_image=Radiograph.create)
 
 # %% ../nbs/16_xray.ipynb #c012
-from .config import recipe_defaults, resolve_config, flatten_config
-XRAY_DEFAULTS = flatten_config(recipe_defaults('xray'))   # every key, flat: derived from `medrecipes.config.XrayConfig`
+from .config import recipe_defaults, resolve_config, RecipeConfig
+XRAY_DEFAULTS = RecipeConfig('xray', recipe_defaults('xray'))   # every key, nested: derived from `medrecipes.config.XrayConfig`
 
-def xray_config(config=None, overrides=(), **kwargs) -> dict:
-    "Resolve an X-ray config (`medrecipes.config.resolve_config`: a config object, dict or YAML file, `kwargs`, overrides) into flat keys."
-    cfg = flatten_config(resolve_config('xray', config, overrides, **kwargs))
-    if cfg['schedule'] not in ('one_cycle', 'flat'): raise ValueError(f"schedule must be 'one_cycle' or 'flat', not {cfg['schedule']!r}")
-    if str(cfg['split']) not in SPLIT_KINDS and not Path(str(cfg['split'])).is_file():
-        raise ValueError(f"split must be one of {SPLIT_KINDS} or an existing split CSV, not {cfg['split']!r}")
-    return cfg
+def xray_config(config=None, overrides=(), **kwargs) -> RecipeConfig:
+    "Resolve an X-ray config (`medrecipes.config.resolve_config`: a config object, dict or YAML file, `kwargs`, overrides; checked there)."
+    return RecipeConfig('xray', resolve_config('xray', config, overrides, **kwargs))
 
 def xray_dls_from_config(cfg:dict) -> XrayDataLoaders:
-    "The `XrayDataLoaders` a config describes."
-    return XrayDataLoaders.from_btxrd(cfg['data_path'], split=cfg['split'], seed=cfg['seed'], size=cfg['size'], bs=cfg['bs'],
-                                      valid_pct=cfg['valid_pct'], test_pct=cfg['test_pct'], meta=cfg['meta'], img_dir=cfg['img_dir'],
-                                      augment=cfg['augment'], num_workers=cfg['num_workers'], device=default_device(cfg['device']),
-                                      cache=cfg['cache'], cache_dir=cfg['cache_dir'], cache_size=cfg['cache_size'], cache_verify=cfg['cache_verify'], draft=cfg['draft'],
-                                      min_image_size=cfg['min_image_size'], dup_distance=cfg['dup_distance'], progress=cfg['progress'])
+    "The `XrayDataLoaders` a resolved config describes."
+    d, t = cfg['data'], cfg['trainer']
+    return XrayDataLoaders.from_btxrd(d['path'], split=d['split'], seed=t['seed'], size=d['size'], bs=d['batch_size'],
+                                      valid_pct=d['valid_pct'], test_pct=d['test_pct'], meta=d['meta'], img_dir=d['img_dir'],
+                                      augment=d['augment'], num_workers=d['num_workers'], device=default_device(t['device']),
+                                      cache=d['cache'], cache_dir=d['cache_dir'], cache_size=d['cache_size'], cache_verify=d['cache_verify'], draft=d['draft'],
+                                      min_image_size=d['min_image_size'], dup_distance=d['dup_distance'], progress=t['progress'])
+
+def _xray_learner_from_config(dls:XrayDataLoaders, cfg:dict) -> XrayLearner:
+    m, t, c = cfg['model'], cfg['trainer'], cfg['callbacks']
+    return xray_learner(dls, arch=m['arch'], pretrained=m['pretrained'], class_weighted=t['class_weighted'],
+                        patience=c['patience'], collapse_patience=c['collapse_patience'], out_dir=t['out_dir'],
+                        config=cfg, drop_rate=m['drop_rate'], weights=m['weights'],
+                        precision=t['precision'], accumulate=t['accumulate'], clip_grad=t['clip_grad'], tracking=cfg['logging'])
+
+def _save_split(run): save_split(run.dls.split_df, run.dir/'split.csv')
+
+def _xray_summary(run) -> dict:
+    "The X-ray summary of a finished `run_classifier` run: the training log's best epoch and the test metrics."
+    learn, test = run.learn, run.results['test']
+    secs = round(run.train_seconds, 1)
+    if run.resumed_from is not None and run.epochs_this_fit == 0: secs = run.previous.get('train_seconds')   # a resume that trained nothing: keep the run's own time
+    tl = next(c for c in learn.cbs if isinstance(c, TrainingLog))
+    log = pd.DataFrame(tl.rows, columns=tl.columns)   # the rows of training_log.csv, on every rank
+    best = log.loc[log.val_loss.idxmin()]
+    return dict(split=run.dls.split_name, epochs_run=len(log), epochs_this_fit=run.epochs_this_fit,
+                resumed_from=None if run.resumed_from is None else str(run.resumed_from),
+                train_seconds=secs, best_epoch=int(best.epoch),
+                best_val_loss=float(best.val_loss), best_val_acc=float(best.val_acc), test_accuracy=test['accuracy'],
+                test_macro_f1=test['macro_f1'], test_roc_auc_macro=test['roc_auc_ovr_macro'],
+                results_dir=str(run.dir), best_checkpoint=str(learn.ckpt_cb.best),
+                final_checkpoint=str(learn.ckpt_cb.fname))   # the final state is latest.pt once the fit has ended
 
 def train_xray(config=None, # a config object, a dict (nested or flat keys) or a YAML file (`medrecipes.config.resolve_config`)
                overrides=(), # `group=choice`, `group.key=value` or `flat_key=value` strings
                **kwargs) -> dict:
-    "Train and evaluate one X-ray run; returns a summary."
-    cfg = xray_config(config, overrides, **kwargs)
-    init_distributed(cfg['device'])   # a no-op unless launched by torchrun / accelerate launch
-    set_seed(cfg['seed'])
-    dls = xray_dls_from_config(cfg)
-    learn = xray_learner(dls, arch=cfg['arch'], pretrained=cfg['pretrained'], class_weighted=cfg['class_weighted'],
-                         patience=cfg['patience'], collapse_patience=cfg['collapse_patience'], out_dir=cfg['out_dir'],
-                         config=cfg, drop_rate=cfg['drop_rate'], weights=cfg.get('weights'),
-                         precision=cfg.get('precision', 'fp32'), accumulate=cfg.get('accumulate', 1), clip_grad=cfg.get('clip_grad'),
-                         tracking=cfg.get('logging'))
-    run = learn.run_dir
-    prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
-    if (ck := resume_path(cfg['resume'], learn)) is not None: learn.resume(ck)   # checks config and split first
-    if is_rank0():
-        save_config(cfg, run/'config.yaml'); save_split(dls.split_df, run/'split.csv')
-        leaks = getattr(dls, 'leak_report', None)   # near-duplicates across the splits of a split loaded from a file
-        if leaks is not None and len(leaks): atomic_write(run/'leak_report.csv', lambda t: leaks.to_csv(t, index=False))
-    fit = learn.fit_one_cycle if cfg['schedule'] == 'one_cycle' else learn.fit
-    with distributed(learn, sync_bn=cfg['sync_bn']):
-        t0 = time.time()
-        with progress_bars(learn, cfg['progress']): fit(cfg['epochs'], cfg['lr'], wd=cfg['wd'])
-        secs = round(time.time() - t0, 1)
-        n_fit = getattr(learn, 'epochs_this_fit', 0)
-        if ck is not None and n_fit == 0: secs = prev.get('train_seconds')   # a resume that trained nothing: keep the run's own time
-        with (contextlib.nullcontext() if cfg['progress'] and interactive() else learn.no_bar()): test = learn.evaluate_test('best')   # no bar when progress is off
-    tl = next(c for c in learn.cbs if isinstance(c, TrainingLog))
-    log = pd.DataFrame(tl.rows, columns=tl.columns)   # the rows of training_log.csv, on every rank
-    best = log.loc[log.val_loss.idxmin()]
-    summary = dict(split=dls.split_name, epochs_run=len(log), epochs_this_fit=n_fit, resumed_from=None if ck is None else str(ck),
-                   train_seconds=secs, best_epoch=int(best.epoch),
-                   best_val_loss=float(best.val_loss), best_val_acc=float(best.val_acc), test_accuracy=test['accuracy'],
-                   test_macro_f1=test['macro_f1'], test_roc_auc_macro=test['roc_auc_ovr_macro'],
-                   results_dir=str(run), best_checkpoint=str(learn.ckpt_cb.best),
-                   final_checkpoint=str(learn.ckpt_cb.fname))   # the final state is latest.pt once the fit has ended
-    if is_rank0(): atomic_write_text(run/'summary.json', to_json(summary))
-    return summary
+    "Train and evaluate one X-ray run (`medrecipes.classify.run_classifier` with the BTXRD loaders and split); returns a summary."
+    return run_classifier(resolve_config('xray', config, overrides, **kwargs), xray_dls_from_config, _xray_learner_from_config, _xray_summary,
+                          splits=('test',), write_files=_save_split)
 
 def train_all_xray(config:str|Path|None=None, overrides=(), splits=SPLIT_KINDS, **kwargs) -> pd.DataFrame:
     "Train and evaluate both split protocols in turn (run directories `stratified/`, `center_holdout/`); one summary row per split."
     rows = [train_xray(config, [*overrides, f'split={s}'], **kwargs) for s in splits]
     df = pd.DataFrame(rows)
-    out = Path(xray_config(config, overrides, **kwargs)['out_dir'])/'summary.csv'
+    out = Path(xray_config(config, overrides, **kwargs)['trainer']['out_dir'])/'summary.csv'
     if is_rank0(): atomic_write(out, lambda t: df.to_csv(t, index=False))
     return df

@@ -8,7 +8,8 @@ from PIL import Image
 from medrecipes.synth import make_digits
 from medrecipes.data.folder import FolderDataLoaders
 from medrecipes import classify
-from medrecipes.classify import create_classifier, classifier_learner, load_classifier, predict, data_fingerprint
+from medrecipes.classify import create_classifier, classifier_learner, load_classifier, predict
+from medrecipes.data.xray import split_fingerprint as data_fingerprint   # the hash of (name, split) pairs
 from medrecipes.classification_metrics import classification_metrics
 
 CONTRACT = {'model_state_dict', 'optimizer_state_dict', 'config', 'arch', 'class_names', 'normalization', 'model_kwargs',

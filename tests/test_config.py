@@ -15,9 +15,12 @@ def test_yaml_roots_and_python_defaults_agree():
     from medrecipes.sar import SAR_DEFAULTS
     from medrecipes.folder import FOLDER_DEFAULTS
     for r in RECIPES: assert compose_config(r) == recipe_defaults(r) == asdict(RECIPE_CONFIGS[r]()), r
-    assert XRAY_DEFAULTS == flatten_config(recipe_defaults('xray')) and SAR_DEFAULTS == flatten_config(recipe_defaults('sar'))
+    assert XRAY_DEFAULTS == recipe_defaults('xray') and SAR_DEFAULTS == recipe_defaults('sar')   # one nested shape for every recipe
     assert FOLDER_DEFAULTS == recipe_defaults('folder')
-    assert (XRAY_DEFAULTS['epochs'], XRAY_DEFAULTS['bs'], XRAY_DEFAULTS['data_path']) == (30, 32, 'data/BTXRD')
+    x = XRAY_DEFAULTS
+    assert (x['trainer']['max_epochs'], x['data']['batch_size'], x['data']['path']) == (30, 32, 'data/BTXRD')
+    with pytest.warns(DeprecationWarning, match=r"config\['epochs'\] \(a flat key\) is deprecated.*trainer.max_epochs"):
+        assert (x['epochs'], x['bs'], x['data_path']) == (30, 32, 'data/BTXRD')   # the flat keys, for one release
     # the keys that used to disagree between folder.py and configs/: one value now, the dataclass's
     f = compose_config('folder')
     assert (f['model']['pretrained'], f['data']['size'], f['data']['path'], f['data']['num_workers']) == (False, 224, 'data/images', 0)
@@ -58,8 +61,8 @@ def test_recipes_take_a_root_yaml_with_defaults(tmp_path):
     from medrecipes.sar import sar_config
     from medrecipes.folder import folder_config
     d = default_config_dir()
-    assert xray_config(d/'xray_demo.yaml', ['model=resnet50'])['arch'] == 'resnet50'
-    assert sar_config(d/'sar.yaml', ['model=sar_residual'])['variant'] == 'residual'
+    assert xray_config(d/'xray_demo.yaml', ['model=resnet50'])['model']['arch'] == 'resnet50'
+    assert sar_config(d/'sar.yaml', ['model=sar_residual'])['model']['variant'] == 'residual'
     assert folder_config(d/'folder_demo.yaml', ['logging=csv'])['logging']['tensorboard'] is False
     missing = tmp_path/'no_btxrd'
     with pytest.raises(FileNotFoundError, match=str(missing)): train_xray(d/'xray.yaml', [f'data.path={missing}'])
@@ -155,3 +158,51 @@ def test_overrides_are_read_as_a_person_means_them(override, key, want):
 ])
 def test_overrides_a_number_cannot_mean_are_errors(override, match):
     with pytest.raises(ValueError, match=match): resolve_config('xray', overrides=[override])
+
+
+def test_values_are_range_checked_once_in_config():
+    "Every recipe's values are checked by `resolve_config` (types, then the ranges each section declares), the message naming the dotted key."
+    for recipe, over, msg in [('folder', 'trainer.max_epochs=0', r'trainer.max_epochs must be an int >= 1, not 0'),
+                              ('xray', 'epochs=0', r'trainer.max_epochs must be an int >= 1, not 0'),   # a flat key: the nested name
+                              ('sar', 'trainer.lr=0', r'trainer.lr must be a number > 0, not 0.0'),
+                              ('xray', 'trainer.precision=fp8', r"trainer.precision must be one of \('auto', 'fp32', 'bf16', 'fp16'\)"),
+                              ('xray', 'split=nowhere.csv', r"data.split must be one of \('stratified', 'center'\) or an existing split CSV"),
+                              ('sar', 'model.entropy=gaussian', r"model.entropy must be one of \('factorized', 'hyperprior'\) or null"),
+                              ('folder', 'data.batch_size=0', r'data.batch_size must be an int >= 1, not 0'),
+                              ('folder', 'logging.wandb_mode=cloud', r"logging.wandb_mode must be one of \('offline', 'online', 'disabled'\)")]:
+        with pytest.raises(ValueError, match=msg): resolve_config(recipe, overrides=[over])
+    with pytest.raises(ValueError, match=r'trainer.accumulate must be an int >= 1'): resolve_config('xray', accumulate=0)
+    assert check_config_value('folder', 'trainer.clip_grad', 0, 'clip_grad') == 0.
+    with pytest.raises(ValueError, match=r'^clip_grad must be a gradient norm'): check_config_value('folder', 'trainer.clip_grad', -1., 'clip_grad')
+    with pytest.raises(KeyError, match='unknown config key'): check_config_value('folder', 'trainer.nope', 1)
+
+
+def test_allowed_values_agree_with_the_layers_that_use_them():
+    "config.py states the allowed values of keys whose users sit in later modules; they must be the same."
+    from medrecipes.callbacks import PRECISIONS, WANDB_MODES
+    from medrecipes.data.xray import SPLIT_KINDS
+    from medrecipes.models.sar import SAR_VARIANTS, ENTROPY_MODELS
+    assert PRECISION.says == f"one of {PRECISIONS}"
+    assert LoggingConfig.checks['wandb_mode'].says == f"one of {WANDB_MODES}"
+    assert XRAY_SPLIT.says.startswith(f"one of {SPLIT_KINDS}")
+    assert SarModel.checks['variant'].says == f"one of {SAR_VARIANTS}"
+    assert SarModel.checks['entropy'].says == f"one of {ENTROPY_MODELS} or null"
+    assert 'checks' not in {f.name for f in fields(XrayTrainer)}   # a class variable, not a config key
+    with pytest.raises(KeyError, match="unknown config key 'trainer.checks'"): resolve_config('xray', {'trainer': {'checks': {}}})
+
+
+def test_recipes_read_the_nested_config_and_flat_keys_still_map():
+    "The recipes' configs are nested; flat keyword arguments map onto it in one place; flat reads warn for one release."
+    import warnings
+    from medrecipes.xray import xray_config
+    from medrecipes.sar import sar_config
+    from medrecipes.folder import folder_config
+    x, s, f = xray_config(epochs=3, bs=4, data_path='d', out_dir='o'), sar_config(epochs=3, bs=4), folder_config(epochs=3, bs=4)
+    assert (x['trainer']['max_epochs'], x['data']['batch_size'], x['data']['path'], x['trainer']['out_dir']) == (3, 4, 'd', 'o')
+    for c in (x, s, f): assert set(c) == set(CONFIG_GROUPS) and (c['trainer']['max_epochs'], c['data']['batch_size']) == (3, 4)
+    assert s['model']['quant_bits'] == 8   # null: 8 bits without an entropy model
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); assert (s['epochs'], s.get('compare_seeds'), s.get('data_path')) == (3, None, 'data/sar')
+    assert len(w) == 3 and all(issubclass(i.category, DeprecationWarning) for i in w)
+    # flatten_config stays public, and a flat config resolves to the same nested one
+    assert resolve_config('xray', flatten_config(x)) == x and unflatten_config(flatten_config(x), x) == x

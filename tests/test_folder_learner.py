@@ -102,9 +102,10 @@ def test_short_run_checkpoints_and_the_xray_loader(digits, tmp_path, quiet, caps
     model, ck = load_classifier(out/'checkpoints'/'best.pt')
     assert sum(x.numel() for x in model.parameters()) > 1e5
     # the data fingerprint: the files of each split, relative to the data set folder
-    from medrecipes.classify import data_fingerprint
-    assert latest['data_fingerprint'] == data_fingerprint((f.relative_to(digits).as_posix(), f.parts[-3])
-                                                          for f in digits.rglob('*.png'))
+    from medrecipes.data.xray import split_fingerprint
+    assert latest['data_fingerprint'] == split_fingerprint((f.relative_to(digits).as_posix(), f.parts[-3])
+                                                           for f in digits.rglob('*.png'))
+    assert latest['config']['trainer']['max_epochs'] >= 1   # the nested config the recipe read
     # a resume with nothing left to train keeps the run's own timings (issue 12.4), and its results
     (out/'summary.json').write_text(json.dumps({**s, 'train_seconds': 77.7, 'seconds_per_epoch': 38.85}))
     r = train_folder(_cfg(digits, out, trainer={'resume': True}))

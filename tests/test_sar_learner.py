@@ -55,7 +55,7 @@ def test_checkpoints_carry_everything_and_load_weights_only(sar_data, tmp_path):
         assert {'model_state_dict', 'optimizer_state_dict', 'loop', 'recorder', 'callbacks', 'rng', 'config', 'preprocessing_params',
                 'model_config', 'patch', 'data_fingerprint'} <= set(ck)
         assert 'preprocess' not in ck
-        assert ck['config']['variant'] == 'baseline' and ck['config']['lr'] == 1e-4
+        assert ck['config']['model']['variant'] == 'baseline' and ck['config']['trainer']['lr'] == 1e-4
         cbs = ck['callbacks']
         assert {'best', 'wait'} <= set(cbs['ReduceLROnPlateau.0']) and {'best', 'wait'} <= set(cbs['EarlyStoppingCallback.0'])
         assert ck['optimizer_state_dict']['hypers'][0]['lr'] == pytest.approx(1e-4)
@@ -208,7 +208,7 @@ def test_precision_accumulation_csv_and_wandb_reach_the_sar_recipe(sar_data, tmp
         s = train_sar(data_path=sar_data, out_dir=tmp_path, variant='baseline', epochs=1, precision='bf16', accumulate=2,
                       logging={'csv': True, 'wandb': True, 'wandb_mode': 'offline'}, **SMALL)
     ck = load_checkpoint(tmp_path/'checkpoints'/'latest.pt')
-    assert ck['config']['precision'] == 'bf16' and ck['config']['accumulate'] == 2
+    assert ck['config']['trainer']['precision'] == 'bf16' and ck['config']['trainer']['accumulate'] == 2
     log = pd.read_csv(tmp_path/'training_log.csv')
     assert list(log.epoch) == [0] and np.isfinite(log.train_loss).all() and np.isfinite(log.val_loss).all()
     assert any((tmp_path/'wandb').rglob('*.wandb')), 'no offline W&B run was written'
@@ -229,7 +229,7 @@ def test_compare_over_seeds_reports_mean_and_spread(sar_data, tmp_path):
         one = pd.read_csv(tmp_path/f'seed{s}'/'comparison.csv')
         assert one.psnr.tolist() == runs[runs.seed == s].psnr.tolist()
         assert (tmp_path/f'seed{s}'/'attention'/'checkpoints'/'best.pt').is_file()
-        assert load_checkpoint(tmp_path/f'seed{s}'/'residual'/'checkpoints'/'best.pt')['config']['seed'] == s
+        assert load_checkpoint(tmp_path/f'seed{s}'/'residual'/'checkpoints'/'best.pt')['config']['trainer']['seed'] == s
     assert runs[runs.seed == 0].psnr.tolist() != runs[runs.seed == 1].psnr.tolist()   # the seed changes the training
     assert pd.read_csv(tmp_path/'comparison.csv').variant.tolist() == agg.variant.tolist() == ['residual', 'attention']
     for v in ('residual', 'attention'):

@@ -102,7 +102,7 @@ def test_clean_target_run_scores_against_the_reflectivity(sar_data, tmp_path):
         with torch.no_grad(): rec = t.stitch(model(torch.stack([t[i][0] for i in range(len(t))]).as_subclass(torch.Tensor)))[0]
         num += float(psnr(torch.from_numpy(rec)[None, None], torch.from_numpy(c)[None, None])) * c.size; den += c.size
     assert s['valid_psnr'] == pytest.approx(num / den, abs=1e-3)
-    assert load_checkpoint(tmp_path/'checkpoints'/'best.pt')['config']['target'] == 'clean'
+    assert load_checkpoint(tmp_path/'checkpoints'/'best.pt')['config']['data']['target'] == 'clean'
 
 
 def test_rd_curves_and_bd_rates(sar_data, tmp_path):

@@ -4,7 +4,6 @@ import numpy as np, pandas as pd, pytest, torch
 import torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from medrecipes.xray import *
-from medrecipes.xray import xray_fingerprint
 from medrecipes.callbacks import RecallCollapseWarning, class_weights
 import _procs as procs
 
@@ -60,7 +59,7 @@ def test_early_stopping_and_checkpoints(dls, tmp_path):
         assert ck['normalization'] == dls.normalization and ck['arch'] == 'efficientnet_b0' and ck['model_kwargs'] == {'drop_rate': 0.2}
         assert set(ck) >= {'model_state_dict', 'optimizer_state_dict', 'config', 'class_names', 'normalization', 'data_fingerprint'}
         assert ck['optimizer_state_dict']['state'] and ck['split'] == 'center'
-        assert ck['data_fingerprint'] == xray_fingerprint(dls)
+        assert ck['data_fingerprint'] == dls.data_fingerprint
     assert best['best_value'] == pytest.approx(log.val_loss.min())
 
 
@@ -112,7 +111,7 @@ def _check_run(res, split_tag, btxrd):
         model, _ = load_xray_model(ck)
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
     cfg = xray_config(res/'config.yaml')
-    assert cfg['split'] == split_tag and cfg['size'] == 64
+    assert cfg['data']['split'] == split_tag and cfg['data']['size'] == 64
 
 
 @pytest.mark.slow
@@ -140,7 +139,9 @@ def test_cli_bad_overrides_are_refused(btxrd, tmp_path):
 
 
 def test_train_xray_checks_a_resume_before_writing_and_a_noop_resume_keeps_train_seconds(btxrd, tmp_path, monkeypatch, capsys):
-    from medrecipes.classify import data_fingerprint
+    from medrecipes.data.xray import split_fingerprint
+    from medrecipes.config import flatten_config
+    from medrecipes.core import save_checkpoint
     kw = dict(data_path=btxrd, out_dir=tmp_path, arch='resnet10t', pretrained=False, size=32, bs=16, epochs=1, num_workers=0,
               progress=False, split='stratified', patience=None)
     with warnings.catch_warnings():
@@ -152,13 +153,20 @@ def test_train_xray_checks_a_resume_before_writing_and_a_noop_resume_keeps_train
         assert s1['best_checkpoint'] == str(run/'checkpoints'/'best.pt') and s1['final_checkpoint'] == str(run/'checkpoints'/'latest.pt')
         split = pd.read_csv(run/'split.csv')
         ck = torch.load(run/'checkpoints'/'latest.pt', weights_only=True)
-        assert ck['data_fingerprint'] == data_fingerprint(zip(split.image_id, split.split)) and ck['config']['seed'] == 42
+        assert ck['data_fingerprint'] == split_fingerprint(zip(split.image_id, split.split)) and ck['config']['trainer']['seed'] == 42
+        assert ck['config']['trainer']['max_epochs'] == 1 and 'epochs' not in ck['config']   # the nested config, as resolved
         # issue 12.4: a resume with nothing left to train keeps the run's own train_seconds, not the no-op's
         (run/'summary.json').write_text(json.dumps({**s1, 'train_seconds': 123.4}))   # a figure no re-run could reproduce
         s2 = train_xray(**kw, resume=True)
         assert s2['epochs_this_fit'] == 0 and s2['resumed_from'] == str(run/'checkpoints'/'latest.pt')
         assert s2['train_seconds'] == 123.4 and json.loads((run/'summary.json').read_text())['train_seconds'] == 123.4
         assert s2['test_accuracy'] == s1['test_accuracy'] and s2['best_epoch'] == s1['best_epoch']
+        # a checkpoint of an earlier release holds the flat config (`epochs`, `bs`...): it still resumes, and a change is still refused
+        ck = torch.load(run/'checkpoints'/'latest.pt', weights_only=True)
+        save_checkpoint(run/'checkpoints'/'latest.pt', **{**ck, 'config': flatten_config(ck['config'])})
+        assert train_xray(**kw, resume=True)['epochs_this_fit'] == 0
+        save_checkpoint(run/'checkpoints'/'latest.pt', **{**ck, 'config': flatten_config(ck['config'])})
+        with pytest.raises(ValueError, match=r'config differs in trainer.lr'): train_xray(**{**kw, 'lr': 0.5}, resume=True)
         # the resume is checked before config.yaml and split.csv are written: a refused resume leaves them as they were
         before = {f: (run/f).read_bytes() for f in ('config.yaml', 'split.csv')}
         def refuse(self, path=True): raise ValueError('resume refused')
@@ -183,3 +191,13 @@ def test_tensorboard_and_wandb_reach_the_xray_recipe(dls, tmp_path):
     assert any((run/'wandb').rglob('*.wandb')) and len(pd.read_csv(run/'training_log.csv')) == 1
     plain = xray_learner(dls, arch='resnet10t', pretrained=False, out_dir=tmp_path/'p', tracking={'csv': False})
     assert [type(c).__name__ for c in plain.cbs].count('TrainingLog') == 1 and 'WandbTracker' not in [type(c).__name__ for c in plain.cbs]
+
+
+def test_old_fingerprint_function_warns_and_names_the_new_path(dls):
+    "`medrecipes.xray.xray_fingerprint(dls)` is `dls.data_fingerprint` now; the old function works for one release, with a DeprecationWarning."
+    import medrecipes.xray as X, medrecipes.classify as C
+    from medrecipes.data.xray import split_fingerprint
+    with pytest.warns(DeprecationWarning, match=r'XrayDataLoaders\.data_fingerprint'): assert X.xray_fingerprint(dls) == dls.data_fingerprint
+    with pytest.warns(DeprecationWarning, match=r'medrecipes\.data\.xray\.split_fingerprint'): f = C.data_fingerprint
+    assert f is split_fingerprint and f(zip(dls.split_df.image_id, dls.split_df.split)) == dls.data_fingerprint
+    assert 'xray_fingerprint' not in X.__all__ and 'data_fingerprint' not in C.__all__

@@ -17,6 +17,7 @@ from fastai.vision.all import (DataBlock, DataLoaders, ImageBlock, CategoryBlock
 from ..core import default_device
 from .images import ClassifierImage, GrayToRGB, image_problem, is_dicom, DICOM_SUFFIXES
 from .cache import stored_images, DUP_DISTANCE, leak_report
+from .xray import split_fingerprint   # the one hash of (name, split) pairs
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'is_image_file', 'scan_class_folders', 'check_image_files', 'FolderImage', 'ItemSeededDL',
@@ -189,6 +190,11 @@ class FolderDataLoaders(DataLoaders):
         return df.reindex(self.class_names).fillna(0).astype(int)
 
     def has_test(self) -> bool: return 'test' in self.files
+
+    @property
+    def data_fingerprint(self) -> str:
+        "A short hash of the data: `split_fingerprint` of the (file path relative to the data set folder, split) pairs; stored in checkpoints, checked on resume."
+        return split_fingerprint((Path(f).relative_to(self.path).as_posix(), s) for s, fs in self.files.items() for f in fs)
 
     def test_dl(self, test_items=None, # None: the labelled test split (None if there is none); else fastai's `test_dl` over these items
                 rm_type_tfms=None, with_labels:bool=False, **kwargs):

@@ -8,7 +8,7 @@ Docs: `_docs/data.xray.html` in this repository, built by `make docs` (API refer
 
 # %% ../../nbs/13_data.xray.ipynb #c002
 from __future__ import annotations
-import warnings
+import hashlib, json, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from sklearn.model_selection import train_test_split
@@ -20,8 +20,8 @@ from .cache import stored_images, DUP_DISTANCE, near_duplicate_groups, leak_repo
 
 # %% auto #0
 __all__ = ['XRAY_CLASSES', 'REQUIRED_COLUMNS', 'SPLIT_KINDS', 'find_metadata', 'read_btxrd_metadata', 'check_images',
-           'make_split', 'check_split', 'save_split', 'load_split', 'Radiograph', 'xray_augmentations',
-           'XrayDataLoaders']
+           'make_split', 'check_split', 'save_split', 'load_split', 'split_fingerprint', 'Radiograph',
+           'xray_augmentations', 'XrayDataLoaders']
 
 # %% ../../nbs/13_data.xray.ipynb #c005
 XRAY_CLASSES = ['Normal', 'Benign', 'Malignant']
@@ -168,6 +168,11 @@ def load_split(path:str|Path, df:pd.DataFrame|None=None) -> pd.DataFrame:
     return check_split(pd.read_csv(path), df, where=str(path))
 
 # %% ../../nbs/13_data.xray.ipynb #c014
+def split_fingerprint(items) -> str:
+    "A short hash of what a data split is: `items` are (name, split) pairs, in any order (what each classifier `DataLoaders.data_fingerprint` hashes)."
+    pairs = sorted((str(a), str(b)) for a, b in items)
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
+
 class Radiograph(ClassifierImage):
     "A radiograph read by `read_image` (a file, `Path`, PIL image or array) as upright 8-bit RGB; errors name the file."
 
@@ -255,3 +260,12 @@ class XrayDataLoaders(DataLoaders):
     def train_labels(self) -> list:
         "Labels of the training images (for class weights: the training split only)."
         return self.items_df.label[self.items_df.split == 'train'].tolist()
+
+    @property
+    def data_fingerprint(self) -> str:
+        "A short hash of the split (`split_fingerprint` of the (image_id, split) pairs): stored in checkpoints, checked on resume."
+        return split_fingerprint(zip(self.split_df.image_id, self.split_df.split))
+
+    def has_test(self) -> bool:
+        "Whether the split has held-out test images."
+        return bool((self.items_df.split == 'test').any())

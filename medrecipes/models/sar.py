@@ -90,12 +90,21 @@ class SarDecoder(nn.Module):
         self.stages = nn.ModuleList(nn.Sequential(_block(variant, ci, cbam), nn.Upsample(scale_factor=2, mode='nearest'), ConvBnRelu(ci, co))
                                     for ci, co in zip(widths[:0:-1], widths[-2::-1]))
         self.out = nn.Conv2d(widths[0], out_channels, 3, padding=1)
-    def forward(self, z):
+    def forward(self, z, chunk_rows:int|None=None):
+        "The image; with `chunk_rows`, the full-resolution layers (the last stage's upsampling and convolution, the output convolution) run on row chunks of that many output rows: the same result in less memory"
         if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != self.latent_channels:
             raise ValueError(f"the decoder takes a B x {self.latent_channels} x h x w latent, got {getattr(z, 'shape', type(z))}")
         z = self.head(z)
-        for s in self.stages: z = s(z)
-        return torch.sigmoid(self.out(z))
+        for s in self.stages[:-1]: z = s(z)
+        if not chunk_rows or 2 * z.shape[-2] <= chunk_rows: return torch.sigmoid(self.out(self.stages[-1](z)))
+        if chunk_rows % 2: raise ValueError(f"chunk_rows must be even, got {chunk_rows}")
+        block, up, conv = self.stages[-1]
+        z = block(z); n = z.shape[-2]; h = chunk_rows // 2; out = []
+        for a in range(0, n, h):          # low-resolution rows a..a+h, with one row of halo each side (both 3x3 convolutions need one output row)
+            lo, hi = max(0, a - 1), min(n, a + h + 1)
+            y = torch.sigmoid(self.out(conv(up(z[..., lo:hi, :]))))
+            out.append(y[..., 2 * (a - lo):2 * (a - lo) + 2 * (min(a + h, n) - a), :])
+        return torch.cat(out, -2)
 
 class LatentQuantizer(nn.Module):
     "Uniform `bits`-bit quantisation of the latent squashed to (0, 1): rounding in eval, a straight-through or additive-noise proxy in training"
@@ -172,10 +181,10 @@ class SarAutoencoder(nn.Module):
         z = self.encoder(x)
         if self.entropy_bottleneck is not None: return torch.round(z.float() * self.latent_scale).to(torch.int32)
         return self.quantizer.codes(z) if self.quant_bits else z
-    def decompress(self, q):
-        "The reconstruction from `compress`'s output"
-        if self.entropy_bottleneck is not None: return self.decoder(q.float() / self.latent_scale)
-        return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q)
+    def decompress(self, q, chunk_rows:int|None=None):
+        "The reconstruction from `compress`'s output (the decoder's full-resolution layers by row chunks when `chunk_rows` is given: less memory)"
+        if self.entropy_bottleneck is not None: return self.decoder(q.float() / self.latent_scale, chunk_rows)
+        return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q, chunk_rows)
 
 def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
               quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16.) -> SarAutoencoder:
