@@ -85,6 +85,15 @@ class _Rows:
         rows = np.asarray(self.pre.encode(np.asarray(block, np.float32)), np.float32)[idx - lo]
         return np.pad(rows, ((0, 0), (0, self.W - self.w)), mode='symmetric')
 
+def _release_memory():
+    "Hand the memory freed by a tile back to the system (glibc's `malloc_trim`; a no-op elsewhere), so that the peak stays one tile's"
+    global _TRIM
+    if _TRIM is None:
+        try: import ctypes; _TRIM = ctypes.CDLL('libc.so.6').malloc_trim
+        except (OSError, AttributeError): _TRIM = False
+    if _TRIM: _TRIM(0)
+_TRIM = None
+
 @torch.no_grad()
 def encode_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None) -> np.ndarray:
     "The integer latent (C x H/16 x W/16) of an image, encoded in tiles of `strip_rows` x `tile_cols` (default: square) with `context` pixels of image around each"
@@ -103,6 +112,7 @@ def encode_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, c
                 q = model.compress(torch.from_numpy(np.ascontiguousarray(block[:, b0:b1]))[None, None].to(p.device, p.dtype))
                 if model.entropy_bottleneck is not None: q = torch.from_numpy(model.entropy_bottleneck.symbols(q))   # into the coding ranges
                 codes[:, r0 // s:r1 // s, c0 // s:c1 // s] = q[0, :, (r0 - a0) // s:(r1 - a0) // s, (c0 - b0) // s:(c1 - b0) // s].cpu().numpy()
+                del q; _release_memory()
             del block
     finally: model.train(was)
     return codes
@@ -120,7 +130,7 @@ def iter_decoded_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_row
                 c1 = min(c0 + tile_cols, W, w); m0, m1 = max(0, (c0 - context) // s), min(codes.shape[2], -(-(c1 + context) // s))
                 with torch.no_grad(): r = model.decompress(torch.from_numpy(np.ascontiguousarray(codes[:, l0:l1, m0:m1], np.int32))[None].to(p.device), chunk_rows=DECODE_CHUNK_ROWS)
                 strip[:, c0:c1] = r[0, 0, r0 - l0 * s:r1 - l0 * s, c0 - m0 * s:c1 - m0 * s].float().cpu().numpy()
-                del r
+                del r; _release_memory()
             yield r0, r1, strip
     finally: model.train(was)
 

@@ -272,9 +272,10 @@ class ScaleHyperprior(nn.Module):
             elif isinstance(m, nn.ReLU): a = a.clamp_min(0)
             else:
                 w = torch.round(m.weight.detach().cpu().double() * one); b = torch.round(m.bias.detach().cpu().double() * one * one)
+                # every partial sum is bounded by sum |w| * max |a| + |b|: below 2**52 all of them are exact float64 integers, in any order
+                if a.numel() and not float(w.abs().sum((1, 2, 3)).max()) * float(a.abs().max()) + float(b.abs().max()) < 2. ** 52:
+                    raise OverflowError("the integer hyper-decoder would leave the range of exact float64 integers: the hyper-latent is out of range")
                 a = F.conv2d(a, w, b, m.stride, m.padding)
-                if a.numel() and not bool(a.abs().max() < 2. ** 52):
-                    raise OverflowError("the integer hyper-decoder left the range of exact float64 integers: the hyper-latent is out of range")
                 a = torch.floor(a / one)
         a = a[0, :, :shape[0], :shape[1]]
         i = torch.floor((4 * a + 12 * one + one / 2) / one)     # round(4 * (log2 scale + 3)): the nearest scale on the grid
