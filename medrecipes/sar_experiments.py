@@ -255,7 +255,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
 def plot_rd_curves(curves:pd.DataFrame, # `rd_curves`'s table (or its rd_curves.csv)
                    path:str|Path): # the PNG to write
     "PSNR and SSIM against the files' bits per pixel, each variant and JPEG2000; against the clean reflectivity too when scored"
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib, matplotlib.ticker; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     panels = [(q, l) for q, l in (('psnr_db', 'PSNR vs speckled original (dB)'), ('ssim_db', 'SSIM vs speckled original'),
                                   ('psnr_clean_db', 'PSNR vs clean reflectivity (dB)')) if q in curves and curves[q].notna().all()]
@@ -265,5 +265,8 @@ def plot_rd_curves(curves:pd.DataFrame, # `rd_curves`'s table (or its rd_curves.
             ref = {'jpeg2000': ('s--k', 'JPEG2000'), 'jpegxl': ('^:', 'JPEG-XL')}.get(c)
             g = g.sort_values('bpp'); ax.plot(g.bpp, g[q], ref[0] if ref else 'o-', color='0.45' if c == 'jpegxl' else None, label=ref[1] if ref else c)
         ax.set_xlabel('bits per pixel (whole file)'); ax.set_ylabel(label); ax.set_xscale('log'); ax.grid(alpha=.3)
+        lo, hi = curves.bpp.min(), curves.bpp.max()   # plain tick labels at round rates (the log axis' own minor labels overlap)
+        ax.set_xticks([t for t in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 4) if lo * 0.9 <= t <= hi * 1.1] or [lo, hi])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g')); ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axs[0][0].legend(); fig.tight_layout()
     atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)
