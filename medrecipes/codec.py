@@ -199,7 +199,7 @@ def compress(learn_or_model, # a `SarLearner`, a checkpoint path, or a model (wi
              image, # a 2-D image in the run's units (linear intensity or dB), or a file `read_sar_image` reads
              path:str|Path, # the codec file to write
              preprocess=None, # the fitted `SarPreprocess` (default: the learner's or checkpoint's)
-             strip_rows:int=STRIP_ROWS, # taller images are coded in strips of this many rows (read by windows from .npy/TIFF files)
+             strip_rows:int=STRIP_ROWS, # images are coded in tiles of this many rows and columns (read by windows from .npy/TIFF files)
             ) -> dict:
     "Encode `image` into a codec file; returns its size, its bits per pixel (`bpp`: the whole file) and, for entropy models, the likelihoods' estimate beside it"
     model, pre, lmbda = _model_and_pre(learn_or_model, preprocess)
