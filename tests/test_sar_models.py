@@ -155,3 +155,16 @@ def test_entropy_model_option(entropy):
     with pytest.raises(ValueError, match="latent_scale"): sar_model(entropy='factorized', latent_scale=0)
     assert sar_model().quant_bits == 8 and 'entropy' not in sar_model().config                   # the default is unchanged
     with pytest.raises(RuntimeError, match='no likelihoods'): sar_model().rate_bpp(1)
+
+
+@pytest.mark.parametrize('variant', SAR_VARIANTS)
+def test_decoder_by_row_chunks_is_the_whole_decode(variant):
+    "`decompress(q, chunk_rows)` runs the full-resolution layers on row chunks (the codec's memory bound): the same image as one pass"
+    torch.manual_seed(0)
+    m = sar_model(variant, base_channels=8, entropy='factorized').eval()
+    q = torch.randint(-20, 20, (2, 16, 7, 5), dtype=torch.int32)
+    with torch.no_grad():
+        whole = m.decompress(q)
+        for rows in (32, 18, 2, 224):          # chunks of several sizes, one not dividing the height, one the whole image
+            torch.testing.assert_close(m.decompress(q, chunk_rows=rows), whole, rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match='even'): m.decompress(q, chunk_rows=31)
