@@ -408,3 +408,12 @@ def test_no_false_groups_on_the_generated_sets(tmp_path):
         r = StoredImages(stored, stored, cache=c)
         g = near_duplicate_groups([str(f) for f in files], r.hashes(files), similar=r.similarity(files))
         assert g == [str(f) for f in files], [(f.name, x) for f, x in zip(files, g) if str(f) != x]
+
+
+def test_progress_to_a_file_is_one_line(tmp_path, capsys):
+    "Built with progress=True while stdout is not a terminal (a log file, a pipe): one summary line, no redrawn bar"
+    files = _jpegs(tmp_path/'img', [(200, 150), (120, 180), (90, 90)])
+    build_cache(files, tmp_path/'c', stored=64, name='demo', progress=True)
+    out = capsys.readouterr().out
+    assert out.count('\n') == 1 and 'caching 3 images of demo' in out and '3 decoded, 0 reused' in out, out
+    assert '█' not in out and '\r' not in out

@@ -170,8 +170,10 @@ def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str, reuse:ImageC
     content hash) is copied from it, not decoded."""
     shapes, offsets, hashes, stamps, content, off, copied = [], [], [], [], [], 0, 0
     old_content = (reuse.manifest.get('content') or []) if reuse is not None else []
-    it = range(len(files))
-    if progress: it = progress_bar(it, leave=False); it.comment = desc
+    it, t0 = range(len(files)), time.time()
+    from medrecipes.callbacks import interactive
+    bar = progress and interactive()   # a bar on a terminal or in a notebook; written to a file or a pipe, one line when done
+    if bar: it = progress_bar(it, leave=False); it.comment = desc
     with open(tmp/_PIXELS, 'wb') as out:
         for i in it:
             f = files[i]
@@ -198,6 +200,7 @@ def _write(tmp:Path, files:list, sig:dict, progress:bool, desc:str, reuse:ImageC
              created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
     if verify == 'hash': m['content'] = content
     atomic_write_text(tmp/_MANIFEST, json.dumps(m))
+    if progress and not bar: print(f"{desc}: {len(files) - copied} decoded, {copied} reused, {time.time() - t0:.1f} s", flush=True)
 
 def _collect(final:Path):
     "Remove the replaced generations of `final` that no reader holds (a reader holds a shared lock on its pixel file)."
