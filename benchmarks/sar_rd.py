@@ -19,14 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'benchmarks'))
 
 
-def _speed(runs:Path, data:Path, variant:str, lam:float) -> dict:
+def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized') -> dict:
     "Encode and decode seconds per megapixel of one trained codec and of JPEG2000 at its file sizes, on the test scenes (in-process, warm)"
     import io, numpy as np
     from PIL import Image
     from medrecipes.codec import compress, decompress
     from medrecipes.models.sar import load_sar_model
     from medrecipes.data.sar import sar_files, read_sar_image
-    model, pre, _ = load_sar_model(runs/f'{variant}_lambda{float(lam):g}'/'checkpoints'/'best.pt')
+    name = variant if entropy == 'factorized' else f'{variant}_{entropy}'     # rd_curves' run folder
+    model, pre, _ = load_sar_model(runs/f'{name}_lambda{float(lam):g}'/'checkpoints'/'best.pt')
     files = sar_files(data/'test'); imgs = [read_sar_image(f) for f in files]
     n = sum(a.size for a in imgs); t = dict(enc=0., dec=0., jenc=0., jdec=0.)
     compress((model, pre), imgs[0], runs/'warm.mrsar')                  # warm-up
@@ -77,7 +78,7 @@ def main(argv=None):
     for name, dst in (('rd.csv', '.csv'), ('rd_curves.csv', '_curves.csv'), ('rd_bd.csv', '_bd.csv'), ('rd.png', '.png')):
         shutil.copyfile(src/name, str(out) + dst)
     bd = curves.attrs['bd']
-    speed = _speed(src, data, a.variants[-1], a.lambdas[len(a.lambdas) // 2])
+    speed = _speed(src, data, a.variants[-1], a.lambdas[len(a.lambdas) // 2], a.entropies[-1])
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
@@ -87,7 +88,7 @@ def main(argv=None):
             f".mrsar or .j2k file's. Means over the test scenes:", '',
             _md_table(curves.round(4)), '', "Bjøntegaard deltas (negative BD-rate and positive BD-quality: the test codec is better):", '',
             _md_table(bd.round(3)), '', f"Speed on this CPU ({torch.get_num_threads()} threads), seconds per megapixel over the test scenes "
-            f"({speed.pop('pixels') / 1e6:.2f} MP), the {a.variants[-1]} codec at lambda {a.lambdas[len(a.lambdas) // 2]:g} beside JPEG2000 at the same file size:", '',
+            f"({speed.pop('pixels') / 1e6:.2f} MP), the {a.variants[-1]} codec ({a.entropies[-1]}) at lambda {a.lambdas[len(a.lambdas) // 2]:g} beside JPEG2000 at the same file size:", '',
             _md_table(pd.DataFrame([speed]).round(4)), '']
     Path(str(out) + '.md').write_text('\n'.join(text))
     print('\n'.join(text))

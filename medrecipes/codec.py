@@ -20,8 +20,8 @@ from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
 __all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'DECODE_CHUNK_ROWS', 'STRIP_CONTEXT',
            'model_digest', 'encode_strips', 'iter_decoded_strips', 'decode_strips', 'encode_latent', 'decode_latent',
            'codec_bytes', 'read_codec_file', 'compress', 'estimate_looks', 'synthesize_speckle', 'decompress',
-           'geotiff_tags', 'codec_metrics', 'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs', 'bd_rate',
-           'bd_psnr']
+           'geotiff_tags', 'codec_metrics', 'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs', 'rising_part',
+           'bd_rate', 'bd_psnr']
 
 # %% ../nbs/19_codec.ipynb #c005
 CODEC_MAGIC = b'MRSC'   # 4 bytes
@@ -403,10 +403,24 @@ def _bd_fit(x, y, order):
     if not (np.isfinite(x).all() and np.isfinite(y).all()): raise ValueError("rates and qualities must be finite")
     return np.polyint(np.polyfit(x, y, min(order, len(x) - 1)))
 
+def rising_part(rate, quality) -> tuple:
+    "`(rates, qualities)` of the points no cheaper point beats (sorted by rate, each better than every cheaper one): the curve a user can operate on, and the only one the Bjøntegaard fits are defined for"
+    r, q = np.asarray(rate, np.float64), np.asarray(quality, np.float64)
+    if r.shape != q.shape or r.ndim != 1: raise ValueError(f"rates and qualities must be matching 1-D arrays, got {r.shape} and {q.shape}")
+    i = np.argsort(r, kind='stable'); r, q = r[i], q[i]
+    keep = np.array([k == 0 or q[k] > q[:k].max() for k in range(len(q))], bool)
+    return r[keep], q[keep]
+
+def _rising(rate, quality, which):
+    r, q = rising_part(rate, quality)
+    if len(r) < 2: raise ValueError(f"the {which} curve has {len(r)} point(s) on its rising part (every more costly point is no better): no Bjøntegaard fit")
+    return r, q
+
 def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -> float:
-    "Bjøntegaard delta rate in percent: the test codec's average bitrate change at equal quality against the anchor (negative: fewer bits)"
+    "Bjøntegaard delta rate in percent: the test codec's average bitrate change at equal quality against the anchor (negative: fewer bits), over each curve's rising part"
     for r in (rate_anchor, rate_test):
         if np.any(np.asarray(r, np.float64) <= 0): raise ValueError("bitrates must be > 0 (the BD-rate works on log rates)")
+    (rate_anchor, quality_anchor), (rate_test, quality_test) = _rising(rate_anchor, quality_anchor, 'anchor'), _rising(rate_test, quality_test, 'test')
     lo, hi = max(np.min(quality_anchor), np.min(quality_test)), min(np.max(quality_anchor), np.max(quality_test))
     if not hi > lo: raise ValueError(f"the curves' qualities do not overlap (anchor {np.min(quality_anchor):.3g}-{np.max(quality_anchor):.3g}, "
                                      f"test {np.min(quality_test):.3g}-{np.max(quality_test):.3g})")
@@ -415,7 +429,8 @@ def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -
     return float((np.exp(avg) - 1) * 100)
 
 def bd_psnr(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -> float:
-    "Bjøntegaard delta quality (dB for PSNR): the test codec's average quality change at equal bitrate against the anchor (positive: better)"
+    "Bjøntegaard delta quality (dB for PSNR): the test codec's average quality change at equal bitrate against the anchor (positive: better), over each curve's rising part"
+    (rate_anchor, quality_anchor), (rate_test, quality_test) = _rising(rate_anchor, quality_anchor, 'anchor'), _rising(rate_test, quality_test, 'test')
     la, lt = np.log(np.asarray(rate_anchor, np.float64)), np.log(np.asarray(rate_test, np.float64))
     lo, hi = max(la.min(), lt.min()), min(la.max(), lt.max())
     if not hi > lo: raise ValueError(f"the curves' rates do not overlap (anchor {np.exp(la.min()):.3g}-{np.exp(la.max()):.3g} bpp, "

@@ -20,7 +20,7 @@ from .sar import sar_config, train_sar
 
 # %% auto #0
 __all__ = ['ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SEED_FIGURES', 'sar_targets', 'compare_sar', 'compare_seeds',
-           'rd_sweep', 'plot_rd', 'rd_curves', 'plot_rd_curves']
+           'rd_sweep', 'plot_rd', 'rd_deltas', 'rd_curves', 'plot_rd_curves']
 
 # %% ../nbs/20a_sar_experiments.ipynb #c021
 def _md_table(df:pd.DataFrame) -> str:
@@ -170,6 +170,30 @@ def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
         r.update(psnr_clean_db=float(psnr(t(np.clip(rec01, 0, 1)), t(clean01))), ssim_clean_db=float(ssim(t(np.clip(rec01, 0, 1)), t(clean01), 1.0, reduction='none')))
     return r
 
+def rd_deltas(curves:pd.DataFrame, # `rd_curves`'s means per point (or its rd_curves.csv)
+              names=None, # the learned codecs (default: every codec but the references)
+             ) -> pd.DataFrame:
+    "Bjøntegaard deltas (BD-rate, BD-quality) of each learned codec against JPEG2000 (and JPEG-XL where present), attention against residual, each hyperprior codec against its factorized one; over each curve's rising part, NaN with a note where undefined"
+    from medrecipes.codec import bd_rate, bd_psnr
+    names = [n for n in curves.codec.unique() if n not in ('jpeg2000', 'jpegxl')] if names is None else list(names)
+    qual = [q for q in ('psnr_db', 'ssim_db', 'psnr_clean_db') if q in curves and curves[q].notna().all()]
+    bd = []
+    def delta(name_a, name_t):
+        anchor, test = curves[curves.codec == name_a], curves[curves.codec == name_t]
+        for q in qual:
+            r = dict(test=name_t, anchor=name_a, quality=q)
+            for k, fn in (('bd_rate_pct', bd_rate), ('bd_quality', bd_psnr)):
+                try: r[k] = fn(anchor.bpp, anchor[q], test.bpp, test[q])
+                except ValueError as e: r[k], r['note'] = np.nan, str(e)
+            bd.append(r)
+    for ref in ('jpeg2000', 'jpegxl'):
+        if (curves.codec == ref).any():
+            for v in names: delta(ref, v)
+    if {'residual', 'attention'} <= set(names): delta('residual', 'attention')
+    for v in names:   # what the hyperprior gains over the factorized prior, variant by variant
+        if v.endswith('+hyperprior') and v.removesuffix('+hyperprior') in names: delta(v.removesuffix('+hyperprior'), v)
+    return pd.DataFrame(bd)
+
 def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
               rd_lambdas=(16, 64, 256, 1024), # the rate-distortion weights to train, one model each
               jpeg2000_points:int=8, # JPEG2000 rates, spread geometrically over the learned files' range (and beyond: the qualities must overlap); JPEG-XL at the same rates where imagecodecs is installed
@@ -224,24 +248,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
                 rows.append(dict(codec='jpegxl', point=f'rate {i}', rd_lambda=np.nan, image=f.name, bpp=xb, estimate_bpp=np.nan, **_rd_scores(x01, xr, pre, clean)))
     df = pd.DataFrame(rows)
     curves = df.groupby(['codec', 'point'], sort=False).mean(numeric_only=True).reset_index().sort_values(['codec', 'bpp'])
-    qual = [q for q in ('psnr_db', 'ssim_db', 'psnr_clean_db') if q in curves and curves[q].notna().all()]
-    j, bd = curves[curves.codec == 'jpeg2000'], []
-    def delta(anchor, test, name_a, name_t):
-        for q in qual:
-            r = dict(test=name_t, anchor=name_a, quality=q)
-            for k, fn in (('bd_rate_pct', bd_rate), ('bd_quality', bd_psnr)):
-                try: r[k] = fn(anchor.bpp, anchor[q], test.bpp, test[q])
-                except ValueError as e: r[k], r['note'] = np.nan, str(e)
-            bd.append(r)
-    for v in names: delta(j, curves[curves.codec == v], 'jpeg2000', v)
-    if jxl:
-        for v in names: delta(curves[curves.codec == 'jpegxl'], curves[curves.codec == v], 'jpegxl', v)
-    if {'residual', 'attention'} <= set(names):
-        delta(curves[curves.codec == 'residual'], curves[curves.codec == 'attention'], 'residual', 'attention')
-    for v in names:   # what the hyperprior gains over the factorized prior, variant by variant
-        if v.endswith('+hyperprior') and v.removesuffix('+hyperprior') in names:
-            delta(curves[curves.codec == v.removesuffix('+hyperprior')], curves[curves.codec == v], v.removesuffix('+hyperprior'), v)
-    bd = pd.DataFrame(bd)
+    bd = rd_deltas(curves, names)
     curves.attrs['bd'] = bd
     if is_rank0():
         atomic_write(out/'rd.csv', lambda t: df.to_csv(t, index=False))
