@@ -10,7 +10,7 @@ Docs: `_docs/codec.html` in this repository, built by `make docs` (API reference
 from __future__ import annotations
 import hashlib, io, json, struct, tempfile, zlib
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, torch
 import torch.nn as nn
 from PIL import Image
 from .core import atomic_write
@@ -69,7 +69,7 @@ STRIP_CONTEXT = 128 # pixels of image context around each tile (8 latent rows an
 class _Rows:
     "Rows of an image in its own units, mirrored past the bottom and right edges to multiples of 16 (numpy's symmetric padding); a file is read by windows"
     def __init__(self, image, pre):
-        from medrecipes.data.sar import SarScene, read_sar_image
+        from medrecipes.data.sar_io import SarScene, read_sar_image
         if isinstance(image, (str, Path)):
             p = Path(image)
             image = SarScene(p) if p.suffix.lower() in ('.npy', '.tif', '.tiff') else read_sar_image(p)
@@ -219,7 +219,7 @@ def compress(learn_or_model, # a `SarLearner`, a checkpoint path, or a model (wi
 
 def estimate_looks(x01:np.ndarray, preprocess) -> float:
     "The equivalent number of looks of a [0, 1] image: the pooled ENL of its most homogeneous quarter of 16-pixel blocks, in linear intensity (0 if none can be measured)"
-    from medrecipes.metrics import enl, homogeneous_blocks
+    from medrecipes.image_stats import enl, homogeneous_blocks   # torch alone: compressing loads no fastai
     lin = torch.from_numpy(np.asarray(preprocess.decode_linear(np.asarray(x01, np.float32)), np.float32))[None, None]
     if min(lin.shape[-2:]) < 32: return 0.
     v = float(enl(lin, homogeneous_blocks(lin)))
@@ -320,8 +320,8 @@ def codec_metrics(orig01:np.ndarray, # the original, scaled to [0, 1] by the run
                   preprocess, # the fitted `SarPreprocess` (decodes to dB and linear intensity)
                  ) -> dict:
     "PSNR, SSIM and EPI on the [0, 1] dB scale and on linear intensity (divided by the clip's upper end), ENL ratio in linear intensity"
-    from medrecipes.kernels import ssim                    # imported here: coding a scene needs neither (nor fastai, which metrics imports)
-    from medrecipes.metrics import psnr, epi, enl_ratio
+    from medrecipes.kernels import ssim                    # imported here: coding a scene does not need the SSIM kernels
+    from medrecipes.image_stats import psnr, epi, enl_ratio # torch alone, like estimate_looks: no fastai
     lin = lambda x: np.asarray(preprocess.decode_linear(np.asarray(x, np.float32)), np.float32)
     top = float(lin(np.ones(1, np.float32))[0])
     o, r, ol, rl = _t(orig01), _t(np.clip(rec01, 0, 1)), _t(lin(orig01) / top), _t(lin(np.clip(rec01, 0, 1)) / top)
@@ -377,7 +377,8 @@ def compare_codecs(learn_or_model, # a `SarLearner`, checkpoint path or model (w
                   ) -> pd.DataFrame:
     "One row per image and codec: bits per pixel of the whole file (`bpp`), of its coded stream, the likelihoods' estimate (entropy models), and `codec_metrics`; JPEG2000 at the learned file's bitrate"
     model, pre, _ = _model_and_pre(learn_or_model, preprocess)
-    from medrecipes.data.sar import read_sar_image
+    import pandas as pd                                   # imported here: coding a scene does not need it
+    from medrecipes.data.sar_io import read_sar_image
     rows = []
     coder = f"{model.entropy}" if model.entropy_bottleneck is not None else f"{model.quant_bits} bit"
     with tempfile.TemporaryDirectory() as tmp:

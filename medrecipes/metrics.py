@@ -1,6 +1,6 @@
 """PSNR, SSIM, ENL ratio and EPI, as functions and as fastai metrics over the whole validation set.
 
-Image-quality metrics as functions and fastai metrics: PSNR, SSIM (the fused kernels), the ENL ratio (speckle smoothing, pooled over homogeneous blocks) and the EPI (edge preservation); defined on flat images too, and computed on whole images stitched back from overlapping tiles.
+Image-quality metrics as functions and fastai metrics: PSNR, SSIM (the fused kernels), the ENL ratio (speckle smoothing, pooled over homogeneous blocks) and the EPI (edge preservation); defined on flat images too, and computed on whole images stitched back from overlapping tiles. The per-image functions (`psnr`, the ENL statistics and `enl_ratio`, `laplacian` and `epi`) are defined in `medrecipes.image_stats` (torch alone, no fastai) and re-exported here.
 
 Docs: `_docs/metrics.html` in this repository, built by `make docs` (API reference: `_docs/api/medrecipes.metrics.html`)."""
 
@@ -17,104 +17,13 @@ from fastai.learner import Metric
 from .kernels import ssim
 
 # %% auto #0
-__all__ = ['psnr', 'homogeneous_blocks', 'enl_sums', 'enl_from_sums', 'enl', 'ratio_from_sums', 'enl_ratio', 'laplacian', 'epi',
-           'ImageMetric', 'ENLRatioPooled', 'PSNRMetric', 'SSIMMetric', 'ENLRatioMetric', 'EPIMetric']
+__all__ = ['ImageMetric', 'ENLRatioPooled', 'PSNRMetric', 'SSIMMetric', 'ENLRatioMetric', 'EPIMetric', 'psnr',
+           'homogeneous_blocks', 'enl_sums', 'enl_from_sums', 'enl', 'ratio_from_sums', 'enl_ratio', 'laplacian', 'epi']
 
-# %% ../nbs/07_metrics.ipynb #c006
-def _check_pair(pred, targ, name):
-    if pred.shape != targ.shape: raise ValueError(f"{name}: prediction {tuple(pred.shape)} and target {tuple(targ.shape)} differ in shape")
-    if pred.dim() != 4: raise ValueError(f"{name}: expected B x C x H x W images, got shape {tuple(pred.shape)}")
-
-def psnr(pred:torch.Tensor, targ:torch.Tensor, data_range:float=1.0, eps:float=1e-10) -> torch.Tensor:
-    "Peak signal-to-noise ratio in dB, one value per image."
-    _check_pair(pred, targ, 'psnr')
-    mse = (pred.float() - targ.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(eps))
-
-# %% ../nbs/07_metrics.ipynb #c009
-def _blocks(x, w):
-    B, C, H, W = x.shape
-    if H < w or W < w: raise ValueError(f"enl: images of {H}x{W} are smaller than the {w}x{w} ENL window")
-    x = x[..., :H // w * w, :W // w * w].double()
-    return x.unfold(2, w, w).unfold(3, w, w).reshape(B, -1, w * w)   # B x blocks x pixels
-
-def _checkerboard(w):
-    "Flat index masks of the two checkerboard halves of a `w x w` block: (selection pixels, estimation pixels)"
-    i = torch.arange(w)
-    even = ((i[:, None] + i[None]) % 2 == 0).reshape(-1)
-    return even, ~even
-
-def _local_means(b, w):
-    "Means of the selection pixels of each block's 4 x 4 grid of sub-blocks (side `w // 4`; 1 pixel below a window of 4): B x blocks x cells"
-    s = max(1, w // 4); g = w // s
-    sel = _checkerboard(w)[0].view(w, w)[:g * s, :g * s].to(b.dtype)
-    cells = lambda a: a.unflatten(-1, (g, s)).unflatten(-3, (g, s)).sum((-1, -3)).flatten(-2)
-    b = b.unflatten(-1, (w, w))[..., :g * s, :g * s]
-    return cells(b * sel) / cells(sel).clamp_min(1)
-
-def homogeneous_blocks(orig:torch.Tensor, window:int=16, frac:float=0.25) -> torch.Tensor:
-    "Boolean mask (B x blocks) of the `frac` most homogeneous `window`-blocks of each image of `orig`, judged on one checkerboard half."
-    if not 0 < frac <= 1: raise ValueError(f"frac must be in (0, 1], not {frac}")
-    b = _local_means(_blocks(orig, window), window)
-    m, sd = b.mean(-1).abs(), b.std(-1, unbiased=False)
-    cv = torch.where(m > 0, sd / m.clamp_min(torch.finfo(m.dtype).tiny), torch.where(sd > 0, torch.inf, 0.))
-    k = max(1, int(round(frac * cv.shape[1])))
-    idx = cv.argsort(dim=1, stable=True)[:, :k]
-    return torch.zeros_like(cv, dtype=torch.bool).scatter_(1, idx, True)
-
-def enl_sums(img:torch.Tensor, mask:torch.Tensor, window:int=16) -> tuple:
-    "`(sum of unbiased mean^2, sum of unbiased var)` over the other checkerboard half of the blocks `mask` selects, per image (float64)."
-    b = _blocks(img, window)[..., _checkerboard(window)[1]]
-    n = b.shape[-1]
-    var = b.var(-1, unbiased=True) if n > 1 else torch.zeros_like(b[..., 0])
-    return ((b.mean(-1) ** 2 - var / n) * mask).sum(1), (var * mask).sum(1)
-
-def _flat(num, den): return den <= 1e-12 * num   # no variance left (relative to the mean): infinite ENL
-
-def enl_from_sums(num:torch.Tensor, den:torch.Tensor) -> torch.Tensor:
-    "ENL `num/den` from `enl_sums`; `inf` where the blocks are flat."
-    return torch.where(_flat(num, den), torch.inf, num / torch.where(_flat(num, den), 1., den))
-
-def enl(img:torch.Tensor, mask:torch.Tensor, window:int=16) -> torch.Tensor:
-    "Pooled, unbiased ENL (`sum(mean^2 - var/n)/sum(var)`) of the blocks of `img` selected by `mask`, one value per image; `inf` if they are flat."
-    return enl_from_sums(*enl_sums(img, mask, window)).float()
-
-def ratio_from_sums(pn, pd, tn, td) -> torch.Tensor:
-    "ENL ratio from the pooled sums of reconstruction (`pn`, `pd`) and original (`tn`, `td`): 1 where both are flat."
-    fp, ft = _flat(pn, pd), _flat(tn, td)
-    r = (pn * td) / torch.where(fp | ft, 1., pd * tn)
-    return torch.where(fp & ft, 1., torch.where(fp, torch.inf, torch.where(ft, 0., r)))
-
-def enl_ratio(pred:torch.Tensor, targ:torch.Tensor, window:int=16, frac:float=0.25) -> torch.Tensor:
-    "ENL of the reconstruction over ENL of the original, on the original's homogeneous blocks (linear intensity)."
-    _check_pair(pred, targ, 'enl_ratio')
-    m = homogeneous_blocks(targ, window, frac)
-    return ratio_from_sums(*enl_sums(pred, m, window), *enl_sums(targ, m, window)).float()
-
-# %% ../nbs/07_metrics.ipynb #c013
-_LAPLACE = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]])
-
-def laplacian(x:torch.Tensor) -> torch.Tensor:
-    "3x3 Laplacian of each channel over the valid area (float32, or float64 for a float64 `x`)."
-    C = x.shape[1]; x = x if x.dtype == torch.float64 else x.float()
-    return F.conv2d(x, _LAPLACE.to(x.device, x.dtype).view(1, 1, 3, 3).expand(C, 1, 3, 3), groups=C)
-
-def _edgeless(d, x):
-    "Per image: is the centred Laplacian energy `d` at float32 rounding level for images `x`?"
-    scale = x.flatten(1).abs().amax(1).double()
-    n = x[0].numel()
-    return d <= n * (1e-6 * scale) ** 2
-
-def epi(pred:torch.Tensor, targ:torch.Tensor) -> torch.Tensor:
-    "Edge preservation index (Sattar et al. 1997) of `pred` against the original `targ`, one value per image; 1 if neither has edges."
-    _check_pair(pred, targ, 'epi')
-    if min(pred.shape[-2:]) < 3: raise ValueError(f"epi: images of {tuple(pred.shape[-2:])} are smaller than the 3x3 Laplacian")
-    ds, dr = laplacian(targ.double()).flatten(1), laplacian(pred.double()).flatten(1)
-    ds, dr = ds - ds.mean(1, keepdim=True), dr - dr.mean(1, keepdim=True)
-    ss, rr = (ds * ds).sum(1), (dr * dr).sum(1)
-    fs, fr = _edgeless(ss, targ), _edgeless(rr, pred)
-    v = (ds * dr).sum(1) / torch.where(fs | fr, 1., (ss * rr).sqrt())
-    return torch.where(fs & fr, 1., torch.where(fs | fr, 0., v)).float()
+# %% ../nbs/07_metrics.ipynb #c002is
+from .image_stats import *
+from .image_stats import _check_pair, _blocks, _checkerboard, _local_means, _flat, _LAPLACE, _edgeless
+_all_ = ['psnr', 'homogeneous_blocks', 'enl_sums', 'enl_from_sums', 'enl', 'ratio_from_sums', 'enl_ratio', 'laplacian', 'epi']
 
 # %% ../nbs/07_metrics.ipynb #c016
 def _sar_tiles(learn):

@@ -365,7 +365,7 @@ def reconstruct_sar_files(ckpt:str|Path, # a SAR checkpoint
                           units:str|None=None, # 'linear', 'db' or 'scaled' ([0, 1]); None: the units the model was trained on
                           bs:int=16, device=None, progress:bool=True) -> dict:
     "Reconstructions in `units`, each with the checkpoint's preprocessing undone: codec files through `medrecipes.codec.decompress`, images tile by tile."
-    from medrecipes.data.sar import read_sar_image
+    from medrecipes.data.sar_io import read_sar_image
     from medrecipes.codec import decompress, CODEC_EXT
     dev = default_device(device); model, pre, patch = _sar_parts(ckpt, dev); out = Path(out); used = set()
     units = units or pre.units

@@ -228,13 +228,14 @@ def test_input_size_from_a_nested_config(xray_ckpt, tmp_path):
     assert json.loads(parts[0]['meta']['normalization']) == norm
 
 
-def test_sar_entropy_codec_encoder_gives_the_files_symbols(tmp_path):
-    "An entropy-model codec: the ONNX encoder gives the integer symbols the codec file codes (before clamping), the decoder takes them"
+@pytest.mark.parametrize('skip', [False, True], ids=['plain', 'linear_skip'])
+def test_sar_entropy_codec_encoder_gives_the_files_symbols(tmp_path, skip):
+    "An entropy-model codec (also with the linear skip path: pooling, space to depth, bicubic upsampling): the ONNX encoder gives the integer symbols the codec file codes (before clamping), the decoder takes them"
     from medrecipes.models.sar import sar_model
     from medrecipes.data.sar import SarPreprocess
     torch.manual_seed(0)
-    m = sar_model('residual', latent_channels=4, base_channels=8, entropy='factorized').eval()
-    torch.nn.init.normal_(m.encoder.head.weight, std=0.3); m.update()
+    m = sar_model('residual', latent_channels=4, base_channels=8, entropy='factorized', linear_skip=skip).eval()
+    torch.nn.init.normal_(m.encoder.head.weight, std=0.3); torch.nn.init.normal_(m.decoder.out.weight, std=0.1); m.update()
     ck = save_checkpoint(tmp_path/'rd.pt', model_state_dict=m.state_dict(), model_config=m.config, patch=32,
                          preprocessing_params=SarPreprocess('linear', clip=(-25., 5.)).checkpoint_params())
     res = export_onnx(ck, out=tmp_path/'o')
@@ -244,5 +245,5 @@ def test_sar_entropy_codec_encoder_gives_the_files_symbols(tmp_path):
     with torch.no_grad(): q, y = m.compress(x), m.decompress(m.compress(x))
     z = _ort(enc, x.numpy())
     assert np.abs(z - q.numpy()).max() <= 1 and (z == q.numpy()).mean() > 0.99 and np.array_equal(z, np.round(z))   # integers
-    assert q.float().std() > 1                                                                                       # not all zero
+    assert q.float().std() > 0.5                                                                                     # not all zero
     np.testing.assert_allclose(_ort(dec, q.numpy().astype(np.float32)), y.numpy(), rtol=0, atol=ONNX_ATOL)

@@ -157,14 +157,66 @@ def test_entropy_model_option(entropy):
     with pytest.raises(RuntimeError, match='no likelihoods'): sar_model().rate_bpp(1)
 
 
+@pytest.mark.parametrize('skip', [False, True], ids=['plain', 'linear_skip'])
 @pytest.mark.parametrize('variant', SAR_VARIANTS)
-def test_decoder_by_row_chunks_is_the_whole_decode(variant):
-    "`decompress(q, chunk_rows)` runs the full-resolution layers on row chunks (the codec's memory bound): the same image as one pass"
+def test_decoder_by_row_chunks_is_the_whole_decode(variant, skip):
+    "`decompress(q, chunk_rows)` runs the full-resolution layers (and the skip path's upsampling) on row chunks (the codec's memory bound): the same image as one pass"
     torch.manual_seed(0)
-    m = sar_model(variant, base_channels=8, entropy='factorized').eval()
+    m = sar_model(variant, base_channels=8, entropy='factorized', linear_skip=skip).eval()
+    if skip:
+        with torch.no_grad(): m.decoder.out.weight.normal_(std=0.1)           # the learned part on, as after training
     q = torch.randint(-20, 20, (2, 16, 7, 5), dtype=torch.int32)
     with torch.no_grad():
         whole = m.decompress(q)
         for rows in (32, 18, 2, 224):          # chunks of several sizes, one not dividing the height, one the whole image
             torch.testing.assert_close(m.decompress(q, chunk_rows=rows), whole, rtol=0, atol=1e-6)
         with pytest.raises(ValueError, match='even'): m.decompress(q, chunk_rows=31)
+
+
+def _keys_bicubic_rows(a, p):
+    "Upsample the rows of a 2-D array p-fold with Keys' cubic (a = -0.75), half-pixel centres, edge samples repeated: a numpy reference"
+    n = a.shape[0]; out = np.empty((n * p, a.shape[1]))
+    def w(t):
+        t = abs(t)
+        return (1.25 * t - 2.25) * t * t + 1 if t <= 1 else ((-0.75 * t + 3.75) * t - 6) * t + 3 if t < 2 else 0.
+    for o in range(n * p):
+        s = (o + 0.5) / p - 0.5; i = int(np.floor(s))
+        out[o] = sum(w(s - k) * a[min(max(k, 0), n - 1)] for k in range(i - 1, i + 3))
+    return out
+
+
+@pytest.mark.parametrize('latent_channels,s', [(16, 4), (64, 8), (4, 2), (20, 4)])
+def test_linear_skip_starts_as_the_pooled_bicubic_codec(latent_channels, s):
+    "With `linear_skip`, an untrained codec is the linear one: the image averaged over p x p blocks (p = 16 / s), rounded to the latent's step, upsampled bicubically (a numpy reference)"
+    from medrecipes.models.sar import skip_shape
+    assert skip_shape(latent_channels) == (s, 16 // s)
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 32, 48)
+    for v in SAR_VARIANTS:
+        m = sar_model(v, latent_channels=latent_channels, base_channels=8, entropy='hyperprior', linear_skip=True).eval()
+        with torch.no_grad(): y = m(x)[0, 0].double().numpy()
+        p = 16 // s
+        pooled = x[0, 0].double().numpy().reshape(32 // p, p, 48 // p, p).mean((1, 3))
+        q = np.round((pooled - 0.5) * 16) / 16 + 0.5                          # the latent's integer step, latent_scale 16
+        ref = np.clip(_keys_bicubic_rows(_keys_bicubic_rows(q, p).T, p).T, 0, 1)
+        np.testing.assert_allclose(y, ref, atol=2e-6, err_msg=v)
+        assert m.config['linear_skip'] is True and sar_model(**m.config).config == m.config
+    with torch.no_grad(): m.encoder.skip_log_gain.fill_(np.log(0.5))          # one gain, shared: the average quantised twice as coarsely
+    assert m.decoder.skip_log_gain is m.encoder.skip_log_gain
+    with torch.no_grad(): y = m(x)[0, 0].double().numpy()
+    q = np.round((pooled - 0.5) * 8) / 8 + 0.5
+    np.testing.assert_allclose(y, np.clip(_keys_bicubic_rows(_keys_bicubic_rows(q, p).T, p).T, 0, 1), atol=2e-6)
+
+
+def test_linear_skip_learns_and_refuses_what_it_cannot_do():
+    "Both networks get gradients from the first step (their last layers start at zero); the skip needs an entropy model and a latent with room"
+    from medrecipes.models.sar import skip_shape
+    torch.manual_seed(0)
+    m = sar_model('residual', base_channels=8, entropy='factorized', linear_skip=True)
+    x = torch.rand(2, 1, 32, 32)
+    (F.mse_loss(m(x), x) + m.rate_bpp(x.numel())).backward()
+    assert m.encoder.head.weight.grad.abs().sum() > 0 and m.decoder.out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='needs an entropy model'): sar_model('residual', linear_skip=True)
+    with pytest.raises(ValueError, match='latent_channels >= in_channels'): skip_shape(1, in_channels=2)
+    with pytest.raises(ValueError, match='linear_skip'): sar_model('residual', entropy='factorized', linear_skip=1)
+    assert 'linear_skip' not in sar_model('residual', entropy='factorized').config     # older models keep their config and digest

@@ -15,8 +15,8 @@ from .entropy import EntropyBottleneck, ScaleHyperprior
 
 # %% auto #0
 __all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'ENTROPY_MODELS', 'ConvBnRelu', 'LiteBlock', 'PreActBlock', 'default_cbam',
-           'SarEncoder', 'SarDecoder', 'LatentQuantizer', 'SarAutoencoder', 'sar_model', 'count_parameters',
-           'compression_ratio', 'load_sar_model']
+           'skip_shape', 'SarEncoder', 'SarDecoder', 'LatentQuantizer', 'SarAutoencoder', 'sar_model',
+           'count_parameters', 'compression_ratio', 'load_sar_model']
 
 # %% ../../nbs/06_models.sar.ipynb #c005
 SAR_VARIANTS = ('baseline', 'resnet_lite', 'residual', 'attention')
@@ -66,44 +66,82 @@ def _check_image(x, c, s):
     if x.shape[2] % s or x.shape[3] % s:
         raise ValueError(f"height and width must be multiples of {s} (the encoder downsamples {s}-fold), got {tuple(x.shape[2:])}")
 
+def skip_shape(latent_channels:int, in_channels:int=1) -> tuple:
+    "`(s, p)` of the linear skip path: the image average-pooled `p`-fold is rearranged into `in_channels * s * s` latent channels (`s * p = 16`, `s` a power of two, as large as the latent allows)"
+    s = 16
+    while s > 1 and in_channels * s * s > latent_channels: s //= 2
+    if in_channels * s * s > latent_channels:
+        raise ValueError(f"the linear skip path needs latent_channels >= in_channels ({in_channels}), got {latent_channels}")
+    return s, SAR_DOWNSAMPLE // s
+
+def _ste_clamp(y):
+    "`y` clamped to [0, 1] in the forward pass, the identity in the backward pass"
+    return y + (y.clamp(0, 1) - y).detach()
+
 class SarEncoder(nn.Module):
-    "C_in x H x W -> C_lat x H/16 x W/16"
-    def __init__(self, variant, widths, latent_channels, in_channels=1, cbam=None):
+    "C_in x H x W -> C_lat x H/16 x W/16; with `skip`, the first channels also carry the image average-pooled and rearranged (space to depth), less 0.5, times a learned gain"
+    def __init__(self, variant, widths, latent_channels, in_channels=1, cbam=None, skip:bool=False):
         super().__init__()
-        self.in_channels, self.downsample = in_channels, SAR_DOWNSAMPLE
+        self.in_channels, self.downsample, self.skip = in_channels, SAR_DOWNSAMPLE, skip
+        if skip:
+            self.skip_s, self.skip_p = skip_shape(latent_channels, in_channels)
+            self.skip_log_gain = nn.Parameter(torch.zeros(()))   # log of the skip's gain: the step it is quantised with (the autoencoder shares it with the decoder)
         self.stem = ConvBnRelu(in_channels, widths[0])
         self.stages = nn.ModuleList(nn.Sequential(ConvBnRelu(ci, co, stride=2), _block(variant, co, cbam))
                                     for ci, co in zip(widths[:-1], widths[1:]))
         self.head = nn.Conv2d(widths[-1], latent_channels, 1)
+        if skip: nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)   # the codec starts as the linear one
     def forward(self, x):
         _check_image(x, self.in_channels, self.downsample)
-        x = self.stem(x)
-        for s in self.stages: x = s(x)
-        return self.head(x)
+        z = self.stem(x)
+        for s in self.stages: z = s(z)
+        z = self.head(z)
+        if not self.skip: return z
+        k = self.in_channels * self.skip_s ** 2
+        lin = (F.pixel_unshuffle(F.avg_pool2d(x, self.skip_p), self.skip_s) - 0.5) * self.skip_log_gain.exp()
+        return torch.cat([z[:, :k] + lin, z[:, k:]], 1)
 
 class SarDecoder(nn.Module):
-    "C_lat x h x w -> C_in x 16h x 16w, through a sigmoid"
-    def __init__(self, variant, widths, latent_channels, out_channels=1, cbam=None):
+    "C_lat x h x w -> C_in x 16h x 16w, through a sigmoid; with `skip`, the learned image is added to the bicubic upsampling of the skip channels (divided by the gain, rearranged back, plus 0.5) and clamped to [0, 1]"
+    def __init__(self, variant, widths, latent_channels, out_channels=1, cbam=None, skip:bool=False):
         super().__init__()
-        self.latent_channels = latent_channels
+        self.latent_channels, self.out_channels, self.skip = latent_channels, out_channels, skip
+        if skip:
+            self.skip_s, self.skip_p = skip_shape(latent_channels, out_channels)
+            self.skip_log_gain = nn.Parameter(torch.zeros(()))
         self.head = nn.Sequential(nn.Conv2d(latent_channels, widths[-1], 1, bias=False), nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
         self.stages = nn.ModuleList(nn.Sequential(_block(variant, ci, cbam), nn.Upsample(scale_factor=2, mode='nearest'), ConvBnRelu(ci, co))
                                     for ci, co in zip(widths[:0:-1], widths[-2::-1]))
         self.out = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+        if skip: nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
+    def _pooled(self, z):
+        "The skip channels rearranged back into the pooled image (C_out x 16h/p x 16w/p)"
+        return F.pixel_shuffle(z[:, :self.out_channels * self.skip_s ** 2] * (-self.skip_log_gain).exp(), self.skip_s) + 0.5
+    def _upsampled(self, pooled, o0:int, o1:int):
+        "Output rows o0..o1 of the pooled image's bicubic upsampling, computed from the pooled rows they need plus a halo of two (the same values as upsampling it whole)"
+        p, n = self.skip_p, pooled.shape[-2]
+        lo, hi = max(0, o0 // p - 2), min(n, -(-o1 // p) + 2)
+        up = F.interpolate(pooled[..., lo:hi, :], scale_factor=p, mode='bicubic', align_corners=False)
+        return up[..., o0 - lo * p:o1 - lo * p, :]
+    def _finish(self, y, pooled, o0:int):
+        "The output rows o0.. of the learned image `y`: through a sigmoid, or added to the upsampled skip and clamped"
+        if not self.skip: return torch.sigmoid(y)
+        return _ste_clamp(y + self._upsampled(pooled, o0, o0 + y.shape[-2]))
     def forward(self, z, chunk_rows:int|None=None):
         "The image; with `chunk_rows`, the full-resolution layers (the last stage's upsampling and convolution, the output convolution) run on row chunks of that many output rows: the same result in less memory"
         if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != self.latent_channels:
             raise ValueError(f"the decoder takes a B x {self.latent_channels} x h x w latent, got {getattr(z, 'shape', type(z))}")
+        pooled = self._pooled(z) if self.skip else None
         z = self.head(z)
         for s in self.stages[:-1]: z = s(z)
-        if not chunk_rows or 2 * z.shape[-2] <= chunk_rows: return torch.sigmoid(self.out(self.stages[-1](z)))
+        if not chunk_rows or 2 * z.shape[-2] <= chunk_rows: return self._finish(self.out(self.stages[-1](z)), pooled, 0)
         if chunk_rows % 2: raise ValueError(f"chunk_rows must be even, got {chunk_rows}")
         block, up, conv = self.stages[-1]
         z = block(z); n = z.shape[-2]; h = chunk_rows // 2; out = []
         for a in range(0, n, h):          # low-resolution rows a..a+h, with one row of halo each side (both 3x3 convolutions need one output row)
             lo, hi = max(0, a - 1), min(n, a + h + 1)
-            y = torch.sigmoid(self.out(conv(up(z[..., lo:hi, :]))))
-            out.append(y[..., 2 * (a - lo):2 * (a - lo) + 2 * (min(a + h, n) - a), :])
+            y = self.out(conv(up(z[..., lo:hi, :])))[..., 2 * (a - lo):2 * (a - lo) + 2 * (min(a + h, n) - a), :]
+            out.append(self._finish(y, pooled, 2 * a))
         return torch.cat(out, -2)
 
 class LatentQuantizer(nn.Module):
@@ -138,6 +176,7 @@ class SarAutoencoder(nn.Module):
                  quant_proxy:str='ste', # the quantiser in training: 'ste' (straight-through rounding) or 'noise' (additive uniform)
                  entropy:str|None=None, # 'factorized' (`EntropyBottleneck`) or 'hyperprior' (`ScaleHyperprior`): an integer latent under a learned prior, range-coded; replaces `quant_bits`
                  latent_scale:float=16., # with `entropy`: the encoder's output times this is rounded to integers (the decoder gets them divided back): a fine initial step
+                 linear_skip:bool=False, # with `entropy`: a fixed linear path under the networks (`skip_shape`): the encoder adds the average-pooled image to its first latent channels, the decoder adds their bicubic upsampling, and both start from zero, so the codec starts as a linear one and learns what improves on it; a learned gain on the skip sets its quantisation step
                 ):
         super().__init__()
         if variant not in SAR_VARIANTS: raise ValueError(f"unknown SAR autoencoder variant {variant!r}; choose one of {', '.join(SAR_VARIANTS)}")
@@ -157,11 +196,16 @@ class SarAutoencoder(nn.Module):
         self.config = dict(variant=variant, latent_channels=latent_channels, base_channels=base_channels, in_channels=in_channels,
                            quant_bits=quant_bits, quant_proxy=quant_proxy, **({'entropy': entropy, 'latent_scale': float(latent_scale)} if entropy else {}))
         if entropy and not latent_scale > 0: raise ValueError(f"`latent_scale` must be > 0, got {latent_scale!r}")
-        self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam)
+        if not isinstance(linear_skip, bool): raise ValueError(f"`linear_skip` must be True or False, got {linear_skip!r}")
+        if linear_skip and not entropy:
+            raise ValueError("`linear_skip` needs an entropy model (`entropy='factorized'` or 'hyperprior'): the uniform quantiser squashes the latent, which the skip path cannot pass through")
+        if linear_skip: skip_shape(latent_channels, in_channels); self.config['linear_skip'] = True   # absent when off: older models keep their digest
+        self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam, linear_skip)
         self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
         # the entropy model (either kind keeps this attribute name): likelihoods in training, integer tables and the range coder after `update()`
         self.entropy_bottleneck = {'factorized': EntropyBottleneck, 'hyperprior': ScaleHyperprior}[entropy](latent_channels) if entropy else None
-        self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam)
+        self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam, linear_skip)
+        if linear_skip: self.decoder.skip_log_gain = self.encoder.skip_log_gain   # one gain: the decoder divides by what the encoder multiplied
         self.quant_bits, self.entropy, self.likelihoods, self.latent_scale = quant_bits, entropy, None, float(latent_scale)
     def forward(self, x):
         z = self.encoder(x)
@@ -187,9 +231,9 @@ class SarAutoencoder(nn.Module):
         return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q, chunk_rows)
 
 def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
-              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16.) -> SarAutoencoder:
+              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16., linear_skip:bool=False) -> SarAutoencoder:
     "A SAR autoencoder of `variant` (see `SarAutoencoder`); rebuild a saved one with `sar_model(**model.config)`"
-    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale)
+    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale, linear_skip)
 
 def count_parameters(model:nn.Module, trainable:bool=True) -> int:
     "Number of (trainable) parameters of `model`"
@@ -217,7 +261,7 @@ def load_sar_model(ckpt, # a SAR checkpoint (best.pt or latest.pt) of `medrecipe
                   ):
     "The autoencoder, the fitted `SarPreprocess` and the patch size stored in a SAR checkpoint, read and checked by `medrecipes.checkpoint` (`weights_only=True`)."
     from medrecipes.checkpoint import checkpoint_name, read_checkpoint, sar_model_config, sar_patch, load_weights
-    from medrecipes.data.sar import SarPreprocess
+    from medrecipes.data.sar_io import SarPreprocess
     name = checkpoint_name(ckpt, name)
     ck = read_checkpoint(ckpt, 'sar', name)   # a path, or a checkpoint already loaded
     model = load_weights(sar_model(**sar_model_config(ck, name)), ck, name)
