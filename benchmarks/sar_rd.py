@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'benchmarks'))
 
 
-def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized') -> dict:
+def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized', extra=()) -> dict:
     "Encode and decode seconds per megapixel of one trained codec and of JPEG2000 at its file sizes, on the test scenes (in-process, warm)"
     import io, numpy as np
     from PIL import Image
@@ -27,7 +27,8 @@ def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized
     from medrecipes.models.sar import load_sar_model
     from medrecipes.data.sar import sar_files, read_sar_image
     name = variant if entropy == 'factorized' else f'{variant}_{entropy}'     # rd_curves' run folder
-    model, pre, _ = load_sar_model(runs/f'{name}_lambda{float(lam):g}'/'checkpoints'/'best.pt')
+    tag = ''.join(f"_{o.split('=')[0].split('.')[-1]}{o.split('=', 1)[1]}" for o in extra)      # rd_curves' run folder of a point with its own settings
+    model, pre, _ = load_sar_model(runs/f'{name}_lambda{float(lam):g}{tag}'/'checkpoints'/'best.pt')
     files = sar_files(data/'test'); imgs = [read_sar_image(f) for f in files]
     n = sum(a.size for a in imgs); t = dict(enc=0., dec=0., jenc=0., jdec=0.)
     compress((model, pre), imgs[0], runs/'warm.mrsar')                  # warm-up
@@ -49,6 +50,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--variants', nargs='+', default=['residual', 'attention'])
     ap.add_argument('--lambdas', type=float, nargs='+', default=[8., 32., 128., 512.])
+    ap.add_argument('--points', nargs='+', default=None, metavar='LAMBDA[:OVERRIDE,...]',
+                    help="instead of --lambdas: points with their own settings, e.g. 16:model.latent_channels=4 1024:model.latent_channels=64")
     ap.add_argument('--epochs', type=int, default=12)
     ap.add_argument('--clean-variants', nargs='*', default=['attention'], help='variants also trained against the clean reflectivity (despeckling compression); none: skip')
     ap.add_argument('--entropies', nargs='+', default=['factorized'], choices=['factorized', 'hyperprior'], help='entropy models, each variant trained with each')
@@ -59,6 +62,8 @@ def main(argv=None):
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'sar_rd'))
     ap.add_argument('overrides', nargs='*', help='config overrides for every run, e.g. model.base_channels=32')
     a = ap.parse_args(argv)
+    points = [(float(p.split(':')[0]), [o for o in p.split(':', 1)[1].split(',') if o] if ':' in p else []) for p in a.points] if a.points else [(l, []) for l in a.lambdas]
+    a.lambdas = [l for l, _ in points]
     import warnings; warnings.filterwarnings('ignore')
     import pandas as pd, torch, medrecipes
     from medrecipes.synth import make_sar
@@ -70,7 +75,7 @@ def main(argv=None):
     make_sar(data, n_train=a.n, n_valid=max(1, a.n // 4), n_test=max(1, a.n // 8), size=a.size, seed=0, save_clean=True, mode='realistic')
     t0 = time.time()
     curves = rd_curves('sar_demo', [f'data.path={data}', f'trainer.out_dir={work}', 'trainer.progress=false', f'trainer.max_epochs={a.epochs}',
-                                    'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(a.lambdas),
+                                    'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(points),
                         targets=('input', 'clean') if a.clean_variants else ('input',), clean_variants=tuple(a.clean_variants),
                         entropies=tuple(a.entropies), clean_entropies=tuple(a.clean_entropies) if a.clean_entropies else None)
     minutes = (time.time() - t0) / 60
@@ -78,7 +83,8 @@ def main(argv=None):
     for name, dst in (('rd.csv', '.csv'), ('rd_curves.csv', '_curves.csv'), ('rd_bd.csv', '_bd.csv'), ('rd.png', '.png')):
         shutil.copyfile(src/name, str(out) + dst)
     bd = curves.attrs['bd']
-    speed = _speed(src, data, a.variants[-1], a.lambdas[len(a.lambdas) // 2], a.entropies[-1])
+    lam, extra = points[len(points) // 2]
+    speed = _speed(src, data, a.variants[-1], lam, a.entropies[-1], extra)
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
@@ -88,7 +94,7 @@ def main(argv=None):
             f".mrsar or .j2k file's. Means over the test scenes:", '',
             _md_table(curves.round(4)), '', "Bjøntegaard deltas (negative BD-rate and positive BD-quality: the test codec is better):", '',
             _md_table(bd.round(3)), '', f"Speed on this CPU ({torch.get_num_threads()} threads), seconds per megapixel over the test scenes "
-            f"({speed.pop('pixels') / 1e6:.2f} MP), the {a.variants[-1]} codec ({a.entropies[-1]}) at lambda {a.lambdas[len(a.lambdas) // 2]:g} beside JPEG2000 at the same file size:", '',
+            f"({speed.pop('pixels') / 1e6:.2f} MP), the {a.variants[-1]} codec ({a.entropies[-1]}) at lambda {lam:g} {' '.join(extra)} beside JPEG2000 at the same file size:", '',
             _md_table(pd.DataFrame([speed]).round(4)), '']
     Path(str(out) + '.md').write_text('\n'.join(text))
     print('\n'.join(text))

@@ -160,6 +160,16 @@ def plot_rd(df:pd.DataFrame, # `rd_sweep`'s table (or its rd.csv)
     fig.tight_layout(); atomic_write(path, lambda t: fig.savefig(t, format='png', dpi=110)); plt.close(fig)
 
 # %% ../nbs/20a_sar_experiments.ipynb #x-curves
+def _rd_point(p) -> tuple:
+    "`(λ, overrides)` of an `rd_lambdas` entry: a number, or a number and a list of config overrides"
+    if isinstance(p, (tuple, list)) and len(p) == 2 and not isinstance(p[1], (int, float)):
+        lam, extra = p
+        if isinstance(extra, str): extra = [extra]
+        if not all(isinstance(o, str) and '=' in o for o in extra): raise ValueError(f"rd_lambdas: the overrides of point {p!r} must be 'key=value' strings")
+    else: lam, extra = p, []
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0: raise ValueError(f"rd_lambdas: each λ must be a number > 0, got {lam!r}")
+    return float(lam), list(extra)
+
 def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
     "PSNR and SSIM ([0, 1] dB scale) against the speckled original and, when given, against the clean reflectivity; the ENL ratio"
     from medrecipes.codec import codec_metrics
@@ -195,7 +205,7 @@ def rd_deltas(curves:pd.DataFrame, # `rd_curves`'s means per point (or its rd_cu
     return pd.DataFrame(bd)
 
 def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
-              rd_lambdas=(16, 64, 256, 1024), # the rate-distortion weights to train, one model each
+              rd_lambdas=(16, 64, 256, 1024), # the rate-distortion weights to train, one model each; an entry `(λ, [overrides])` trains that point with its own settings too, e.g. `(16, ['model.latent_channels=4'])` (a codec family that changes its latent with the rate)
               jpeg2000_points:int=8, # JPEG2000 rates, spread geometrically over the learned files' range (and beyond: the qualities must overlap); JPEG-XL at the same rates where imagecodecs is installed
               targets=('input',), # also 'clean': variants trained against the clean reflectivity (`data.target=clean`), named '<variant>+clean'
               clean_variants=None, # the variants trained with the 'clean' target (default: all of `variants`)
@@ -223,18 +233,20 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
     runs = [(t, v, e) for t in targets for v in (variants if t == 'input' or clean_variants is None else clean_variants)
             for e in (entropies if t == 'input' or clean_entropies is None else clean_entropies)]
     if bad := [e for e in clean_entropies or () if e not in ENTROPY_MODELS]: raise ValueError(f"clean_entropies: unknown entropy model {bad[0]!r}")
+    points = [_rd_point(p) for p in rd_lambdas]   # every point checked before any training
     for tgt, v, e in runs:
         name = v + ('' if e == 'factorized' else f'+{e}') + ('' if tgt == 'input' else f'+{tgt}'); names.append(name)
-        for lam in rd_lambdas:
-            run = out/f"{name.replace('+', '_')}_lambda{float(lam):g}"
-            train_sar(config, [*overrides, f'variant={v}', f'entropy={e}', f'rd_lambda={float(lam)}', f'out_dir={run}', f'target={tgt}',
+        for lam, extra in points:
+            tag = ''.join(f"_{o.split('=')[0].split('.')[-1]}{o.split('=', 1)[1]}" for o in extra)
+            run = out/f"{name.replace('+', '_')}_lambda{float(lam):g}{tag}"
+            train_sar(config, [*overrides, *extra, f'variant={v}', f'entropy={e}', f'rd_lambda={float(lam)}', f'out_dir={run}', f'target={tgt}',
                                'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null'], **kwargs)
             model, pre, _ = load_sar_model(run/'checkpoints'/'best.pt')
             for f, a, c in scenes:
                 x01, clean = np.asarray(pre.encode(a), np.float32), None if c is None else np.asarray(pre.encode(c), np.float32)
                 info = compress((model, pre), a, run/'codec'/f'{f.stem}{CODEC_EXT}')
                 rec = decompress(info['path'], (model, pre), out='scaled')
-                rows.append(dict(codec=name, point=f'lambda={float(lam):g}', rd_lambda=float(lam), image=f.name, bpp=info['bpp'],
+                rows.append(dict(codec=name, point=' '.join([f'lambda={float(lam):g}', *extra]), rd_lambda=float(lam), image=f.name, bpp=info['bpp'],
                                  estimate_bpp=info['estimate_bpp'], **_rd_scores(x01, rec, pre, clean)))
     learned = pd.DataFrame(rows)
     lo, hi = learned.bpp.min() * 0.3, learned.bpp.max() * 1.3   # JPEG2000 well below the learned rates too: the qualities must overlap for a BD-rate

@@ -131,3 +131,19 @@ def test_rd_curves_and_bd_rates(sar_data, tmp_path):
     assert set(bd[bd.anchor == 'baseline'].test) == {'baseline+hyperprior'}
     assert (out/'rd.png').read_bytes()[:4] == b'\x89PNG' and 'Bjøntegaard' in (out/'rd.md').read_text()
     with pytest.raises(ValueError, match="unknown entropy model 'gaussian'"): rd_curves(data_path=sar_data, out_dir=tmp_path, entropies=('gaussian',), **SMALL)
+
+
+def test_rd_curve_points_with_their_own_settings(sar_data, tmp_path):
+    "An `rd_lambdas` entry `(λ, overrides)` trains that point with its own settings (a codec family changing its latent with the rate), named by them"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        c = rd_curves(data_path=sar_data, out_dir=tmp_path, variants=('baseline',), rd_lambdas=((4., ['model.latent_channels=4', 'model.linear_skip=true']), 256.),
+                      jpeg2000_points=2, epochs=1, entropies=('hyperprior',), **SMALL)
+    out = tmp_path/'rd_curves'
+    low = load_checkpoint(out/'baseline_hyperprior_lambda4_latent_channels4_linear_skiptrue'/'checkpoints'/'best.pt')
+    high = load_checkpoint(out/'baseline_hyperprior_lambda256'/'checkpoints'/'best.pt')
+    assert low['model_config']['latent_channels'] == 4 and low['model_config']['linear_skip'] is True
+    assert high['model_config']['latent_channels'] == 16 and 'linear_skip' not in high['model_config']
+    assert set(c[c.codec == 'baseline+hyperprior'].point) == {'lambda=4 model.latent_channels=4 model.linear_skip=true', 'lambda=256'}
+    for bad, words in ((((4., [3]),), "'key=value' strings"), ((0.,), 'a number > 0'), ((('a', ['x=1']),), 'a number > 0')):
+        with pytest.raises(ValueError, match=words): rd_curves(data_path=sar_data, out_dir=tmp_path/'bad', rd_lambdas=bad, **SMALL)
