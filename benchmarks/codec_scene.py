@@ -4,6 +4,7 @@ Pillow) on the same scene.
 
     python benchmarks/codec_scene.py                    # 8000 x 8000 uint16 GeoTIFF, residual codec at base 32
     python benchmarks/codec_scene.py --size 2048 --variant attention
+    python benchmarks/codec_scene.py --entropy hyperprior --linear-skip     # the rate-distortion benchmark's best codec
 
 The peak RSS includes what importing the package costs (torch's CUDA build alone takes about 0.86 GB here, without a
 GPU); the first row measures that baseline, and `rss_over_baseline_mb` is the codec's own share.
@@ -46,6 +47,8 @@ def main(argv=None):
     ap.add_argument('--size', type=int, default=8000)
     ap.add_argument('--variant', default='residual')
     ap.add_argument('--base-channels', type=int, default=32)
+    ap.add_argument('--entropy', default='factorized', choices=['factorized', 'hyperprior'])
+    ap.add_argument('--linear-skip', action='store_true', help='the codec with the linear skip path (model.linear_skip)')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'codec_scene.csv'))
     a = ap.parse_args(argv)
     import numpy as np, pandas as pd, tifffile, torch, medrecipes
@@ -68,7 +71,7 @@ def main(argv=None):
             tw.write(tiles(), shape=(n, n), dtype=np.uint16, tile=(512, 512),
                      extratags=[(33550, 'd', 3, (10.0, 10.0, 0.0), True), (33922, 'd', 6, (0, 0, 0, 500000.0, 4649776.0, 0), True)])
         torch.manual_seed(0)
-        m = sar_model(a.variant, base_channels=a.base_channels, entropy='factorized').eval()
+        m = sar_model(a.variant, base_channels=a.base_channels, entropy=a.entropy, linear_skip=a.linear_skip).eval()
         torch.nn.init.normal_(m.encoder.head.weight, std=0.05); m.update()
         pre = SarPreprocess('amplitude', clip=(10., 60.))
         save_checkpoint(d/'ck.pt', model_state_dict=m.state_dict(), model_config=m.config, preprocessing_params=pre.checkpoint_params(), patch=128)
@@ -83,7 +86,7 @@ def main(argv=None):
         je, jd, jb = map(float, out.split())
     mp = n * n / 1e6
     info = dict(date=time.strftime('%Y-%m-%d'), machine=machine(), torch=torch.__version__, medrecipes=medrecipes.__version__, size=n,
-                variant=a.variant, base_channels=a.base_channels, threads=torch.get_num_threads())
+                variant=a.variant + ('' if a.entropy == 'factorized' else f'+{a.entropy}') + ('+skip' if a.linear_skip else ''), base_channels=a.base_channels, threads=torch.get_num_threads())
     rows = [dict(info, step='import medrecipes.codec (baseline)', seconds=round(tb, 1), s_per_mp=None, peak_rss_mb=round(mb), bpp=None),
             dict(info, step='codec compress (GeoTIFF in)', seconds=round(te, 1), s_per_mp=round(te / mp, 3), peak_rss_mb=round(me), bpp=round(bpp, 4)),
             dict(info, step='codec decompress (GeoTIFF out)', seconds=round(td, 1), s_per_mp=round(td / mp, 3), peak_rss_mb=round(md), bpp=round(bpp, 4)),

@@ -18,10 +18,10 @@ from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
 
 # %% auto #0
 __all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'DECODE_CHUNK_ROWS', 'STRIP_CONTEXT',
-           'model_digest', 'encode_strips', 'iter_decoded_strips', 'decode_strips', 'encode_latent', 'decode_latent',
-           'codec_bytes', 'read_codec_file', 'compress', 'estimate_looks', 'synthesize_speckle', 'decompress',
-           'geotiff_tags', 'codec_metrics', 'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs', 'rising_part',
-           'bd_rate', 'bd_psnr']
+           'BD_METHODS', 'model_digest', 'encode_strips', 'iter_decoded_strips', 'decode_strips', 'encode_latent',
+           'decode_latent', 'codec_bytes', 'read_codec_file', 'compress', 'estimate_looks', 'synthesize_speckle',
+           'decompress', 'geotiff_tags', 'codec_metrics', 'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs',
+           'rising_part', 'bd_rate', 'bd_psnr']
 
 # %% ../nbs/19_codec.ipynb #c005
 CODEC_MAGIC = b'MRSC'   # 4 bytes
@@ -398,11 +398,19 @@ def compare_codecs(learn_or_model, # a `SarLearner`, checkpoint path or model (w
     return pd.DataFrame(rows)
 
 # %% ../nbs/19_codec.ipynb #c009bd2
-def _bd_fit(x, y, order):
+BD_METHODS = ('pchip', 'cubic')
+
+def _bd_fit(x, y, order, method='pchip'):
+    "The antiderivative of `y(x)`: of the piecewise cubic Hermite interpolant through the points ('pchip'), or of the least-squares polynomial of `order` ('cubic')"
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2: raise ValueError(f"a rate-distortion curve needs matching 1-D rates and qualities of at least 2 points, got {x.shape} and {y.shape}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()): raise ValueError("rates and qualities must be finite")
-    return np.polyint(np.polyfit(x, y, min(order, len(x) - 1)))
+    if method not in BD_METHODS: raise ValueError(f"method must be one of {', '.join(BD_METHODS)}, not {method!r}")
+    if method == 'cubic': return np.poly1d(np.polyint(np.polyfit(x, y, min(order, len(x) - 1))))
+    from scipy.interpolate import PchipInterpolator          # imported here: coding a file needs no scipy
+    i = np.argsort(x, kind='stable'); x, y = x[i], y[i]
+    if np.any(np.diff(x) <= 0): raise ValueError("a piecewise cubic fit needs distinct values along the curve")
+    return PchipInterpolator(x, y, extrapolate=False).antiderivative()
 
 def rising_part(rate, quality) -> tuple:
     "`(rates, qualities)` of the points no cheaper point beats (sorted by rate, each better than every cheaper one): the curve a user can operate on, and the only one the Bjøntegaard fits are defined for"
@@ -417,7 +425,9 @@ def _rising(rate, quality, which):
     if len(r) < 2: raise ValueError(f"the {which} curve has {len(r)} point(s) on its rising part (every more costly point is no better): no Bjøntegaard fit")
     return r, q
 
-def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -> float:
+def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3,
+            method:str='pchip', # 'pchip': piecewise cubic through the points (as JVET's common test conditions); 'cubic': VCEG-M33's least-squares cubic of `order`
+           ) -> float:
     "Bjøntegaard delta rate in percent: the test codec's average bitrate change at equal quality against the anchor (negative: fewer bits), over each curve's rising part"
     for r in (rate_anchor, rate_test):
         if np.any(np.asarray(r, np.float64) <= 0): raise ValueError("bitrates must be > 0 (the BD-rate works on log rates)")
@@ -425,16 +435,16 @@ def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -
     lo, hi = max(np.min(quality_anchor), np.min(quality_test)), min(np.max(quality_anchor), np.max(quality_test))
     if not hi > lo: raise ValueError(f"the curves' qualities do not overlap (anchor {np.min(quality_anchor):.3g}-{np.max(quality_anchor):.3g}, "
                                      f"test {np.min(quality_test):.3g}-{np.max(quality_test):.3g})")
-    pa, pt = _bd_fit(quality_anchor, np.log(rate_anchor), order), _bd_fit(quality_test, np.log(rate_test), order)
-    avg = ((np.polyval(pt, hi) - np.polyval(pt, lo)) - (np.polyval(pa, hi) - np.polyval(pa, lo))) / (hi - lo)
+    pa, pt = _bd_fit(quality_anchor, np.log(rate_anchor), order, method), _bd_fit(quality_test, np.log(rate_test), order, method)
+    avg = ((pt(hi) - pt(lo)) - (pa(hi) - pa(lo))) / (hi - lo)
     return float((np.exp(avg) - 1) * 100)
 
-def bd_psnr(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3) -> float:
+def bd_psnr(rate_anchor, quality_anchor, rate_test, quality_test, order:int=3, method:str='pchip') -> float:
     "Bjøntegaard delta quality (dB for PSNR): the test codec's average quality change at equal bitrate against the anchor (positive: better), over each curve's rising part"
     (rate_anchor, quality_anchor), (rate_test, quality_test) = _rising(rate_anchor, quality_anchor, 'anchor'), _rising(rate_test, quality_test, 'test')
     la, lt = np.log(np.asarray(rate_anchor, np.float64)), np.log(np.asarray(rate_test, np.float64))
     lo, hi = max(la.min(), lt.min()), min(la.max(), lt.max())
     if not hi > lo: raise ValueError(f"the curves' rates do not overlap (anchor {np.exp(la.min()):.3g}-{np.exp(la.max()):.3g} bpp, "
                                      f"test {np.exp(lt.min()):.3g}-{np.exp(lt.max()):.3g} bpp)")
-    pa, pt = _bd_fit(la, quality_anchor, order), _bd_fit(lt, quality_test, order)
-    return float(((np.polyval(pt, hi) - np.polyval(pt, lo)) - (np.polyval(pa, hi) - np.polyval(pa, lo))) / (hi - lo))
+    pa, pt = _bd_fit(la, quality_anchor, order, method), _bd_fit(lt, quality_test, order, method)
+    return float(((pt(hi) - pt(lo)) - (pa(hi) - pa(lo))) / (hi - lo))

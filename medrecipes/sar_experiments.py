@@ -183,7 +183,7 @@ def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
 def rd_deltas(curves:pd.DataFrame, # `rd_curves`'s means per point (or its rd_curves.csv)
               names=None, # the learned codecs (default: every codec but the references)
              ) -> pd.DataFrame:
-    "Bjøntegaard deltas (BD-rate, BD-quality) of each learned codec against JPEG2000 (and JPEG-XL where present), attention against residual, each hyperprior codec against its factorized one; over each curve's rising part, NaN with a note where undefined"
+    "Bjøntegaard deltas (BD-rate, BD-quality; `medrecipes.codec.bd_rate`, piecewise cubic) of each learned codec against JPEG2000 (and JPEG-XL where present), attention against residual (same entropy model and target), each hyperprior codec against its factorized one; over each curve's rising part, NaN with a note where undefined"
     from medrecipes.codec import bd_rate, bd_psnr
     names = [n for n in curves.codec.unique() if n not in ('jpeg2000', 'jpegxl')] if names is None else list(names)
     qual = [q for q in ('psnr_db', 'ssim_db', 'psnr_clean_db') if q in curves and curves[q].notna().all()]
@@ -199,7 +199,8 @@ def rd_deltas(curves:pd.DataFrame, # `rd_curves`'s means per point (or its rd_cu
     for ref in ('jpeg2000', 'jpegxl'):
         if (curves.codec == ref).any():
             for v in names: delta(ref, v)
-    if {'residual', 'attention'} <= set(names): delta('residual', 'attention')
+    for v in names:   # attention against residual, each with the same entropy model and target
+        if v.startswith('attention') and 'residual' + v.removeprefix('attention') in names: delta('residual' + v.removeprefix('attention'), v)
     for v in names:   # what the hyperprior gains over the factorized prior, variant by variant
         if v.endswith('+hyperprior') and v.removesuffix('+hyperprior') in names: delta(v.removesuffix('+hyperprior'), v)
     return pd.DataFrame(bd)
