@@ -26,9 +26,9 @@ def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized
     from medrecipes.codec import compress, decompress
     from medrecipes.models.sar import load_sar_model
     from medrecipes.data.sar import sar_files, read_sar_image
-    name = variant if entropy == 'factorized' else f'{variant}_{entropy}'     # rd_curves' run folder
-    tag = ''.join(f"_{o.split('=')[0].split('.')[-1]}{o.split('=', 1)[1]}" for o in extra)      # rd_curves' run folder of a point with its own settings
-    model, pre, _ = load_sar_model(runs/f'{name}_lambda{float(lam):g}{tag}'/'checkpoints'/'best.pt')
+    from medrecipes.sar_experiments import rd_run_name
+    name = variant if entropy == 'factorized' else f'{variant}+{entropy}'
+    model, pre, _ = load_sar_model(runs/rd_run_name(name, lam, extra)/'checkpoints'/'best.pt')
     files = sar_files(data/'test'); imgs = [read_sar_image(f) for f in files]
     n = sum(a.size for a in imgs); t = dict(enc=0., dec=0., jenc=0., jdec=0.)
     compress((model, pre), imgs[0], runs/'warm.mrsar')                  # warm-up

@@ -20,7 +20,7 @@ from .sar import sar_config, train_sar
 
 # %% auto #0
 __all__ = ['ENL_RATIO_TARGET', 'ATTENTION_GAIN_TARGET_DB', 'SEED_FIGURES', 'sar_targets', 'compare_sar', 'compare_seeds',
-           'rd_sweep', 'plot_rd', 'rd_deltas', 'rd_curves', 'plot_rd_curves']
+           'rd_sweep', 'plot_rd', 'rd_run_name', 'rd_deltas', 'rd_curves', 'plot_rd_curves']
 
 # %% ../nbs/20a_sar_experiments.ipynb #c021
 def _md_table(df:pd.DataFrame) -> str:
@@ -170,6 +170,12 @@ def _rd_point(p) -> tuple:
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0: raise ValueError(f"rd_lambdas: each λ must be a number > 0, got {lam!r}")
     return float(lam), list(extra)
 
+def rd_run_name(codec:str, # a curve's codec name, e.g. 'residual+hyperprior'
+                lmbda:float, extra=(), # the point's λ and its own overrides
+               ) -> str:
+    "The folder (under `out_dir/rd_curves`) of one trained point of `rd_curves`: e.g. 'residual_hyperprior_lambda16_latent_channels4'"
+    return f"{codec.replace('+', '_')}_lambda{float(lmbda):g}" + ''.join(f"_{o.split('=')[0].split('.')[-1]}{o.split('=', 1)[1]}" for o in extra)
+
 def _rd_scores(x01:np.ndarray, rec01:np.ndarray, pre, clean01=None) -> dict:
     "PSNR and SSIM ([0, 1] dB scale) against the speckled original and, when given, against the clean reflectivity; the ENL ratio"
     from medrecipes.codec import codec_metrics
@@ -238,8 +244,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
     for tgt, v, e in runs:
         name = v + ('' if e == 'factorized' else f'+{e}') + ('' if tgt == 'input' else f'+{tgt}'); names.append(name)
         for lam, extra in points:
-            tag = ''.join(f"_{o.split('=')[0].split('.')[-1]}{o.split('=', 1)[1]}" for o in extra)
-            run = out/f"{name.replace('+', '_')}_lambda{float(lam):g}{tag}"
+            run = out/rd_run_name(name, lam, extra)
             train_sar(config, [*overrides, *extra, f'variant={v}', f'entropy={e}', f'rd_lambda={float(lam)}', f'out_dir={run}', f'target={tgt}',
                                'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null'], **kwargs)
             model, pre, _ = load_sar_model(run/'checkpoints'/'best.pt')

@@ -140,6 +140,8 @@ def test_rd_curve_points_with_their_own_settings(sar_data, tmp_path):
         c = rd_curves(data_path=sar_data, out_dir=tmp_path, variants=('baseline',), rd_lambdas=((4., ['model.latent_channels=4', 'model.linear_skip=true']), 256.),
                       jpeg2000_points=2, epochs=1, entropies=('hyperprior',), **SMALL)
     out = tmp_path/'rd_curves'
+    from medrecipes.sar_experiments import rd_run_name
+    assert rd_run_name('baseline+hyperprior', 4., ['model.latent_channels=4', 'model.linear_skip=true']) == 'baseline_hyperprior_lambda4_latent_channels4_linear_skiptrue'
     low = load_checkpoint(out/'baseline_hyperprior_lambda4_latent_channels4_linear_skiptrue'/'checkpoints'/'best.pt')
     high = load_checkpoint(out/'baseline_hyperprior_lambda256'/'checkpoints'/'best.pt')
     assert low['model_config']['latent_channels'] == 4 and low['model_config']['linear_skip'] is True
