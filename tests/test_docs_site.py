@@ -219,12 +219,18 @@ def test_every_readme_link_resolves_on_the_site(site, browser):
     notebook's page, an anchor of the home page), and the page and its anchor exist; so do the links of every other
     notebook and guide page."""
     readme = (ROOT/'README.md').read_text()
-    links = re.findall(r'\]\(([^)\s]+)\)', readme)
+    images = re.findall(r'!\[[^\]]*\]\(([^)\s]+)\)', readme)
+    links = [l for l in re.findall(r'\]\(([^)\s]+)\)', readme) if l not in images]
     rel = [l for l in links if not re.match(r'^[a-zA-Z][\w+.-]*:', l)]
     assert rel, 'README.md has no relative link'
     index = site/'index.html'
     hrefs = _article_links(index)
     problems = []
+    h = index.read_text(); srcs = re.findall(r'<img [^>]*src="([^"]+)"', h[h.find('<article'):h.find('</article>')])
+    for im in images:   # every README picture is shown on the home page, from a file the site holds
+        found = [s for s in srcs if s.endswith(Path(im).name)]
+        if not found: problems.append(f'README image {im}: not shown on the home page ({srcs})')
+        elif not (index.parent/found[0]).resolve().is_file(): problems.append(f'README image {im}: {found[0]} is no file of the site')
     for l in rel:
         path, _, anchor = l.partition('#')
         staged = docs_build.site_file(ROOT/path) if path else 'index.ipynb'
