@@ -48,7 +48,8 @@ def main(argv=None):
     ap.add_argument('--variant', default='residual')
     ap.add_argument('--base-channels', type=int, default=32)
     ap.add_argument('--entropy', default='factorized', choices=['factorized', 'hyperprior'])
-    ap.add_argument('--linear-skip', action='store_true', help='the codec with the linear skip path (model.linear_skip)')
+    ap.add_argument('--linear-skip', nargs='?', const='box', default=False, choices=['box', 'dct'],
+                    help='the codec with the linear skip path (model.linear_skip): box (the default when given alone) or dct')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'codec_scene.csv'))
     a = ap.parse_args(argv)
     import numpy as np, pandas as pd, tifffile, torch, medrecipes
@@ -86,7 +87,7 @@ def main(argv=None):
         je, jd, jb = map(float, out.split())
     mp = n * n / 1e6
     info = dict(date=time.strftime('%Y-%m-%d'), machine=machine(), torch=torch.__version__, medrecipes=medrecipes.__version__, size=n,
-                variant=a.variant + ('' if a.entropy == 'factorized' else f'+{a.entropy}') + ('+skip' if a.linear_skip else ''), base_channels=a.base_channels, threads=torch.get_num_threads())
+                variant=a.variant + ('' if a.entropy == 'factorized' else f'+{a.entropy}') + ({False: '', 'box': '+skip', 'dct': '+dct'}[a.linear_skip]), base_channels=a.base_channels, threads=torch.get_num_threads())
     rows = [dict(info, step='import medrecipes.codec (baseline)', seconds=round(tb, 1), s_per_mp=None, peak_rss_mb=round(mb), bpp=None),
             dict(info, step='codec compress (GeoTIFF in)', seconds=round(te, 1), s_per_mp=round(te / mp, 3), peak_rss_mb=round(me), bpp=round(bpp, 4)),
             dict(info, step='codec decompress (GeoTIFF out)', seconds=round(td, 1), s_per_mp=round(td / mp, 3), peak_rss_mb=round(md), bpp=round(bpp, 4)),

@@ -181,7 +181,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 quant_bits:int|None|str='auto', # bits per latent value (0/None: a float latent; 'auto': 8, none with `entropy`)
                 quant_proxy:str='ste', # the quantiser in training: 'ste' or 'noise'
                 entropy:str|None=None, # 'factorized': a learned prior, range-coded files, the rate–distortion loss (`SarRDLoss`)
-                linear_skip:bool=False, # with `entropy`: a fixed linear path under the networks (see `SarAutoencoder`)
+                linear_skip:bool|str=False, # with `entropy`: a fixed linear path under the networks, 'dct' or 'box' (True) (see `SarAutoencoder`)
                 rd_lambda:float=64., # with `entropy`: the loss is `rd_lambda * D + bits per pixel`
                 mse_weight:float=0.7, ssim_weight:float=0.3, # the loss
                 lr:float=1e-4, # Adam's learning rate

@@ -168,6 +168,7 @@ def test_values_are_range_checked_once_in_config():
                               ('xray', 'trainer.precision=fp8', r"trainer.precision must be one of \('auto', 'fp32', 'bf16', 'fp16'\)"),
                               ('xray', 'split=nowhere.csv', r"data.split must be one of \('stratified', 'center'\) or an existing split CSV"),
                               ('sar', 'model.entropy=gaussian', r"model.entropy must be one of \('factorized', 'hyperprior'\) or null"),
+                              ('sar', 'model.linear_skip=haar', r"model.linear_skip must be false, 'dct', or 'box'"),
                               ('folder', 'data.batch_size=0', r'data.batch_size must be an int >= 1, not 0'),
                               ('folder', 'logging.wandb_mode=cloud', r"logging.wandb_mode must be one of \('offline', 'online', 'disabled'\)")]:
         with pytest.raises(ValueError, match=msg): resolve_config(recipe, overrides=[over])
@@ -187,6 +188,10 @@ def test_allowed_values_agree_with_the_layers_that_use_them():
     assert XRAY_SPLIT.says.startswith(f"one of {SPLIT_KINDS}")
     assert SarModel.checks['variant'].says == f"one of {SAR_VARIANTS}"
     assert SarModel.checks['entropy'].says == f"one of {ENTROPY_MODELS} or null"
+    from medrecipes.models.sar import SKIP_TRANSFORMS
+    assert all(f"'{t}'" in SarModel.checks['linear_skip'].says for t in SKIP_TRANSFORMS)
+    for v, want in (('dct', 'dct'), ('box', 'box'), ('true', True), ('false', False)):
+        assert resolve_config('sar', overrides=[f'model.linear_skip={v}'])['model']['linear_skip'] == want
     assert 'checks' not in {f.name for f in fields(XrayTrainer)}   # a class variable, not a config key
     with pytest.raises(KeyError, match="unknown config key 'trainer.checks'"): resolve_config('xray', {'trainer': {'checks': {}}})
 

@@ -228,7 +228,7 @@ def test_input_size_from_a_nested_config(xray_ckpt, tmp_path):
     assert json.loads(parts[0]['meta']['normalization']) == norm
 
 
-@pytest.mark.parametrize('skip', [False, True], ids=['plain', 'linear_skip'])
+@pytest.mark.parametrize('skip', [False, True, 'dct'], ids=['plain', 'linear_skip', 'dct_skip'])
 def test_sar_entropy_codec_encoder_gives_the_files_symbols(tmp_path, skip):
     "An entropy-model codec (also with the linear skip path: pooling, space to depth, bicubic upsampling): the ONNX encoder gives the integer symbols the codec file codes (before clamping), the decoder takes them"
     from medrecipes.models.sar import sar_model

@@ -157,7 +157,7 @@ def test_entropy_model_option(entropy):
     with pytest.raises(RuntimeError, match='no likelihoods'): sar_model().rate_bpp(1)
 
 
-@pytest.mark.parametrize('skip', [False, True], ids=['plain', 'linear_skip'])
+@pytest.mark.parametrize('skip', [False, True, 'dct'], ids=['plain', 'linear_skip', 'dct_skip'])
 @pytest.mark.parametrize('variant', SAR_VARIANTS)
 def test_decoder_by_row_chunks_is_the_whole_decode(variant, skip):
     "`decompress(q, chunk_rows)` runs the full-resolution layers (and the skip path's upsampling) on row chunks (the codec's memory bound): the same image as one pass"
@@ -219,4 +219,61 @@ def test_linear_skip_learns_and_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match='needs an entropy model'): sar_model('residual', linear_skip=True)
     with pytest.raises(ValueError, match='latent_channels >= in_channels'): skip_shape(1, in_channels=2)
     with pytest.raises(ValueError, match='linear_skip'): sar_model('residual', entropy='factorized', linear_skip=1)
+    for bad in ('DCT', 'haar', 0.5):
+        with pytest.raises(ValueError, match="linear_skip.*'dct'"): sar_model('residual', entropy='factorized', linear_skip=bad)
     assert 'linear_skip' not in sar_model('residual', entropy='factorized').config     # older models keep their config and digest
+
+
+def _dct_ortho(s):
+    "The orthonormal DCT-II matrix of size s, written out from its definition (rows: frequencies)"
+    return np.array([[np.sqrt((1 if u == 0 else 2) / s) * np.cos(np.pi * (2 * i + 1) * u / (2 * s)) for i in range(s)] for u in range(s)])
+
+
+@pytest.mark.parametrize('latent_channels,s', [(4, 2), (16, 4), (64, 8), (256, 16), (20, 4)])
+def test_dct_skip_is_the_blocks_dct_with_a_step_per_coefficient(latent_channels, s):
+    """`linear_skip='dct'`: each latent position's s x s block of p x p averages goes through the orthonormal 2-D DCT (scipy's
+    `dctn(norm='ortho')` and the definition agree), every coefficient times its own gain; an untrained codec decodes the rounded
+    coefficients transformed back, upsampled bicubically (p > 1) or as they are (p = 1)"""
+    from scipy.fft import dctn
+    from medrecipes.models.sar import skip_basis, SKIP_GAIN_SPEED
+    p = 16 // s
+    D = _dct_ortho(s)
+    blk = np.random.default_rng(0).normal(size=(s, s))
+    np.testing.assert_allclose(D @ blk @ D.T, dctn(blk, norm='ortho'), atol=1e-12)                       # the reference is the DCT
+    np.testing.assert_allclose(skip_basis(s).numpy() @ blk.reshape(-1), (D @ blk @ D.T).reshape(-1), atol=1e-12)
+    np.testing.assert_allclose(skip_basis(s, 2).numpy() @ skip_basis(s, 2).numpy().T, np.eye(2 * s * s), atol=1e-12)   # orthonormal, per channel
+    torch.manual_seed(0)
+    H, W = 32, 48
+    x = torch.rand(1, 1, H, W)
+    for v in ('residual', 'attention'):
+        m = sar_model(v, latent_channels=latent_channels, base_channels=8, entropy='hyperprior', linear_skip='dct').eval()
+        assert m.config['linear_skip'] == 'dct' and sar_model(**m.config).config == m.config
+        assert m.encoder.skip_log_gain.shape == (s * s,) and m.decoder.skip_log_gain is m.encoder.skip_log_gain
+        with torch.no_grad(): m.encoder.skip_log_gain.copy_(torch.linspace(-0.2, 0.1, s * s))   # a step of its own per coefficient
+        gain = np.exp(SKIP_GAIN_SPEED * np.linspace(-0.2, 0.1, s * s))
+        pooled = x[0, 0].double().numpy().reshape(H // p, p, W // p, p).mean((1, 3)) - 0.5
+        blocks = pooled.reshape(H // p // s, s, W // p // s, s).transpose(0, 2, 1, 3)            # h x w x s x s
+        coef = np.einsum('ui,hwij,vj->hwuv', D, blocks, D).reshape(H // 16, W // 16, s * s)
+        q = np.round(coef * gain * 16)                                                             # latent_scale 16
+        with torch.no_grad(): codes = m.compress(x)[0]
+        np.testing.assert_array_equal(codes[:s * s].numpy().transpose(1, 2, 0), q, err_msg=v)
+        assert not codes[s * s:].any()                                                             # the learned channels start at zero
+        back = np.einsum('ui,hwuv,vj->hwij', D, (q / gain / 16).reshape(H // 16, W // 16, s, s), D)
+        rec = back.transpose(0, 2, 1, 3).reshape(H // p, W // p) + 0.5
+        ref = np.clip(_keys_bicubic_rows(_keys_bicubic_rows(rec, p).T, p).T if p > 1 else rec, 0, 1)
+        with torch.no_grad(): y = m(x)[0, 0].double().numpy()
+        np.testing.assert_allclose(y, ref, atol=2e-6, err_msg=v)
+
+
+def test_dct_skip_learns_its_steps():
+    "The rate term reaches every coefficient's gain, and the rate-distortion loss moves them apart; `linear_skip=True` stays the box average with one gain (and its config)"
+    torch.manual_seed(0)
+    m = sar_model('residual', latent_channels=16, base_channels=8, entropy='hyperprior', linear_skip='dct')
+    x = torch.rand(2, 1, 64, 64)
+    (F.mse_loss(m(x), x) + m.rate_bpp(x.numel()) / 100).backward()
+    g = m.encoder.skip_log_gain.grad
+    assert g.shape == (16,) and (g != 0).all() and g.std() > 0
+    assert m.encoder.head.weight.grad.abs().sum() > 0 and m.decoder.out.weight.grad.abs().sum() > 0
+    box = sar_model('residual', latent_channels=16, base_channels=8, entropy='hyperprior', linear_skip=True)
+    assert box.encoder.skip_log_gain.shape == () and box.config['linear_skip'] is True and not hasattr(box.encoder, 'skip_basis')
+    assert 'skip_basis' not in m.state_dict() and 'encoder.skip_basis' not in m.state_dict()      # a fixed buffer, not stored

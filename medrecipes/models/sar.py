@@ -8,15 +8,16 @@ Docs: `_docs/models.sar.html` in this repository, built by `make docs` (API refe
 
 # %% ../../nbs/06_models.sar.ipynb #c002
 from __future__ import annotations
+import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .entropy import EntropyBottleneck, ScaleHyperprior
 
 # %% auto #0
-__all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'ENTROPY_MODELS', 'ConvBnRelu', 'LiteBlock', 'PreActBlock', 'default_cbam',
-           'skip_shape', 'SarEncoder', 'SarDecoder', 'LatentQuantizer', 'SarAutoencoder', 'sar_model',
-           'count_parameters', 'compression_ratio', 'load_sar_model']
+__all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'SKIP_TRANSFORMS', 'SKIP_GAIN_SPEED', 'ENTROPY_MODELS', 'ConvBnRelu', 'LiteBlock',
+           'PreActBlock', 'default_cbam', 'skip_shape', 'skip_basis', 'SarEncoder', 'SarDecoder', 'LatentQuantizer',
+           'SarAutoencoder', 'sar_model', 'count_parameters', 'compression_ratio', 'load_sar_model']
 
 # %% ../../nbs/06_models.sar.ipynb #c005
 SAR_VARIANTS = ('baseline', 'resnet_lite', 'residual', 'attention')
@@ -74,23 +75,53 @@ def skip_shape(latent_channels:int, in_channels:int=1) -> tuple:
         raise ValueError(f"the linear skip path needs latent_channels >= in_channels ({in_channels}), got {latent_channels}")
     return s, SAR_DOWNSAMPLE // s
 
+SKIP_TRANSFORMS = ('box', 'dct')   # `linear_skip=True` is 'box' (the first form, kept for its checkpoints)
+SKIP_GAIN_SPEED = 8.   # 'dct': each coefficient's gain is exp(8 * parameter), so the optimiser moves the steps as fast as the networks' weights
+
+def skip_basis(s:int, channels:int=1) -> torch.Tensor:
+    "The orthonormal 2-D DCT-II of `s` x `s` blocks as a matrix on `pixel_unshuffle`'s channel order (`channels * s * s` square, block-diagonal over image channels; float64): row `u * s + v` is the coefficient of vertical frequency `u` and horizontal frequency `v`"
+    k = torch.arange(s, dtype=torch.float64)
+    m = torch.cos(math.pi * (2 * k[None] + 1) * k[:, None] / (2 * s)) * math.sqrt(2 / s)
+    m[0] /= math.sqrt(2)
+    return torch.block_diag(*[torch.kron(m, m)] * channels)
+
+def _skip_kind(linear_skip):
+    "None, 'box' or 'dct' from the `linear_skip` argument (True is 'box')"
+    if linear_skip is False or linear_skip is None: return None
+    if linear_skip is True: return 'box'
+    if isinstance(linear_skip, str) and linear_skip in SKIP_TRANSFORMS: return linear_skip
+    raise ValueError(f"`linear_skip` must be False, 'dct', 'box' or True (the same as 'box'), got {linear_skip!r}")
+
 def _ste_clamp(y):
     "`y` clamped to [0, 1] in the forward pass, the identity in the backward pass"
     return y + (y.clamp(0, 1) - y).detach()
 
-class SarEncoder(nn.Module):
-    "C_in x H x W -> C_lat x H/16 x W/16; with `skip`, the first channels also carry the image average-pooled and rearranged (space to depth), less 0.5, times a learned gain"
-    def __init__(self, variant, widths, latent_channels, in_channels=1, cbam=None, skip:bool=False):
+class _SkipPath(nn.Module):
+    "The parts of the linear skip path the encoder and decoder share: its shape, its DCT basis ('dct') and its gain"
+    def _init_skip(self, skip, latent_channels, channels):
+        self.skip = _skip_kind(skip)
+        if not self.skip: return
+        self.skip_s, self.skip_p = skip_shape(latent_channels, channels)
+        k = channels * self.skip_s ** 2
+        # the gain's parameter ('box': its log, one for all channels; 'dct': its log / SKIP_GAIN_SPEED, one per coefficient): the step each is quantised with (the autoencoder shares it between encoder and decoder)
+        self.skip_log_gain = nn.Parameter(torch.zeros(() if self.skip == 'box' else (k,)))
+        if self.skip == 'dct': self.register_buffer('skip_basis', skip_basis(self.skip_s, channels).float(), persistent=False)
+    def skip_gain(self) -> torch.Tensor:
+        "The skip channels' gains, shaped to multiply a B x k x h x w tensor"
+        if self.skip == 'box': return self.skip_log_gain.exp()
+        return (SKIP_GAIN_SPEED * self.skip_log_gain).exp()[None, :, None, None]
+
+class SarEncoder(_SkipPath):
+    "C_in x H x W -> C_lat x H/16 x W/16; with `skip`, the first channels also carry the image average-pooled and rearranged (space to depth), less 0.5, ('dct') transformed by the blocks' DCT, times learned gains"
+    def __init__(self, variant, widths, latent_channels, in_channels=1, cbam=None, skip:bool|str=False):
         super().__init__()
-        self.in_channels, self.downsample, self.skip = in_channels, SAR_DOWNSAMPLE, skip
-        if skip:
-            self.skip_s, self.skip_p = skip_shape(latent_channels, in_channels)
-            self.skip_log_gain = nn.Parameter(torch.zeros(()))   # log of the skip's gain: the step it is quantised with (the autoencoder shares it with the decoder)
+        self.in_channels, self.downsample = in_channels, SAR_DOWNSAMPLE
+        self._init_skip(skip, latent_channels, in_channels)
         self.stem = ConvBnRelu(in_channels, widths[0])
         self.stages = nn.ModuleList(nn.Sequential(ConvBnRelu(ci, co, stride=2), _block(variant, co, cbam))
                                     for ci, co in zip(widths[:-1], widths[1:]))
         self.head = nn.Conv2d(widths[-1], latent_channels, 1)
-        if skip: nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)   # the codec starts as the linear one
+        if self.skip: nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)   # the codec starts as the linear one
     def forward(self, x):
         _check_image(x, self.in_channels, self.downsample)
         z = self.stem(x)
@@ -98,29 +129,32 @@ class SarEncoder(nn.Module):
         z = self.head(z)
         if not self.skip: return z
         k = self.in_channels * self.skip_s ** 2
-        lin = (F.pixel_unshuffle(F.avg_pool2d(x, self.skip_p), self.skip_s) - 0.5) * self.skip_log_gain.exp()
+        lin = F.pixel_unshuffle(F.avg_pool2d(x, self.skip_p), self.skip_s) - 0.5
+        if self.skip == 'dct': lin = F.conv2d(lin, self.skip_basis[:, :, None, None].to(lin.dtype))
+        lin = lin * self.skip_gain()
         return torch.cat([z[:, :k] + lin, z[:, k:]], 1)
 
-class SarDecoder(nn.Module):
-    "C_lat x h x w -> C_in x 16h x 16w, through a sigmoid; with `skip`, the learned image is added to the bicubic upsampling of the skip channels (divided by the gain, rearranged back, plus 0.5) and clamped to [0, 1]"
-    def __init__(self, variant, widths, latent_channels, out_channels=1, cbam=None, skip:bool=False):
+class SarDecoder(_SkipPath):
+    "C_lat x h x w -> C_in x 16h x 16w, through a sigmoid; with `skip`, the learned image is added to the bicubic upsampling of the skip channels (divided by the gains, ('dct') transformed back, rearranged back, plus 0.5) and clamped to [0, 1]"
+    def __init__(self, variant, widths, latent_channels, out_channels=1, cbam=None, skip:bool|str=False):
         super().__init__()
-        self.latent_channels, self.out_channels, self.skip = latent_channels, out_channels, skip
-        if skip:
-            self.skip_s, self.skip_p = skip_shape(latent_channels, out_channels)
-            self.skip_log_gain = nn.Parameter(torch.zeros(()))
+        self.latent_channels, self.out_channels = latent_channels, out_channels
+        self._init_skip(skip, latent_channels, out_channels)
         self.head = nn.Sequential(nn.Conv2d(latent_channels, widths[-1], 1, bias=False), nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
         self.stages = nn.ModuleList(nn.Sequential(_block(variant, ci, cbam), nn.Upsample(scale_factor=2, mode='nearest'), ConvBnRelu(ci, co))
                                     for ci, co in zip(widths[:0:-1], widths[-2::-1]))
         self.out = nn.Conv2d(widths[0], out_channels, 3, padding=1)
-        if skip: nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
+        if self.skip: nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
     def _pooled(self, z):
         "The skip channels rearranged back into the pooled image (C_out x 16h/p x 16w/p)"
-        return F.pixel_shuffle(z[:, :self.out_channels * self.skip_s ** 2] * (-self.skip_log_gain).exp(), self.skip_s) + 0.5
+        v = z[:, :self.out_channels * self.skip_s ** 2] / self.skip_gain()
+        if self.skip == 'dct': v = F.conv2d(v, self.skip_basis.t()[:, :, None, None].to(v.dtype))   # orthonormal: the inverse is the transpose
+        return F.pixel_shuffle(v, self.skip_s) + 0.5
     def _upsampled(self, pooled, o0:int, o1:int):
         "Output rows o0..o1 of the pooled image's bicubic upsampling, computed from the pooled rows they need plus a halo of two (the same values as upsampling it whole)"
         p, n = self.skip_p, pooled.shape[-2]
         lo, hi = max(0, o0 // p - 2), min(n, -(-o1 // p) + 2)
+        if p == 1: return pooled[..., o0:o1, :]
         up = F.interpolate(pooled[..., lo:hi, :], scale_factor=p, mode='bicubic', align_corners=False)
         return up[..., o0 - lo * p:o1 - lo * p, :]
     def _finish(self, y, pooled, o0:int):
@@ -176,7 +210,7 @@ class SarAutoencoder(nn.Module):
                  quant_proxy:str='ste', # the quantiser in training: 'ste' (straight-through rounding) or 'noise' (additive uniform)
                  entropy:str|None=None, # 'factorized' (`EntropyBottleneck`) or 'hyperprior' (`ScaleHyperprior`): an integer latent under a learned prior, range-coded; replaces `quant_bits`
                  latent_scale:float=16., # with `entropy`: the encoder's output times this is rounded to integers (the decoder gets them divided back): a fine initial step
-                 linear_skip:bool=False, # with `entropy`: a fixed linear path under the networks (`skip_shape`): the encoder adds the average-pooled image to its first latent channels, the decoder adds their bicubic upsampling, and both start from zero, so the codec starts as a linear one and learns what improves on it; a learned gain on the skip sets its quantisation step
+                 linear_skip:bool|str=False, # with `entropy`: a fixed linear path under the networks (`skip_shape`): the encoder adds the average-pooled image to its first latent channels, the decoder adds their bicubic upsampling, and both start from zero, so the codec starts as a linear one and learns what improves on it. 'dct': the averages of each latent position's block go through an orthonormal DCT and every coefficient has a learned gain (its quantisation step); 'box' (or True): the averages themselves, one learned gain
                 ):
         super().__init__()
         if variant not in SAR_VARIANTS: raise ValueError(f"unknown SAR autoencoder variant {variant!r}; choose one of {', '.join(SAR_VARIANTS)}")
@@ -196,16 +230,16 @@ class SarAutoencoder(nn.Module):
         self.config = dict(variant=variant, latent_channels=latent_channels, base_channels=base_channels, in_channels=in_channels,
                            quant_bits=quant_bits, quant_proxy=quant_proxy, **({'entropy': entropy, 'latent_scale': float(latent_scale)} if entropy else {}))
         if entropy and not latent_scale > 0: raise ValueError(f"`latent_scale` must be > 0, got {latent_scale!r}")
-        if not isinstance(linear_skip, bool): raise ValueError(f"`linear_skip` must be True or False, got {linear_skip!r}")
-        if linear_skip and not entropy:
+        skip = _skip_kind(linear_skip)
+        if skip and not entropy:
             raise ValueError("`linear_skip` needs an entropy model (`entropy='factorized'` or 'hyperprior'): the uniform quantiser squashes the latent, which the skip path cannot pass through")
-        if linear_skip: skip_shape(latent_channels, in_channels); self.config['linear_skip'] = True   # absent when off: older models keep their digest
-        self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam, linear_skip)
+        if skip: skip_shape(latent_channels, in_channels); self.config['linear_skip'] = True if skip == 'box' else skip   # absent when off, True for 'box': older models keep their digest
+        self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam, skip)
         self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
         # the entropy model (either kind keeps this attribute name): likelihoods in training, integer tables and the range coder after `update()`
         self.entropy_bottleneck = {'factorized': EntropyBottleneck, 'hyperprior': ScaleHyperprior}[entropy](latent_channels) if entropy else None
-        self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam, linear_skip)
-        if linear_skip: self.decoder.skip_log_gain = self.encoder.skip_log_gain   # one gain: the decoder divides by what the encoder multiplied
+        self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam, skip)
+        if skip: self.decoder.skip_log_gain = self.encoder.skip_log_gain   # one gain: the decoder divides by what the encoder multiplied
         self.quant_bits, self.entropy, self.likelihoods, self.latent_scale = quant_bits, entropy, None, float(latent_scale)
     def forward(self, x):
         z = self.encoder(x)
@@ -231,7 +265,7 @@ class SarAutoencoder(nn.Module):
         return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q, chunk_rows)
 
 def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
-              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16., linear_skip:bool=False) -> SarAutoencoder:
+              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16., linear_skip:bool|str=False) -> SarAutoencoder:
     "A SAR autoencoder of `variant` (see `SarAutoencoder`); rebuild a saved one with `sar_model(**model.config)`"
     return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale, linear_skip)
 
