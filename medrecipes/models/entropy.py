@@ -200,7 +200,7 @@ class ScaleHyperprior(nn.Module):
     "The scale hyperprior of Ballé et al. (2018), as CompressAI's `ScaleHyperprior`: a Gaussian conditional on a hyper-latent `z`, whose scales an integer hyper-decoder computes bitwise identically everywhere"
     def __init__(self, channels:int, # latent channels
                  hyper_channels:int|None=None, # channels of the hyper-latent and of the hyper-networks (default: `channels`)
-                 init_log2_scale:float=4., # the hyper-decoder's initial output: log2 of the latent's scale in quantisation steps
+                 init_log2_scale:float=4., # the hyper-decoder's initial output (log2 of the latent's scale in quantisation steps), until the first training batch sets it from the latent's spread
                  tail_mass:float=1e-9, # probability mass left outside each coding table
                 ):
         super().__init__()
@@ -211,6 +211,7 @@ class ScaleHyperprior(nn.Module):
         self.h_s = nn.Sequential(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(n, n, 3, 1, 1), nn.ReLU(),
                                  nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(n, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, channels, 3, 1, 1))
         with torch.no_grad(): self.h_s[-1].bias.fill_(float(init_log2_scale))
+        self._initialized = False   # not saved (older models keep their state dict and digest): a model loaded from a state dict counts as started
         self.z_bottleneck = EntropyBottleneck(n)
         self.log2_min, self.log2_max = -3., (SCALE_LEVELS - 1) / 4 - 3
         # the coding tables of the SCALE_LEVELS Gaussians, packed: table i holds the symbols -half[i] .. half[i] at freqs[start[i]:]
@@ -222,9 +223,20 @@ class ScaleHyperprior(nn.Module):
         "The hyper-decoder's log2 scales (floating point, as in training), cropped to the latent's spatial `shape`"
         return self.h_s(z_hat)[..., :shape[0], :shape[1]].clamp(self.log2_min, self.log2_max)
 
+    @torch.no_grad()
+    def _init_from(self, y:torch.Tensor):
+        "Data-dependent start: each channel's scale from the first training batch's spread (the hyper-decoder's output bias to log2 of the channel's standard deviation, its weights 10 times smaller), not from `init_log2_scale`: a few hundred steps cannot walk 4 octaves"
+        sd = y.detach().float().transpose(0, 1).reshape(self.channels, -1).std(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():   # every rank starts from the same scales
+            torch.distributed.all_reduce(sd); sd /= torch.distributed.get_world_size()
+        self.h_s[-1].bias.copy_(torch.log2(sd.clamp_min(2. ** self.log2_min)).clamp(self.log2_min, self.log2_max).to(self.h_s[-1].bias.dtype))
+        self.h_s[-1].weight.mul_(0.1)
+        self._initialized = True
+
     def forward(self, y:torch.Tensor) -> tuple:
         "`(y_hat, likelihoods)`: additive uniform noise in training, rounding in eval; the likelihoods of the latent and of the hyper-latent, flattened into one vector"
         if y.shape[1] != self.channels: raise ValueError(f"the hyperprior models {self.channels} channels, got a latent of shape {tuple(y.shape)}")
+        if self.training and not self._initialized: self._init_from(y)
         z = self.h_a(_pad4(y.abs()))
         z_hat, lik_z = self.z_bottleneck(z)
         sigma = 2. ** self._log2_scales(z_hat, y.shape[-2:])
@@ -260,6 +272,7 @@ class ScaleHyperprior(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + 'cdf_freqs' in state_dict: self.cdf_freqs = torch.empty_like(state_dict[prefix + 'cdf_freqs'], device=self.cdf_freqs.device)
+        self._initialized = True   # trained weights (or a resumed run's): the first batch must not reset them
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
