@@ -68,7 +68,7 @@ def _sar_parts(ck, path):
     # an entropy model's encoder gives the integer symbols (before the coder's clamping), its decoder takes them
     enc, dec = model.encoder, model.decoder
     if getattr(model, 'entropy_bottleneck', None) is not None:
-        enc, dec = nn.Sequential(model.encoder, _LatentScale(model.latent_scale, True)), nn.Sequential(_LatentScale(1 / model.latent_scale, False), model.decoder)
+        enc, dec = nn.Sequential(model.encoder, _LatentScale(model.latent_scale, True, model.entropy_bottleneck.round_offset)), nn.Sequential(_LatentScale(1 / model.latent_scale, False), model.decoder)
     elif getattr(model, 'quant_bits', None): enc = nn.Sequential(model.encoder, model.quantizer)
     return [dict(suffix='.encoder', module=enc, input_name='image', output_name='latent', shape=(c_in, patch, patch),
                  dist='uniform', meta=dict(kind='sar_encoder', **base)),
@@ -76,9 +76,12 @@ def _sar_parts(ck, path):
                  dist='normal', meta=dict(kind='sar_decoder', **base))]
 
 class _LatentScale(nn.Module):
-    "`x * scale`, rounded when `rnd`: an entropy model's symbols on the encoder side, their values on the decoder side"
-    def __init__(self, scale:float, rnd:bool): super().__init__(); self.scale, self.rnd = float(scale), rnd
-    def forward(self, x): x = x * self.scale; return torch.round(x) if self.rnd else x
+    "`x * scale`, rounded when `rnd` (as the entropy model's `quantize`, with its rounding offset): an entropy model's symbols on the encoder side, their values on the decoder side"
+    def __init__(self, scale:float, rnd:bool, offset:float=0.5): super().__init__(); self.scale, self.rnd, self.offset = float(scale), rnd, float(offset)
+    def forward(self, x):
+        x = x * self.scale
+        if not self.rnd: return x
+        return torch.round(x) if self.offset == 0.5 else torch.sign(x) * torch.floor(x.abs() + self.offset)   # `deadzone_round`
 
 def checkpoint_parts(checkpoint:str|Path) -> tuple:
     "`(kind, parts)`: the checkpoint's kind and the modules to export (eval mode) with their input specs and metadata."

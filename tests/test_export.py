@@ -228,13 +228,14 @@ def test_input_size_from_a_nested_config(xray_ckpt, tmp_path):
     assert json.loads(parts[0]['meta']['normalization']) == norm
 
 
-@pytest.mark.parametrize('skip', [False, True, 'dct'], ids=['plain', 'linear_skip', 'dct_skip'])
+@pytest.mark.parametrize('skip', [False, True, 'dct', 'dct-deadzone'], ids=['plain', 'linear_skip', 'dct_skip', 'dct_deadzone'])
 def test_sar_entropy_codec_encoder_gives_the_files_symbols(tmp_path, skip):
     "An entropy-model codec (also with the linear skip path: pooling, space to depth, bicubic upsampling): the ONNX encoder gives the integer symbols the codec file codes (before clamping), the decoder takes them"
     from medrecipes.models.sar import sar_model
     from medrecipes.data.sar import SarPreprocess
     torch.manual_seed(0)
-    m = sar_model('residual', latent_channels=4, base_channels=8, entropy='factorized', linear_skip=skip).eval()
+    m = sar_model('residual', latent_channels=4, base_channels=8, entropy='factorized', linear_skip=skip.split('-')[0] if isinstance(skip, str) else skip,
+                  round_offset=0.3 if skip == 'dct-deadzone' else 0.5).eval()
     torch.nn.init.normal_(m.encoder.head.weight, std=0.3); torch.nn.init.normal_(m.decoder.out.weight, std=0.1); m.update()
     ck = save_checkpoint(tmp_path/'rd.pt', model_state_dict=m.state_dict(), model_config=m.config, patch=32,
                          preprocessing_params=SarPreprocess('linear', clip=(-25., 5.)).checkpoint_params())

@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CDF_PRECISION', 'SCALE_LEVELS', 'FRAC_BITS', 'ESCAPE_BITS', 'quantize_pmf', 'EntropyBottleneck', 'scale_table',
-           'gaussian_mass', 'ScaleHyperprior']
+__all__ = ['CDF_PRECISION', 'SCALE_LEVELS', 'FRAC_BITS', 'ESCAPE_BITS', 'quantize_pmf', 'deadzone_round', 'EntropyBottleneck',
+           'scale_table', 'gaussian_mass', 'ScaleHyperprior']
 
 # %% ../../nbs/05a_models.entropy.ipynb #c005
 CDF_PRECISION = 16     # the integer frequencies of every coding table sum to 2**16
@@ -34,15 +34,27 @@ def quantize_pmf(pmf:np.ndarray, precision:int=CDF_PRECISION) -> np.ndarray:
     return f.astype(np.int32)
 
 # %% ../../nbs/05a_models.entropy.ipynb #c009
+def deadzone_round(y:torch.Tensor, offset:float=0.5) -> torch.Tensor:
+    "`sign(y) * floor(|y| + offset)`: rounding at 0.5 (`torch.round`); a smaller offset widens the zero bin to `2 * (1 - offset)` and moves every other bin outwards by `0.5 - offset` (a deadzone quantiser, as JPEG2000's and H.264's encoders use)"
+    if offset == 0.5: return torch.round(y)
+    return torch.sign(y) * torch.floor(y.abs() + offset)
+
+def _check_offset(round_offset):
+    if isinstance(round_offset, bool) or not isinstance(round_offset, (int, float)) or not 0 < round_offset <= 0.5:
+        raise ValueError(f"`round_offset` must be a number in (0, 0.5] (0.5: rounding), got {round_offset!r}")
+    return float(round_offset)
+
 class EntropyBottleneck(nn.Module):
     "The factorized prior of Ballé et al. (2018): a learned univariate density per latent channel, as CompressAI's `EntropyBottleneck`"
     def __init__(self, channels:int, # latent channels
                  filters:tuple=(3, 3, 3), # hidden widths of each channel's density network
                  init_scale:float=10., # initial width of the densities
                  tail_mass:float=1e-9, # probability mass left outside a channel's coding range
+                 round_offset:float=0.5, # the coded symbols are `deadzone_round(y, round_offset)`; the tables hold the masses of those bins
                 ):
         super().__init__()
         self.channels, self.filters, self.init_scale, self.tail_mass = channels, tuple(filters), float(init_scale), float(tail_mass)
+        self.round_offset = _check_offset(round_offset)
         f = (1,) + self.filters + (1,)
         scale = self.init_scale ** (1 / (len(self.filters) + 1))
         self.matrices, self.biases, self.factors = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
@@ -64,18 +76,19 @@ class EntropyBottleneck(nn.Module):
             if i < len(self.factors): x = x + torch.tanh(self.factors[i].to(x.dtype)) * torch.tanh(x)
         return x
 
-    def _mass(self, v:torch.Tensor) -> torch.Tensor:
-        "The probability of the unit interval around each value of `v` (C x 1 x N)"
-        lower, upper = self._logits_cumulative(v - 0.5), self._logits_cumulative(v + 0.5)
+    def _mass(self, v:torch.Tensor, widen:float=0.) -> torch.Tensor:
+        "The probability of the unit interval around each value of `v` (C x 1 x N); with `widen` (0.5 - the rounding offset), of the deadzone quantiser's bin of each integer `v` (the zero bin widened by `widen` each side, the others moved outwards)"
+        if widen: lower, upper = self._logits_cumulative(v - 0.5 + widen * torch.where(v > 0, 1., -1.).to(v.dtype)), self._logits_cumulative(v + 0.5 + widen * torch.where(v >= 0, 1., -1.).to(v.dtype))
+        else: lower, upper = self._logits_cumulative(v - 0.5), self._logits_cumulative(v + 0.5)
         sign = -torch.sign(lower + upper).detach()    # compute on the side of the median: no 1 - 1 cancellation in the tails
         return torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
 
-    def likelihood(self, y:torch.Tensor) -> torch.Tensor:
-        "The probability of each (rounded or noisy) latent value of `y` (B x C x h x w), at least 1e-9"
+    def likelihood(self, y:torch.Tensor, widen:float=0.) -> torch.Tensor:
+        "The probability of each (rounded or noisy) latent value of `y` (B x C x h x w), at least 1e-9 (`widen`: of the deadzone bins of integer values, see `_mass`)"
         b, c = y.shape[:2]
         if c != self.channels: raise ValueError(f"the entropy bottleneck models {self.channels} channels, got a latent of shape {tuple(y.shape)}")
         v = y.transpose(0, 1).reshape(c, 1, -1)
-        lik = self._mass(v.float()).reshape(c, b, *y.shape[2:]).transpose(0, 1)
+        lik = self._mass(v.float(), widen).reshape(c, b, *y.shape[2:]).transpose(0, 1)
         return lik.clamp_min(1e-9)
 
     @torch.no_grad()
@@ -90,10 +103,15 @@ class EntropyBottleneck(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, y:torch.Tensor) -> tuple:
-        "`(y_hat, likelihoods)`: additive uniform noise in training (a differentiable proxy of rounding), rounding in eval"
+        "`(y_hat, likelihoods)`: additive uniform noise in training (a differentiable proxy of rounding), the coded symbols in eval (`deadzone_round`)"
         if self.training and not bool(self.initialized): self._init_from(y)
-        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
-        return y_hat, self.likelihood(y_hat)
+        if self.training: y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5); return y_hat, self.likelihood(y_hat)
+        y_hat = deadzone_round(y, self.round_offset)
+        return y_hat, self.likelihood(y_hat, 0.5 - self.round_offset)
+
+    def quantize(self, y:torch.Tensor) -> torch.Tensor:
+        "The coded symbols' values (float): `deadzone_round(y, round_offset)`"
+        return deadzone_round(y, self.round_offset)
 
     @torch.no_grad()
     def update(self, max_symbols:int=4096) -> 'EntropyBottleneck':
@@ -112,7 +130,7 @@ class EntropyBottleneck(nn.Module):
         lower, upper = bound(self.tail_mass / 2), bound(1 - self.tail_mass / 2)
         offs = torch.floor(lower).to(torch.int64); lens = (torch.ceil(upper).to(torch.int64) - offs + 1).clamp(1, max_symbols)
         grid = offs.view(c, 1, 1).double() + torch.arange(int(lens.max()), dtype=torch.float64).view(1, 1, -1)
-        pmf = m._mass(grid)[:, 0].numpy()                  # each channel's masses on its own integer range
+        pmf = m._mass(grid, 0.5 - self.round_offset)[:, 0].numpy()   # each channel's masses on its own integer range (its deadzone bins)
         freqs = torch.zeros(c, int(lens.max()), dtype=torch.int32)
         for i in range(c): freqs[i, :int(lens[i])] = torch.from_numpy(quantize_pmf(pmf[i, :int(lens[i])]))
         self.cdf_freqs = freqs.to(self.cdf_freqs.device); self.cdf_offset = offs.to(torch.int32).to(self.cdf_offset.device)
@@ -129,9 +147,9 @@ class EntropyBottleneck(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def symbols(self, y:torch.Tensor) -> np.ndarray:
-        "The integer symbols of a latent: rounded, then clamped into each channel's coding range (int32, B x C x h x w)"
+        "The integer symbols of a latent: rounded (`quantize`), then clamped into each channel's coding range (int32, B x C x h x w)"
         if not self.updated: raise RuntimeError("the entropy bottleneck has no coding tables: call `update()` after training")
-        q = torch.round(y.detach().float()).to(torch.int64).cpu()
+        q = self.quantize(y.detach().float()).to(torch.int64).cpu()
         lo = self.cdf_offset.cpu().to(torch.int64).view(1, -1, 1, 1)
         return torch.minimum(torch.maximum(q, lo), lo + self.cdf_length.cpu().to(torch.int64).view(1, -1, 1, 1) - 1).to(torch.int32).numpy()
 
@@ -186,10 +204,11 @@ def scale_table(levels:int=SCALE_LEVELS) -> np.ndarray:
 
 def _normal_cdf(x:torch.Tensor) -> torch.Tensor: return 0.5 * torch.erfc(-x * (2 ** -0.5))
 
-def gaussian_mass(y:torch.Tensor, sigma:torch.Tensor) -> torch.Tensor:
-    "The probability of the unit interval around `y` under a zero-mean Gaussian of scale `sigma` (computed in the lower tail: no 1 - 1 cancellation)"
+def gaussian_mass(y:torch.Tensor, sigma:torch.Tensor, widen:float=0.) -> torch.Tensor:
+    "The probability of the unit interval around `y` under a zero-mean Gaussian of scale `sigma` (computed in the lower tail: no 1 - 1 cancellation); with `widen` (0.5 - the rounding offset), of the deadzone quantiser's bin of each integer `y`: the zero bin widened by `widen` each side, the others moved outwards by it"
     v = y.abs()
-    return _normal_cdf((0.5 - v) / sigma) - _normal_cdf((-0.5 - v) / sigma)
+    if not widen: return _normal_cdf((0.5 - v) / sigma) - _normal_cdf((-0.5 - v) / sigma)
+    return _normal_cdf(torch.where(v == 0, 0.5 + widen, 0.5 - v - widen) / sigma) - _normal_cdf((-0.5 - v - widen) / sigma)
 
 def _pad4(x:torch.Tensor) -> torch.Tensor:
     "Zero-pad the last two dimensions to multiples of 4 (the hyper-latent is 4 times smaller)"
@@ -202,11 +221,12 @@ class ScaleHyperprior(nn.Module):
                  hyper_channels:int|None=None, # channels of the hyper-latent and of the hyper-networks (default: `channels`)
                  init_log2_scale:float=4., # the hyper-decoder's initial output (log2 of the latent's scale in quantisation steps), until the first training batch sets it from the latent's spread
                  tail_mass:float=1e-9, # probability mass left outside each coding table
+                 round_offset:float=0.5, # the coded symbols are `deadzone_round(y, round_offset)`; the tables hold the masses of those bins
                 ):
         super().__init__()
         n = hyper_channels or channels
         if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"`hyper_channels` must be a positive int, got {hyper_channels!r}")
-        self.channels, self.hyper_channels, self.tail_mass = channels, n, float(tail_mass)
+        self.channels, self.hyper_channels, self.tail_mass, self.round_offset = channels, n, float(tail_mass), _check_offset(round_offset)
         self.h_a = nn.Sequential(nn.Conv2d(channels, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, n, 3, 2, 1), nn.ReLU(), nn.Conv2d(n, n, 3, 2, 1))
         self.h_s = nn.Sequential(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(n, n, 3, 1, 1), nn.ReLU(),
                                  nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(n, n, 3, 1, 1), nn.ReLU(), nn.Conv2d(n, channels, 3, 1, 1))
@@ -240,9 +260,13 @@ class ScaleHyperprior(nn.Module):
         z = self.h_a(_pad4(y.abs()))
         z_hat, lik_z = self.z_bottleneck(z)
         sigma = 2. ** self._log2_scales(z_hat, y.shape[-2:])
-        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
-        lik_y = gaussian_mass(y_hat.float(), sigma.float()).clamp_min(1e-9)
+        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else self.quantize(y)
+        lik_y = gaussian_mass(y_hat.float(), sigma.float(), 0. if self.training else 0.5 - self.round_offset).clamp_min(1e-9)
         return y_hat, torch.cat([lik_y.reshape(-1), lik_z.reshape(-1)])
+
+    def quantize(self, y:torch.Tensor) -> torch.Tensor:
+        "The coded symbols' values (float): `deadzone_round(y, round_offset)`"
+        return deadzone_round(y, self.round_offset)
 
     def likelihood(self, y:torch.Tensor) -> torch.Tensor:
         "The likelihoods (latent and hyper-latent, flattened) of a rounded latent, as in eval"
@@ -261,7 +285,7 @@ class ScaleHyperprior(nn.Module):
         freqs, start = [], []
         for s, L in zip(sig.tolist(), half.tolist()):
             k = torch.arange(-L, L + 1, dtype=torch.float64)
-            start.append(sum(len(f) for f in freqs)); freqs.append(quantize_pmf(gaussian_mass(k, torch.tensor(s, dtype=torch.float64)).numpy()))
+            start.append(sum(len(f) for f in freqs)); freqs.append(quantize_pmf(gaussian_mass(k, torch.tensor(s, dtype=torch.float64), 0.5 - self.round_offset).numpy()))
         dev = self.cdf_freqs.device
         self.cdf_freqs = torch.from_numpy(np.concatenate(freqs)).to(dev)
         self.cdf_start = torch.tensor(start, dtype=torch.int32, device=dev); self.cdf_half = half.to(torch.int32).to(dev)
@@ -295,9 +319,9 @@ class ScaleHyperprior(nn.Module):
         return i.clamp(0, SCALE_LEVELS - 1).to(torch.int64).numpy()
 
     def symbols(self, y:torch.Tensor) -> np.ndarray:
-        "The integer symbols of a latent (int32, B x C x h x w): rounded (`encode` codes values beyond a table with escapes)"
+        "The integer symbols of a latent (int32, B x C x h x w): rounded (`quantize`; `encode` codes values beyond a table with escapes)"
         if not self.updated: raise RuntimeError("the hyperprior has no coding tables: call `update()` after training")
-        return torch.round(y.detach().float()).to(torch.int32).cpu().numpy()
+        return self.quantize(y.detach().float()).to(torch.int32).cpu().numpy()
 
     def _hyper(self, q:np.ndarray) -> np.ndarray:
         "The hyper-latent's symbols of a latent's symbols (C x h x w)"

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .entropy import EntropyBottleneck, ScaleHyperprior
+from .entropy import EntropyBottleneck, ScaleHyperprior, _check_offset
 
 # %% auto #0
 __all__ = ['SAR_VARIANTS', 'SAR_DOWNSAMPLE', 'SKIP_TRANSFORMS', 'SKIP_GAIN_SPEED', 'ENTROPY_MODELS', 'ConvBnRelu', 'LiteBlock',
@@ -211,6 +211,7 @@ class SarAutoencoder(nn.Module):
                  entropy:str|None=None, # 'factorized' (`EntropyBottleneck`) or 'hyperprior' (`ScaleHyperprior`): an integer latent under a learned prior, range-coded; replaces `quant_bits`
                  latent_scale:float=16., # with `entropy`: the encoder's output times this is rounded to integers (the decoder gets them divided back): a fine initial step
                  linear_skip:bool|str=False, # with `entropy`: a fixed linear path under the networks (`skip_shape`): the encoder adds the average-pooled image to its first latent channels, the decoder adds their bicubic upsampling, and both start from zero, so the codec starts as a linear one and learns what improves on it. 'dct': the averages of each latent position's block go through an orthonormal DCT and every coefficient has a learned gain (its quantisation step); 'box' (or True): the averages themselves, one learned gain
+                 round_offset:float=0.5, # with `entropy`: the encoder's rounding offset (`deadzone_round`): 0.5 rounds; less widens the zero bin (a deadzone quantiser: fewer bits, a little more distortion), the coding tables built for it
                 ):
         super().__init__()
         if variant not in SAR_VARIANTS: raise ValueError(f"unknown SAR autoencoder variant {variant!r}; choose one of {', '.join(SAR_VARIANTS)}")
@@ -230,6 +231,9 @@ class SarAutoencoder(nn.Module):
         self.config = dict(variant=variant, latent_channels=latent_channels, base_channels=base_channels, in_channels=in_channels,
                            quant_bits=quant_bits, quant_proxy=quant_proxy, **({'entropy': entropy, 'latent_scale': float(latent_scale)} if entropy else {}))
         if entropy and not latent_scale > 0: raise ValueError(f"`latent_scale` must be > 0, got {latent_scale!r}")
+        if round_offset != 0.5:
+            if not entropy: raise ValueError(f"`round_offset={round_offset!r}` needs an entropy model (`entropy='factorized'` or 'hyperprior'): the uniform quantiser rounds")
+            self.config['round_offset'] = _check_offset(round_offset)   # absent at 0.5: older models keep their config
         skip = _skip_kind(linear_skip)
         if skip and not entropy:
             raise ValueError("`linear_skip` needs an entropy model (`entropy='factorized'` or 'hyperprior'): the uniform quantiser squashes the latent, which the skip path cannot pass through")
@@ -237,7 +241,7 @@ class SarAutoencoder(nn.Module):
         self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam, skip)
         self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
         # the entropy model (either kind keeps this attribute name): likelihoods in training, integer tables and the range coder after `update()`
-        self.entropy_bottleneck = {'factorized': EntropyBottleneck, 'hyperprior': ScaleHyperprior}[entropy](latent_channels) if entropy else None
+        self.entropy_bottleneck = {'factorized': EntropyBottleneck, 'hyperprior': ScaleHyperprior}[entropy](latent_channels, round_offset=round_offset) if entropy else None
         self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam, skip)
         if skip: self.decoder.skip_log_gain = self.encoder.skip_log_gain   # one gain: the decoder divides by what the encoder multiplied
         self.quant_bits, self.entropy, self.likelihoods, self.latent_scale = quant_bits, entropy, None, float(latent_scale)
@@ -257,7 +261,7 @@ class SarAutoencoder(nn.Module):
     def compress(self, x):
         "The integer latent codes of `x` (the rounded latent with an entropy model; a float latent without quantisation)"
         z = self.encoder(x)
-        if self.entropy_bottleneck is not None: return torch.round(z.float() * self.latent_scale).to(torch.int32)
+        if self.entropy_bottleneck is not None: return self.entropy_bottleneck.quantize(z.float() * self.latent_scale).to(torch.int32)
         return self.quantizer.codes(z) if self.quant_bits else z
     def decompress(self, q, chunk_rows:int|None=None):
         "The reconstruction from `compress`'s output (the decoder's full-resolution layers by row chunks when `chunk_rows` is given: less memory)"
@@ -265,9 +269,10 @@ class SarAutoencoder(nn.Module):
         return self.decoder(self.quantizer.dequantize(q) if self.quant_bits else q, chunk_rows)
 
 def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
-              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16., linear_skip:bool|str=False) -> SarAutoencoder:
+              quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16., linear_skip:bool|str=False,
+              round_offset:float=0.5) -> SarAutoencoder:
     "A SAR autoencoder of `variant` (see `SarAutoencoder`); rebuild a saved one with `sar_model(**model.config)`"
-    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale, linear_skip)
+    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale, linear_skip, round_offset)
 
 def count_parameters(model:nn.Module, trainable:bool=True) -> int:
     "Number of (trainable) parameters of `model`"
