@@ -257,10 +257,11 @@ class ScaleHyperprior(nn.Module):
         "`(y_hat, likelihoods)`: additive uniform noise in training, rounding in eval; the likelihoods of the latent and of the hyper-latent, flattened into one vector"
         if y.shape[1] != self.channels: raise ValueError(f"the hyperprior models {self.channels} channels, got a latent of shape {tuple(y.shape)}")
         if self.training and not self._initialized: self._init_from(y)
-        z = self.h_a(_pad4(y.abs()))
+        yq = self.quantize(y)                       # the hyper-encoder sees the symbols, as when coding (`_hyper`): straight through in training
+        z = self.h_a(_pad4((y + (yq - y).detach() if self.training else yq).abs()))
         z_hat, lik_z = self.z_bottleneck(z)
         sigma = 2. ** self._log2_scales(z_hat, y.shape[-2:])
-        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else self.quantize(y)
+        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else yq
         lik_y = gaussian_mass(y_hat.float(), sigma.float(), 0. if self.training else 0.5 - self.round_offset).clamp_min(1e-9)
         return y_hat, torch.cat([lik_y.reshape(-1), lik_z.reshape(-1)])
 
