@@ -208,6 +208,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                SarTensorBoard(out_dir/'tensorboard', hist_every=hist_every), TextLog(out_dir/'training.log'),
                *tracker_callbacks(out_dir, {'csv': False, **(tracking or {})}, None, config, tensorboard=False),   # SarTensorBoard writes the events
                *( [EntropyTables()] if entropy else []), ck, *(cbs or [])]
+    if entropy: model.init_skip_steps(rd_lambda, mse_weight)   # the DCT skip path's steps start where λ puts them (a resumed run loads its own)
     loss = SarRDLoss(model, rd_lambda, mse_weight, ssim_weight) if entropy else SarLoss(mse_weight, ssim_weight)
     learn = SarLearner(dls, model, loss_func=loss, opt_func=Adam, lr=lr, wd=0.,
                        metrics=sar_metrics(getattr(dls, 'preprocess', None)) + ([RateMetric()] if entropy else []), cbs=cb_list, path=out_dir, **kwargs)

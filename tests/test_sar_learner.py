@@ -268,3 +268,27 @@ def test_fresh_start_after_a_kill_in_the_first_epoch_purges_the_old_events(sar_d
     assert [i.step for i in ea.Images('reconstruction/0')] == [0, 1]
     names = list(learn.recorder.metric_names[1:-1])
     np.testing.assert_allclose([e.value for e in ea.Scalars('loss/valid')], [v[names.index('valid_loss')] for v in learn.recorder.values], rtol=1e-6)
+
+
+def test_dct_skip_and_deadzone_reach_the_recipe(sar_data, tmp_path):
+    "`model.linear_skip=dct model.round_offset=0.3` through the config: the model starts at λ's steps, the checkpoint keeps both, and its files code with the deadzone"
+    from medrecipes.models.sar import SKIP_GAIN_SPEED
+    from medrecipes.models.entropy import deadzone_round
+    from medrecipes.codec import compress, read_codec_file, decode_latent
+    dls = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, patches_per_image=3, seed=0, device='cpu')
+    learn = sar_learner(dls, variant='residual', base_channels=8, entropy='hyperprior', linear_skip='dct', round_offset=0.3,
+                        rd_lambda=128., mse_weight=1., ssim_weight=0., out_dir=tmp_path/'a', plateau=False)
+    step = 1 / (16 * torch.exp(SKIP_GAIN_SPEED * learn.model.encoder.skip_log_gain.detach()))
+    torch.testing.assert_close(step, torch.full((16,), (6 / (128 * 16 * np.log(2))) ** 0.5))
+    train_sar(data_path=sar_data, out_dir=tmp_path/'b', epochs=1, variant='residual',
+              overrides=['model.entropy=hyperprior', 'model.linear_skip=dct', 'model.round_offset=0.3', 'trainer.rd_lambda=128'], **SMALL)
+    ck = load_checkpoint(tmp_path/'b'/'checkpoints'/'best.pt')
+    assert ck['model_config']['linear_skip'] == 'dct' and ck['model_config']['round_offset'] == 0.3
+    model, pre, _ = load_sar_model(tmp_path/'b'/'checkpoints'/'best.pt')
+    img = np.load(sorted((sar_data/'test').glob('*.npy'))[0])
+    compress(tmp_path/'b'/'checkpoints'/'best.pt', sorted((sar_data/'test').glob('*.npy'))[0], tmp_path/'x.mrsar')
+    head, payload = read_codec_file(tmp_path/'x.mrsar')
+    q = decode_latent(model, head, payload)
+    x = torch.from_numpy(np.asarray(pre.encode(img), np.float32))[None, None]
+    with torch.no_grad(): want = deadzone_round(model.encoder(x) * model.latent_scale, 0.3)[0].numpy()
+    np.testing.assert_array_equal(q, want)

@@ -277,3 +277,21 @@ def test_dct_skip_learns_its_steps():
     box = sar_model('residual', latent_channels=16, base_channels=8, entropy='hyperprior', linear_skip=True)
     assert box.encoder.skip_log_gain.shape == () and box.config['linear_skip'] is True and not hasattr(box.encoder, 'skip_basis')
     assert 'skip_basis' not in m.state_dict() and 'encoder.skip_basis' not in m.state_dict()      # a fixed buffer, not stored
+
+
+@pytest.mark.parametrize('latent_channels,p', [(16, 4), (64, 2), (256, 1)])
+def test_dct_skip_steps_start_where_lambda_puts_them(latent_channels, p):
+    """`init_skip_steps(λ, mse_weight)` sets every coefficient's step to the high-rate optimum of λ·w·MSE + bits: numerically,
+    the step minimising λ·w·Δ²/12 + (−log2 Δ)/p² over a fine grid (the formula's derivation, checked independently)"""
+    from medrecipes.models.sar import SKIP_GAIN_SPEED
+    for lam, w in ((128., 1.), (512., 0.7)):
+        m = sar_model('residual', latent_channels=latent_channels, base_channels=8, entropy='hyperprior', linear_skip='dct').init_skip_steps(lam, w)
+        step = (1 / (m.latent_scale * torch.exp(SKIP_GAIN_SPEED * m.encoder.skip_log_gain.detach()))).numpy()
+        grid = np.linspace(0.01, 1, 200_000)
+        best = grid[np.argmin(lam * w * grid ** 2 / 12 - np.log2(grid) / p ** 2)]
+        np.testing.assert_allclose(step, best, rtol=1e-3)
+    box = sar_model('residual', base_channels=8, entropy='hyperprior', linear_skip=True)
+    before = box.encoder.skip_log_gain.detach().clone(); box.init_skip_steps(128.)
+    assert torch.equal(box.encoder.skip_log_gain.detach(), before)               # a no-op for the box path
+    m = sar_model('residual', base_channels=8, entropy='hyperprior', linear_skip='dct').init_skip_steps(128., 0.)
+    assert not m.encoder.skip_log_gain.detach().any()                           # and without an MSE term

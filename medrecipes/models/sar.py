@@ -250,6 +250,15 @@ class SarAutoencoder(nn.Module):
         if self.entropy_bottleneck is None: return self.decoder(self.quantizer(z))
         z_hat, self.likelihoods = self.entropy_bottleneck(z * self.latent_scale)   # kept for the rate term of the loss (`rate_bpp`)
         return self.decoder(z_hat / self.latent_scale)
+    @torch.no_grad()
+    def init_skip_steps(self, rd_lambda:float, # the rate–distortion loss's λ (`rd_lambda * mse_weight * MSE + bits per pixel`)
+                        mse_weight:float=1.) -> 'SarAutoencoder':
+        "With `linear_skip='dct'`: start every coefficient's quantisation step at the optimum of uniform quantisation at high rate, `Δ² = 6 / (λ · mse_weight · p² · ln 2)` (each coefficient adds `Δ²/12` of squared error per pixel and `-log2 Δ` bits per `p²` pixels), within [1/64, 1]; training moves them from there (a no-op for other models or `mse_weight=0`)"
+        if self.encoder.skip != 'dct' or not mse_weight > 0 or not rd_lambda > 0: return self
+        step = min(max(math.sqrt(6 / (rd_lambda * mse_weight * self.encoder.skip_p ** 2 * math.log(2))), 1 / 64), 1.)
+        self.encoder.skip_log_gain.fill_(math.log(1 / (self.latent_scale * step)) / SKIP_GAIN_SPEED)   # gain * latent_scale = 1 / step
+        return self
+
     def rate_bpp(self, n_pixels:int) -> torch.Tensor:
         "Bits per pixel of the last forward pass's latent under the entropy model: `-sum(log2 likelihoods) / n_pixels` (an estimate; a file's real size is measured by `medrecipes.codec`)"
         if self.likelihoods is None: raise RuntimeError("no likelihoods: this model has no entropy model, or has not run forward yet")
