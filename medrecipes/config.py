@@ -142,13 +142,15 @@ class SarModel:
     quant_bits:Optional[int]=None # uniform quantisation of the latent, bits per value (null: 8, or none with `entropy`; 0: a float latent, no bitrate)
     quant_proxy:str='ste'         # the quantiser in training: ste (straight-through) | noise (additive uniform)
     entropy:Optional[str]=None    # factorized | hyperprior: a learned prior over an integer latent (per channel, or a Gaussian per value whose scale is sent as side information), range-coded files, the rate-distortion loss (null: off)
+    hyper_channels:Optional[int]=None # with entropy=hyperprior: channels of the hyper-latent (null: latent_channels); fewer cost less side information
     round_offset:float=0.5        # with entropy: the encoder's rounding offset; below 0.5 a deadzone quantiser (a wider zero bin: fewer bits, a little more distortion), the coding tables built for it
     linear_skip:bool|str=False    # with entropy: a fixed linear path under the networks ('dct': the image's block averages, DCT-transformed with one learned step per coefficient, in the first latent channels, their bicubic upsampling added to the output); the codec starts as that linear codec
     checks:ClassVar[dict] = dict(variant=one_of('baseline', 'resnet_lite', 'residual', 'attention'), latent_channels=at_least(1), base_channels=at_least(1),
                                  quant_bits=Check(lambda v: v is None or (_int(v) and v >= 0), 'an int >= 0 or null'),
                                  quant_proxy=one_of('ste', 'noise'), entropy=one_of('factorized', 'hyperprior', null=True),
                                  linear_skip=Check(lambda v: isinstance(v, bool) or v in ('box', 'dct'), "false, 'dct', or 'box' (or true, the same as 'box')"),
-                                 round_offset=Check(lambda v: _num(v) and 0 < v <= 0.5, 'a number in (0, 0.5] (0.5: rounding)'))
+                                 round_offset=Check(lambda v: _num(v) and 0 < v <= 0.5, 'a number in (0, 0.5] (0.5: rounding)'),
+                                 hyper_channels=Check(lambda v: v is None or (_int(v) and v >= 1), 'an int >= 1 or null'))
 
 @dataclass
 class SarData:

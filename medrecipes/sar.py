@@ -183,6 +183,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 entropy:str|None=None, # 'factorized': a learned prior, range-coded files, the rate–distortion loss (`SarRDLoss`)
                 linear_skip:bool|str=False, # with `entropy`: a fixed linear path under the networks, 'dct' or 'box' (True) (see `SarAutoencoder`)
                 round_offset:float=0.5, # with `entropy`: the encoder's rounding offset (below 0.5: a deadzone quantiser; see `deadzone_round`)
+                hyper_channels:int|None=None, # with `entropy='hyperprior'`: channels of the hyper-latent (None: `latent_channels`)
                 rd_lambda:float=64., # with `entropy`: the loss is `rd_lambda * D + bits per pixel`
                 mse_weight:float=0.7, ssim_weight:float=0.3, # the loss
                 lr:float=1e-4, # Adam's learning rate
@@ -198,7 +199,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 config:dict|None=None, # the resolved config, stored in every checkpoint
                 cbs=None, **kwargs) -> SarLearner:
     "A fastai `Learner` for a SAR autoencoder with the recipe's loss, metrics, schedulers, logs and checkpoints."
-    model = sar_model(variant, latent_channels, base_channels, quant_bits=quant_bits, quant_proxy=quant_proxy, entropy=entropy, linear_skip=linear_skip, round_offset=round_offset)
+    model = sar_model(variant, latent_channels, base_channels, quant_bits=quant_bits, quant_proxy=quant_proxy, entropy=entropy, linear_skip=linear_skip, round_offset=round_offset, hyper_channels=hyper_channels)
     out_dir = Path(out_dir)
     ck = ResumeCheckpoint(out_dir/'checkpoints'/'latest.pt', best=out_dir/'checkpoints'/'best.pt', monitor='valid_loss')
     cb_list = [DivergenceGuard(), *( [GradientClip(clip_grad)] if clip_grad else []),
@@ -341,7 +342,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
                                          target=d['target'])
         run_cfg = {**cfg, 'data': {**d, 'batch_size': bs}}   # the batch size this attempt uses
         learn = sar_learner(dls, variant=m['variant'], latent_channels=m['latent_channels'], base_channels=m['base_channels'],
-                            quant_bits=m['quant_bits'], quant_proxy=m['quant_proxy'], entropy=m['entropy'], linear_skip=m['linear_skip'], round_offset=m['round_offset'], rd_lambda=t['rd_lambda'],
+                            quant_bits=m['quant_bits'], quant_proxy=m['quant_proxy'], entropy=m['entropy'], linear_skip=m['linear_skip'], round_offset=m['round_offset'], hyper_channels=m['hyper_channels'], rd_lambda=t['rd_lambda'],
                             mse_weight=t['mse_weight'], ssim_weight=t['ssim_weight'], lr=t['lr'], clip_grad=t['clip_grad'],
                             plateau=t['schedule'] == 'plateau', plateau_factor=t['plateau_factor'], plateau_patience=t['plateau_patience'],
                             patience=cfg['callbacks']['patience'], out_dir=out, hist_every=cfg['callbacks']['hist_every'], config=run_cfg, cbs=cbs,

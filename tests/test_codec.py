@@ -54,11 +54,11 @@ def test_cli_refuses_damaged_files(ckpt, tmp_path, capsys):
 
 @pytest.fixture(scope='module', params=['factorized', 'hyperprior', 'hyperprior+skip', 'hyperprior+dct', 'hyperprior+dct-deadzone'])
 def rd_ckpt(tmp_path_factory, request):
-    "A checkpoint of a model with an entropy model (factorized prior, or scale hyperprior, also with the linear skip path, box and DCT, and with a deadzone quantiser) and its coding tables (encoder spread like a trained one's)"
+    "A checkpoint of a model with an entropy model (factorized prior, or scale hyperprior, also with the linear skip path, box and DCT, and with a deadzone quantiser and 4 hyper-latent channels) and its coding tables (encoder spread like a trained one's)"
     torch.manual_seed(1)
     entropy, _, skip = request.param.partition('+')
     m = sar_model('residual', latent_channels=8, base_channels=8, entropy=entropy, linear_skip={'': False, 'skip': True, 'dct': 'dct', 'dct-deadzone': 'dct'}[skip],
-                  round_offset=0.3 if 'deadzone' in skip else 0.5).eval()
+                  round_offset=0.3 if 'deadzone' in skip else 0.5, hyper_channels=4 if 'deadzone' in skip else None).eval()
     torch.nn.init.normal_(m.encoder.head.weight, std=3.)
     if skip: torch.nn.init.normal_(m.decoder.out.weight, std=0.1)
     m.update()

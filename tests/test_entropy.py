@@ -104,3 +104,18 @@ def test_hyperprior_sees_the_symbols_it_codes(offset):
     with torch.no_grad(): hp(y)
     with torch.no_grad(): z_eval = torch.round(hp.h_a(seen[0]))[0].numpy().astype(np.int64)
     np.testing.assert_array_equal(z_eval, z_coder)
+
+
+def test_hyper_channels():
+    "`sar_model(hyper_channels=)`: a narrower hyper-latent (less side information), kept in the config (absent when None), refused without the hyperprior"
+    m = sar_model('residual', latent_channels=64, base_channels=8, entropy='hyperprior', linear_skip='dct', hyper_channels=8)
+    assert m.entropy_bottleneck.hyper_channels == 8 and m.entropy_bottleneck.h_s[-1].out_channels == 64
+    assert m.config['hyper_channels'] == 8 and sar_model(**m.config).config == m.config
+    assert 'hyper_channels' not in sar_model('residual', entropy='hyperprior').config
+    x = torch.rand(1, 1, 64, 64)
+    m.train(); m(x)
+    n_z = m.likelihoods.numel() - 64 * 4 * 4                                   # the hyper-latent's values: 8 channels at 1/4 of the latent
+    assert n_z == 8 * 1 * 1
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match='hyper_channels'): sar_model('residual', entropy='hyperprior', hyper_channels=bad)
+    with pytest.raises(ValueError, match="hyper_channels.*hyperprior"): sar_model('residual', entropy='factorized', hyper_channels=8)

@@ -212,6 +212,7 @@ class SarAutoencoder(nn.Module):
                  latent_scale:float=16., # with `entropy`: the encoder's output times this is rounded to integers (the decoder gets them divided back): a fine initial step
                  linear_skip:bool|str=False, # with `entropy`: a fixed linear path under the networks (`skip_shape`): the encoder adds the average-pooled image to its first latent channels, the decoder adds their bicubic upsampling, and both start from zero, so the codec starts as a linear one and learns what improves on it. 'dct': the averages of each latent position's block go through an orthonormal DCT and every coefficient has a learned gain (its quantisation step); 'box' (or True): the averages themselves, one learned gain
                  round_offset:float=0.5, # with `entropy`: the encoder's rounding offset (`deadzone_round`): 0.5 rounds; less widens the zero bin (a deadzone quantiser: fewer bits, a little more distortion), the coding tables built for it
+                 hyper_channels:int|None=None, # with `entropy='hyperprior'`: channels of the hyper-latent (None: `latent_channels`); fewer cost less side information
                 ):
         super().__init__()
         if variant not in SAR_VARIANTS: raise ValueError(f"unknown SAR autoencoder variant {variant!r}; choose one of {', '.join(SAR_VARIANTS)}")
@@ -234,6 +235,10 @@ class SarAutoencoder(nn.Module):
         if round_offset != 0.5:
             if not entropy: raise ValueError(f"`round_offset={round_offset!r}` needs an entropy model (`entropy='factorized'` or 'hyperprior'): the uniform quantiser rounds")
             self.config['round_offset'] = _check_offset(round_offset)   # absent at 0.5: older models keep their config
+        if hyper_channels is not None:
+            if entropy != 'hyperprior': raise ValueError(f"`hyper_channels={hyper_channels!r}` needs `entropy='hyperprior'`, got entropy={entropy!r}")
+            if isinstance(hyper_channels, bool) or not isinstance(hyper_channels, int) or hyper_channels < 1: raise ValueError(f"`hyper_channels` must be a positive int or None, got {hyper_channels!r}")
+            self.config['hyper_channels'] = hyper_channels   # absent when None: older models keep their config
         skip = _skip_kind(linear_skip)
         if skip and not entropy:
             raise ValueError("`linear_skip` needs an entropy model (`entropy='factorized'` or 'hyperprior'): the uniform quantiser squashes the latent, which the skip path cannot pass through")
@@ -241,7 +246,7 @@ class SarAutoencoder(nn.Module):
         self.encoder = SarEncoder(variant, widths, latent_channels, in_channels, cbam, skip)
         self.quantizer = LatentQuantizer(quant_bits, quant_proxy) if quant_bits else nn.Identity()
         # the entropy model (either kind keeps this attribute name): likelihoods in training, integer tables and the range coder after `update()`
-        self.entropy_bottleneck = {'factorized': EntropyBottleneck, 'hyperprior': ScaleHyperprior}[entropy](latent_channels, round_offset=round_offset) if entropy else None
+        self.entropy_bottleneck = {'factorized': EntropyBottleneck, 'hyperprior': ScaleHyperprior}[entropy](latent_channels, round_offset=round_offset, **({'hyper_channels': hyper_channels} if hyper_channels else {})) if entropy else None
         self.decoder = SarDecoder(variant, widths, latent_channels, in_channels, cbam, skip)
         if skip: self.decoder.skip_log_gain = self.encoder.skip_log_gain   # one gain: the decoder divides by what the encoder multiplied
         self.quant_bits, self.entropy, self.likelihoods, self.latent_scale = quant_bits, entropy, None, float(latent_scale)
@@ -279,9 +284,9 @@ class SarAutoencoder(nn.Module):
 
 def sar_model(variant:str='baseline', latent_channels:int=16, base_channels:int=32, in_channels:int=1, cbam=None,
               quant_bits:int|None|str='auto', quant_proxy:str='ste', entropy:str|None=None, latent_scale:float=16., linear_skip:bool|str=False,
-              round_offset:float=0.5) -> SarAutoencoder:
+              round_offset:float=0.5, hyper_channels:int|None=None) -> SarAutoencoder:
     "A SAR autoencoder of `variant` (see `SarAutoencoder`); rebuild a saved one with `sar_model(**model.config)`"
-    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale, linear_skip, round_offset)
+    return SarAutoencoder(variant, latent_channels, base_channels, in_channels, cbam, quant_bits, quant_proxy, entropy, latent_scale, linear_skip, round_offset, hyper_channels)
 
 def count_parameters(model:nn.Module, trainable:bool=True) -> int:
     "Number of (trainable) parameters of `model`"
