@@ -60,6 +60,7 @@ def main(argv=None):
     ap.add_argument('--size', type=int, default=128)
     ap.add_argument('--work', default=str(ROOT/'runs'/'sar_rd'))
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'sar_rd'))
+    ap.add_argument('--resume', action='store_true', help="reuse --work's scenes and finished runs, continue interrupted ones, train only the missing points")
     ap.add_argument('overrides', nargs='*', help='config overrides for every run, e.g. model.base_channels=32')
     a = ap.parse_args(argv)
     points = [(float(p.split(':')[0]), [o for o in p.split(':', 1)[1].split(',') if o] if ':' in p else []) for p in a.points] if a.points else [(l, []) for l in a.lambdas]
@@ -71,13 +72,13 @@ def main(argv=None):
     from _common import machine
     work, out = Path(a.work), Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     data = work/'data'
-    if data.exists(): shutil.rmtree(data)
-    make_sar(data, n_train=a.n, n_valid=max(1, a.n // 4), n_test=max(1, a.n // 8), size=a.size, seed=0, save_clean=True, mode='realistic')
+    if data.exists() and not a.resume: shutil.rmtree(data)
+    if not data.exists(): make_sar(data, n_train=a.n, n_valid=max(1, a.n // 4), n_test=max(1, a.n // 8), size=a.size, seed=0, save_clean=True, mode='realistic')
     t0 = time.time()
     curves = rd_curves('sar_demo', [f'data.path={data}', f'trainer.out_dir={work}', 'trainer.progress=false', f'trainer.max_epochs={a.epochs}',
                                     'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(points),
                         targets=('input', 'clean') if a.clean_variants else ('input',), clean_variants=tuple(a.clean_variants),
-                        entropies=tuple(a.entropies), clean_entropies=tuple(a.clean_entropies) if a.clean_entropies else None)
+                        entropies=tuple(a.entropies), clean_entropies=tuple(a.clean_entropies) if a.clean_entropies else None, resume=a.resume)
     minutes = (time.time() - t0) / 60
     src = work/'rd_curves'
     for name, dst in (('rd.csv', '.csv'), ('rd_curves.csv', '_curves.csv'), ('rd_bd.csv', '_bd.csv'), ('rd.png', '.png')):
@@ -88,7 +89,7 @@ def main(argv=None):
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
-            f"{minutes:.1f} min for {(len(a.variants) * len(a.entropies) + len(a.clean_variants) * len(a.clean_entropies or a.entropies)) * len(a.lambdas)} trainings and the coding.", '',
+            f"{minutes:.1f} min for {(len(a.variants) * len(a.entropies) + len(a.clean_variants) * len(a.clean_entropies or a.entropies)) * len(a.lambdas)} trainings{' (with --resume: the finished ones reused, not retrained)' if a.resume else ''} and the coding.", '',
             f"Data: `make_sar(n_train={a.n}, n_valid={max(1, a.n // 4)}, n_test={max(1, a.n // 8)}, size={a.size}, seed=0, save_clean=True, "
             f"mode='realistic')`; the `sar_demo` config with {' '.join(a.overrides) or 'no overrides'}, {a.epochs} epochs, entropy models {', '.join(a.entropies)}; every bpp is the whole "
             f".mrsar or .j2k file's. Means over the test scenes:", '',

@@ -218,12 +218,14 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
               clean_variants=None, # the variants trained with the 'clean' target (default: all of `variants`)
               entropies=('factorized',), # the entropy models to train ('factorized', 'hyperprior'); a hyperprior codec is named '<variant>+hyperprior'
               clean_entropies=None, # the entropy models of the 'clean' target's runs (default: `entropies`)
+              resume:bool=False, # continue each point's run from its `latest.pt` where there is one: a finished run is not trained again, a run whose settings changed is refused (`ResumableLearner.resume`)
               **kwargs) -> pd.DataFrame:
     """Train every variant with each entropy model (`entropies`) at each λ; code the first `codec_images` test (else valid) images
     into real files; score PSNR and SSIM against the speckled original and, where the data holds `clean/<split>/` (`make_sar(...,
     save_clean=True)`), against the clean reflectivity; JPEG2000 over the same range of file sizes; the Bjøntegaard deltas of
     each variant against JPEG2000 (and attention against residual). Writes rd.csv (every image and point), rd_curves.csv (the
-    means per point), rd_bd.csv, rd.md and rd.png in `out_dir/rd_curves`; returns the curves, the deltas in `.attrs['bd']`."""
+    means per point), rd_bd.csv, rd.md and rd.png in `out_dir/rd_curves`; returns the curves, the deltas in `.attrs['bd']`.
+    With `resume` an interrupted or extended sweep trains only what is missing."""
     from medrecipes.codec import compress, decompress, jpeg2000_roundtrip, jpegxl_roundtrip, bd_rate, bd_psnr, CODEC_EXT
     try: import imagecodecs; jxl = bool(imagecodecs.JPEGXL.available)   # JPEG-XL beside JPEG2000 where imagecodecs has libjxl
     except ImportError: jxl = False
@@ -246,7 +248,7 @@ def rd_curves(config=None, overrides=(), variants=('residual', 'attention'),
         for lam, extra in points:
             run = out/rd_run_name(name, lam, extra)
             train_sar(config, [*overrides, *extra, f'variant={v}', f'entropy={e}', f'rd_lambda={float(lam)}', f'out_dir={run}', f'target={tgt}',
-                               'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null'], **kwargs)
+                               'codec_images=0', 'sweep_rd_lambda=null', 'sweep_latent_channels=null', 'compare_seeds=null', *(['resume=last'] if resume else [])], **kwargs)
             model, pre, _ = load_sar_model(run/'checkpoints'/'best.pt')
             for f, a, c in scenes:
                 x01, clean = np.asarray(pre.encode(a), np.float32), None if c is None else np.asarray(pre.encode(c), np.float32)

@@ -149,3 +149,20 @@ def test_rd_curve_points_with_their_own_settings(sar_data, tmp_path):
     assert set(c[c.codec == 'baseline+hyperprior'].point) == {'lambda=4 model.latent_channels=4 model.linear_skip=true', 'lambda=256'}
     for bad, words in ((((4., [3]),), "'key=value' strings"), ((0.,), 'a number > 0'), ((('a', ['x=1']),), 'a number > 0')):
         with pytest.raises(ValueError, match=words): rd_curves(data_path=sar_data, out_dir=tmp_path/'bad', rd_lambdas=bad, **SMALL)
+
+
+def test_rd_curves_resume_trains_only_what_is_missing(sar_data, tmp_path):
+    """`resume=True` reuses finished points (not trained again, the same files and figures), trains a point added to the sweep,
+    and refuses a run whose settings changed instead of mixing two trainings in one curve"""
+    kw = dict(data_path=sar_data, out_dir=tmp_path, variants=('baseline',), jpeg2000_points=2, epochs=1, lr=3e-3, entropies=('hyperprior',), **SMALL)
+    out = tmp_path/'rd_curves'
+    summary = lambda name: json.loads((out/name/'summary.json').read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        first = rd_curves(rd_lambdas=(8.,), **kw)
+        assert summary('baseline_hyperprior_lambda8')['epochs_trained_now'] == 1
+        again = rd_curves(rd_lambdas=(8., 64.), resume=True, **kw)
+        assert summary('baseline_hyperprior_lambda8')['epochs_trained_now'] == 0 and summary('baseline_hyperprior_lambda64')['epochs_trained_now'] == 1
+        learned = lambda c: c[c.codec == 'baseline+hyperprior'].set_index('point')[['bpp', 'psnr_db', 'psnr_clean_db']]
+        pd.testing.assert_frame_equal(learned(again).loc[['lambda=8']], learned(first))   # the finished point's files decode as before
+        with pytest.raises(ValueError, match='lr'): rd_curves(rd_lambdas=(8.,), resume=True, **{**kw, 'lr': 1e-3})
