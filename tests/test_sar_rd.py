@@ -166,3 +166,32 @@ def test_rd_curves_resume_trains_only_what_is_missing(sar_data, tmp_path):
         learned = lambda c: c[c.codec == 'baseline+hyperprior'].set_index('point')[['bpp', 'psnr_db', 'psnr_clean_db']]
         pd.testing.assert_frame_equal(learned(again).loc[['lambda=8']], learned(first))   # the finished point's files decode as before
         with pytest.raises(ValueError, match='lr'): rd_curves(rd_lambdas=(8.,), resume=True, **{**kw, 'lr': 1e-3})
+
+
+def _prior_gap():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('sar_prior_gap', Path(__file__).resolve().parents[1]/'benchmarks'/'sar_prior_gap.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); return mod
+
+
+def test_prior_gap_histogram_bits_against_scipy():
+    "benchmarks/sar_prior_gap.py's static per-channel coder: without smoothing, on its own symbols, N x the entropy (scipy); smoothed, never below it"
+    from scipy.stats import entropy
+    g = np.random.default_rng(0)
+    codes = [np.round(g.laplace(0, s, (3, 5, 7))).astype(np.int32) for s in (0.5, 1., 2.)]
+    want = sum(entropy(np.unique(np.concatenate([c[ch].ravel() for c in codes]), return_counts=True)[1], base=2) * 3 * 35 for ch in range(3))
+    assert _prior_gap().histogram_bits(codes, codes, smoothing=0.) == pytest.approx(want, rel=1e-12)
+    other = [np.round(g.laplace(0, 3., (3, 5, 7))).astype(np.int32)]
+    assert _prior_gap().histogram_bits(codes, other) > _prior_gap().histogram_bits(other, other, smoothing=0.)   # cross-entropy >= entropy
+
+
+def test_prior_gap_rows_count_the_real_files(sar_data, tmp_path):
+    "Each trained point's test files: the bpp of their bytes (as rd_curves measured them), a payload below it, a positive histogram estimate"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        c = rd_curves(data_path=sar_data, out_dir=tmp_path, variants=('baseline',), rd_lambdas=(8.,), jpeg2000_points=2, epochs=1, lr=3e-3,
+                      entropies=('factorized', 'hyperprior'), **SMALL)
+        rows = pd.DataFrame(_prior_gap().gap_rows(tmp_path, data=sar_data)).set_index('entropy')
+    learned = c[c.codec.str.startswith('baseline')].assign(entropy=lambda d: np.where(d.codec == 'baseline', 'factorized', 'hyperprior')).set_index('entropy')
+    np.testing.assert_allclose(rows.loc[['factorized', 'hyperprior'], 'file_bpp'], learned.loc[['factorized', 'hyperprior'], 'bpp'], rtol=1e-12)
+    assert (rows.payload_bpp < rows.file_bpp).all() and (rows.histogram_bpp > 0).all() and set(rows.target) == {'input'}
