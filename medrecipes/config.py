@@ -178,6 +178,7 @@ class SarTrainer:
     mse_weight:float=0.7
     ssim_weight:float=0.3
     rd_lambda:float=64.0          # with model.entropy: the loss is rd_lambda * (mse_weight MSE + ssim_weight (1 - SSIM)) + bits per pixel
+    fit_prior:bool=False          # with model.entropy: fit the factorized densities to the coded symbols' histogram after every training epoch
     precision:str='fp32'          # auto | fp32 | bf16 | fp16
     accumulate:int=1
     sync_bn:bool=False

@@ -181,6 +181,12 @@ def _safe_key(k:str) -> bool: return any(p in RESUME_SAFE_KEYS for p in k.split(
 
 _MISSING = '<missing>'
 
+def _added_default(key:str, value) -> bool:
+    "Whether `value` is the default every recipe with the dotted config key `key` gives it: a checkpoint written before the option existed ran as that default"
+    from medrecipes.config import RECIPE_CONFIGS, recipe_defaults
+    found = [d[key] for r in RECIPE_CONFIGS if key in (d := dotted_keys(recipe_defaults(r)))]
+    return bool(found) and all(f == value for f in found)
+
 def check_resume(ckpt:dict, # the checkpoint to resume from
                  meta:dict, # the learner's `checkpoint_meta`
                  where:str='') -> dict:
@@ -199,6 +205,7 @@ def check_resume(ckpt:dict, # the checkpoint to resume from
     if is_flat_config(a) and not is_flat_config(b): a = unflatten_config(a, to_plain(b))   # a flat config of an earlier release
     a, b = dotted_keys(a), dotted_keys(b)
     diff = {k: [a.get(k, _MISSING), b.get(k, _MISSING)] for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)}
+    diff = {k: v for k, v in diff.items() if not (v[0] == _MISSING and _added_default(k, v[1]))}   # an option added since, at its default
     bad = {k: v for k, v in diff.items() if not _safe_key(k)}
     if bad:
         desc = '; '.join(f"{k}: checkpoint {v[0]!r}, now {v[1]!r}" for k, v in bad.items())

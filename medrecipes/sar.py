@@ -28,6 +28,7 @@ from .resume import ResumableLearner, ResumeCheckpoint, resume_path, _rng_state,
 from .data.sar import SarDataLoaders, SarPreprocess, SarTiles, SarPatches, SarImage
 from .distributed import init_distributed, distributed, is_rank0, is_distributed, reduce_sum, base_dl, load_checkpoint_dist
 from .models.sar import sar_model, count_parameters, compression_ratio, SAR_VARIANTS, ENTROPY_MODELS, load_sar_model
+from .models.entropy import EntropyBottleneck
 _all_ = ['load_sar_model', 'SarDataLoaders', 'SarPreprocess', 'SarImage', 'sar_model', 'SAR_VARIANTS']   # what a notebook user needs from `import *`
 
 # %% auto #0
@@ -76,8 +77,19 @@ class RateMetric(Metric):
     def name(self): return 'bpp'
 
 class EntropyTables(Callback):
-    "Rebuild the entropy model's integer coding tables after every epoch, before the checkpoints are written: every checkpoint can code files"
+    """Rebuild the entropy model's integer coding tables after every epoch, before the checkpoints are written: every checkpoint can code files.
+    With `fit_prior`, every factorized density (the factorized prior, the hyperprior's hyper-latent prior) counts the symbols the
+    training batches would be coded with, and is fitted to their histogram after each training phase (`EntropyBottleneck.fit_symbols`),
+    before validation: the tables then code what the encoder gives, not the noisy latent the density was trained on."""
     order = 90   # before `ResumeCheckpoint` (99)
+    def __init__(self, fit_prior:bool=False): self.fit_prior = fit_prior
+    def _priors(self): return [m for m in getattr(self.model, 'module', self.model).modules() if isinstance(m, EntropyBottleneck)]
+    def before_train(self):
+        if self.fit_prior:
+            for m in self._priors(): m.reset_counts(); m.counting = True
+    def after_train(self):
+        if self.fit_prior:
+            for m in self._priors(): m.counting = False; m.fit_symbols(); m.reset_counts()
     def after_epoch(self): getattr(self.model, 'module', self.model).update()
 
 # %% ../nbs/20_sar.ipynb #c008
@@ -185,6 +197,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                 round_offset:float=0.5, # with `entropy`: the encoder's rounding offset (below 0.5: a deadzone quantiser; see `deadzone_round`)
                 hyper_channels:int|None=None, # with `entropy='hyperprior'`: channels of the hyper-latent (None: `latent_channels`)
                 rd_lambda:float=64., # with `entropy`: the loss is `rd_lambda * D + bits per pixel`
+                fit_prior:bool=False, # with `entropy`: fit each factorized density to the coded symbols' histogram after every training phase (`EntropyTables`)
                 mse_weight:float=0.7, ssim_weight:float=0.3, # the loss
                 lr:float=1e-4, # Adam's learning rate
                 clip_grad:float|None=1.0, # gradient clipping norm (None: off)
@@ -208,7 +221,7 @@ def sar_learner(dls:SarDataLoaders, # from `SarDataLoaders.from_folder`
                *training_callbacks(dls.device, precision, accumulate, dls.train.bs),
                SarTensorBoard(out_dir/'tensorboard', hist_every=hist_every), TextLog(out_dir/'training.log'),
                *tracker_callbacks(out_dir, {'csv': False, **(tracking or {})}, None, config, tensorboard=False),   # SarTensorBoard writes the events
-               *( [EntropyTables()] if entropy else []), ck, *(cbs or [])]
+               *( [EntropyTables(fit_prior)] if entropy else []), ck, *(cbs or [])]
     if entropy: model.init_skip_steps(rd_lambda, mse_weight)   # the DCT skip path's steps start where λ puts them (a resumed run loads its own)
     loss = SarRDLoss(model, rd_lambda, mse_weight, ssim_weight) if entropy else SarLoss(mse_weight, ssim_weight)
     learn = SarLearner(dls, model, loss_func=loss, opt_func=Adam, lr=lr, wd=0.,
@@ -342,7 +355,7 @@ def train_sar(config:str|Path|None=None, # YAML config file
                                          target=d['target'])
         run_cfg = {**cfg, 'data': {**d, 'batch_size': bs}}   # the batch size this attempt uses
         learn = sar_learner(dls, variant=m['variant'], latent_channels=m['latent_channels'], base_channels=m['base_channels'],
-                            quant_bits=m['quant_bits'], quant_proxy=m['quant_proxy'], entropy=m['entropy'], linear_skip=m['linear_skip'], round_offset=m['round_offset'], hyper_channels=m['hyper_channels'], rd_lambda=t['rd_lambda'],
+                            quant_bits=m['quant_bits'], quant_proxy=m['quant_proxy'], entropy=m['entropy'], linear_skip=m['linear_skip'], round_offset=m['round_offset'], hyper_channels=m['hyper_channels'], rd_lambda=t['rd_lambda'], fit_prior=t['fit_prior'],
                             mse_weight=t['mse_weight'], ssim_weight=t['ssim_weight'], lr=t['lr'], clip_grad=t['clip_grad'],
                             plateau=t['schedule'] == 'plateau', plateau_factor=t['plateau_factor'], plateau_patience=t['plateau_patience'],
                             patience=cfg['callbacks']['patience'], out_dir=out, hist_every=cfg['callbacks']['hist_every'], config=run_cfg, cbs=cbs,

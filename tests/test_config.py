@@ -169,6 +169,7 @@ def test_values_are_range_checked_once_in_config():
                               ('xray', 'split=nowhere.csv', r"data.split must be one of \('stratified', 'center'\) or an existing split CSV"),
                               ('sar', 'model.entropy=gaussian', r"model.entropy must be one of \('factorized', 'hyperprior'\) or null"),
                               ('sar', 'model.linear_skip=haar', r"model.linear_skip must be false, 'dct', or 'box'"),
+                              ('sar', 'trainer.fit_prior=maybe', r"trainer.fit_prior must be true or false, not 'maybe'"),
                               ('folder', 'data.batch_size=0', r'data.batch_size must be an int >= 1, not 0'),
                               ('folder', 'logging.wandb_mode=cloud', r"logging.wandb_mode must be one of \('offline', 'online', 'disabled'\)")]:
         with pytest.raises(ValueError, match=msg): resolve_config(recipe, overrides=[over])

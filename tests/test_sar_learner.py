@@ -292,3 +292,29 @@ def test_dct_skip_and_deadzone_reach_the_recipe(sar_data, tmp_path):
     x = torch.from_numpy(np.asarray(pre.encode(img), np.float32))[None, None]
     with torch.no_grad(): want = deadzone_round(model.encoder(x) * model.latent_scale, 0.3)[0].numpy()
     np.testing.assert_array_equal(q, want)
+
+
+def test_fit_prior_fits_only_the_density_after_the_training_phase(sar_data, tmp_path):
+    """`trainer.fit_prior=true`: after the training phase the factorized density is fitted to the symbols the training batches
+    were coded with; the rest of the model is the same as without it (same seed), the fitted density codes the validation
+    set's own symbols in fewer bits than the unfitted one, and the checkpoint's config keeps the option"""
+    from medrecipes.models.entropy import EntropyBottleneck
+    from medrecipes.sar import EntropyTables
+    runs = {}
+    for fit in (False, True):
+        train_sar(data_path=sar_data, out_dir=tmp_path/str(fit), epochs=1, variant='residual',
+                  overrides=['model.entropy=factorized', 'model.linear_skip=dct', 'model.round_offset=0.3', 'trainer.rd_lambda=128',
+                             f'trainer.fit_prior={str(fit).lower()}', 'trainer.codec_images=0'], **SMALL)
+        runs[fit] = load_sar_model(tmp_path/str(fit)/'checkpoints'/'latest.pt')[0]
+        assert load_checkpoint(tmp_path/str(fit)/'checkpoints'/'latest.pt')['config']['trainer']['fit_prior'] is fit
+    density = lambda n: n.startswith('entropy_bottleneck.') and not n.split('.')[1].startswith('cdf')
+    a, b = (dict(runs[f].state_dict()) for f in (False, True))
+    for n in a:
+        if density(n) and n != 'entropy_bottleneck.initialized': assert not torch.equal(a[n], b[n]), n     # the density moved
+        elif not density(n) and not n.startswith('entropy_bottleneck.'): torch.testing.assert_close(a[n], b[n], rtol=0, atol=0, msg=n)
+    dls = SarDataLoaders.from_folder(sar_data, patch=32, bs=8, patches_per_image=3, seed=0, device='cpu')
+    with torch.no_grad():
+        bits = {f: sum(float(-torch.log2(m.entropy_bottleneck.likelihood(m.entropy_bottleneck.quantize(m.encoder(x.as_subclass(torch.Tensor)) * m.latent_scale),
+                                                                          0.5 - 0.3)).sum()) for x, _ in dls.valid) for f, m in runs.items()}
+    assert bits[True] < bits[False], bits
+    assert EntropyTables(True).fit_prior and not EntropyTables().fit_prior

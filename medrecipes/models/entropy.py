@@ -68,6 +68,7 @@ class EntropyBottleneck(nn.Module):
         self.register_buffer('cdf_offset', torch.zeros(channels, dtype=torch.int32))
         self.register_buffer('cdf_length', torch.zeros(channels, dtype=torch.int32))
         self.register_buffer('initialized', torch.zeros((), dtype=torch.bool))   # set by the first training batch (`_init_from`)
+        self._counts, self._count_lo, self.counting = None, 0, False   # the coded symbols' histogram (`count_symbols`, `fit_symbols`): not saved
 
     def _logits_cumulative(self, x:torch.Tensor) -> torch.Tensor:
         "The logit of each channel's cumulative distribution at `x` (C x 1 x N)"
@@ -105,6 +106,7 @@ class EntropyBottleneck(nn.Module):
     def forward(self, y:torch.Tensor) -> tuple:
         "`(y_hat, likelihoods)`: additive uniform noise in training (a differentiable proxy of rounding), the coded symbols in eval (`deadzone_round`)"
         if self.training and not bool(self.initialized): self._init_from(y)
+        if self.training and self.counting: self.count_symbols(y)
         if self.training: y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5); return y_hat, self.likelihood(y_hat)
         y_hat = deadzone_round(y, self.round_offset)
         return y_hat, self.likelihood(y_hat, 0.5 - self.round_offset)
@@ -112,6 +114,61 @@ class EntropyBottleneck(nn.Module):
     def quantize(self, y:torch.Tensor) -> torch.Tensor:
         "The coded symbols' values (float): `deadzone_round(y, round_offset)`"
         return deadzone_round(y, self.round_offset)
+
+    @torch.no_grad()
+    def count_symbols(self, y:torch.Tensor):
+        "Add the symbols a latent `y` (B x C x h x w) would be coded with (`quantize`) to each channel's histogram (`fit_symbols` reads it)"
+        q = self.quantize(y.detach().float()).to(torch.int64).transpose(0, 1).reshape(self.channels, -1)
+        if not q.numel(): return
+        lo, hi = int(q.min()), int(q.max())
+        if self._counts is not None:   # one window over what was counted before and this batch
+            lo, hi = min(lo, self._count_lo), max(hi, self._count_lo + self._counts.shape[1] - 1)
+        idx = (q - lo) + torch.arange(self.channels, device=q.device).view(-1, 1) * (hi - lo + 1)
+        counts = torch.bincount(idx.view(-1), minlength=self.channels * (hi - lo + 1)).view(self.channels, hi - lo + 1)
+        if self._counts is not None:
+            a = self._count_lo - lo; counts[:, a:a + self._counts.shape[1]] += self._counts.to(counts.device)
+        self._counts, self._count_lo = counts, lo
+
+    def reset_counts(self): self._counts, self._count_lo = None, 0
+
+    def _synced_counts(self):
+        "The histogram summed over the ranks of a distributed run (one window for all)"
+        counts, lo = self._counts, self._count_lo
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return counts, lo
+        dev = counts.device if counts is not None else next(self.parameters()).device
+        big = torch.iinfo(torch.int64).max // 4
+        b = torch.tensor([-lo, lo + counts.shape[1] - 1] if counts is not None else [-big, -big], device=dev)
+        torch.distributed.all_reduce(b, op=torch.distributed.ReduceOp.MAX)
+        glo, ghi = -int(b[0]), int(b[1])
+        if ghi < glo: return None, 0   # no rank counted anything
+        full = torch.zeros(self.channels, ghi - glo + 1, dtype=torch.int64, device=dev)
+        if counts is not None: full[:, lo - glo:lo - glo + counts.shape[1]] = counts.to(dev)
+        torch.distributed.all_reduce(full)
+        return full, glo
+
+    def fit_symbols(self, steps:int=200, # Adam steps (a private optimizer: a training's own state is left as it is)
+                    lr:float=1e-2) -> float|None:
+        """Fit the density to the histogram of the symbols it will code (`count_symbols`): maximise the summed log-mass of each
+        symbol's bin (its deadzone bin with `round_offset`) over the density's own parameters, from where they are. Training
+        fits the density to the noisy latent, whose spread is wider than the coded symbols' and whose shape a short training
+        leaves unsettled; fitted here, `update()`'s tables code the symbols at about their histogram's entropy. Returns the
+        fitted bits per symbol (None when nothing was counted)."""
+        counts, lo = self._synced_counts()
+        if counts is None or not int(counts.sum()): return None
+        dev = self.matrices[0].device
+        v = (lo + torch.arange(counts.shape[1], dtype=torch.float32, device=dev)).view(1, 1, -1).expand(self.channels, 1, -1)
+        w = counts.to(dev, torch.float32).view(self.channels, 1, -1); total = w.sum()
+        params = [*self.matrices, *self.biases, *self.factors]
+        saved = [p.grad for p in params]
+        opt = torch.optim.Adam(params, lr=lr)
+        widen = 0.5 - self.round_offset
+        with torch.enable_grad():
+            for _ in range(steps):
+                for p in params: p.grad = None
+                loss = -(w * torch.log2(self._mass(v, widen).clamp_min(1e-9))).sum() / total
+                loss.backward(); opt.step()
+        for p, g in zip(params, saved): p.grad = g
+        with torch.no_grad(): return float(-(w * torch.log2(self._mass(v, widen).clamp_min(1e-9))).sum() / total)
 
     @torch.no_grad()
     def update(self, max_symbols:int=4096) -> 'EntropyBottleneck':
