@@ -50,6 +50,9 @@ def main(argv=None):
     ap.add_argument('--entropy', default='factorized', choices=['factorized', 'hyperprior'])
     ap.add_argument('--linear-skip', nargs='?', const='box', default=False, choices=['box', 'dct'],
                     help='the codec with the linear skip path (model.linear_skip): box (the default when given alone) or dct')
+    ap.add_argument('--latent-channels', type=int, default=16, help='16 (16x compression); the DCT codec uses 4-256 across its rates')
+    ap.add_argument('--round-offset', type=float, default=0.5, help='the encoder rounding offset (0.3: the deadzone of the rate-distortion benchmark)')
+    ap.add_argument('--rd-lambda', type=float, default=128., help="with --linear-skip dct: the λ whose quantisation steps the DCT path starts at (`init_skip_steps`)")
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'codec_scene.csv'))
     a = ap.parse_args(argv)
     import numpy as np, pandas as pd, tifffile, torch, medrecipes
@@ -72,8 +75,8 @@ def main(argv=None):
             tw.write(tiles(), shape=(n, n), dtype=np.uint16, tile=(512, 512),
                      extratags=[(33550, 'd', 3, (10.0, 10.0, 0.0), True), (33922, 'd', 6, (0, 0, 0, 500000.0, 4649776.0, 0), True)])
         torch.manual_seed(0)
-        m = sar_model(a.variant, base_channels=a.base_channels, entropy=a.entropy, linear_skip=a.linear_skip).eval()
-        torch.nn.init.normal_(m.encoder.head.weight, std=0.05); m.update()
+        m = sar_model(a.variant, a.latent_channels, base_channels=a.base_channels, entropy=a.entropy, linear_skip=a.linear_skip, round_offset=a.round_offset).eval()
+        torch.nn.init.normal_(m.encoder.head.weight, std=0.05); m.init_skip_steps(a.rd_lambda); m.update()
         pre = SarPreprocess('amplitude', clip=(10., 60.))
         save_checkpoint(d/'ck.pt', model_state_dict=m.state_dict(), model_config=m.config, preprocessing_params=pre.checkpoint_params(), patch=128)
         cli = [sys.executable, '-m', 'medrecipes.cli', 'codec']
@@ -87,7 +90,8 @@ def main(argv=None):
         je, jd, jb = map(float, out.split())
     mp = n * n / 1e6
     info = dict(date=time.strftime('%Y-%m-%d'), machine=machine(), torch=torch.__version__, medrecipes=medrecipes.__version__, size=n,
-                variant=a.variant + ('' if a.entropy == 'factorized' else f'+{a.entropy}') + ({False: '', 'box': '+skip', 'dct': '+dct'}[a.linear_skip]), base_channels=a.base_channels, threads=torch.get_num_threads())
+                variant=a.variant + ('' if a.entropy == 'factorized' else f'+{a.entropy}') + ({False: '', 'box': '+skip', 'dct': '+dct'}[a.linear_skip])
+                + ('' if a.latent_channels == 16 else f'+c{a.latent_channels}') + ('' if a.round_offset == 0.5 else f'+dz{a.round_offset:g}'), base_channels=a.base_channels, threads=torch.get_num_threads())
     rows = [dict(info, step='import medrecipes.codec (baseline)', seconds=round(tb, 1), s_per_mp=None, peak_rss_mb=round(mb), bpp=None),
             dict(info, step='codec compress (GeoTIFF in)', seconds=round(te, 1), s_per_mp=round(te / mp, 3), peak_rss_mb=round(me), bpp=round(bpp, 4)),
             dict(info, step='codec decompress (GeoTIFF out)', seconds=round(td, 1), s_per_mp=round(td / mp, 3), peak_rss_mb=round(md), bpp=round(bpp, 4)),

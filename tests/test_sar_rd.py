@@ -195,3 +195,17 @@ def test_prior_gap_rows_count_the_real_files(sar_data, tmp_path):
     learned = c[c.codec.str.startswith('baseline')].assign(entropy=lambda d: np.where(d.codec == 'baseline', 'factorized', 'hyperprior')).set_index('entropy')
     np.testing.assert_allclose(rows.loc[['factorized', 'hyperprior'], 'file_bpp'], learned.loc[['factorized', 'hyperprior'], 'bpp'], rtol=1e-12)
     assert (rows.payload_bpp < rows.file_bpp).all() and (rows.histogram_bpp > 0).all() and set(rows.target) == {'input'}
+
+
+def test_point_gaps_on_known_curves():
+    "benchmarks/sar_rd_bd.py's per-point table: JPEG2000 interpolated in log-rate, its envelope where it falls with rate, nothing outside its range"
+    spec = __import__('importlib.util').util.spec_from_file_location('sar_rd_bd', Path(__file__).resolve().parents[1]/'benchmarks'/'sar_rd_bd.py')
+    mod = __import__('importlib.util').util.module_from_spec(spec); spec.loader.exec_module(mod)
+    curves = pd.DataFrame(dict(codec=['jpeg2000', 'jpeg2000', 'jpegxl', 'learned', 'learned'], point=['r0', 'r1', 'r0', 'a', 'b'],
+                               bpp=[0.1, 0.4, 0.2, 0.2, 0.8], psnr_db=[20., 22., 19., 21.5, 30.], psnr_clean_db=[26., 25., 24., 25.8, 27.]))
+    g = mod.point_gaps(curves).set_index('point')
+    assert list(g.index) == ['a', 'b'] and set(g.codec) == {'learned'}
+    assert g.loc['a', 'psnr_db_jpeg2000'] == pytest.approx(21.) and g.loc['a', 'psnr_db_gap'] == pytest.approx(0.5)          # halfway in log-rate
+    assert g.loc['a', 'psnr_db_gap_envelope'] == pytest.approx(0.5)                                                           # rising: the same
+    assert g.loc['a', 'psnr_clean_db_jpeg2000'] == pytest.approx(25.5) and g.loc['a', 'psnr_clean_db_gap_envelope'] == pytest.approx(-0.2)   # falling: its best at 0.1 bpp
+    assert np.isnan(g.loc['b', 'psnr_db_gap']) and np.isnan(g.loc['b', 'psnr_clean_db_gap_envelope'])                       # beyond JPEG2000's rates
