@@ -48,9 +48,9 @@ def gap_rows(work:Path, # a sar_rd.py --work folder: its trained points are `wor
     for path in sorted((work/'rd_curves').glob('*/checkpoints/best.pt')):
         ck = read_checkpoint(path, 'sar'); model, pre, _ = load_sar_model(ck, name=str(path))
         if model.entropy_bottleneck is None: continue
-        sym = lambda f: encode_strips(model, _Rows(read_sar_image(f), pre))
-        tr, te = [sym(f) for f in train], [sym(f) for f in test]
-        images = [read_sar_image(f) for f in test]; n = sum(a.size for a in images)
+        sym = lambda a: encode_strips(model, _Rows(a, pre))
+        images = [read_sar_image(f) for f in test]; n = sum(a.size for a in images)   # read once: symbols and files
+        tr, te = [sym(read_sar_image(f)) for f in train], [sym(a) for a in images]
         with tempfile.TemporaryDirectory() as d:
             infos = [compress((model, pre), a, Path(d)/f'{f.stem}.mrsar') for f, a in zip(test, images)]
         file_bits = sum(8 * i['bytes'] for i in infos); payload_bits = sum(i['payload_bpp'] * a.size for i, a in zip(infos, images))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'benchmarks'))
+REFS = ('jpeg2000', 'jpegxl')   # the reference codecs' rows in an rd_curves.csv
 
 
 def point_gaps(curves, # rd_curves.csv's means per point: codec, point, bpp and the qualities
@@ -25,7 +26,7 @@ def point_gaps(curves, # rd_curves.csv's means per point: codec, point, bpp and 
     "Each learned point's quality against `anchor`'s at the same bpp (log-rate interpolation; NaN outside its measured range) and against its envelope (its best at no more bits: measured points below, or the interpolation)"
     import numpy as np, pandas as pd
     ref = curves[curves.codec == anchor].sort_values('bpp'); rows = []
-    for r in curves[~curves.codec.isin(['jpeg2000', 'jpegxl'])].itertuples():
+    for r in curves[~curves.codec.isin(REFS)].itertuples():
         row = dict(codec=r.codec, point=r.point, bpp=r.bpp)
         for q in qualities:
             if q not in curves or ref[q].isna().all(): continue
@@ -45,9 +46,8 @@ def main(argv=None):
     import pandas as pd, medrecipes
     from medrecipes.sar_experiments import rd_deltas, _md_table
     from _common import machine
-    refs = ('jpeg2000', 'jpegxl')
     frames = [pd.read_csv(f) for f in a.curves]
-    curves = pd.concat([frames[0]] + [f[~f.codec.isin(refs)] for f in frames[1:]], ignore_index=True)
+    curves = pd.concat([frames[0]] + [f[~f.codec.isin(REFS)] for f in frames[1:]], ignore_index=True)
     if curves.duplicated(['codec', 'point']).any():
         raise SystemExit(f"the files share learned points: {sorted(set(curves[curves.duplicated(['codec', 'point'])].codec))}")
     bd = rd_deltas(curves); gaps = point_gaps(curves)

@@ -161,14 +161,13 @@ class EntropyBottleneck(nn.Module):
         params = [*self.matrices, *self.biases, *self.factors]
         saved = [p.grad for p in params]
         opt = torch.optim.Adam(params, lr=lr)
-        widen = 0.5 - self.round_offset
+        bits = lambda: -(w * torch.log2(self._mass(v, 0.5 - self.round_offset).clamp_min(1e-9))).sum() / total   # per symbol
         with torch.enable_grad():
             for _ in range(steps):
                 for p in params: p.grad = None
-                loss = -(w * torch.log2(self._mass(v, widen).clamp_min(1e-9))).sum() / total
-                loss.backward(); opt.step()
+                bits().backward(); opt.step()
         for p, g in zip(params, saved): p.grad = g
-        with torch.no_grad(): return float(-(w * torch.log2(self._mass(v, widen).clamp_min(1e-9))).sum() / total)
+        with torch.no_grad(): return float(bits())
 
     @torch.no_grad()
     def update(self, max_symbols:int=4096) -> 'EntropyBottleneck':
