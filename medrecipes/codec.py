@@ -1,6 +1,6 @@
 """A real bitrate: the quantised latent of a SAR autoencoder entropy-coded into a checked file, and the learned codec beside JPEG2000 at the same bits per pixel.
 
-The SAR codec as a file format: `compress` writes the 8-bit latent codes of an image (zlib-coded) into a `.mrsar` file with a checked header, `decompress` reads it back with the model that wrote it; `compare_codecs` puts the learned codec beside JPEG2000 at the same bits per pixel (PSNR, SSIM, EPI in dB and linear intensity, ENL ratio).
+The SAR codec as a file format: `compress` writes the latent of an image, range-coded under the model's learned prior (or, for a `quant_bits` model, its 8-bit codes zlib-coded), strip by strip into a `.mrsar` file with a checked binary header, `decompress` reads it back with the model that wrote it; `compare_codecs` puts the learned codec beside JPEG2000 at the same bits per pixel (PSNR, SSIM, EPI in dB and linear intensity, ENL ratio).
 
 Docs: `_docs/codec.html` in this repository, built by `make docs` (API reference: `_docs/api/medrecipes.codec.html`)."""
 
@@ -15,18 +15,20 @@ import torch.nn as nn
 from PIL import Image
 from .core import atomic_write
 from .models.sar import SarAutoencoder, SAR_DOWNSAMPLE, load_sar_model
-from .models.entropy import EntropyBottleneck
+from .models.entropy import EntropyBottleneck, LatentRowDecoder
 
 # %% auto #0
-__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'DECODE_CHUNK_ROWS', 'STRIP_CONTEXT',
-           'BD_METHODS', 'model_digest', 'encode_strips', 'iter_decoded_strips', 'decode_strips', 'encode_latent',
-           'decode_latent', 'codec_bytes', 'read_codec_file', 'estimate_bits', 'compress', 'estimate_looks',
-           'synthesize_speckle', 'decompress', 'geotiff_tags', 'codec_metrics', 'jpeg2000_roundtrip',
-           'jpegxl_roundtrip', 'compare_codecs', 'rising_part', 'bd_rate', 'bd_psnr']
+__all__ = ['CODEC_MAGIC', 'CODEC_VERSION', 'READ_VERSIONS', 'CODEC_EXT', 'CODINGS', 'STRIP_ROWS', 'DECODE_CHUNK_ROWS',
+           'STRIP_CONTEXT', 'LATENT_BLOCK_ROWS', 'BD_METHODS', 'model_digest', 'iter_encoded_strips', 'encode_strips',
+           'iter_decoded_strips', 'decode_strips', 'encode_latent', 'decode_latent', 'codec_bytes', 'read_codec_file',
+           'estimate_bits', 'compress', 'estimate_looks', 'synthesize_speckle', 'decompress', 'geotiff_tags',
+           'codec_metrics', 'jpeg2000_roundtrip', 'jpegxl_roundtrip', 'compare_codecs', 'rising_part', 'bd_rate',
+           'bd_psnr']
 
 # %% ../nbs/19_codec.ipynb #c005
 CODEC_MAGIC = b'MRSC'   # 4 bytes
-CODEC_VERSION = 2
+CODEC_VERSION = 3
+READ_VERSIONS = (2, 3)   # version 2 range-coded a factorized latent whole, channel by channel; 3 in blocks of `LATENT_BLOCK_ROWS` rows
 CODEC_EXT = '.mrsar'
 CODINGS = ('uniform', 'factorized', 'hyperprior')   # the latent as `quant_bits`-bit codes (zlib), or range-coded under the model's learned prior
 # magic, version, coding, bits, flags, height, width, model digest, lambda, looks, payload length; then payload, CRC-32
@@ -66,6 +68,7 @@ def _model_and_pre(source, preprocess=None):
 STRIP_ROWS = 512    # images are coded in tiles of this many rows and columns (a multiple of 16): memory bounded by the tile, not the image
 DECODE_CHUNK_ROWS = 128   # the decoder's full-resolution layers run on chunks of this many rows of a tile (`SarDecoder.forward`)
 STRIP_CONTEXT = 128 # pixels of image context around each tile (8 latent rows and columns for the decoder): seams far below the coding error
+LATENT_BLOCK_ROWS = STRIP_ROWS // SAR_DOWNSAMPLE   # a factorized latent is range-coded in blocks of this many rows, each channel by channel: coded and decoded a strip at a time
 
 class _Rows:
     "Rows of an image in its own units, mirrored past the bottom and right edges to multiples of 16 (numpy's symmetric padding); a file is read by windows"
@@ -78,13 +81,14 @@ class _Rows:
         if len(image.shape) != 2: raise ValueError(f"compress takes a 2-D image, got shape {tuple(image.shape)}")
         self.src, self.pre, (self.h, self.w) = image, pre, image.shape
         self.H, self.W = -(-self.h // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE, -(-self.w // SAR_DOWNSAMPLE) * SAR_DOWNSAMPLE
-    def scaled(self, a0:int, a1:int) -> np.ndarray:
-        "Padded rows `a0:a1`, scaled to [0, 1] by the preprocessing (float32)"
+    def scaled(self, a0:int, a1:int, cols:int|None=None) -> np.ndarray:
+        "Padded rows `a0:a1`, scaled to [0, 1] by the preprocessing (float32); with `cols` (at most the width), only their first `cols` columns are read"
         idx = np.arange(a0, a1); idx = np.where(idx < self.h, idx, 2 * self.h - 1 - idx)   # numpy's 'symmetric' padding
         lo, hi = int(idx.min()), int(idx.max()) + 1
-        block = self.src.read(lo, hi, 0, self.w) if hasattr(self.src, 'read') else np.asarray(self.src[lo:hi])
+        w = self.w if cols is None else min(int(cols), self.w)
+        block = self.src.read(lo, hi, 0, w) if hasattr(self.src, 'read') else np.asarray(self.src[lo:hi, :w])
         rows = np.asarray(self.pre.encode(np.asarray(block, np.float32)), np.float32)[idx - lo]
-        return np.pad(rows, ((0, 0), (0, self.W - self.w)), mode='symmetric')
+        return rows if cols is not None else np.pad(rows, ((0, 0), (0, self.W - self.w)), mode='symmetric')
 
 def _release_memory():
     "Hand the memory freed by a tile back to the system (glibc's `malloc_trim`; a no-op elsewhere), so that the peak stays one tile's"
@@ -95,31 +99,54 @@ def _release_memory():
     if _TRIM: _TRIM(0)
 _TRIM = None
 
-@torch.no_grad()
-def encode_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None) -> np.ndarray:
-    "The integer latent (C x H/16 x W/16) of an image, encoded in tiles of `strip_rows` x `tile_cols` (default: square) with `context` pixels of image around each"
+def iter_encoded_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None):
+    "`(l0, l1, codes)`: the integer latent's rows `l0:l1` (C x rows x W/16), strip by strip, each strip encoded in tiles of `strip_rows` x `tile_cols` (default: square) with `context` pixels of image around each"
     tile_cols = tile_cols or strip_rows
     if strip_rows % SAR_DOWNSAMPLE or tile_cols % SAR_DOWNSAMPLE or context % SAR_DOWNSAMPLE:
         raise ValueError(f"strip_rows, tile_cols and context must be multiples of {SAR_DOWNSAMPLE}")
     was = model.training; model.eval()
     try:
         p = next(model.parameters()); s = SAR_DOWNSAMPLE
-        codes = np.empty((model.latent_channels, rows.H // s, rows.W // s), np.int32)
         for r0 in range(0, rows.H, strip_rows):
             r1 = min(r0 + strip_rows, rows.H); a0, a1 = max(0, r0 - context), min(rows.H, r1 + context)
             block = rows.scaled(a0, a1)                       # the strip's rows with their context, read once
+            codes = np.empty((model.latent_channels, (r1 - r0) // s, rows.W // s), np.int32)
             for c0 in range(0, rows.W, tile_cols):
                 c1 = min(c0 + tile_cols, rows.W); b0, b1 = max(0, c0 - context), min(rows.W, c1 + context)
-                q = model.compress(torch.from_numpy(np.ascontiguousarray(block[:, b0:b1]))[None, None].to(p.device, p.dtype))
+                with torch.no_grad(): q = model.compress(torch.from_numpy(np.ascontiguousarray(block[:, b0:b1]))[None, None].to(p.device, p.dtype))
                 if model.entropy_bottleneck is not None: q = torch.from_numpy(model.entropy_bottleneck.symbols(q))   # into the coding ranges
-                codes[:, r0 // s:r1 // s, c0 // s:c1 // s] = q[0, :, (r0 - a0) // s:(r1 - a0) // s, (c0 - b0) // s:(c1 - b0) // s].cpu().numpy()
+                codes[:, :, c0 // s:c1 // s] = q[0, :, (r0 - a0) // s:(r1 - a0) // s, (c0 - b0) // s:(c1 - b0) // s].cpu().numpy()
                 del q; _release_memory()
             del block
+            yield r0 // s, r1 // s, codes
     finally: model.train(was)
+
+def encode_strips(model:SarAutoencoder, rows:_Rows, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None) -> np.ndarray:
+    "The whole integer latent (C x H/16 x W/16) of an image, from `iter_encoded_strips`"
+    codes = np.empty((model.latent_channels, rows.H // SAR_DOWNSAMPLE, rows.W // SAR_DOWNSAMPLE), np.int32)
+    for l0, l1, q in iter_encoded_strips(model, rows, strip_rows, context, tile_cols): codes[:, l0:l1] = q
     return codes
 
-def iter_decoded_strips(model:SarAutoencoder, codes:np.ndarray, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None):
-    "`(y0, y1, rows)` of the [0, 1] image (cropped to `shape`), decoded strip by strip, each strip tile by tile (`tile_cols` wide, default square) with `context` pixels of latent context around each tile"
+class _StreamedLatent:
+    """A factorized latent decoded block by block as `iter_decoded_strips` asks for its rows (`codes[:, l0:l1, m0:m1]`, `l0`
+    never decreasing): the rows below the last `l0` are dropped, so a scene's latent is never held whole"""
+    def __init__(self, reader:LatentRowDecoder, name=''):
+        self.reader, self.name, self.base = reader, name, 0
+        self.shape = (reader.channels, reader.h, reader.w)
+        self.rows = np.empty((reader.channels, 0, reader.w), np.int32)
+    def __getitem__(self, idx):
+        _, rs, cs = idx
+        l0, l1 = rs.start or 0, min(self.shape[1], self.shape[1] if rs.stop is None else rs.stop)
+        if l0 < self.base: raise ValueError(f"latent rows from {l0} asked for after rows from {self.base} were dropped")
+        self.rows, self.base = self.rows[:, l0 - self.base:], l0
+        while self.base + self.rows.shape[1] < l1:
+            try: nxt = self.reader.read_block()
+            except Exception as e: raise ValueError(f"{self.name}: the latent stream does not decode ({e})") from None
+            self.rows = np.concatenate([self.rows, nxt], axis=1)
+        return self.rows[:, l0 - self.base:l1 - self.base, cs]
+
+def iter_decoded_strips(model:SarAutoencoder, codes, shape, strip_rows:int=STRIP_ROWS, context:int=STRIP_CONTEXT, tile_cols:int|None=None):
+    "`(y0, y1, rows)` of the [0, 1] image (cropped to `shape`), decoded strip by strip, each strip tile by tile (`tile_cols` wide, default square) with `context` pixels of latent context around each tile; `codes`: the latent (C x h x w), whole or streamed"
     was = model.training; model.eval(); s = SAR_DOWNSAMPLE
     h, w = shape; H, W = codes.shape[1] * s, codes.shape[2] * s; tile_cols = tile_cols or strip_rows
     try:
@@ -145,15 +172,35 @@ def _code_dtype(bits): return np.dtype('u1') if bits <= 8 else np.dtype('<u2')
 
 def _latent_shape(model, height, width): return (model.latent_channels, -(-height // SAR_DOWNSAMPLE), -(-width // SAR_DOWNSAMPLE))
 
-def encode_latent(model:SarAutoencoder, codes:np.ndarray) -> tuple:
-    "`(coding, payload bytes)` of a latent's codes: range-coded with the entropy model's stored tables, or `quant_bits`-bit codes zlib-coded"
-    if model.entropy_bottleneck is not None: return model.entropy, model.entropy_bottleneck.encode(codes)
-    return 'uniform', zlib.compress(np.ascontiguousarray(codes.astype(_code_dtype(model.quant_bits))).tobytes(), 9)
+def _block_rows(head:dict) -> int|None:
+    "The rows of a factorized stream's blocks: `LATENT_BLOCK_ROWS` from version 3, the whole latent before"
+    return LATENT_BLOCK_ROWS if head.get('version', CODEC_VERSION) >= 3 else None
 
-def decode_latent(model:SarAutoencoder, head:dict, payload:bytes, name='') -> np.ndarray:
-    "The codes `encode_latent` coded, for the image size in `head`; a payload that does not decode to that shape is an error naming `name`"
+def encode_latent(model:SarAutoencoder, strips) -> tuple:
+    """`(coding, payload bytes, estimated bits)` of a latent, given whole (C x h x w) or as `(l0, l1, codes)` strips
+    (`iter_encoded_strips`): a factorized latent is range-coded strip by strip (blocks of `LATENT_BLOCK_ROWS` rows), never
+    held whole; a hyperprior's is gathered and coded whole (its scales depend on the neighbours); `quant_bits`-bit codes
+    are zlib-coded. The estimate is the likelihoods' bits (NaN without an entropy model)."""
+    if isinstance(strips, np.ndarray): strips = [(0, strips.shape[1], strips)]
+    eb = model.entropy_bottleneck
+    if isinstance(eb, EntropyBottleneck):
+        enc, bits = eb.row_encoder(LATENT_BLOCK_ROWS), 0.
+        for _, _, q in strips: enc.write(q); bits += estimate_bits(model, q)
+        return model.entropy, enc.finish(), bits
+    parts = [q for _, _, q in strips]; codes = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1); del parts
+    if eb is not None: return model.entropy, eb.encode(codes), estimate_bits(model, codes)
+    return 'uniform', zlib.compress(np.ascontiguousarray(codes.astype(_code_dtype(model.quant_bits))).tobytes(), 9), float('nan')
+
+def decode_latent(model:SarAutoencoder, head:dict, payload:bytes, name='', stream:bool=False) -> np.ndarray:
+    """The codes `encode_latent` coded, for the image size in `head`; a payload that does not decode to that shape is an
+    error naming `name`. With `stream`, a factorized latent comes back as rows decoded as they are read (`iter_decoded_strips` takes it)."""
     shape = _latent_shape(model, head['height'], head['width'])
-    if head['coding'] in ('factorized', 'hyperprior'):
+    if head['coding'] == 'factorized':
+        try: reader = LatentRowDecoder(model.entropy_bottleneck, payload, shape[1:], _block_rows(head))
+        except Exception as e: raise ValueError(f"{name}: the latent stream does not decode ({e})") from None
+        lat = _StreamedLatent(reader, name)
+        return lat if stream else np.array(lat[:, 0:shape[1], :])
+    if head['coding'] == 'hyperprior':
         try: return model.entropy_bottleneck.decode(payload, shape[1:])
         except Exception as e: raise ValueError(f"{name}: the latent stream does not decode ({e})") from None
     try: raw = zlib.decompress(payload)
@@ -164,25 +211,31 @@ def decode_latent(model:SarAutoencoder, head:dict, payload:bytes, name='') -> np
 
 _GEO = 1   # flags bit: a georeferencing block (uint32 length, JSON of the source GeoTIFF's tags) follows the header
 
-def codec_bytes(head:dict, payload:bytes) -> bytes:
-    "A codec file's bytes: the fixed binary header (36 bytes), the georeferencing block if any, the payload, a CRC-32 of all before it"
+def _codec_parts(head:dict, payload) -> list:
+    "A codec file's bytes in pieces (the payload not copied): the fixed binary header (36 bytes), the georeferencing block if any, the payload, a CRC-32 of all before it"
     geo = json.dumps(head['geo'], separators=(',', ':'), sort_keys=True).encode() if head.get('geo') else b''
-    body = _HEAD.pack(CODEC_MAGIC, CODEC_VERSION, CODINGS.index(head['coding']), head.get('bits') or 0, _GEO if geo else 0, head['height'], head['width'],
-                      bytes.fromhex(head['model_digest']), float(head.get('lmbda') or 0.), float(head.get('looks') or 0.), len(payload))
-    body += (struct.pack('<I', len(geo)) + geo if geo else b'') + payload
-    return body + struct.pack('<I', zlib.crc32(body))
+    parts = [_HEAD.pack(CODEC_MAGIC, CODEC_VERSION, CODINGS.index(head['coding']), head.get('bits') or 0, _GEO if geo else 0, head['height'], head['width'],
+                        bytes.fromhex(head['model_digest']), float(head.get('lmbda') or 0.), float(head.get('looks') or 0.), len(payload))]
+    if geo: parts.append(struct.pack('<I', len(geo)) + geo)
+    parts.append(payload); crc = 0
+    for b in parts: crc = zlib.crc32(b, crc)
+    return parts + [struct.pack('<I', crc)]
+
+def codec_bytes(head:dict, payload:bytes) -> bytes:
+    "A codec file's bytes (`_codec_parts` joined)"
+    return b''.join(_codec_parts(head, payload))
 
 def read_codec_file(path:str|Path) -> tuple:
     "`(header, payload)` of a codec file, checked: magic, version, lengths, CRC-32; errors name the file"
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"codec file {path} does not exist")
-    b = path.read_bytes()
+    b = memoryview(path.read_bytes())   # the payload is handed on as a view, not copied
     bad = lambda why: ValueError(f"{path}: {why}")
-    if not b.startswith(CODEC_MAGIC[:len(b)]) or (len(b) >= len(CODEC_MAGIC) and not b.startswith(CODEC_MAGIC)):
+    if bytes(b[:len(CODEC_MAGIC)]) != CODEC_MAGIC[:len(b)]:
         raise bad(f"not a medrecipes SAR codec file (expected the magic bytes {CODEC_MAGIC!r} at the start)")
     if len(b) < _HEAD.size + 4: raise bad(f"truncated: {len(b)} bytes, shorter than the {_HEAD.size + 4} of the header and checksum")
     _, version, coding, bits, flags, h, w, digest, lmbda, looks, n = _HEAD.unpack_from(b)
-    if version != CODEC_VERSION: raise bad(f"codec file version {version}; this medrecipes reads version {CODEC_VERSION}")
+    if version not in READ_VERSIONS: raise bad(f"codec file version {version}; this medrecipes reads versions {', '.join(map(str, READ_VERSIONS))}")
     start = _HEAD.size
     if flags & _GEO:
         if len(b) < start + 8: raise bad(f"truncated: {len(b)} bytes, too short for the georeferencing block the header announces")
@@ -192,8 +245,8 @@ def read_codec_file(path:str|Path) -> tuple:
                   else f"{len(b)} bytes, the header announces {start + n + 4}: the file is corrupted")
     if zlib.crc32(b[:-4]) != struct.unpack('<I', b[-4:])[0]: raise bad("checksum mismatch: the file is corrupted")
     if coding >= len(CODINGS): raise bad(f"unknown latent coding {coding}")
-    head = dict(coding=CODINGS[coding], bits=bits, height=h, width=w, model_digest=digest.hex(), lmbda=lmbda, looks=looks, payload_bytes=n,
-                geo=json.loads(b[_HEAD.size + 4:start]) if flags & _GEO else None)
+    head = dict(version=version, coding=CODINGS[coding], bits=bits, height=h, width=w, model_digest=digest.hex(), lmbda=lmbda, looks=looks, payload_bytes=n,
+                geo=json.loads(bytes(b[_HEAD.size + 4:start])) if flags & _GEO else None)
     return head, b[start:-4]
 
 def estimate_bits(model:SarAutoencoder, codes:np.ndarray, # the integer latent (C x h x w)
@@ -218,16 +271,18 @@ def compress(learn_or_model, # a `SarLearner`, a checkpoint path, or a model (wi
     "Encode `image` into a codec file; returns its size, its bits per pixel (`bpp`: the whole file) and, for entropy models, the likelihoods' estimate beside it"
     model, pre, lmbda = _model_and_pre(learn_or_model, preprocess)
     rows = _Rows(image, pre)
-    codes = encode_strips(model, rows, strip_rows)
-    coding, payload = encode_latent(model, codes)
+    coding, payload, est = encode_latent(model, iter_encoded_strips(model, rows, strip_rows))   # a factorized latent: coded as its strips come
     n = rows.h * rows.w
-    data = codec_bytes(dict(coding=coding, bits=model.quant_bits, height=rows.h, width=rows.w, model_digest=model_digest(model, pre), lmbda=lmbda,
-                            looks=estimate_looks(rows.scaled(0, min(rows.h, 1024))[:, :rows.w][:, :1024], pre),
-                            geo=geotiff_tags(image) if isinstance(image, (str, Path)) else None), payload)
-    atomic_write(Path(path), lambda t: Path(t).write_bytes(data))
-    res = dict(path=str(path), bytes=len(data), bpp=8 * len(data) / n, payload_bpp=8 * len(payload) / n, latent_shape=list(codes.shape))
-    if model.entropy_bottleneck is not None:
-        res['estimate_bpp'] = estimate_bits(model, codes) / n   # the likelihoods' bits: beside the file's, never instead
+    parts = _codec_parts(dict(coding=coding, bits=model.quant_bits, height=rows.h, width=rows.w, model_digest=model_digest(model, pre), lmbda=lmbda,
+                              looks=estimate_looks(rows.scaled(0, min(rows.h, 1024), cols=1024), pre),   # a 1024² corner: its rows are read alone
+                              geo=geotiff_tags(image) if isinstance(image, (str, Path)) else None), payload)
+    def write(t):
+        with open(t, 'wb') as f:
+            for b in parts: f.write(b)
+    atomic_write(Path(path), write)
+    size = sum(len(b) for b in parts)
+    res = dict(path=str(path), bytes=size, bpp=8 * size / n, payload_bpp=8 * len(payload) / n, latent_shape=list(_latent_shape(model, rows.H, rows.W)))
+    if model.entropy_bottleneck is not None: res['estimate_bpp'] = est / n   # the likelihoods' bits: beside the file's, never instead
     return res
 
 def estimate_looks(x01:np.ndarray, preprocess) -> float:
@@ -267,7 +322,7 @@ def decompress(path:str|Path, # a file `compress` wrote
                          f"this {model.config['variant']} model's digest is {model_digest(model, pre)}")
     want = model.entropy if model.entropy_bottleneck is not None else 'uniform'
     if head['coding'] != want: raise ValueError(f"{path}: coded as {head['coding']!r}, but the model codes {want!r}")
-    codes = decode_latent(model, head, payload, path)
+    codes = decode_latent(model, head, payload, path, stream=True)   # a factorized latent: decoded as the strips need it
     if out_path is not None: return _decode_to_file(model, pre, codes, head, out, Path(out_path), speckle, looks, seed)
     r = decode_strips(model, codes, (head['height'], head['width']))
     if speckle == 'synthesize':

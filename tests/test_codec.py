@@ -1,7 +1,7 @@
 """The SAR codec file: the command line in-process (a real round trip, clear errors for damaged and foreign files), the
 entropy-coded format decoding bitwise identically in a fresh process, under other thread counts and another CPU float path,
 and the file's bits per pixel equal to its size."""
-import json, os, subprocess, sys, textwrap
+import json, os, subprocess, sys, textwrap, zlib
 import numpy as np, pytest, torch
 from medrecipes.cli import main
 from medrecipes.core import save_checkpoint
@@ -42,7 +42,7 @@ def test_cli_refuses_damaged_files(ckpt, tmp_path, capsys):
     b = (tmp_path / 'a.mrsar').read_bytes()
     cases = {'cut.mrsar': (b[:-30], 'truncated'), 'half.mrsar': (b[:len(b) // 2], 'truncated'), 'tiny.mrsar': (b[:12], 'truncated'),
              'flip.mrsar': (b[:-20] + bytes([b[-20] ^ 0x40]) + b[-19:], 'checksum'),
-             'v3.mrsar': (b[:4] + b'\x03' + b[5:], 'version 3'), 'png.mrsar': (b'\x89PNG\r\n\x1a\n' + b[8:], 'magic'),
+             'v4.mrsar': (b[:4] + b'\x04' + b[5:], 'version 4'), 'png.mrsar': (b'\x89PNG\r\n\x1a\n' + b[8:], 'magic'),
              'v1.mrsar': (b'MRSARC\r\n' + b[8:], 'magic')}   # the retired JSON-header format
     for name, (data, words) in cases.items():
         (tmp_path / name).write_bytes(data); capsys.readouterr()
@@ -192,3 +192,73 @@ def test_estimate_bits_in_chunks_matches_the_whole_latent():
         with torch.no_grad(): whole = float(-torch.log2(m.entropy_bottleneck.likelihood(torch.from_numpy(codes[None]).float())).double().sum())
         for chunk in (1, 100, 1 << 20):
             assert estimate_bits(m, codes, chunk=chunk) == pytest.approx(whole, rel=1e-6)
+
+
+def _read_blocks_by_hand(model, payload, shape, block_rows):
+    "The documented factorized stream, read with constriction directly: blocks of `block_rows` latent rows, each channel by channel"
+    import constriction
+    eb = model.entropy_bottleneck
+    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(bytes(payload), '<u4').astype(np.uint32))
+    C, h, w = shape; out = np.empty(shape, np.int64)
+    for r0 in range(0, h, block_rows):
+        r1 = min(h, r0 + block_rows)
+        for c in range(C):
+            n = int(eb.cdf_length[c]); f = eb.cdf_freqs[c, :n].numpy().astype(np.float64)
+            out[c, r0:r1] = (dec.decode(constriction.stream.model.Categorical(f, perfect=False), (r1 - r0) * w) + int(eb.cdf_offset[c])).reshape(r1 - r0, w)
+    return out
+
+
+def test_factorized_scene_is_coded_and_decoded_block_by_block(rd_ckpt, tmp_path):
+    """A latent taller than one block (75 rows: blocks of 32, 32, 11) is coded as its strips come and decoded as the
+    strips need it: the symbols are the whole latent's (read back by hand from the documented layout), the image is the
+    whole-latent decode's, bitwise, and a version-2 file (the latent coded whole) still decodes to the same image"""
+    from medrecipes.codec import (compress, decompress, read_codec_file, decode_latent, encode_strips, decode_strips, _Rows,
+                                  codec_bytes, LATENT_BLOCK_ROWS, CODEC_VERSION)
+    from medrecipes.models.sar import load_sar_model
+    model, pre, _ = load_sar_model(rd_ckpt)
+    img = make_sar_scene((1200, 96), rng=8, mode='realistic')
+    whole = encode_strips(model, _Rows(img, pre))
+    assert whole.shape[1] == 75 and LATENT_BLOCK_ROWS == 32 and CODEC_VERSION == 3
+    compress(rd_ckpt, img, tmp_path / 'a.mrsar')
+    head, payload = read_codec_file(tmp_path / 'a.mrsar')
+    assert head['version'] == 3 and np.array_equal(decode_latent(model, head, payload), whole)
+    if head['coding'] == 'factorized':
+        assert np.array_equal(_read_blocks_by_hand(model, payload, whole.shape, 32), whole)
+        compress(rd_ckpt, img, tmp_path / 'b.mrsar', strip_rows=64)       # strips of 4 latent rows: gathered into the same blocks
+        hb, pb = read_codec_file(tmp_path / 'b.mrsar')
+        assert np.array_equal(_read_blocks_by_hand(model, pb, whole.shape, 32), encode_strips(model, _Rows(img, pre), strip_rows=64))
+    rec = decompress(tmp_path / 'a.mrsar', rd_ckpt, out='scaled')
+    assert np.array_equal(rec, decode_strips(model, whole, img.shape))
+    if head['coding'] == 'factorized':   # version 2: the same symbols coded whole, channel by channel
+        v2 = bytearray(codec_bytes(head, model.entropy_bottleneck.encode(whole)))
+        v2[4] = 2; v2[-4:] = zlib.crc32(bytes(v2[:-4])).to_bytes(4, 'little')
+        (tmp_path / 'v2.mrsar').write_bytes(bytes(v2))
+        assert read_codec_file(tmp_path / 'v2.mrsar')[0]['version'] == 2
+        assert np.array_equal(decompress(tmp_path / 'v2.mrsar', rd_ckpt, out='scaled'), rec)
+
+
+def test_factorized_compress_never_holds_the_whole_latent(tmp_path):
+    """numpy's allocations (traced by tracemalloc) while coding a tall 8192 x 64 image at 256 latent channels: the whole
+    int32 latent is 2 MiB, and encoding it whole holds it; coded strip by strip, compress and the strip decode to a file
+    hold a strip's latent (128 KiB) and the coded stream (the file's bytes), and the header's looks a 1024² corner, never the whole latent"""
+    import tracemalloc
+    from medrecipes.codec import compress, decompress, encode_strips, estimate_looks, _Rows
+    torch.manual_seed(0)
+    m = sar_model('baseline', latent_channels=256, base_channels=4, entropy='factorized').eval()
+    torch.nn.init.normal_(m.encoder.head.weight, std=0.5); m.update()
+    pre = SarPreprocess('linear', clip=(-25., 5.))
+    img = make_sar_scene((8192, 64), rng=9, mode='realistic')
+    whole = 256 * 512 * 4 * 4
+    peaks = {}
+    for step in ('whole', 'looks', 'compress', 'decode'):
+        tracemalloc.start()
+        if step == 'whole': encode_strips(m, _Rows(img, pre))
+        elif step == 'looks': estimate_looks(_Rows(img, pre).scaled(0, 1024, cols=1024), pre)   # the header's looks: a 1024² corner, whatever the latent
+        elif step == 'compress': info = compress((m, pre), img, tmp_path / 'a.mrsar')
+        else: decompress(tmp_path / 'a.mrsar', (m, pre), out='scaled', out_path=tmp_path / 'rec.npy')
+        peaks[step] = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
+    stream = info['bytes']
+    assert peaks['whole'] >= whole, peaks                     # the check can see a whole latent
+    # beyond the stream (twice: the coder's words and their bytes) and the looks' corner, less than half the whole latent
+    assert peaks['compress'] < whole / 2 + 2 * stream + peaks['looks'] and peaks['decode'] < whole / 2 + 2 * stream, (peaks, stream)
+    assert stream < whole / 4, stream                         # (an untrained prior: about 5 bits a value)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['CDF_PRECISION', 'SCALE_LEVELS', 'FRAC_BITS', 'ESCAPE_BITS', 'quantize_pmf', 'deadzone_round', 'EntropyBottleneck',
-           'scale_table', 'gaussian_mass', 'ScaleHyperprior']
+           'LatentRowEncoder', 'LatentRowDecoder', 'scale_table', 'gaussian_mass', 'ScaleHyperprior']
 
 # %% ../../nbs/05a_models.entropy.ipynb #c005
 CDF_PRECISION = 16     # the integer frequencies of every coding table sum to 2**16
@@ -209,27 +209,80 @@ class EntropyBottleneck(nn.Module):
         lo = self.cdf_offset.cpu().to(torch.int64).view(1, -1, 1, 1)
         return torch.minimum(torch.maximum(q, lo), lo + self.cdf_length.cpu().to(torch.int64).view(1, -1, 1, 1) - 1).to(torch.int32).numpy()
 
-    def encode(self, q:np.ndarray) -> bytes:
-        "Range-code the symbols of one latent (C x h x w, from `symbols`) with the stored tables (constriction's `RangeEncoder`)"
+    def _coding_models(self) -> list:
+        "`(offset, length, constriction Categorical)` of each channel's stored table"
         import constriction
-        enc = constriction.stream.queue.RangeEncoder()
         freqs, offs, lens = self.cdf_freqs.cpu().numpy(), self.cdf_offset.cpu().numpy(), self.cdf_length.cpu().numpy()
-        for c in range(self.channels):
-            s = np.ascontiguousarray(q[c].ravel().astype(np.int64) - offs[c]).astype(np.int32)
-            if s.size and (s.min() < 0 or s.max() >= lens[c]): raise ValueError(f"channel {c}: symbols outside the coding range; use `symbols()`")
-            enc.encode(s, constriction.stream.model.Categorical(freqs[c, :lens[c]].astype(np.float64), perfect=False))
-        return enc.get_compressed().astype('<u4').tobytes()
+        return [(int(offs[c]), int(lens[c]), constriction.stream.model.Categorical(freqs[c, :lens[c]].astype(np.float64), perfect=False))
+                for c in range(self.channels)]
 
-    def decode(self, data:bytes, shape:tuple) -> np.ndarray:
-        "The symbols (C x h x w, int32) `encode` wrote for a latent of spatial `shape` (h, w)"
+    def row_encoder(self, block_rows:int|None=None) -> LatentRowEncoder:
+        "A `LatentRowEncoder`: range-codes a latent's symbols as its rows arrive, in blocks of `block_rows` rows (None: one block)"
+        return LatentRowEncoder(self, block_rows)
+
+    def encode(self, q:np.ndarray, # the symbols of one latent (C x h x w, from `symbols`)
+               block_rows:int|None=None, # rows of a block (None: all): the stream codes block after block, each channel by channel
+              ) -> bytes:
+        "Range-code the symbols of one latent with the stored tables (constriction's `RangeEncoder`)"
+        enc = self.row_encoder(block_rows); enc.write(q)
+        return enc.finish()
+
+    def decode(self, data:bytes, shape:tuple, block_rows:int|None=None) -> np.ndarray:
+        "The symbols (C x h x w, int32) `encode` wrote, with the same `block_rows`, for a latent of spatial `shape` (h, w)"
+        dec = LatentRowDecoder(self, data, shape, block_rows)
+        return np.concatenate([dec.read_block() for _ in range(dec.blocks)], axis=1) if dec.blocks else np.empty((self.channels, *shape), np.int32)
+
+class LatentRowEncoder:
+    """Range-codes a latent's symbols as its rows arrive (`write`, C x rows x w, any number of rows at a time), in blocks
+    of `block_rows` rows (None: all rows, coded at `finish`), each block channel by channel. Only a block is held: a
+    whole scene's latent never is. The stream does not depend on how the rows arrived."""
+    def __init__(self, bottleneck:EntropyBottleneck, block_rows:int|None=None):
+        import constriction
+        if not bottleneck.updated: raise RuntimeError("the entropy bottleneck has no coding tables: call `update()` after training")
+        if block_rows is not None and (isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1):
+            raise ValueError(f"block_rows must be a positive int or None, got {block_rows!r}")
+        self.channels, self.block_rows, self.models = bottleneck.channels, block_rows, bottleneck._coding_models()
+        self.enc, self.pending, self.width = constriction.stream.queue.RangeEncoder(), [], None
+
+    def write(self, q:np.ndarray):
+        "Add the next rows (C x rows x w) of the latent's symbols"
+        q = np.asarray(q)
+        if q.ndim != 3 or q.shape[0] != self.channels: raise ValueError(f"expected symbols of shape ({self.channels}, rows, width), got {q.shape}")
+        if self.width is None: self.width = q.shape[2]
+        elif q.shape[2] != self.width: raise ValueError(f"rows of width {q.shape[2]} after rows of width {self.width}")
+        self.pending.append(q)
+        while self.block_rows and sum(p.shape[1] for p in self.pending) >= self.block_rows: self._flush(self.block_rows)
+
+    def _flush(self, n:int):
+        buf = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending, axis=1)
+        block = buf[:, :n]; self.pending = [buf[:, n:]] if buf.shape[1] > n else []
+        for c, (off, length, model) in enumerate(self.models):
+            s = block[c].ravel().astype(np.int64) - off
+            if s.size and (s.min() < 0 or s.max() >= length): raise ValueError(f"channel {c}: symbols outside the coding range; use `symbols()`")
+            self.enc.encode(s.astype(np.int32), model)
+
+    def finish(self) -> bytes:
+        "Code the rows left and return the stream"
+        if self.pending: self._flush(sum(p.shape[1] for p in self.pending))
+        return self.enc.get_compressed().astype('<u4', copy=False).tobytes()
+
+class LatentRowDecoder:
+    "Decodes the blocks of rows a `LatentRowEncoder` coded (`read_block`, in order), for a latent of spatial `shape` (h, w): one block is held at a time"
+    def __init__(self, bottleneck:EntropyBottleneck, data:bytes, shape:tuple, block_rows:int|None=None):
         import constriction
         if len(data) % 4: raise ValueError(f"a range-coded stream is a whole number of 32-bit words, got {len(data)} bytes")
-        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4').astype(np.uint32))
-        freqs, offs, lens = self.cdf_freqs.cpu().numpy(), self.cdf_offset.cpu().numpy(), self.cdf_length.cpu().numpy()
-        n, out = int(np.prod(shape)), np.empty((self.channels, *shape), np.int32)
-        for c in range(self.channels):
-            s = dec.decode(constriction.stream.model.Categorical(freqs[c, :lens[c]].astype(np.float64), perfect=False), n)
-            out[c] = (s.astype(np.int64) + offs[c]).reshape(shape)
+        self.dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4').astype(np.uint32))
+        self.models, self.channels = bottleneck._coding_models(), bottleneck.channels
+        self.h, self.w = (int(v) for v in shape)
+        self.block_rows = block_rows or max(1, self.h)
+        self.blocks, self.done = -(-self.h // self.block_rows), 0
+
+    def read_block(self) -> np.ndarray:
+        "The next block's symbols (C x rows x w, int32)"
+        if self.done >= self.h: raise ValueError(f"all {self.h} rows of the latent are decoded already")
+        r = min(self.block_rows, self.h - self.done); out = np.empty((self.channels, r, self.w), np.int32)
+        for c, (off, _, model) in enumerate(self.models): out[c] = (self.dec.decode(model, r * self.w).astype(np.int64) + off).reshape(r, self.w)
+        self.done += r
         return out
 
 # %% ../../nbs/05a_models.entropy.ipynb #c014
