@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'benchmarks'))
 
 
-def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized', extra=()) -> dict:
+def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized', extra=(), target:str='input') -> dict:
     "Encode and decode seconds per megapixel of one trained codec and of JPEG2000 at its file sizes, on the test scenes (in-process, warm)"
     import io, numpy as np
     from PIL import Image
@@ -27,7 +27,7 @@ def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized
     from medrecipes.models.sar import load_sar_model
     from medrecipes.data.sar import sar_files, read_sar_image
     from medrecipes.sar_experiments import rd_run_name
-    name = variant if entropy == 'factorized' else f'{variant}+{entropy}'
+    name = variant + ('' if entropy == 'factorized' else f'+{entropy}') + ('' if target == 'input' else f'+{target}')
     model, pre, _ = load_sar_model(runs/rd_run_name(name, lam, extra)/'checkpoints'/'best.pt')
     files = sar_files(data/'test'); imgs = [read_sar_image(f) for f in files]
     n = sum(a.size for a in imgs); t = dict(enc=0., dec=0., jenc=0., jdec=0.)
@@ -48,7 +48,7 @@ def _speed(runs:Path, data:Path, variant:str, lam:float, entropy:str='factorized
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--variants', nargs='+', default=['residual', 'attention'])
+    ap.add_argument('--variants', nargs='*', default=['residual', 'attention'], help='variants trained against the speckled original; none: only --clean-variants')
     ap.add_argument('--lambdas', type=float, nargs='+', default=[8., 32., 128., 512.])
     ap.add_argument('--points', nargs='+', default=None, metavar='LAMBDA[:OVERRIDE,...]',
                     help="instead of --lambdas: points with their own settings, e.g. 16:model.latent_channels=4 1024:model.latent_channels=64")
@@ -63,6 +63,7 @@ def main(argv=None):
     ap.add_argument('--resume', action='store_true', help="reuse --work's scenes and finished runs, continue interrupted ones, train only the missing points")
     ap.add_argument('overrides', nargs='*', help='config overrides for every run, e.g. model.base_channels=32')
     a = ap.parse_args(argv)
+    if not a.variants and not a.clean_variants: ap.error('nothing to train: give --variants or --clean-variants')
     points = [(float(p.split(':')[0]), [o for o in p.split(':', 1)[1].split(',') if o] if ':' in p else []) for p in a.points] if a.points else [(l, []) for l in a.lambdas]
     a.lambdas = [l for l, _ in points]
     import warnings; warnings.filterwarnings('ignore')
@@ -77,7 +78,7 @@ def main(argv=None):
     t0 = time.time()
     curves = rd_curves('sar_demo', [f'data.path={data}', f'trainer.out_dir={work}', 'trainer.progress=false', f'trainer.max_epochs={a.epochs}',
                                     'trainer.codec_images=0', *a.overrides], variants=tuple(a.variants), rd_lambdas=tuple(points),
-                        targets=('input', 'clean') if a.clean_variants else ('input',), clean_variants=tuple(a.clean_variants),
+                        targets=(('input',) if a.variants else ()) + (('clean',) if a.clean_variants else ()), clean_variants=tuple(a.clean_variants),
                         entropies=tuple(a.entropies), clean_entropies=tuple(a.clean_entropies) if a.clean_entropies else None, resume=a.resume)
     minutes = (time.time() - t0) / 60
     src = work/'rd_curves'
@@ -85,7 +86,8 @@ def main(argv=None):
         shutil.copyfile(src/name, str(out) + dst)
     bd = curves.attrs['bd']
     lam, extra = points[len(points) // 2]
-    speed = _speed(src, data, a.variants[-1], lam, a.entropies[-1], extra)
+    timed, target = (a.variants[-1], 'input') if a.variants else (a.clean_variants[-1], 'clean')
+    speed = _speed(src, data, timed, lam, (a.entropies if a.variants else a.clean_entropies or a.entropies)[-1], extra, target)
     cmd = 'python benchmarks/sar_rd.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     text = [f"# SAR codec rate-distortion curves against JPEG2000", '',
             f"{time.strftime('%Y-%m-%d')}; {machine()}; medrecipes {medrecipes.__version__}, torch {torch.__version__}; `{cmd.strip()}`; "
@@ -95,7 +97,7 @@ def main(argv=None):
             f".mrsar or .j2k file's. Means over the test scenes:", '',
             _md_table(curves.round(4)), '', "Bjøntegaard deltas (negative BD-rate and positive BD-quality: the test codec is better):", '',
             _md_table(bd.round(3)), '', f"Speed on this CPU ({torch.get_num_threads()} threads), seconds per megapixel over the test scenes "
-            f"({speed.pop('pixels') / 1e6:.2f} MP), the {a.variants[-1]} codec ({a.entropies[-1]}) at lambda {lam:g} {' '.join(extra)} beside JPEG2000 at the same file size:", '',
+            f"({speed.pop('pixels') / 1e6:.2f} MP), the {timed}{'' if target == 'input' else ' (clean target)'} codec at lambda {lam:g} {' '.join(extra)} beside JPEG2000 at the same file size:", '',
             _md_table(pd.DataFrame([speed]).round(4)), '']
     Path(str(out) + '.md').write_text('\n'.join(text))
     print('\n'.join(text))

@@ -209,3 +209,23 @@ def test_point_gaps_on_known_curves():
     assert g.loc['a', 'psnr_db_gap_envelope'] == pytest.approx(0.5)                                                           # rising: the same
     assert g.loc['a', 'psnr_clean_db_jpeg2000'] == pytest.approx(25.5) and g.loc['a', 'psnr_clean_db_gap_envelope'] == pytest.approx(-0.2)   # falling: its best at 0.1 bpp
     assert np.isnan(g.loc['b', 'psnr_db_gap']) and np.isnan(g.loc['b', 'psnr_clean_db_gap_envelope'])                       # beyond JPEG2000's rates
+
+
+def test_sar_rd_script_trains_only_the_clean_family(tmp_path):
+    """`benchmarks/sar_rd.py` with no --variants and a --clean-variants: only the despeckling codec is trained; the
+    results file scores it against both references, times it and says it is the clean-target codec"""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('sar_rd', Path(__file__).resolve().parents[1]/'benchmarks'/'sar_rd.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    out = tmp_path/'res'/'rd'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        mod.main(['--variants', '--clean-variants', 'baseline', '--points', '16', '--n', '8', '--size', '64', '--epochs', '1',
+                  '--work', str(tmp_path/'work'), '--out', str(out), 'data.patch=32', 'data.batch_size=8', 'model.base_channels=8',
+                  'model.entropy=factorized'])
+    curves = pd.read_csv(str(out) + '_curves.csv')
+    assert set(curves.codec) >= {'baseline+clean', 'jpeg2000'} and 'baseline' not in set(curves.codec)
+    assert curves.psnr_clean_db.notna().all()
+    md = Path(str(out) + '.md').read_text()
+    assert 'the baseline (clean target) codec' in md and '1 trainings' in md
+    with pytest.raises(SystemExit): mod.main(['--variants', '--clean-variants', '--work', str(tmp_path/'w2'), '--out', str(tmp_path/'x')])
