@@ -365,14 +365,14 @@ def _decode_to_file(model, pre, codes, head, out, path:Path, speckle, looks, see
     if ext == '.npy':
         def write(t):
             mm = np.lib.format.open_memmap(t, mode='w+', dtype=np.float32, shape=(h, w))
-            for y0, y1, r in iter_decoded_strips(model, codes, (h, w)): mm[y0:y1] = conv(r)
+            for y0, y1, r in iter_decoded_strips(model, codes, (h, w)):
+                for i in range(0, len(r), 16): mm[y0 + i:min(y1, y0 + i + 16)] = conv(r[i:i + 16])   # the conversion's float64 on 16 rows at a time
             mm.flush(); del mm
     elif ext in ('.tif', '.tiff'):
         import tifffile
         def chunks(n=16):   # TIFF strips of n rows, decoded lazily as tifffile writes them
             for _, _, r in iter_decoded_strips(model, codes, (h, w)):
-                r = conv(r)
-                for i in range(0, len(r), n): yield np.ascontiguousarray(r[i:i + n])
+                for i in range(0, len(r), n): yield np.ascontiguousarray(conv(r[i:i + n]))
         def write(t):
             tifffile.imwrite(t, data=chunks(), shape=(h, w), dtype=np.float32, rowsperstrip=16, photometric='minisblack',
                              extratags=_extratags(head['geo']) if head.get('geo') else ())

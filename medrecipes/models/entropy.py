@@ -271,7 +271,7 @@ class LatentRowDecoder:
     def __init__(self, bottleneck:EntropyBottleneck, data:bytes, shape:tuple, block_rows:int|None=None):
         import constriction
         if len(data) % 4: raise ValueError(f"a range-coded stream is a whole number of 32-bit words, got {len(data)} bytes")
-        self.dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4').astype(np.uint32))
+        self.dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, '<u4').astype(np.uint32, copy=False))   # the words themselves on a little-endian machine
         self.models, self.channels = bottleneck._coding_models(), bottleneck.channels
         self.h, self.w = (int(v) for v in shape)
         self.block_rows = block_rows or max(1, self.h)
