@@ -323,6 +323,7 @@ def decompress(path:str|Path, # a file `compress` wrote
     want = model.entropy if model.entropy_bottleneck is not None else 'uniform'
     if head['coding'] != want: raise ValueError(f"{path}: coded as {head['coding']!r}, but the model codes {want!r}")
     codes = decode_latent(model, head, payload, path, stream=True)   # a factorized latent: decoded as the strips need it
+    del payload                       # the range decoder holds its own copy of the words: the file's bytes go
     if out_path is not None: return _decode_to_file(model, pre, codes, head, out, Path(out_path), speckle, looks, seed)
     r = decode_strips(model, codes, (head['height'], head['width']))
     if speckle == 'synthesize':

@@ -173,6 +173,22 @@ def test_decoder_by_row_chunks_is_the_whole_decode(variant, skip):
         with pytest.raises(ValueError, match='even'): m.decompress(q, chunk_rows=31)
 
 
+
+@pytest.mark.parametrize('variant', SAR_VARIANTS)
+def test_chunked_decoder_holds_chunks_not_whole_maps(variant):
+    """With `chunk_rows`, the last two stages' maps (the largest) exist only chunk by chunk: their largest output is a
+    fraction of the whole map's. Attention's CBAM pools the whole map, so there only the last stage's upsampling and convolution are chunked."""
+    torch.manual_seed(0)
+    m = sar_model(variant, base_channels=8, entropy='factorized').eval()
+    q = torch.randint(-20, 20, (1, 16, 16, 4), dtype=torch.int32)            # a 256 x 64 image
+    def largest(chunk_rows, mods):
+        sizes = []; hooks = [mod.register_forward_hook(lambda mod, i, o: sizes.append(o.shape[-2])) for mod in mods]
+        with torch.no_grad(): m.decompress(q, chunk_rows=chunk_rows)
+        for h in hooks: h.remove()
+        return max(sizes)
+    mods = [mod for s in m.decoder.stages[-2:] for mod in s] if variant != 'attention' else list(m.decoder.stages[-1])[1:]
+    assert largest(None, mods) == 256 and largest(32, mods) <= 32 + 2 * 8, largest(32, mods)   # a chunk and its rows of context
+
 def _keys_bicubic_rows(a, p):
     "Upsample the rows of a 2-D array p-fold with Keys' cubic (a = -0.75), half-pixel centres, edge samples repeated: a numpy reference"
     n = a.shape[0]; out = np.empty((n * p, a.shape[1]))

@@ -54,6 +54,13 @@ def default_cbam(channels:int) -> nn.Module:
                           "pass another CBAM module as `cbam=` (e.g. timm.layers.cbam.CbamModule)") from e
     return CBAM(channels, rd_ratio=1/16, spatial_kernel_size=7)
 
+def _halo(block:nn.Module) -> int|None:
+    "Rows of input each side that one output row of `block` needs (one per 3x3 convolution), or None when it is not local (CBAM pools the whole map)"
+    if isinstance(block, nn.Identity): return 0
+    if isinstance(block, LiteBlock): return 1
+    if isinstance(block, PreActBlock) and isinstance(block.attn, nn.Identity): return 2
+    return None
+
 def _block(variant, c, cbam):
     if variant == 'baseline': return nn.Identity()
     if variant == 'resnet_lite': return LiteBlock(c)
@@ -162,20 +169,36 @@ class SarDecoder(_SkipPath):
         if not self.skip: return torch.sigmoid(y)
         return _ste_clamp(y + self._upsampled(pooled, o0, o0 + y.shape[-2]))
     def forward(self, z, chunk_rows:int|None=None):
-        "The image; with `chunk_rows`, the full-resolution layers (the last stage's upsampling and convolution, the output convolution) run on row chunks of that many output rows: the same result in less memory"
+        """The image; with `chunk_rows`, the last two stages and the output convolution run on row chunks of that many
+        output rows, each with the rows of context its 3x3 convolutions need (the same result in less memory). The
+        attention variant's CBAM pools the whole map, so its blocks run whole and only the full-resolution layers are chunked."""
         if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != self.latent_channels:
             raise ValueError(f"the decoder takes a B x {self.latent_channels} x h x w latent, got {getattr(z, 'shape', type(z))}")
         pooled = self._pooled(z) if self.skip else None
         z = self.head(z)
-        for s in self.stages[:-1]: z = s(z)
-        if not chunk_rows or 2 * z.shape[-2] <= chunk_rows: return self._finish(self.out(self.stages[-1](z)), pooled, 0)
-        if chunk_rows % 2: raise ValueError(f"chunk_rows must be even, got {chunk_rows}")
-        block, up, conv = self.stages[-1]
-        z = block(z); n = z.shape[-2]; h = chunk_rows // 2; out = []
-        for a in range(0, n, h):          # low-resolution rows a..a+h, with one row of halo each side (both 3x3 convolutions need one output row)
-            lo, hi = max(0, a - 1), min(n, a + h + 1)
-            y = self.out(conv(up(z[..., lo:hi, :])))[..., 2 * (a - lo):2 * (a - lo) + 2 * (min(a + h, n) - a), :]
-            out.append(self._finish(y, pooled, 2 * a))
+        if chunk_rows and chunk_rows % 2: raise ValueError(f"chunk_rows must be even, got {chunk_rows}")
+        if not chunk_rows or z.shape[-2] * 2 ** len(self.stages) <= chunk_rows:
+            for s in self.stages: z = s(z)
+            return self._finish(self.out(z), pooled, 0)
+        k = len(self.stages) - 2 if all(_halo(s[0]) is not None for s in self.stages[-2:]) else len(self.stages) - 1
+        for s in self.stages[:k]: z = s(z)
+        layers = []                       # (module, 'local' with its rows of halo | 'up')
+        for block, up, conv in self.stages[k:]:
+            if (hb := _halo(block)) is None: z = block(z)   # a global block (the last stage's, when chunking only that one) runs whole
+            else: layers.append((block, hb))
+            layers += [(up, 'up'), (conv, 1)]
+        layers.append((self.out, 1))
+        n = z.shape[-2] * 2 ** sum(kind == 'up' for _, kind in layers); out = []
+        for a in range(0, n, chunk_rows):
+            need = [(a, min(n, a + chunk_rows))]          # the rows each layer's output must hold, from the last layer back
+            for mod, kind in layers[::-1]:
+                lo, hi = need[0]; size = n // 2 ** sum(kd == 'up' for _, kd in layers[layers.index((mod, kind)):])
+                need.insert(0, (lo // 2, -(-hi // 2)) if kind == 'up' else (max(0, lo - kind), min(size, hi + kind)))
+            x, cur = z[..., need[0][0]:need[0][1], :], need[0]
+            for (mod, kind), (lo, hi) in zip(layers, need[1:]):
+                x = mod(x); got = (2 * cur[0], 2 * cur[1]) if kind == 'up' else cur
+                x, cur = x[..., lo - got[0]:hi - got[0], :], (lo, hi)
+            out.append(self._finish(x, pooled, a))
         return torch.cat(out, -2)
 
 class LatentQuantizer(nn.Module):
