@@ -8,7 +8,7 @@ Docs: `_docs/codec.html` in this repository, built by `make docs` (API reference
 
 # %% ../nbs/19_codec.ipynb #c002
 from __future__ import annotations
-import hashlib, io, json, struct, tempfile, zlib
+import hashlib, io, json, math, struct, tempfile, zlib
 from pathlib import Path
 import numpy as np, torch
 import torch.nn as nn
@@ -301,7 +301,9 @@ def synthesize_speckle(linear:np.ndarray, # a decoded image in linear intensity
     "`linear` times seeded multi-look Gamma-like speckle with `looks` looks, spatially correlated as `correlated_speckle` makes it"
     from medrecipes.synth import correlated_speckle
     if not looks > 0: raise ValueError(f"looks must be > 0, got {looks}")
-    return (np.asarray(linear, np.float32) * correlated_speckle(np.shape(linear), float(looks), n_looks, resolution_px, rng=seed)).astype(np.float32)
+    looks = max(1., float(looks))          # a measured ENL can fall below 1 (texture) or above the sensor's looks (estimation noise):
+    n_looks = 1 if looks == 1 else max(int(n_looks), math.ceil(looks))   # single-look speckle, or enough looks to average to it
+    return (np.asarray(linear, np.float32) * correlated_speckle(np.shape(linear), looks, n_looks, resolution_px, rng=seed)).astype(np.float32)
 
 def decompress(path:str|Path, # a file `compress` wrote
                learn_or_model, # the learner, checkpoint or model (with `preprocess=`) that wrote it
