@@ -20,7 +20,7 @@ BAND = (0.7, 1.3)
 def enl_rows(checkpoints, data:Path, split:str='test') -> list:
     "One row per scene and decode: each checkpoint plainly and with synthesised speckle (seed = the scene's index), and the two references"
     import numpy as np
-    from medrecipes.codec import compress, decompress, synthesize_speckle
+    from medrecipes.codec import compress, decompress, read_codec_file, _speckled
     from medrecipes.models.sar import load_sar_model
     from medrecipes.data.sar import sar_files, read_sar_image
     from medrecipes.sar_experiments import _rd_scores
@@ -40,11 +40,9 @@ def enl_rows(checkpoints, data:Path, split:str='test') -> list:
                     rec = decompress(info['path'], (model, pre), out='scaled', **kw)
                     rows.append(dict(codec=name, decode=mode, image=f.name, bpp=info['bpp'], **_rd_scores(x01, rec, pre, clean01)))
                 if k == 0 and clean01 is not None:   # the references, once per scene, with the looks the file stores
-                    from medrecipes.codec import read_codec_file
                     looks = read_codec_file(info['path'])[0]['looks']
                     rows.append(dict(codec='clean reflectivity', decode='reference', image=f.name, bpp=np.nan, **_rd_scores(x01, clean01, pre, clean01)))
-                    lin = synthesize_speckle(pre.decode_linear(clean01), looks, seed=i)
-                    re01 = np.clip((10 * np.log10(np.maximum(lin.astype(np.float64), 1e-30)) - pre.lo) / (pre.hi - pre.lo), 0, 1).astype(np.float32)
+                    re01 = _speckled(clean01, pre, looks, seed=i)    # the synthesis decompress applies, on the truth
                     rows.append(dict(codec='clean x re-drawn speckle', decode='reference', image=f.name, bpp=np.nan, **_rd_scores(x01, re01, pre, clean01)))
     return rows
 

@@ -305,6 +305,13 @@ def synthesize_speckle(linear:np.ndarray, # a decoded image in linear intensity
     n_looks = 1 if looks == 1 else max(int(n_looks), math.ceil(looks))   # single-look speckle, or enough looks to average to it
     return (np.asarray(linear, np.float32) * correlated_speckle(np.shape(linear), looks, n_looks, resolution_px, rng=seed)).astype(np.float32)
 
+def _speckled(x01:np.ndarray, pre, looks:float, seed:int=0, out:str='scaled') -> np.ndarray:
+    "A [0, 1] image (a decode, or a clean reflectivity) times seeded speckle of `looks` looks (`synthesize_speckle`), in `out` units"
+    lin = synthesize_speckle(pre.decode_linear(x01), looks, seed)
+    if out == 'linear': return lin
+    db = 10 * np.log10(np.maximum(lin.astype(np.float64), 1e-30))      # `decode_linear` inverted: the dB the scale is defined on
+    return np.asarray(db if out == 'db' else np.clip((db - pre.lo) / (pre.hi - pre.lo), 0, 1), dtype=np.float32)
+
 def decompress(path:str|Path, # a file `compress` wrote
                learn_or_model, # the learner, checkpoint or model (with `preprocess=`) that wrote it
                out:str='linear', # 'linear', 'db' or 'scaled' ([0, 1])
@@ -331,10 +338,7 @@ def decompress(path:str|Path, # a file `compress` wrote
     if speckle == 'synthesize':
         L = looks if looks is not None else head['looks']
         if not L > 0: raise ValueError(f"{path}: the file records no looks of its original (0); pass looks= to synthesize speckle")
-        lin = synthesize_speckle(pre.decode_linear(r), L, seed)
-        if out == 'linear': return lin
-        db = 10 * np.log10(np.maximum(lin.astype(np.float64), 1e-30))      # `decode_linear` inverted: the dB the scale is defined on
-        return np.asarray(db if out == 'db' else np.clip((db - pre.lo) / (pre.hi - pre.lo), 0, 1), dtype=np.float32)
+        return _speckled(r, pre, L, seed, out)
     return r if out == 'scaled' else np.asarray(pre.decode_db(r) if out == 'db' else pre.decode_linear(r), dtype=np.float32)
 
 

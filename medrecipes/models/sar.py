@@ -188,11 +188,13 @@ class SarDecoder(_SkipPath):
             else: layers.append((block, hb))
             layers += [(up, 'up'), (conv, 1)]
         layers.append((self.out, 1))
-        n = z.shape[-2] * 2 ** sum(kind == 'up' for _, kind in layers); out = []
+        ups = [kind == 'up' for _, kind in layers]
+        sizes = [z.shape[-2] * 2 ** sum(ups[:i]) for i in range(len(layers))]   # the rows of each layer's input
+        n = z.shape[-2] * 2 ** sum(ups); out = []
         for a in range(0, n, chunk_rows):
             need = [(a, min(n, a + chunk_rows))]          # the rows each layer's output must hold, from the last layer back
-            for mod, kind in layers[::-1]:
-                lo, hi = need[0]; size = n // 2 ** sum(kd == 'up' for _, kd in layers[layers.index((mod, kind)):])
+            for (_, kind), size in zip(layers[::-1], sizes[::-1]):
+                lo, hi = need[0]
                 need.insert(0, (lo // 2, -(-hi // 2)) if kind == 'up' else (max(0, lo - kind), min(size, hi + kind)))
             x, cur = z[..., need[0][0]:need[0][1], :], need[0]
             for (mod, kind), (lo, hi) in zip(layers, need[1:]):
